@@ -1,0 +1,382 @@
+//! Chorus signaling protocol: the JSON messages a client and the server
+//! exchange over the WebSocket at `/ws`.
+//!
+//! Two enums, one per direction, internally tagged by `type` in camelCase.
+//! Text frames are parsed once, at the edge, by [`ClientMessage::parse`]; everything after
+//! that is typed. `docs/protocol.md` documents every message with an example, and
+//! `fixtures/` holds one JSON file per variant that both the Rust round-trip tests and the
+//! frontend tests read.
+
+mod ids;
+
+pub use ids::{IdError, ParticipantId, RoomId, TrackId};
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks. A client names it in `join`; the server
+/// refuses other versions with [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Which of a participant's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerRole {
+    /// The client offers and the server answers; carries the participant's own media.
+    Publisher,
+    /// The server offers and the client answers; carries everyone else's media.
+    Subscriber,
+}
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// What a published track carries, so that receivers can lay it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum TrackSource {
+    /// A microphone.
+    Microphone,
+    /// A camera.
+    #[default]
+    Camera,
+    /// A shared screen or window: shown as a large tile.
+    Screen,
+}
+
+/// One ICE candidate, as `RTCIceCandidateInit` has it in the browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    /// The `candidate:` line, without `a=`. Empty means end of candidates.
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+}
+
+/// One entry of `RTCConfiguration.iceServers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// What the client says about one m-line of its publisher offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishTrack {
+    /// The transceiver's `mid` in the offer.
+    pub mid: String,
+    pub source: TrackSource,
+}
+
+/// A published track as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub kind: MediaKind,
+    pub source: TrackSource,
+    pub muted: bool,
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    pub name: String,
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// Which of the client's publisher m-lines became which track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedMid {
+    pub mid: String,
+    pub track_id: TrackId,
+}
+
+/// Which subscriber m-line carries which participant's track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribedMid {
+    pub mid: String,
+    pub track_id: TrackId,
+    pub participant_id: ParticipantId,
+}
+
+/// A chat line, as kept in the room's bounded history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatLine {
+    pub from: ParticipantId,
+    pub name: String,
+    pub text: String,
+    /// Server time, milliseconds since the Unix epoch.
+    pub time: u64,
+}
+
+/// One room in the room list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomSummary {
+    pub room: RoomId,
+    pub participants: u32,
+}
+
+/// Why the server ends a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ByeReason {
+    /// The server is shutting down.
+    ServerShutdown,
+    /// The participant's media connection failed (ICE or DTLS).
+    MediaFailed,
+    /// The same session joined again elsewhere, or an operator removed it.
+    Removed,
+}
+
+/// Client to server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ClientMessage {
+    /// Enter a room (created on first join). Must be the first message of a call.
+    Join {
+        version: u32,
+        room: RoomId,
+        name: String,
+    },
+    /// Leave the room; the session stays open and may join again.
+    Leave,
+    /// The publisher peer's offer (initial or renegotiation).
+    PublishOffer {
+        sdp: String,
+        /// What each sending m-line carries. An m-line not listed is treated as a camera
+        /// (video) or microphone (audio).
+        #[serde(default)]
+        tracks: Vec<PublishTrack>,
+    },
+    /// The answer to the server's last `subscribeOffer`.
+    SubscribeAnswer { sdp: String },
+    /// A trickled ICE candidate for one of the client's peers.
+    Candidate {
+        peer: PeerRole,
+        candidate: IceCandidate,
+    },
+    /// Mute or unmute one of the client's own tracks.
+    SetMute { track_id: TrackId, muted: bool },
+    /// Say something to everyone in the room.
+    Chat { text: String },
+    /// Ask for the room list. A session that has not joined keeps receiving `roomList`
+    /// whenever the list changes.
+    ListRooms,
+}
+
+/// Server to client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum ServerMessage {
+    /// The join succeeded.
+    Joined {
+        version: u32,
+        participant_id: ParticipantId,
+        room: RoomId,
+        /// Everyone else already present, with their published tracks.
+        participants: Vec<ParticipantInfo>,
+        /// What to put into `RTCConfiguration.iceServers`.
+        ice_servers: Vec<IceServer>,
+        /// Recent chat, oldest first.
+        chat_history: Vec<ChatLine>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: ParticipantId,
+    },
+    TrackPublished {
+        participant_id: ParticipantId,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        participant_id: ParticipantId,
+        track_id: TrackId,
+    },
+    MuteChanged {
+        participant_id: ParticipantId,
+        track_id: TrackId,
+        muted: bool,
+    },
+    /// The answer to the client's `publishOffer`.
+    PublishAnswer {
+        sdp: String,
+        tracks: Vec<PublishedMid>,
+    },
+    /// An offer for the subscriber peer; the client replies with `subscribeAnswer`.
+    SubscribeOffer {
+        sdp: String,
+        tracks: Vec<SubscribedMid>,
+    },
+    Candidate {
+        peer: PeerRole,
+        candidate: IceCandidate,
+    },
+    Chat {
+        line: ChatLine,
+    },
+    RoomList {
+        rooms: Vec<RoomSummary>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// The server ends this participant's call; the WebSocket closes next.
+    Bye {
+        reason: ByeReason,
+    },
+}
+
+/// The code of an `error` message. The session stays open after every one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorCode {
+    /// The frame is not JSON, or not a text frame.
+    MalformedJson,
+    /// The `type` field names no message.
+    UnknownType,
+    /// The type is known but a field is missing or has the wrong type.
+    InvalidMessage,
+    /// The frame is larger than the configured maximum message size.
+    MessageTooLarge,
+    /// The message is not allowed now, such as an answer before any offer.
+    OutOfOrder,
+    /// An SDP that does not parse or cannot be applied.
+    InvalidSdp,
+    /// A candidate the peer refused.
+    InvalidCandidate,
+    /// The client speaks another protocol version.
+    UnsupportedVersion,
+    /// A room name or display name that is empty, too long or has bad characters.
+    InvalidName,
+    /// The room has reached its participant limit.
+    RoomFull,
+    /// The server has reached its room limit.
+    TooManyRooms,
+    /// The message names a track this participant does not own.
+    UnknownTrack,
+    /// A chat message that is empty or too long.
+    InvalidChat,
+    /// Something failed inside the server; the call goes on.
+    Internal,
+}
+
+/// Why a text frame is not a [`ClientMessage`].
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all.
+    #[error("malformed JSON: {0}")]
+    Json(serde_json::Error),
+    /// JSON, but its `type` is missing or names no message.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// A known type with missing or wrong fields.
+    #[error("invalid {kind} message: {source}")]
+    Invalid {
+        kind: String,
+        source: serde_json::Error,
+    },
+}
+
+impl ParseError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ParseError::Json(_) => ErrorCode::MalformedJson,
+            ParseError::UnknownType(_) => ErrorCode::UnknownType,
+            ParseError::Invalid { .. } => ErrorCode::InvalidMessage,
+        }
+    }
+}
+
+/// The `type` names of every client message, to tell an unknown type from a bad field.
+const CLIENT_TYPES: &[&str] = &[
+    "join",
+    "leave",
+    "publishOffer",
+    "subscribeAnswer",
+    "candidate",
+    "setMute",
+    "chat",
+    "listRooms",
+];
+
+impl ClientMessage {
+    /// Parses one text frame. The slow path (classifying a failure) runs only on error.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        match serde_json::from_str(text) {
+            Ok(message) => Ok(message),
+            Err(err) => {
+                #[derive(Deserialize)]
+                struct Tag {
+                    #[serde(rename = "type")]
+                    kind: Option<serde_json::Value>,
+                }
+                let Ok(tag) = serde_json::from_str::<Tag>(text) else {
+                    return Err(ParseError::Json(err));
+                };
+                match tag.kind {
+                    Some(serde_json::Value::String(kind))
+                        if CLIENT_TYPES.contains(&kind.as_str()) =>
+                    {
+                        Err(ParseError::Invalid { kind, source: err })
+                    }
+                    Some(other) => Err(ParseError::UnknownType(match other {
+                        serde_json::Value::String(s) => s,
+                        v => v.to_string(),
+                    })),
+                    None => Err(ParseError::UnknownType(String::new())),
+                }
+            }
+        }
+    }
+}
+
+impl ServerMessage {
+    /// Builds an `error` message.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Serializes to the text of one WebSocket frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain types cannot fail: no maps with non-string keys, no
+        // custom serializers.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

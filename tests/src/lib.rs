@@ -1,0 +1,1 @@
+//! Test support: a simulated browser on the async webrtc crate.
