@@ -1,0 +1,1264 @@
+// Chorus client library: the signaling protocol, the two peer connections, and the call
+// state a UI needs. Plain ES module, no dependencies, no build step.
+//
+// Every message this module sends or parses is defined in crates/protocol/src/lib.rs and
+// has a JSON fixture in crates/protocol/fixtures/; frontend/test/ checks the two agree.
+// docs/client.md documents the API for pages other than our own UI.
+
+/** The protocol version this client speaks (sent in `join`). */
+export const PROTOCOL_VERSION = 1;
+
+/** Sources a published track can have. */
+export const SOURCES = Object.freeze(['microphone', 'camera', 'screen']);
+
+// ---------------------------------------------------------------------------------------
+// Wire messages
+// ---------------------------------------------------------------------------------------
+
+/** An ICE candidate as the protocol carries it (`RTCIceCandidateInit`, absent fields left out). */
+export function candidateInit(c) {
+  const out = { candidate: String(c.candidate ?? '') };
+  if (c.sdpMid !== undefined && c.sdpMid !== null) out.sdpMid = String(c.sdpMid);
+  if (c.sdpMLineIndex !== undefined && c.sdpMLineIndex !== null) out.sdpMLineIndex = c.sdpMLineIndex;
+  return out;
+}
+
+/** Builders for every client → server message. Each returns a plain object; send it as JSON. */
+export const messages = Object.freeze({
+  join: (room, name) => ({ type: 'join', version: PROTOCOL_VERSION, room, name }),
+  leave: () => ({ type: 'leave' }),
+  publishOffer: (sdp, tracks) => ({
+    type: 'publishOffer',
+    sdp,
+    tracks: tracks.map((t) => ({ mid: String(t.mid), source: t.source })),
+  }),
+  subscribeAnswer: (sdp) => ({ type: 'subscribeAnswer', sdp }),
+  candidate: (peer, candidate) => ({ type: 'candidate', peer, candidate: candidateInit(candidate) }),
+  setMute: (trackId, muted) => ({ type: 'setMute', trackId, muted: Boolean(muted) }),
+  chat: (text) => ({ type: 'chat', text }),
+  listRooms: () => ({ type: 'listRooms' }),
+});
+
+/** A message from the server that does not match the protocol. */
+export class ProtocolError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'ProtocolError';
+  }
+}
+
+/**
+ * An error the server reported (`error {code, message}`), or a local failure with a code of
+ * our own: `timeout`, `unreachable`, `closed`, `removed`.
+ */
+export class ChorusError extends Error {
+  constructor(code, message) {
+    super(message || code);
+    this.name = 'ChorusError';
+    this.code = code;
+  }
+}
+
+// Field checks per server message type. 'id' is a numeric id (participant or track).
+const SERVER_FIELDS = {
+  joined: { version: 'number', participantId: 'id', room: 'string', participants: 'array', iceServers: 'array', chatHistory: 'array' },
+  participantJoined: { participant: 'participant' },
+  participantLeft: { participantId: 'id' },
+  trackPublished: { participantId: 'id', track: 'track' },
+  trackUnpublished: { participantId: 'id', trackId: 'id' },
+  muteChanged: { participantId: 'id', trackId: 'id', muted: 'boolean' },
+  publishAnswer: { sdp: 'string', tracks: 'array' },
+  subscribeOffer: { sdp: 'string', tracks: 'array' },
+  candidate: { peer: 'peer', candidate: 'object' },
+  chat: { line: 'chatLine' },
+  roomList: { rooms: 'array' },
+  error: { code: 'string', message: 'string' },
+  bye: { reason: 'string' },
+};
+
+/** Every `type` the server may send. */
+export const SERVER_TYPES = Object.freeze(Object.keys(SERVER_FIELDS));
+
+function checkField(kind, value, where) {
+  const ok = {
+    number: () => typeof value === 'number' && Number.isFinite(value),
+    id: () => (typeof value === 'number' && Number.isInteger(value) && value >= 0) || typeof value === 'string',
+    string: () => typeof value === 'string',
+    boolean: () => typeof value === 'boolean',
+    array: () => Array.isArray(value),
+    object: () => value !== null && typeof value === 'object' && !Array.isArray(value),
+    peer: () => value === 'publisher' || value === 'subscriber',
+    track: () => value && checkAll({ id: 'id', kind: 'string', source: 'string', muted: 'boolean' }, value, where),
+    participant: () => value && checkAll({ id: 'id', name: 'string', tracks: 'array' }, value, where),
+    chatLine: () => value && checkAll({ from: 'id', name: 'string', text: 'string', time: 'number' }, value, where),
+  }[kind];
+  if (!ok || !ok()) throw new ProtocolError(`${where}: expected ${kind}`);
+  return true;
+}
+
+function checkAll(fields, obj, where) {
+  for (const [key, kind] of Object.entries(fields)) checkField(kind, obj[key], `${where}.${key}`);
+  return true;
+}
+
+/**
+ * Parses one text frame from the server. Throws `ProtocolError` on malformed JSON or a known
+ * type with missing fields. A message of an unknown type is returned as is (forward
+ * compatibility); the client ignores it.
+ */
+export function parseServerMessage(data) {
+  let msg = data;
+  if (typeof data === 'string') {
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      throw new ProtocolError('malformed JSON');
+    }
+  }
+  if (msg === null || typeof msg !== 'object' || typeof msg.type !== 'string') {
+    throw new ProtocolError('message without a type');
+  }
+  const fields = SERVER_FIELDS[msg.type];
+  if (fields) {
+    checkAll(fields, msg, msg.type);
+    if (msg.type === 'joined') {
+      msg.participants.forEach((p, i) => checkField('participant', p, `joined.participants[${i}]`));
+      msg.chatHistory.forEach((l, i) => checkField('chatLine', l, `joined.chatHistory[${i}]`));
+    }
+    for (const p of msg.type === 'joined' ? msg.participants : msg.type === 'participantJoined' ? [msg.participant] : []) {
+      p.tracks.forEach((t, i) => checkField('track', t, `participant ${p.id}.tracks[${i}]`));
+    }
+  }
+  return msg;
+}
+
+// ---------------------------------------------------------------------------------------
+// Local media
+// ---------------------------------------------------------------------------------------
+
+/** Default capture constraints: modest, because an SFU call sends one stream per person. */
+export const DEFAULT_VIDEO = Object.freeze({ width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } });
+
+function videoConstraints(base, deviceId) {
+  const c = { ...(base || DEFAULT_VIDEO) };
+  if (deviceId) c.deviceId = { exact: deviceId };
+  return c;
+}
+
+function audioConstraints(deviceId) {
+  const c = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+  if (deviceId) c.deviceId = { exact: deviceId };
+  return c;
+}
+
+/**
+ * Asks for microphone and camera, and tells which of them failed. Never throws: a denied or
+ * absent device leaves its error in `errors` and the call can go on receive-only.
+ *
+ * @returns {Promise<{stream: MediaStream|null, errors: {audio?: Error, video?: Error}}>}
+ */
+export async function getLocalMedia({
+  audio = true,
+  video = true,
+  audioDeviceId,
+  videoDeviceId,
+  videoConstraints: vc,
+  mediaDevices = globalThis.navigator?.mediaDevices,
+} = {}) {
+  const errors = {};
+  if (!mediaDevices?.getUserMedia) {
+    const e = new ChorusError('unsupported', 'this browser cannot capture media (needs https or localhost)');
+    if (audio) errors.audio = e;
+    if (video) errors.video = e;
+    return { stream: null, errors };
+  }
+  const want = { audio: audio ? audioConstraints(audioDeviceId) : false, video: video ? videoConstraints(vc, videoDeviceId) : false };
+  if (!want.audio && !want.video) return { stream: null, errors };
+  try {
+    return { stream: await mediaDevices.getUserMedia(want), errors };
+  } catch (both) {
+    // Find out which one fails, and keep the other.
+    if (!(want.audio && want.video)) {
+      errors[want.audio ? 'audio' : 'video'] = both;
+      return { stream: null, errors };
+    }
+    const tracks = [];
+    for (const kind of ['audio', 'video']) {
+      try {
+        const s = await mediaDevices.getUserMedia({ [kind]: want[kind] });
+        tracks.push(...s.getTracks());
+      } catch (e) {
+        errors[kind] = e;
+      }
+    }
+    if (!tracks.length) return { stream: null, errors };
+    const MS = globalThis.MediaStream;
+    return { stream: MS ? new MS(tracks) : null, errors };
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------
+
+const STATS_INTERVAL_MS = 500;
+const SPEAKER_THRESHOLD = 0.02; // audioLevel (0..1) below which nobody is speaking
+const SPEAKER_HOLD_MS = 1200; // keep the last speaker this long after they go quiet
+const FATAL_JOIN_ERRORS = new Set(['roomFull', 'invalidName', 'unsupportedVersion', 'tooManyRooms']);
+const PUBLISH_ERRORS = new Set(['invalidSdp', 'outOfOrder', 'invalidMessage', 'internal']);
+
+function defaultUrl() {
+  const loc = globalThis.location;
+  if (!loc) return null;
+  return `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws`;
+}
+
+function defaultSourceFor(kind) {
+  return kind === 'audio' ? 'microphone' : 'camera';
+}
+
+/**
+ * One person's connection to a Chorus server. See docs/client.md.
+ *
+ * Events (subscribe with `on(type, fn)`; every handler receives one detail object):
+ * `connectionState`, `roomList`, `joined`, `participantJoined`, `participantLeft`,
+ * `trackPublished`, `trackAdded`, `trackRemoved`, `muteChanged`, `chat`, `activeSpeaker`,
+ * `audioLevels`, `quality`, `localTracks`, `screenShare`, `serverError`, `bye`, `warning`.
+ */
+export class ChorusClient {
+  constructor(options = {}) {
+    this.url = options.url ?? defaultUrl();
+    this.reconnect = options.reconnect ?? true;
+    this.joinTimeoutMs = options.joinTimeoutMs ?? 10000;
+    this.statsIntervalMs = options.statsIntervalMs ?? STATS_INTERVAL_MS;
+    this.iceServersOverride = options.iceServers; // undefined: use what `joined` says
+    this.videoConstraints = options.videoConstraints ?? DEFAULT_VIDEO;
+    this.screenStopMode = options.screenStopMode ?? 'stop'; // 'stop' | 'inactive'
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this._RTCPeerConnection = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
+    this._MediaStream = options.MediaStream ?? globalThis.MediaStream;
+    this._mediaDevices = options.mediaDevices ?? globalThis.navigator?.mediaDevices;
+    this._setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
+    this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
+    this._log = options.log ?? (() => {});
+
+    this._listeners = new Map();
+    /** 'idle' | 'connecting' | 'connected' (socket open, not in a room) | 'joining' | 'joined' | 'reconnecting' | 'disconnected' */
+    this.connectionState = 'idle';
+    /** 'new' | 'connecting' | 'connected' | 'failed' | 'closed': the worse of the two peers */
+    this.mediaState = 'new';
+    this.room = null;
+    this.name = null;
+    this.participantId = null;
+    /** @type {Map<number, {id, name, tracks: Map<number, object>, audioLevel: number}>} */
+    this.participants = new Map();
+    this.chat = [];
+    this.rooms = [];
+    this.activeSpeaker = null;
+    this.quality = { level: 'unknown', rtt: null, loss: null };
+    this.iceServers = [];
+    this.local = {
+      stream: null, // MediaStream with the current microphone and camera tracks
+      tracks: { microphone: null, camera: null, screen: null },
+      muted: { microphone: false, camera: false },
+      screenStream: null,
+    };
+    this.lastBye = null;
+
+    this._socket = null;
+    this._socketOpen = null; // Promise while opening
+    this._epoch = 0; // bumps with every socket, so late messages of an old one are dropped
+    this._queue = Promise.resolve();
+    this._waiters = [];
+    this._wantJoined = false;
+    this._wantRoomList = false;
+    this._reconnectAttempt = 0;
+    this._reconnectTimer = null;
+    this._roomListTimer = null;
+    this._resetCall();
+  }
+
+  // ----- events ------------------------------------------------------------------------
+
+  /** Subscribes to an event; returns a function that unsubscribes. */
+  on(type, fn) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(fn);
+    return () => this.off(type, fn);
+  }
+
+  off(type, fn) {
+    this._listeners.get(type)?.delete(fn);
+  }
+
+  /** Resolves with the detail of the next `type` event that passes `filter`. */
+  once(type, filter = () => true) {
+    return new Promise((resolve) => {
+      const off = this.on(type, (d) => {
+        if (filter(d)) {
+          off();
+          resolve(d);
+        }
+      });
+    });
+  }
+
+  _emit(type, detail = {}) {
+    for (const fn of [...(this._listeners.get(type) ?? [])]) {
+      try {
+        fn(detail);
+      } catch (err) {
+        this._log('listener failed', type, err);
+      }
+    }
+  }
+
+  _setConnectionState(state, extra = {}) {
+    if (this.connectionState === state && !extra.force) return;
+    this.connectionState = state;
+    this._emit('connectionState', { state, ...extra });
+  }
+
+  // ----- socket ------------------------------------------------------------------------
+
+  /** Opens the WebSocket if it is not open. Resolves when it is. */
+  connect() {
+    if (this._socket && this._socket.readyState === 1) return Promise.resolve();
+    if (this._socketOpen) return this._socketOpen;
+    if (!this.url) return Promise.reject(new ChorusError('unreachable', 'no server URL'));
+    const epoch = ++this._epoch;
+    if (!this._wantJoined) this._setConnectionState('connecting');
+    this._socketOpen = new Promise((resolve, reject) => {
+      let ws;
+      try {
+        ws = new this._WebSocket(this.url);
+      } catch (err) {
+        this._socketOpen = null;
+        reject(new ChorusError('unreachable', String(err?.message ?? err)));
+        return;
+      }
+      this._socket = ws;
+      let opened = false;
+      // Handlers go on before anything is sent: a message can arrive right after `join`.
+      ws.onmessage = (ev) => {
+        if (epoch !== this._epoch) return;
+        let msg;
+        try {
+          msg = parseServerMessage(ev.data);
+        } catch (err) {
+          this._log('bad server message', err, ev.data);
+          this._emit('warning', { error: err });
+          return;
+        }
+        this._queue = this._queue
+          .then(() => (epoch === this._epoch ? this._handle(msg) : undefined))
+          .catch((err) => {
+            this._log('handling failed', msg.type, err);
+            this._emit('warning', { error: err, message: msg });
+          });
+      };
+      ws.onopen = () => {
+        opened = true;
+        this._socketOpen = null;
+        if (!this._wantJoined) this._setConnectionState('connected');
+        resolve();
+      };
+      ws.onerror = () => {};
+      ws.onclose = (ev) => {
+        if (epoch !== this._epoch) return;
+        this._socket = null;
+        this._socketOpen = null;
+        if (!opened) reject(new ChorusError('unreachable', `cannot reach the server (${ev?.code ?? 'closed'})`));
+        this._onSocketClosed(ev, opened);
+      };
+    });
+    return this._socketOpen;
+  }
+
+  _send(msg) {
+    if (!this._socket || this._socket.readyState !== 1) {
+      this._log('not sent, socket closed', msg.type);
+      return false;
+    }
+    this._socket.send(JSON.stringify(msg));
+    return true;
+  }
+
+  _waitFor(match, failMatch, timeoutMs, what) {
+    return new Promise((resolve, reject) => {
+      const w = { match, failMatch, resolve, reject };
+      w.timer = this._setTimeout(() => {
+        this._waiters = this._waiters.filter((x) => x !== w);
+        reject(new ChorusError('timeout', `no ${what} from the server within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this._waiters.push(w);
+    });
+  }
+
+  _settleWaiters(msg) {
+    for (const w of [...this._waiters]) {
+      if (w.match(msg)) {
+        this._clearTimeout(w.timer);
+        this._waiters = this._waiters.filter((x) => x !== w);
+        w.resolve(msg);
+      } else if (w.failMatch?.(msg)) {
+        this._clearTimeout(w.timer);
+        this._waiters = this._waiters.filter((x) => x !== w);
+        w.reject(new ChorusError(msg.code, msg.message));
+      }
+    }
+  }
+
+  _failWaiters(err) {
+    for (const w of this._waiters) {
+      this._clearTimeout(w.timer);
+      w.reject(err);
+    }
+    this._waiters = [];
+  }
+
+  _onSocketClosed(ev, opened) {
+    this._failWaiters(new ChorusError('closed', 'the connection to the server closed'));
+    const inCall = this._wantJoined && this.participantId !== null;
+    if (this._wantJoined && this.reconnect && this.lastBye?.reason !== 'removed' && (inCall || this._reconnectAttempt > 0)) {
+      this._scheduleReconnect();
+    } else if (!this._wantJoined && this._wantRoomList) {
+      this._setConnectionState('disconnected', { code: ev?.code });
+      clearTimeout(this._roomListTimer);
+      this._roomListTimer = this._setTimeout(() => {
+        if (this._wantRoomList && !this._wantJoined) this.listRooms().catch(() => {});
+      }, 2000);
+    } else if (opened || this.connectionState !== 'idle') {
+      if (!this._wantJoined || !this.reconnect || this.lastBye?.reason === 'removed') this._teardownCall();
+      this._setConnectionState('disconnected', { code: ev?.code, reason: this.lastBye?.reason });
+    }
+  }
+
+  // ----- lobby -------------------------------------------------------------------------
+
+  /**
+   * Asks for the room list. The server answers with `roomList` and, while this session is
+   * not in a room, pushes a new one whenever the counts change. Resolves with the rooms.
+   */
+  async listRooms() {
+    this._wantRoomList = true;
+    await this.connect();
+    const p = this._waitFor((m) => m.type === 'roomList', null, 5000, 'roomList');
+    this._send(messages.listRooms());
+    const m = await p;
+    return m.rooms;
+  }
+
+  /** Stops asking for room list updates (they stop for good on join). */
+  stopListingRooms() {
+    this._wantRoomList = false;
+    clearTimeout(this._roomListTimer);
+  }
+
+  // ----- joining -----------------------------------------------------------------------
+
+  /**
+   * Joins `room` as `name`, publishing the tracks of `stream` (microphone and camera; pass
+   * null to join receive-only). Resolves once joined (media may still be connecting).
+   * Rejects with a ChorusError (`roomFull`, `invalidName`, `unreachable`, `timeout`, ...).
+   */
+  async join({ room, name, stream = null } = {}) {
+    if (this._wantJoined) throw new ChorusError('outOfOrder', 'already in a room; leave first');
+    this.room = room;
+    this.name = name;
+    this.lastBye = null;
+    this._setLocalStream(stream);
+    this._wantJoined = true;
+    this.stopListingRooms();
+    this._reconnectAttempt = 0;
+    try {
+      return await this._connectAndJoin();
+    } catch (err) {
+      this._wantJoined = false;
+      this._teardownCall();
+      this._setConnectionState(this._socket ? 'connected' : 'disconnected', { error: err });
+      throw err;
+    }
+  }
+
+  async _connectAndJoin() {
+    this._setConnectionState(this._reconnectAttempt > 0 ? 'reconnecting' : 'joining');
+    await this.connect();
+    const p = this._waitFor(
+      (m) => m.type === 'joined',
+      (m) => m.type === 'error',
+      this.joinTimeoutMs,
+      'joined',
+    );
+    this._send(messages.join(this.room, this.name));
+    const joined = await p;
+    this._reconnectAttempt = 0;
+    // Publish in the background; the caller does not wait for media.
+    this._publishInitial().catch((err) => {
+      this._log('publish failed', err);
+      this._emit('warning', { error: err, during: 'publish' });
+    });
+    return joined;
+  }
+
+  _scheduleReconnect() {
+    this._teardownCall({ reconnecting: true });
+    this._setConnectionState('reconnecting', { attempt: this._reconnectAttempt + 1, reason: this.lastBye?.reason });
+    const delay = Math.min(500 * 2 ** this._reconnectAttempt, 5000);
+    this._reconnectAttempt += 1;
+    this._clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = this._setTimeout(async () => {
+      if (!this._wantJoined) return;
+      try {
+        this.lastBye = null;
+        await this._connectAndJoin();
+      } catch (err) {
+        if (!this._wantJoined) return;
+        if (FATAL_JOIN_ERRORS.has(err.code)) {
+          this._wantJoined = false;
+          this._teardownCall();
+          this._setConnectionState('disconnected', { error: err });
+          return;
+        }
+        // A socket that closed has already scheduled the next try (onclose); one that is
+        // still open (a timeout, a passing server error) is dropped and retried.
+        if (err.code !== 'unreachable' && err.code !== 'closed') this._restartSession();
+      }
+    }, delay);
+  }
+
+  /**
+   * Leaves the room. The WebSocket stays open (it can list rooms and join again). Stops the
+   * local capture tracks unless `stopTracks` is false.
+   */
+  async leave({ stopTracks = true } = {}) {
+    this._wantJoined = false;
+    this._clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = null;
+    this._send(messages.leave());
+    this._teardownCall();
+    this.stopScreenShareTracks();
+    if (stopTracks) {
+      for (const t of this.local.stream?.getTracks() ?? []) t.stop();
+      this._setLocalStream(null);
+    }
+    this._setConnectionState(this._socket ? 'connected' : 'disconnected');
+  }
+
+  /** Closes everything, including the WebSocket. */
+  close() {
+    this.leave().catch(() => {});
+    this.stopListingRooms();
+    this._epoch++;
+    try {
+      this._socket?.close();
+    } catch {}
+    this._socket = null;
+    this._setConnectionState('disconnected');
+  }
+
+  // ----- call state --------------------------------------------------------------------
+
+  _resetCall() {
+    this.participantId = null;
+    this._pub = null;
+    this._sub = null;
+    this._publications = new Map(); // source -> {source, transceiver, trackId}
+    this._midMap = new Map(); // subscriber mid -> {trackId, participantId}
+    this._pubChain = Promise.resolve();
+    this._pendingRemoteCandidates = { publisher: [], subscriber: [] };
+    this._pendingLocalCandidates = { publisher: [], subscriber: [] };
+    this._canSendCandidates = { publisher: false, subscriber: false };
+    this._pendingChat = [];
+    this._speaker = { id: null, since: 0, lastLoud: 0 };
+    this._prevStats = new Map();
+    this._peerStates = { publisher: 'new', subscriber: 'new' };
+    this.activeSpeaker = null;
+  }
+
+  _teardownCall({ reconnecting = false } = {}) {
+    this._clearTimeout(this._statsTimer);
+    this._statsTimer = null;
+    for (const p of [...this.participants.values()]) this._removeParticipant(p, { reconnecting });
+    for (const pc of [this._pub, this._sub]) {
+      try {
+        pc?.close();
+      } catch {}
+    }
+    this._resetCall();
+    this._setMediaState('closed');
+  }
+
+  _setLocalStream(stream) {
+    this.local.stream = stream;
+    this.local.tracks.microphone = stream?.getAudioTracks()[0] ?? null;
+    this.local.tracks.camera = stream?.getVideoTracks()[0] ?? null;
+    if (this.local.tracks.microphone) this.local.tracks.microphone.enabled = !this.local.muted.microphone;
+    if (!this.local.tracks.camera && stream) this.local.muted.camera = true;
+    this._emit('localTracks', { stream, tracks: { ...this.local.tracks } });
+  }
+
+  /** A participant's track of one source (the first one), or undefined. */
+  static trackOf(participant, source) {
+    for (const t of participant?.tracks?.values() ?? []) if (t.source === source) return t;
+    return undefined;
+  }
+
+  _addParticipant(info, existing) {
+    const p = this.participants.get(info.id) ?? { id: info.id, name: info.name, tracks: new Map(), audioLevel: 0 };
+    p.name = info.name;
+    this.participants.set(p.id, p);
+    for (const t of info.tracks) {
+      const prev = p.tracks.get(t.id);
+      p.tracks.set(t.id, prev ? Object.assign(prev, t, { guessed: false }) : { ...t, mid: null, mediaTrack: null, stream: null });
+    }
+    this._emit('participantJoined', { participant: p, existing });
+    return p;
+  }
+
+  _removeParticipant(p, extra = {}) {
+    for (const t of [...p.tracks.values()]) this._removeTrack(p, t, extra);
+    this.participants.delete(p.id);
+    if (this.activeSpeaker === p.id) this._setActiveSpeaker(null);
+    this._emit('participantLeft', { participant: p, ...extra });
+  }
+
+  _removeTrack(p, t, extra = {}) {
+    p.tracks.delete(t.id);
+    for (const [mid, e] of this._midMap) if (e.trackId === t.id) this._midMap.delete(mid);
+    if (t.mediaTrack) this._emit('trackRemoved', { participant: p, track: t, ...extra });
+  }
+
+  /** Binds subscriber transceivers to the tracks the mid map names. Idempotent. */
+  _bindSubscriber() {
+    const pc = this._sub;
+    if (!pc) return;
+    for (const tr of pc.getTransceivers()) {
+      const mid = tr.mid;
+      if (mid === null || mid === undefined || tr.stopped) continue;
+      const entry = this._midMap.get(mid);
+      if (!entry) continue;
+      const p = this.participants.get(entry.participantId);
+      if (!p) continue;
+      let t = p.tracks.get(entry.trackId);
+      const mediaTrack = tr.receiver.track;
+      if (!t) {
+        // The offer came before `trackPublished`: guess the source from the kind until then.
+        t = { id: entry.trackId, kind: mediaTrack.kind, source: defaultSourceFor(mediaTrack.kind), muted: false, guessed: true };
+        p.tracks.set(t.id, t);
+      }
+      if (t.mediaTrack === mediaTrack && t.mid === mid) continue;
+      t.mid = mid;
+      t.mediaTrack = mediaTrack;
+      t.stream = new this._MediaStream([mediaTrack]);
+      this._emit('trackAdded', { participant: p, track: t });
+    }
+  }
+
+  // ----- message handling (one at a time, in arrival order) ------------------------------
+
+  async _handle(msg) {
+    const callMessage = !['joined', 'roomList', 'error', 'bye'].includes(msg.type);
+    if (callMessage && this.participantId === null) {
+      this._log('not in a room; ignoring', msg.type);
+      this._settleWaiters(msg);
+      return;
+    }
+    switch (msg.type) {
+      case 'joined':
+        this._onJoined(msg);
+        break;
+      case 'participantJoined':
+        if (msg.participant.id !== this.participantId) {
+          this._addParticipant(msg.participant, false);
+          this._bindSubscriber();
+        }
+        break;
+      case 'participantLeft': {
+        const p = this.participants.get(msg.participantId);
+        if (p) this._removeParticipant(p);
+        break;
+      }
+      case 'trackPublished': {
+        const p = this.participants.get(msg.participantId);
+        if (!p) break;
+        const prev = p.tracks.get(msg.track.id);
+        const t = prev ? Object.assign(prev, msg.track, { guessed: false }) : { ...msg.track, mid: null, mediaTrack: null, stream: null };
+        p.tracks.set(t.id, t);
+        this._emit('trackPublished', { participant: p, track: t });
+        this._bindSubscriber();
+        break;
+      }
+      case 'trackUnpublished': {
+        const p = this.participants.get(msg.participantId);
+        const t = p?.tracks.get(msg.trackId);
+        if (t) this._removeTrack(p, t);
+        break;
+      }
+      case 'muteChanged': {
+        const p = this.participants.get(msg.participantId);
+        const t = p?.tracks.get(msg.trackId);
+        if (t) {
+          t.muted = msg.muted;
+          this._emit('muteChanged', { participant: p, track: t, muted: msg.muted });
+        }
+        break;
+      }
+      case 'publishAnswer':
+        await this._onPublishAnswer(msg);
+        break;
+      case 'subscribeOffer':
+        await this._onSubscribeOffer(msg);
+        break;
+      case 'candidate':
+        await this._onRemoteCandidate(msg.peer, msg.candidate);
+        break;
+      case 'chat':
+        this._onChat(msg.line);
+        break;
+      case 'roomList':
+        this.rooms = msg.rooms;
+        this._emit('roomList', { rooms: msg.rooms });
+        break;
+      case 'error':
+        this._emit('serverError', { code: msg.code, message: msg.message });
+        break;
+      case 'bye':
+        this.lastBye = { reason: msg.reason };
+        this._emit('bye', { reason: msg.reason });
+        if (msg.reason === 'removed') this._wantJoined = false;
+        break;
+      default:
+        this._log('ignoring unknown message', msg.type);
+    }
+    this._settleWaiters(msg);
+  }
+
+  _onJoined(msg) {
+    this.participantId = msg.participantId;
+    this.room = msg.room ?? this.room;
+    this.iceServers = this.iceServersOverride ?? msg.iceServers;
+    this._createPeers();
+    this._setConnectionState('joined', { participantId: msg.participantId, room: this.room });
+    this.chat = msg.chatHistory.map((l) => ({ ...l }));
+    this._emit('joined', { participantId: msg.participantId, room: this.room, participants: msg.participants, chatHistory: this.chat });
+    for (const info of msg.participants) if (info.id !== this.participantId) this._addParticipant(info, true);
+    for (const line of this.chat) this._emit('chat', { line, history: true, self: line.from === this.participantId });
+    this._scheduleStats();
+  }
+
+  _createPeers() {
+    const config = { iceServers: this.iceServers, bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
+    for (const role of ['publisher', 'subscriber']) {
+      const pc = new this._RTCPeerConnection(config);
+      pc.onicecandidate = (ev) => {
+        if (!ev.candidate || !ev.candidate.candidate) return;
+        const c = candidateInit(ev.candidate);
+        if (this._canSendCandidates[role]) this._send(messages.candidate(role, c));
+        else this._pendingLocalCandidates[role].push(c);
+      };
+      pc.onconnectionstatechange = () => this._onPeerState(role, pc.connectionState);
+      if (role === 'publisher') this._pub = pc;
+      else {
+        this._sub = pc;
+        pc.ontrack = () => this._bindSubscriber();
+      }
+    }
+  }
+
+  _onPeerState(role, state) {
+    this._peerStates[role] = state;
+    const used = this._publications.size > 0 ? ['publisher', 'subscriber'] : ['subscriber'];
+    const states = used.map((r) => this._peerStates[r]);
+    let media = 'connected';
+    if (states.includes('failed')) media = 'failed';
+    else if (states.includes('disconnected')) media = 'disconnected';
+    else if (states.some((s) => s === 'new' || s === 'connecting')) media = 'connecting';
+    this._setMediaState(media);
+    if (state === 'failed' && this._wantJoined && this.reconnect) {
+      // The server may also say `bye mediaFailed`; either way, rejoin on a fresh session.
+      this._log(`${role} peer failed; rejoining`);
+      this._restartSession();
+    }
+  }
+
+  _setMediaState(state) {
+    if (this.mediaState === state) return;
+    this.mediaState = state;
+    this._emit('mediaState', { state });
+  }
+
+  /** Drops the WebSocket and joins again on a new one (what a network change needs). */
+  _restartSession() {
+    const ws = this._socket;
+    this._epoch++;
+    this._socket = null;
+    this._socketOpen = null;
+    try {
+      if (ws) {
+        ws.onclose = null;
+        ws.close();
+      }
+    } catch {}
+    this._failWaiters(new ChorusError('closed', 'restarting the session'));
+    this._scheduleReconnect();
+  }
+
+  _flushLocalCandidates(role) {
+    this._canSendCandidates[role] = true;
+    for (const c of this._pendingLocalCandidates[role].splice(0)) this._send(messages.candidate(role, c));
+  }
+
+  async _onRemoteCandidate(role, candidate) {
+    const pc = role === 'publisher' ? this._pub : this._sub;
+    if (!pc) return;
+    if (!pc.remoteDescription) {
+      this._pendingRemoteCandidates[role].push(candidate);
+      return;
+    }
+    await this._addCandidate(pc, candidate);
+  }
+
+  async _addCandidate(pc, c) {
+    try {
+      await pc.addIceCandidate(c.candidate ? c : { candidate: '', sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex });
+    } catch (err) {
+      this._log('addIceCandidate failed', err, c);
+    }
+  }
+
+  async _flushRemoteCandidates(role) {
+    const pc = role === 'publisher' ? this._pub : this._sub;
+    for (const c of this._pendingRemoteCandidates[role].splice(0)) await this._addCandidate(pc, c);
+  }
+
+  async _onSubscribeOffer(msg) {
+    const pc = this._sub;
+    if (!pc) return;
+    for (const t of msg.tracks) this._midMap.set(String(t.mid), { trackId: t.trackId, participantId: t.participantId });
+    await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    await this._flushRemoteCandidates('subscriber');
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    this._send(messages.subscribeAnswer(pc.localDescription.sdp));
+    this._flushLocalCandidates('subscriber');
+    this._bindSubscriber();
+  }
+
+  // ----- publishing --------------------------------------------------------------------
+
+  async _publishInitial() {
+    for (const source of ['microphone', 'camera']) {
+      const track = this.local.tracks[source];
+      if (track) this._addPublication(source, track, this.local.stream);
+    }
+    if (this._publications.size) await this._negotiate();
+  }
+
+  _addPublication(source, track, stream) {
+    const init = { direction: 'sendonly', streams: stream ? [stream] : [] };
+    if (source === 'camera') init.sendEncodings = [{ maxBitrate: 900_000 }];
+    if (source === 'screen') init.sendEncodings = [{ maxBitrate: 1_500_000 }];
+    const transceiver = this._pub.addTransceiver(track, init);
+    const pub = { source, transceiver, trackId: null };
+    this._publications.set(source, pub);
+    return pub;
+  }
+
+  /** Sends a publisher offer and applies the answer; serialized, one at a time. */
+  _negotiate() {
+    const run = async () => {
+      const pc = this._pub;
+      if (!pc || pc.signalingState === 'closed') return;
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      const tracks = [];
+      for (const pub of this._publications.values()) {
+        const mid = pub.transceiver.mid;
+        if (mid !== null && mid !== undefined && !pub.transceiver.stopped) tracks.push({ mid, source: pub.source });
+      }
+      const answered = this._waitFor(
+        (m) => m.type === 'publishAnswer',
+        (m) => m.type === 'error' && PUBLISH_ERRORS.has(m.code),
+        15000,
+        'publishAnswer',
+      );
+      this._send(messages.publishOffer(pc.localDescription.sdp, tracks));
+      this._flushLocalCandidates('publisher');
+      await answered;
+    };
+    const p = this._pubChain.then(run, run);
+    this._pubChain = p.catch(() => {});
+    return p;
+  }
+
+  async _onPublishAnswer(msg) {
+    const pc = this._pub;
+    if (!pc || pc.signalingState !== 'have-local-offer') return;
+    await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+    await this._flushRemoteCandidates('publisher');
+    for (const { mid, trackId } of msg.tracks) {
+      for (const pub of this._publications.values()) {
+        if (pub.transceiver.mid === String(mid) && pub.trackId !== trackId) {
+          pub.trackId = trackId;
+          // Tell the others about a mute set before the track had an id.
+          if (pub.source !== 'screen' && this.local.muted[pub.source]) this._send(messages.setMute(trackId, true));
+        }
+      }
+    }
+    this._emit('published', { tracks: [...this._publications.values()].map((p) => ({ source: p.source, trackId: p.trackId, mid: p.transceiver.mid })) });
+  }
+
+  _sendMute(source, muted) {
+    const pub = this._publications.get(source);
+    if (pub?.trackId !== null && pub?.trackId !== undefined) this._send(messages.setMute(pub.trackId, muted));
+  }
+
+  /** The track id the server gave our own track of `source`, or null. */
+  trackIdOf(source) {
+    return this._publications.get(source)?.trackId ?? null;
+  }
+
+  /** Mutes or unmutes the microphone (the others see it). Acquires a microphone if there is none. */
+  async setMicMuted(muted) {
+    this.local.muted.microphone = Boolean(muted);
+    let track = this.local.tracks.microphone;
+    if (!muted && !track && this._wantJoined) {
+      track = await this._acquire('audio');
+      this._installTrack('microphone', track);
+    }
+    if (track) track.enabled = !muted;
+    this._sendMute('microphone', muted);
+    this._emit('localMute', { source: 'microphone', muted: this.local.muted.microphone });
+  }
+
+  /**
+   * Turns the camera off (stops capture: the camera light goes out) or on again (captures
+   * anew and resumes sending on the same m-line, without renegotiation).
+   */
+  async setCameraOff(off) {
+    if (off) {
+      this.local.muted.camera = true;
+      const pub = this._publications.get('camera');
+      const old = this.local.tracks.camera;
+      if (pub) await pub.transceiver.sender.replaceTrack(null);
+      if (old) {
+        old.stop();
+        this.local.stream?.removeTrack(old);
+      }
+      this.local.tracks.camera = null;
+      this._sendMute('camera', true);
+      this._emit('localTracks', { stream: this.local.stream, tracks: { ...this.local.tracks } });
+    } else {
+      const track = await this._acquire('video');
+      this.local.muted.camera = false;
+      this._installTrack('camera', track);
+      this._sendMute('camera', false);
+    }
+    this._emit('localMute', { source: 'camera', muted: this.local.muted.camera });
+  }
+
+  async _acquire(kind) {
+    if (!this._mediaDevices?.getUserMedia) throw new ChorusError('unsupported', 'no media devices');
+    const deviceId = kind === 'audio' ? this._audioDeviceId : this._videoDeviceId;
+    const constraints = kind === 'audio' ? { audio: audioConstraints(deviceId) } : { video: videoConstraints(this.videoConstraints, deviceId) };
+    const s = await this._mediaDevices.getUserMedia(constraints);
+    return kind === 'audio' ? s.getAudioTracks()[0] : s.getVideoTracks()[0];
+  }
+
+  /** Puts `track` in place of the current one of `source`, publishing it if needed. */
+  _installTrack(source, track) {
+    const old = this.local.tracks[source];
+    if (!this.local.stream) this.local.stream = new this._MediaStream();
+    if (old && old !== track) {
+      old.stop();
+      this.local.stream.removeTrack(old);
+    }
+    this.local.stream.addTrack(track);
+    this.local.tracks[source] = track;
+    if (source === 'microphone') track.enabled = !this.local.muted.microphone;
+    const pub = this._publications.get(source);
+    let done;
+    if (pub) done = pub.transceiver.sender.replaceTrack(track);
+    else if (this._pub && this._wantJoined) {
+      this._addPublication(source, track, this.local.stream);
+      done = this._negotiate();
+    }
+    this._emit('localTracks', { stream: this.local.stream, tracks: { ...this.local.tracks } });
+    return done;
+  }
+
+  /**
+   * Replaces the track sent for `source` ('microphone' or 'camera') with `track`, without
+   * renegotiating. The old track is stopped.
+   */
+  async replaceTrack(source, track) {
+    if (source !== 'microphone' && source !== 'camera') throw new ChorusError('invalid', `cannot replace ${source}`);
+    await this._installTrack(source, track);
+  }
+
+  /** Switches to another microphone or camera (a deviceId from `enumerateDevices`). */
+  async switchDevice(kind, deviceId) {
+    if (kind === 'audio' || kind === 'audioinput') {
+      this._audioDeviceId = deviceId;
+      if (this.local.tracks.microphone || !this.local.muted.microphone) await this.replaceTrack('microphone', await this._acquire('audio'));
+    } else {
+      this._videoDeviceId = deviceId;
+      // A camera that is off stays off; the new device is used when it comes back on.
+      if (this.local.tracks.camera) await this.replaceTrack('camera', await this._acquire('video'));
+    }
+  }
+
+  /** The deviceIds in use (or chosen for next capture). */
+  get devices() {
+    return {
+      audio: this.local.tracks.microphone?.getSettings?.().deviceId ?? this._audioDeviceId ?? null,
+      video: this.local.tracks.camera?.getSettings?.().deviceId ?? this._videoDeviceId ?? null,
+    };
+  }
+
+  /**
+   * Shares a screen: asks the browser for one (`getDisplayMedia`) unless `stream` is given,
+   * and publishes it as an extra track with source `screen`. When the browser's own "stop
+   * sharing" ends the track, the share stops by itself.
+   */
+  async startScreenShare({ stream } = {}) {
+    if (!this._pub) throw new ChorusError('outOfOrder', 'join a room first');
+    if (this._publications.has('screen')) return this.local.screenStream;
+    if (!stream) {
+      if (!this._mediaDevices?.getDisplayMedia) throw new ChorusError('unsupported', 'this browser cannot share a screen');
+      stream = await this._mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: false });
+    }
+    const track = stream.getVideoTracks()[0];
+    if (!track) throw new ChorusError('invalid', 'the screen stream has no video');
+    if ('contentHint' in track) track.contentHint = 'detail';
+    const onEnded = () => this.stopScreenShare().catch((err) => this._log('stop share failed', err));
+    track.addEventListener('ended', onEnded, { once: true });
+    this.local.tracks.screen = track;
+    this.local.screenStream = stream;
+    this._screenOnEnded = onEnded;
+    this._addPublication('screen', track, stream);
+    this._emit('screenShare', { active: true, stream });
+    await this._negotiate();
+    return stream;
+  }
+
+  /** Stops sharing: stops the capture, ends the m-line, and renegotiates. */
+  async stopScreenShare() {
+    const pub = this._publications.get('screen');
+    this.stopScreenShareTracks();
+    if (!pub) return;
+    this._publications.delete('screen');
+    try {
+      await pub.transceiver.sender.replaceTrack(null);
+    } catch {}
+    if (this.screenStopMode === 'stop' && typeof pub.transceiver.stop === 'function') pub.transceiver.stop();
+    else pub.transceiver.direction = 'inactive';
+    this._emit('screenShare', { active: false, stream: null });
+    if (this._pub && this._pub.signalingState !== 'closed') await this._negotiate();
+  }
+
+  /** Stops the local screen capture tracks (no signaling). */
+  stopScreenShareTracks() {
+    const track = this.local.tracks.screen;
+    if (track) {
+      if (this._screenOnEnded) track.removeEventListener('ended', this._screenOnEnded);
+      track.stop();
+    }
+    for (const t of this.local.screenStream?.getTracks() ?? []) t.stop();
+    const was = Boolean(this.local.screenStream);
+    this.local.tracks.screen = null;
+    this.local.screenStream = null;
+    this._screenOnEnded = null;
+    if (was && !this._publications.has('screen')) this._emit('screenShare', { active: false, stream: null });
+  }
+
+  // ----- chat --------------------------------------------------------------------------
+
+  /** Sends a chat line to everyone in the room. */
+  sendChat(text) {
+    const clean = String(text ?? '').trim();
+    if (!clean) return false;
+    if (!this._send(messages.chat(clean))) return false;
+    // Shown at once; replaced by the server's copy if the server echoes it back.
+    const line = { from: this.participantId, name: this.name, text: clean, time: Date.now(), pending: true };
+    this._pendingChat.push(line);
+    this.chat.push(line);
+    this._trimChat();
+    this._emit('chat', { line, history: false, self: true });
+    return true;
+  }
+
+  _onChat(line) {
+    const self = line.from === this.participantId;
+    if (self) {
+      const i = this._pendingChat.findIndex((l) => l.text === line.text);
+      if (i >= 0) {
+        const pending = this._pendingChat.splice(i, 1)[0];
+        const j = this.chat.indexOf(pending);
+        if (j >= 0) this.chat[j] = line;
+        this._emit('chat', { line, history: false, self, replaces: pending });
+        return;
+      }
+    }
+    this.chat.push(line);
+    this._trimChat();
+    this._emit('chat', { line, history: false, self });
+  }
+
+  _trimChat() {
+    if (this.chat.length > 500) this.chat.splice(0, this.chat.length - 500);
+  }
+
+  // ----- stats: active speaker, quality ------------------------------------------------
+
+  _scheduleStats() {
+    this._clearTimeout(this._statsTimer);
+    this._statsTimer = this._setTimeout(async () => {
+      try {
+        await this._pollStats();
+      } catch (err) {
+        this._log('stats failed', err);
+      }
+      if (this._sub) this._scheduleStats();
+    }, this.statsIntervalMs);
+  }
+
+  /**
+   * Per-track inbound statistics, for a UI's quality display or a test: one entry per
+   * received track with its participant, source, and the browser's counters.
+   */
+  async inboundStats(report) {
+    const out = [];
+    if (!this._sub) return out;
+    report ??= await this._sub.getStats();
+    const byMid = new Map();
+    for (const p of this.participants.values()) for (const t of p.tracks.values()) if (t.mid !== null && t.mid !== undefined) byMid.set(t.mid, { p, t });
+    report.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      const hit = byMid.get(s.mid);
+      out.push({
+        participantId: hit?.p.id ?? null,
+        trackId: hit?.t.id ?? null,
+        source: hit?.t.source ?? null,
+        kind: s.kind,
+        mid: s.mid,
+        packetsReceived: s.packetsReceived ?? 0,
+        packetsLost: s.packetsLost ?? 0,
+        bytesReceived: s.bytesReceived ?? 0,
+        framesDecoded: s.framesDecoded ?? 0,
+        frameWidth: s.frameWidth ?? 0,
+        frameHeight: s.frameHeight ?? 0,
+        audioLevel: s.audioLevel ?? null,
+        totalAudioEnergy: s.totalAudioEnergy ?? null,
+        totalSamplesDuration: s.totalSamplesDuration ?? null,
+        jitter: s.jitter ?? null,
+      });
+    });
+    return out;
+  }
+
+  async _pollStats() {
+    const now = Date.now();
+    if (!this._sub) return;
+    const subReport = await this._sub.getStats();
+    const inbound = await this.inboundStats(subReport);
+    const levels = {};
+    let lost = 0;
+    let received = 0;
+    for (const s of inbound) {
+      const prev = this._prevStats.get(s.mid);
+      this._prevStats.set(s.mid, s);
+      if (prev) {
+        lost += Math.max(0, s.packetsLost - prev.packetsLost);
+        received += Math.max(0, s.packetsReceived - prev.packetsReceived);
+      }
+      if (s.kind !== 'audio' || s.participantId === null) continue;
+      let level = s.audioLevel;
+      if (level === null && prev && s.totalSamplesDuration > prev.totalSamplesDuration) {
+        level = Math.sqrt((s.totalAudioEnergy - prev.totalAudioEnergy) / (s.totalSamplesDuration - prev.totalSamplesDuration));
+      }
+      const p = this.participants.get(s.participantId);
+      const muted = ClientMute.isMuted(p, 'microphone');
+      levels[s.participantId] = muted ? 0 : level ?? 0;
+      if (p) p.audioLevel = levels[s.participantId];
+    }
+    // Our own level, from the publisher's media-source stats.
+    if (this._pub && this.local.tracks.microphone && !this.local.muted.microphone) {
+      try {
+        const r = await this._pub.getStats();
+        r.forEach((s) => {
+          if (s.type === 'media-source' && s.kind === 'audio' && typeof s.audioLevel === 'number') levels[this.participantId] = s.audioLevel;
+        });
+      } catch {}
+    }
+    this._emit('audioLevels', { levels });
+    this._updateSpeaker(levels, now);
+
+    // Quality: loss over the last interval and the subscriber's round-trip time.
+    let rtt = null;
+    try {
+      const r = subReport;
+      let pairId = null;
+      r.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+      });
+      r.forEach((s) => {
+        if (s.type === 'candidate-pair' && (s.id === pairId || (!pairId && s.nominated)) && typeof s.currentRoundTripTime === 'number') rtt = s.currentRoundTripTime;
+      });
+    } catch {}
+    const loss = received + lost > 0 ? lost / (received + lost) : 0;
+    let level = 'good';
+    if (this.mediaState === 'failed' || this.mediaState === 'disconnected') level = 'poor';
+    else if (this.mediaState !== 'connected') level = 'unknown';
+    else if (loss > 0.08 || (rtt !== null && rtt > 0.6)) level = 'poor';
+    else if (loss > 0.02 || (rtt !== null && rtt > 0.3)) level = 'fair';
+    const changed = level !== this.quality.level;
+    this.quality = { level, rtt, loss };
+    if (changed) this._emit('quality', { ...this.quality });
+  }
+
+  _updateSpeaker(levels, now) {
+    let best = null;
+    let bestLevel = SPEAKER_THRESHOLD;
+    for (const [id, level] of Object.entries(levels)) {
+      if (level > bestLevel) {
+        best = id;
+        bestLevel = level;
+      }
+    }
+    const toId = (k) => (typeof this.participantId === 'number' ? Number(k) : k);
+    const cur = this._speaker;
+    if (best !== null) {
+      const id = toId(best);
+      const curLevel = cur.id !== null ? levels[cur.id] ?? 0 : 0;
+      // Switch only when the new voice is clearly louder, to avoid flicker.
+      if (cur.id === null || id === cur.id || bestLevel > curLevel * 1.5 || now - cur.lastLoud > SPEAKER_HOLD_MS) {
+        if (id !== cur.id) {
+          cur.id = id;
+          this._setActiveSpeaker(id);
+        }
+        cur.lastLoud = now;
+      }
+    } else if (cur.id !== null && now - cur.lastLoud > SPEAKER_HOLD_MS) {
+      cur.id = null;
+      this._setActiveSpeaker(null);
+    }
+  }
+
+  _setActiveSpeaker(id) {
+    if (this.activeSpeaker === id) return;
+    this.activeSpeaker = id;
+    if (this._speaker) this._speaker.id = id;
+    this._emit('activeSpeaker', { participantId: id });
+  }
+}
+
+// Small helpers shared with UIs.
+export const ClientMute = Object.freeze({
+  /** Whether a participant's first track of `source` is muted (true also when absent for camera). */
+  isMuted(participant, source) {
+    const t = ChorusClient.trackOf(participant, source);
+    return t ? Boolean(t.muted) : false;
+  },
+});

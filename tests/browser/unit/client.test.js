@@ -1,0 +1,258 @@
+// ChorusClient's signaling, driven through fake WebSocket and RTCPeerConnection with the
+// protocol fixtures as the server's messages.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { ChorusClient, ChorusError } from '../../../frontend/chorus.js';
+import { fakeEnv, FakeWebSocket, FakePeerConnection, FakeTrack, FakeMediaStream, until } from './fakes.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const fixture = (name) => JSON.parse(readFileSync(path.resolve(here, '../../../crates/protocol/fixtures/server', `${name}.json`), 'utf8'));
+
+function localStream() {
+  return new FakeMediaStream([new FakeTrack('audio', 'mic'), new FakeTrack('video', 'cam')]);
+}
+
+/** Joins with the joined fixture (we are participant 3, Ada (1) is there) and answers the publish. */
+async function joinedClient(opts = {}) {
+  const env = fakeEnv();
+  const client = new ChorusClient({ ...env, ...opts });
+  const events = [];
+  for (const type of ['participantJoined', 'participantLeft', 'trackAdded', 'trackRemoved', 'trackPublished', 'muteChanged', 'chat', 'connectionState', 'serverError', 'bye', 'screenShare']) {
+    client.on(type, (d) => events.push({ type, ...d }));
+  }
+  const joining = client.join({ room: 'standup', name: 'Grace', stream: opts.stream === undefined ? localStream() : opts.stream });
+  const ws = await until(() => FakeWebSocket.last?.sent.length && FakeWebSocket.last, 1000, 'join sent');
+  const joined = fixture('joined');
+  joined.iceServers = [];
+  ws.receive(joined);
+  await joining;
+  return { client, ws, events, env };
+}
+
+test('join sends the join message and resolves on joined with the others in place', async () => {
+  const { client, ws, events } = await joinedClient();
+  assert.deepEqual(ws.sent[0], { type: 'join', version: 1, room: 'standup', name: 'Grace' });
+  assert.equal(client.participantId, 3);
+  assert.equal(client.connectionState, 'joined');
+  const ada = client.participants.get(1);
+  assert.equal(ada.name, 'Ada');
+  assert.equal(ChorusClient.trackOf(ada, 'camera').muted, true);
+  assert.equal(ChorusClient.trackOf(ada, 'microphone').muted, false);
+  assert.ok(events.some((e) => e.type === 'participantJoined' && e.participant.id === 1 && e.existing));
+  // chatHistory becomes the chat, as history.
+  assert.deepEqual(client.chat.map((l) => l.text), ['hi']);
+  assert.ok(events.some((e) => e.type === 'chat' && e.history && e.line.text === 'hi'));
+  // Two peers, with the server's ICE servers.
+  assert.equal(FakePeerConnection.instances.length, 2);
+  assert.deepEqual(FakePeerConnection.instances[0].config.iceServers, []);
+  client.close();
+});
+
+test('the publisher offers microphone and camera with their mids and learns the track ids', async () => {
+  const { client, ws } = await joinedClient();
+  const offer = await until(() => ws.sent.find((m) => m.type === 'publishOffer'), 1000, 'publishOffer');
+  assert.deepEqual(offer.tracks, [
+    { mid: '0', source: 'microphone' },
+    { mid: '1', source: 'camera' },
+  ]);
+  assert.match(offer.sdp, /fake-offer/);
+  // Candidates gathered go out after the offer, tagged with the peer.
+  await until(() => ws.sent.some((m) => m.type === 'candidate' && m.peer === 'publisher'), 1000, 'publisher candidate');
+  const idxOffer = ws.sent.indexOf(offer);
+  const idxCand = ws.sent.findIndex((m) => m.type === 'candidate' && m.peer === 'publisher');
+  assert.ok(idxCand > idxOffer, 'candidate after the offer');
+  ws.receive(fixture('publishAnswer'));
+  await until(() => client.trackIdOf('camera') === 2, 1000, 'track ids');
+  assert.equal(client.trackIdOf('microphone'), 1);
+  const pub = FakePeerConnection.instances[0];
+  assert.equal(pub.remoteDescription.type, 'answer');
+
+  // Muting sends setMute with the server's track id.
+  await client.setMicMuted(true);
+  assert.deepEqual(ws.sent.at(-1), { type: 'setMute', trackId: 1, muted: true });
+  assert.equal(client.local.tracks.microphone.enabled, false);
+  // Camera off stops the capture and sends nothing on the m-line.
+  const cam = client.local.tracks.camera;
+  await client.setCameraOff(true);
+  assert.equal(cam.readyState, 'ended');
+  assert.equal(pub.replaced.at(-1), null);
+  assert.deepEqual(ws.sent.at(-1), { type: 'setMute', trackId: 2, muted: true });
+  // Camera on captures anew and replaces the track: no new offer.
+  const offers = ws.sent.filter((m) => m.type === 'publishOffer').length;
+  await client.setCameraOff(false);
+  assert.equal(pub.replaced.at(-1).kind, 'video');
+  assert.equal(pub.replaced.at(-1).readyState, 'live');
+  assert.deepEqual(ws.sent.at(-1), { type: 'setMute', trackId: 2, muted: false });
+  assert.equal(ws.sent.filter((m) => m.type === 'publishOffer').length, offers);
+  client.close();
+});
+
+test('a mute set before the publish answer reaches the others once the track has an id', async () => {
+  const { client, ws } = await joinedClient();
+  await client.setMicMuted(true);
+  assert.ok(!ws.sent.some((m) => m.type === 'setMute'));
+  await until(() => ws.sent.find((m) => m.type === 'publishOffer'), 1000, 'offer');
+  ws.receive(fixture('publishAnswer'));
+  await until(() => ws.sent.some((m) => m.type === 'setMute'), 1000, 'setMute');
+  assert.deepEqual(ws.sent.find((m) => m.type === 'setMute'), { type: 'setMute', trackId: 1, muted: true });
+  client.close();
+});
+
+test('the subscriber answers offers and maps mids to participants and tracks', async () => {
+  const { client, ws, events } = await joinedClient();
+  const offer = fixture('subscribeOffer'); // mid 0 -> track 1 of participant 1
+  offer.sdp += 'a=mid:0/audio\r\n';
+  ws.receive(offer);
+  const answer = await until(() => ws.sent.find((m) => m.type === 'subscribeAnswer'), 1000, 'subscribeAnswer');
+  assert.deepEqual(answer, { type: 'subscribeAnswer', sdp: 'fake-answer' });
+  const added = await until(() => events.find((e) => e.type === 'trackAdded'), 1000, 'trackAdded');
+  assert.equal(added.participant.id, 1);
+  assert.equal(added.track.id, 1);
+  assert.equal(added.track.source, 'microphone');
+  assert.equal(added.track.mediaTrack.kind, 'audio');
+  assert.ok(added.track.stream instanceof FakeMediaStream);
+
+  // Trickle: a server candidate reaches the subscriber peer.
+  ws.receive({ type: 'candidate', peer: 'subscriber', candidate: { candidate: 'candidate:1 1 udp 1 127.0.0.1 5 typ host', sdpMid: '0', sdpMLineIndex: 0 } });
+  const sub = FakePeerConnection.instances[1];
+  await until(() => sub.candidates.length === 1, 1000, 'candidate added');
+
+  // Mute changes and leaving.
+  ws.receive(fixture('muteChanged'));
+  const mc = await until(() => events.find((e) => e.type === 'muteChanged'), 1000, 'muteChanged');
+  assert.equal(mc.track.id, 1);
+  assert.equal(mc.muted, true);
+  ws.receive({ type: 'participantLeft', participantId: 1 });
+  await until(() => events.find((e) => e.type === 'participantLeft'), 1000, 'participantLeft');
+  assert.ok(events.some((e) => e.type === 'trackRemoved' && e.track.id === 1));
+  assert.equal(client.participants.size, 0);
+  client.close();
+});
+
+test('a track published later (screen share) is bound when the offer names it', async () => {
+  const { client, ws, events } = await joinedClient();
+  ws.receive(fixture('participantJoined')); // Grace (4)... we are 3
+  ws.receive({ type: 'trackPublished', participantId: 4, track: { id: 5, kind: 'video', source: 'screen', muted: false } });
+  ws.receive({ type: 'subscribeOffer', sdp: 'a=mid:3/video\r\n', tracks: [{ mid: '3', trackId: 5, participantId: 4 }] });
+  const added = await until(() => events.find((e) => e.type === 'trackAdded' && e.track.id === 5), 1000, 'screen trackAdded');
+  assert.equal(added.track.source, 'screen');
+  ws.receive(fixture('trackUnpublished')); // participant 1 track 5: not ours to remove
+  ws.receive({ type: 'trackUnpublished', participantId: 4, trackId: 5 });
+  await until(() => events.find((e) => e.type === 'trackRemoved' && e.track.id === 5), 1000, 'trackRemoved');
+  client.close();
+});
+
+test('screen share adds a transceiver with source screen, and the track ending stops it', async () => {
+  const { client, ws, events } = await joinedClient();
+  await until(() => ws.sent.find((m) => m.type === 'publishOffer'), 1000, 'offer');
+  ws.receive(fixture('publishAnswer'));
+  await until(() => client.trackIdOf('camera') === 2, 1000, 'ids');
+  const screen = new FakeTrack('video', 'screen');
+  const sharing = client.startScreenShare({ stream: new FakeMediaStream([screen]) });
+  const offer2 = await until(() => ws.sent.filter((m) => m.type === 'publishOffer')[1], 1000, 'second offer');
+  assert.deepEqual(offer2.tracks, [
+    { mid: '0', source: 'microphone' },
+    { mid: '1', source: 'camera' },
+    { mid: '2', source: 'screen' },
+  ]);
+  ws.receive({ type: 'publishAnswer', sdp: 'x', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: 2 }, { mid: '2', trackId: 9 }] });
+  await sharing;
+  assert.equal(client.trackIdOf('screen'), 9);
+  // The browser's "stop sharing" ends the track: a third offer without the screen.
+  screen.fire('ended');
+  const offer3 = await until(() => ws.sent.filter((m) => m.type === 'publishOffer')[2], 1000, 'third offer');
+  assert.deepEqual(offer3.tracks.map((t) => t.source), ['microphone', 'camera']);
+  ws.receive({ type: 'publishAnswer', sdp: 'y', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: 2 }] });
+  assert.ok(events.some((e) => e.type === 'screenShare' && e.active === false));
+  assert.equal(screen.readyState, 'ended');
+  client.close();
+});
+
+test('chat: sent lines show at once, the server echo replaces them, others are appended', async () => {
+  const { client, ws } = await joinedClient();
+  assert.equal(client.sendChat('  hello, all '), true);
+  assert.deepEqual(ws.sent.at(-1), { type: 'chat', text: 'hello, all' });
+  assert.equal(client.chat.at(-1).pending, true);
+  ws.receive({ type: 'chat', line: { from: 3, name: 'Grace', text: 'hello, all', time: 5 } });
+  ws.receive(fixture('chat'));
+  await until(() => client.chat.length === 3, 1000, 'chat lines');
+  assert.deepEqual(client.chat.map((l) => [l.text, l.pending ?? false]), [
+    ['hi', false],
+    ['hello, all', false],
+    ['hi', false],
+  ]);
+  assert.equal(client.sendChat('   '), false);
+  client.close();
+});
+
+test('receive-only join publishes nothing', async () => {
+  const { client, ws } = await joinedClient({ stream: null });
+  await new Promise((r) => setTimeout(r, 20));
+  assert.ok(!ws.sent.some((m) => m.type === 'publishOffer'));
+  client.close();
+});
+
+test('a join refused by the server rejects with its code', async () => {
+  const env = fakeEnv();
+  const client = new ChorusClient(env);
+  const joining = client.join({ room: 'standup', name: 'Ada', stream: null });
+  const ws = await until(() => FakeWebSocket.last?.sent.length && FakeWebSocket.last, 1000, 'join');
+  ws.receive(fixture('error'));
+  await assert.rejects(joining, (e) => e instanceof ChorusError && e.code === 'roomFull');
+  assert.notEqual(client.connectionState, 'joined');
+  client.close();
+});
+
+test('an unreachable server rejects the join with unreachable', async () => {
+  const env = fakeEnv();
+  FakeWebSocket.refuse = true;
+  const client = new ChorusClient(env);
+  await assert.rejects(client.join({ room: 'r', name: 'n', stream: null }), (e) => e.code === 'unreachable');
+  client.close();
+});
+
+test('the room list answers listRooms and follows pushes', async () => {
+  const env = fakeEnv();
+  const client = new ChorusClient(env);
+  const seen = [];
+  client.on('roomList', (d) => seen.push(d.rooms));
+  const listing = client.listRooms();
+  const ws = await until(() => FakeWebSocket.last?.sent.length && FakeWebSocket.last, 1000, 'listRooms');
+  assert.deepEqual(ws.sent[0], { type: 'listRooms' });
+  ws.receive(fixture('roomList'));
+  assert.deepEqual(await listing, [{ room: 'standup', participants: 3 }]);
+  ws.receive({ type: 'roomList', rooms: [] });
+  await until(() => seen.length === 2, 1000, 'push');
+  client.close();
+});
+
+test('after the socket drops, the client rejoins and rebuilds the room', async () => {
+  const { client, ws, events } = await joinedClient();
+  ws.drop();
+  await until(() => events.some((e) => e.type === 'connectionState' && e.state === 'reconnecting'), 1000, 'reconnecting');
+  assert.ok(events.some((e) => e.type === 'participantLeft' && e.reconnecting));
+  const ws2 = await until(() => FakeWebSocket.instances.length === 2 && FakeWebSocket.last.sent.length && FakeWebSocket.last, 2000, 'rejoin');
+  assert.deepEqual(ws2.sent[0], { type: 'join', version: 1, room: 'standup', name: 'Grace' });
+  const joined = fixture('joined');
+  joined.participantId = 7;
+  ws2.receive(joined);
+  await until(() => client.connectionState === 'joined' && client.participantId === 7, 1000, 'joined again');
+  assert.equal(client.participants.size, 1);
+  // The local tracks survive and are published again.
+  await until(() => ws2.sent.some((m) => m.type === 'publishOffer'), 1000, 'republish');
+  client.close();
+});
+
+test('bye removed ends the call without reconnecting', async () => {
+  const { client, ws, events } = await joinedClient();
+  ws.receive({ type: 'bye', reason: 'removed' });
+  await until(() => events.some((e) => e.type === 'bye'), 1000, 'bye');
+  ws.close(1000);
+  await until(() => client.connectionState === 'disconnected', 1000, 'disconnected');
+  await new Promise((r) => setTimeout(r, 120));
+  assert.equal(FakeWebSocket.instances.length, 1);
+  client.close();
+});
