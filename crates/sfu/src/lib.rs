@@ -1,1 +1,63 @@
-//! The Chorus SFU.
+//! The Chorus SFU: rooms, participants, tracks and subscriptions (control plane), and a
+//! media worker that owns the UDP socket and every webrtc-rs peer connection (media plane).
+//!
+//! - [`room`]: the room's decisions as a sans-IO state machine.
+//! - [`worker`]: the media worker: demultiplexing, forwarding, keyframe requests.
+//! - [`peer`]: the only module that names webrtc-rs types.
+//! - [`hub`]: the registry of rooms that signaling sessions talk to.
+
+pub mod hub;
+pub mod net;
+pub mod peer;
+pub mod rewrite;
+pub mod room;
+mod room_task;
+pub mod stun;
+mod token;
+pub mod worker;
+
+pub use hub::{Hub, HubConfig, HubStats, JoinError, Membership};
+pub use peer::PeerSettings;
+
+use chorus_protocol::ErrorCode;
+
+/// Why a media operation failed. Each ends at most one participant's request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// An SDP that does not parse or cannot be applied.
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    /// A trickled candidate the peer refused.
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
+    /// An answer or candidate for a peer that has no offer yet.
+    #[error("no negotiation is under way for that peer")]
+    NoOffer,
+    /// The participant is not known to the media worker.
+    #[error("unknown participant")]
+    UnknownParticipant,
+    /// The track is not known.
+    #[error("unknown track")]
+    UnknownTrack,
+    /// The media worker has stopped (server shutting down).
+    #[error("the media worker has stopped")]
+    WorkerGone,
+    /// webrtc-rs failed in a way the client cannot fix.
+    #[error("media error: {0}")]
+    Internal(String),
+}
+
+impl MediaError {
+    /// The wire code a client sees for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            MediaError::InvalidSdp(_) => ErrorCode::InvalidSdp,
+            MediaError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
+            MediaError::NoOffer => ErrorCode::OutOfOrder,
+            MediaError::UnknownTrack => ErrorCode::UnknownTrack,
+            MediaError::UnknownParticipant | MediaError::WorkerGone | MediaError::Internal(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The hub: the registry of live rooms. Signaling sessions join through it; each room is a
+//! task of its own (`room_task.rs`) that the hub creates on the first join and that removes
+//! itself when its last participant leaves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chorus_protocol::{
+    ClientMessage, ErrorCode, IceServer, ParticipantId, RoomId, RoomSummary, ServerMessage,
+};
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::room::RoomLimits;
+use crate::room_task;
+use crate::worker::WorkerHandle;
+
+/// Commands to one room task. Bounded: a session awaits space, which slows only that
+/// session's reading of its WebSocket.
+pub const ROOM_COMMAND_QUEUE: usize = 256;
+
+/// How long shutdown waits for rooms to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How many times a join retries a room that closed under it.
+const JOIN_ATTEMPTS: usize = 3;
+
+/// Produces the ICE servers (and TURN credentials) handed to one participant.
+pub type IceServerSource = Arc<dyn Fn(ParticipantId) -> Vec<IceServer> + Send + Sync>;
+
+/// What the hub needs from the config.
+#[derive(Clone)]
+pub struct HubConfig {
+    pub limits: RoomLimits,
+    pub max_rooms: usize,
+    /// Longest display name, in characters.
+    pub max_name_chars: usize,
+    pub ice_servers: IceServerSource,
+}
+
+/// A command to a room task.
+#[derive(Debug)]
+pub(crate) enum RoomCommand {
+    Join {
+        participant: ParticipantId,
+        name: String,
+        session: mpsc::Sender<ServerMessage>,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    /// A message from a joined participant.
+    Client {
+        participant: ParticipantId,
+        message: ClientMessage,
+    },
+    /// The participant's WebSocket closed.
+    Gone {
+        participant: ParticipantId,
+    },
+    Shutdown,
+}
+
+/// Why a join failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// Refused by the room or the hub, with the code the client sees.
+    #[error("{1}")]
+    Refused(ErrorCode, String),
+    /// The room closed while the join was queued; the hub retries.
+    #[error("the room closed")]
+    RoomClosed,
+}
+
+impl JoinError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            JoinError::Refused(code, _) => *code,
+            JoinError::RoomClosed => ErrorCode::Internal,
+        }
+    }
+}
+
+pub(crate) struct RoomEntry {
+    pub(crate) tx: mpsc::Sender<RoomCommand>,
+    pub(crate) members: Arc<AtomicUsize>,
+    pub(crate) generation: u64,
+}
+
+pub(crate) struct HubInner {
+    pub(crate) rooms: DashMap<RoomId, RoomEntry>,
+    pub(crate) worker: WorkerHandle,
+    pub(crate) config: HubConfig,
+    next_participant: AtomicU64,
+    next_generation: AtomicU64,
+    room_list: watch::Sender<Vec<RoomSummary>>,
+    shutting_down: AtomicBool,
+}
+
+/// The registry of rooms. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    pub(crate) inner: Arc<HubInner>,
+}
+
+/// A participant's place in a room, held by its signaling session.
+#[derive(Debug)]
+pub struct Membership {
+    pub participant: ParticipantId,
+    pub room: RoomId,
+    tx: mpsc::Sender<RoomCommand>,
+}
+
+impl Membership {
+    /// Hands a client message to the room. False when the room is gone.
+    pub async fn send(&self, message: ClientMessage) -> bool {
+        self.tx
+            .send(RoomCommand::Client {
+                participant: self.participant,
+                message,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Tells the room that the session ended (WebSocket closed without `leave`).
+    pub async fn gone(self) {
+        let _ = self
+            .tx
+            .send(RoomCommand::Gone {
+                participant: self.participant,
+            })
+            .await;
+    }
+}
+
+/// Counters for `/api/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HubStats {
+    pub rooms: u64,
+    pub participants: u64,
+    pub peers: u64,
+    pub tracks: u64,
+    pub subscriptions: u64,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub forward_drops: u64,
+    pub unrouted: u64,
+    pub send_drops: u64,
+    pub keyframe_requests: u64,
+}
+
+impl Hub {
+    pub fn new(worker: WorkerHandle, config: HubConfig) -> Self {
+        let (room_list, _) = watch::channel(Vec::new());
+        Self {
+            inner: Arc::new(HubInner {
+                rooms: DashMap::new(),
+                worker,
+                config,
+                next_participant: AtomicU64::new(1),
+                next_generation: AtomicU64::new(1),
+                room_list,
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Joins `room` as `name`; the room's messages for this participant go to `session`.
+    pub async fn join(
+        &self,
+        room: RoomId,
+        name: String,
+        session: mpsc::Sender<ServerMessage>,
+    ) -> Result<Membership, JoinError> {
+        let name = name.trim().to_owned();
+        let chars = name.chars().count();
+        if chars == 0 || chars > self.inner.config.max_name_chars {
+            return Err(JoinError::Refused(
+                ErrorCode::InvalidName,
+                format!(
+                    "a display name has 1 to {} characters",
+                    self.inner.config.max_name_chars
+                ),
+            ));
+        }
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(JoinError::Refused(
+                ErrorCode::Internal,
+                "the server is shutting down".into(),
+            ));
+        }
+        let participant =
+            ParticipantId(self.inner.next_participant.fetch_add(1, Ordering::Relaxed));
+        for _ in 0..JOIN_ATTEMPTS {
+            let tx = self.room_sender(&room)?;
+            let (reply, rx) = oneshot::channel();
+            let sent = tx
+                .send(RoomCommand::Join {
+                    participant,
+                    name: name.clone(),
+                    session: session.clone(),
+                    reply,
+                })
+                .await;
+            if sent.is_err() {
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(())) => {
+                    return Ok(Membership {
+                        participant,
+                        room,
+                        tx,
+                    });
+                }
+                Ok(Err(JoinError::RoomClosed)) | Err(_) => continue,
+                Ok(Err(err)) => return Err(err),
+            }
+        }
+        Err(JoinError::RoomClosed)
+    }
+
+    /// The live room's command sender, creating the room if there is none.
+    fn room_sender(&self, room: &RoomId) -> Result<mpsc::Sender<RoomCommand>, JoinError> {
+        if let Some(entry) = self.inner.rooms.get(room) {
+            return Ok(entry.tx.clone());
+        }
+        if self.inner.rooms.len() >= self.inner.config.max_rooms {
+            return Err(JoinError::Refused(
+                ErrorCode::TooManyRooms,
+                format!(
+                    "the server holds its maximum of {} rooms",
+                    self.inner.config.max_rooms
+                ),
+            ));
+        }
+        let entry = self.inner.rooms.entry(room.clone()).or_insert_with(|| {
+            let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+            room_task::spawn(self.clone(), room.clone(), generation)
+        });
+        Ok(entry.tx.clone())
+    }
+
+    /// Called by a room task when it has emptied: forget it (if it is still the live one).
+    pub(crate) fn room_closed(&self, room: &RoomId, generation: u64) {
+        self.inner
+            .rooms
+            .remove_if(room, |_, entry| entry.generation == generation);
+        self.publish_room_list();
+    }
+
+    /// Recomputes the room list and wakes its watchers.
+    pub(crate) fn publish_room_list(&self) {
+        let list = self.room_list();
+        self.inner.room_list.send_if_modified(|current| {
+            if *current == list {
+                false
+            } else {
+                *current = list;
+                true
+            }
+        });
+    }
+
+    /// The rooms that have participants, by name.
+    pub fn room_list(&self) -> Vec<RoomSummary> {
+        let mut list: Vec<RoomSummary> = self
+            .inner
+            .rooms
+            .iter()
+            .filter_map(|entry| {
+                let participants = entry.members.load(Ordering::Relaxed);
+                (participants > 0).then(|| RoomSummary {
+                    room: entry.key().clone(),
+                    participants: u32::try_from(participants).unwrap_or(u32::MAX),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| a.room.cmp(&b.room));
+        list
+    }
+
+    /// A receiver that changes whenever the room list does.
+    pub fn watch_rooms(&self) -> watch::Receiver<Vec<RoomSummary>> {
+        self.inner.room_list.subscribe()
+    }
+
+    pub fn stats(&self) -> HubStats {
+        let w = self.inner.worker.stats();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HubStats {
+            rooms: self.inner.rooms.len() as u64,
+            participants: self
+                .inner
+                .rooms
+                .iter()
+                .map(|e| e.members.load(Ordering::Relaxed) as u64)
+                .sum(),
+            peers: get(&w.peers),
+            tracks: get(&w.tracks),
+            subscriptions: get(&w.subscriptions),
+            datagrams_in: get(&w.datagrams_in),
+            datagrams_out: get(&w.datagrams_out),
+            rtp_in: get(&w.rtp_in),
+            rtp_forwarded: get(&w.rtp_forwarded),
+            forward_drops: get(&w.forward_drops),
+            unrouted: get(&w.unrouted),
+            send_drops: get(&w.send_drops),
+            keyframe_requests: get(&w.keyframe_requests),
+        }
+    }
+
+    /// Tells every participant the server is going away, and waits (briefly) for the rooms
+    /// to close.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        let senders: Vec<_> = self.inner.rooms.iter().map(|e| e.tx.clone()).collect();
+        for tx in senders {
+            let _ = tx.send(RoomCommand::Shutdown).await;
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while !self.inner.rooms.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,796 @@
+//! The one module that names webrtc-rs (`rtc`) types.
+//!
+//! A [`Peer`] wraps one sans-IO `RTCPeerConnection`. It is ICE-lite, shares the worker's
+//! UDP socket, and speaks to the rest of the SFU in Chorus terms: tracks, subscriptions,
+//! datagrams in and out, and [`PeerEvent`]s.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use chorus_protocol::{IceCandidate, MediaKind, TrackId};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use crate::MediaError;
+use crate::rewrite::{IdMap, SeqRewriter};
+
+/// SRTP protection profiles the server accepts, by config name.
+pub const SRTP_PROFILE_NAMES: &[&str] = &[
+    "aead_aes_128_gcm",
+    "aead_aes_256_gcm",
+    "aes128_cm_hmac_sha1_80",
+    "aes128_cm_hmac_sha1_32",
+];
+
+/// Settings shared by every peer of a worker.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    /// Host candidates to announce (ip:port of the shared socket, or NAT 1:1 addresses).
+    pub candidates: Vec<SocketAddr>,
+    /// SRTP profiles, by names from [`SRTP_PROFILE_NAMES`]. The DTLS server takes the
+    /// client's first choice among these, so listing only GCM is how to get GCM.
+    pub srtp_profiles: Vec<String>,
+}
+
+/// One forwarded RTP packet, as read from a publisher.
+pub struct MediaPacket(rtc::rtp::packet::Packet);
+
+impl MediaPacket {
+    pub fn payload(&self) -> &[u8] {
+        &self.0.payload
+    }
+}
+
+/// Something a peer reports to the worker.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up.
+    Connected,
+    /// ICE or DTLS failed, or the peer closed: the participant should go.
+    Failed,
+    /// A subscriber asked for a keyframe (PLI or FIR) on this track.
+    KeyframeRequested(TrackId),
+}
+
+/// What a publisher offer carried, per receiving m-line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedTrack {
+    pub mid: String,
+    pub kind: MediaKind,
+    /// Whether the client sends on it (false once stopped or made inactive).
+    pub active: bool,
+}
+
+/// A source track's negotiated codec, as a subscription needs it.
+#[derive(Debug, Clone)]
+pub struct SourceCodec {
+    kind: MediaKind,
+    codec: RTCRtpCodec,
+    payload_type: u8,
+    /// extension id → URI on the publisher peer
+    extensions: Vec<(u8, String)>,
+}
+
+/// One outgoing copy of a track on a subscriber peer.
+struct Outbound {
+    sender: RTCRtpSenderId,
+    rtc_track_id: String,
+    mid: Option<String>,
+    ssrc: u32,
+    source: SourceCodec,
+    seq: SeqRewriter,
+    pt: IdMap,
+    ext: IdMap,
+    /// Set once the subscriber's answer negotiated this sender.
+    ready: bool,
+}
+
+/// One incoming track on a publisher peer.
+struct Inbound {
+    track: TrackId,
+    receiver: RTCRtpReceiverId,
+    /// The media SSRC, once the first packet arrived.
+    ssrc: Option<u32>,
+}
+
+/// One WebRTC peer connection.
+pub struct Peer {
+    pc: RTCPeerConnection,
+    /// The address reads are tagged with: the first announced candidate.
+    local_tag: SocketAddr,
+    connected: bool,
+    failed: bool,
+    /// Publisher: mid → incoming track.
+    inbound: HashMap<String, Inbound>,
+    /// Publisher: rtc's track id string → our track.
+    inbound_by_rtc: HashMap<String, TrackId>,
+    /// Subscriber: our track → its outgoing copy.
+    outbound: HashMap<TrackId, Outbound>,
+    /// Subscriber: rtc's sender track id string → our track.
+    outbound_by_rtc: HashMap<String, TrackId>,
+}
+
+fn sdp_error(err: impl std::fmt::Display) -> MediaError {
+    MediaError::InvalidSdp(err.to_string())
+}
+
+fn internal(err: impl std::fmt::Display) -> MediaError {
+    MediaError::Internal(err.to_string())
+}
+
+fn kind_of(kind: RtpCodecKind) -> Option<MediaKind> {
+    match kind {
+        RtpCodecKind::Audio => Some(MediaKind::Audio),
+        RtpCodecKind::Video => Some(MediaKind::Video),
+        _ => None,
+    }
+}
+
+fn media_engine() -> Result<MediaEngine, MediaError> {
+    let mut engine = MediaEngine::default();
+    let video_feedback = vec![
+        RTCPFeedback {
+            typ: "ccm".to_owned(),
+            parameter: "fir".to_owned(),
+        },
+        RTCPFeedback {
+            typ: "nack".to_owned(),
+            parameter: "".to_owned(),
+        },
+        RTCPFeedback {
+            typ: "nack".to_owned(),
+            parameter: "pli".to_owned(),
+        },
+    ];
+    let codec = |mime: &str, clock_rate, channels, fmtp: &str, feedback: &[RTCPFeedback], pt| {
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.to_owned(),
+                clock_rate,
+                channels,
+                sdp_fmtp_line: fmtp.to_owned(),
+                rtcp_feedback: feedback.to_vec(),
+            },
+            payload_type: pt,
+        }
+    };
+    engine
+        .register_codec(
+            codec(
+                MIME_TYPE_OPUS,
+                48000,
+                2,
+                "minptime=10;useinbandfec=1",
+                &[],
+                111,
+            ),
+            RtpCodecKind::Audio,
+        )
+        .map_err(internal)?;
+    for c in [
+        codec(MIME_TYPE_VP8, 90000, 0, "", &video_feedback, 96),
+        codec(MIME_TYPE_RTX, 90000, 0, "apt=96", &[], 97),
+        codec(
+            MIME_TYPE_H264,
+            90000,
+            0,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            &video_feedback,
+            102,
+        ),
+        codec(MIME_TYPE_RTX, 90000, 0, "apt=102", &[], 103),
+    ] {
+        engine
+            .register_codec(c, RtpCodecKind::Video)
+            .map_err(internal)?;
+    }
+    for (uri, kind) in [
+        (
+            "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            RtpCodecKind::Audio,
+        ),
+        (
+            "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+            RtpCodecKind::Video,
+        ),
+        ("urn:3gpp:video-orientation", RtpCodecKind::Video),
+    ] {
+        engine
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                kind,
+                None,
+            )
+            .map_err(internal)?;
+    }
+    Ok(engine)
+}
+
+fn srtp_profiles(
+    names: &[String],
+) -> Vec<rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile> {
+    use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile as P;
+    names
+        .iter()
+        .filter_map(|name| match name.as_str() {
+            "aead_aes_128_gcm" => Some(P::Srtp_Aead_Aes_128_Gcm),
+            "aead_aes_256_gcm" => Some(P::Srtp_Aead_Aes_256_Gcm),
+            "aes128_cm_hmac_sha1_80" => Some(P::Srtp_Aes128_Cm_Hmac_Sha1_80),
+            "aes128_cm_hmac_sha1_32" => Some(P::Srtp_Aes128_Cm_Hmac_Sha1_32),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Peer {
+    /// Builds a peer whose local ICE credentials are `ufrag`/`pwd`.
+    pub fn new(
+        settings: &PeerSettings,
+        ufrag: &str,
+        pwd: &str,
+        now: Instant,
+    ) -> Result<Self, MediaError> {
+        let mut engine = media_engine()?;
+        let registry =
+            register_default_interceptors(Registry::new(), &mut engine).map_err(internal)?;
+        let setting_engine = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+            .with_answering_dtls_role(RTCDtlsRole::Server)
+            .with_srtp_protection_profiles(srtp_profiles(&settings.srtp_profiles))
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(engine)
+            .with_setting_engine(setting_engine)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(internal)?;
+        for addr in &settings.candidates {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()
+            .map_err(internal)?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(internal)?;
+            pc.add_local_candidate(init).map_err(internal)?;
+        }
+        let local_tag = *settings
+            .candidates
+            .first()
+            .ok_or_else(|| MediaError::Internal("no host candidate configured".into()))?;
+        Ok(Self {
+            pc,
+            local_tag,
+            connected: false,
+            failed: false,
+            inbound: HashMap::new(),
+            inbound_by_rtc: HashMap::new(),
+            outbound: HashMap::new(),
+            outbound_by_rtc: HashMap::new(),
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Publisher: applies the client's offer and returns the answer and the m-lines it
+    /// receives on.
+    pub fn apply_offer(
+        &mut self,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(String, Vec<OfferedTrack>), MediaError> {
+        let offer = RTCSessionDescription::offer(sdp).map_err(sdp_error)?;
+        self.pc
+            .set_remote_description(now, offer)
+            .map_err(sdp_error)?;
+        let answer = self.pc.create_answer(None).map_err(sdp_error)?;
+        self.pc
+            .set_local_description(now, answer)
+            .map_err(sdp_error)?;
+        let answer = self
+            .pc
+            .local_description()
+            .ok_or_else(|| MediaError::Internal("no local description".into()))?
+            .sdp
+            .clone();
+        let mut offered = Vec::new();
+        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        for id in ids {
+            let Some(t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            let Some(mid) = t.mid().clone() else { continue };
+            let direction = t.direction();
+            let Some(receiver) = t.receiver() else {
+                continue;
+            };
+            let Some(kind) = self
+                .pc
+                .rtp_receiver(receiver)
+                .and_then(|r| kind_of(r.track().kind()))
+            else {
+                continue;
+            };
+            let active = matches!(
+                direction,
+                RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv
+            );
+            offered.push(OfferedTrack { mid, kind, active });
+        }
+        Ok((answer, offered))
+    }
+
+    /// Publisher: names the track an m-line carries, so that its packets are forwarded.
+    pub fn bind_inbound(&mut self, mid: &str, track: TrackId) {
+        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        for id in ids {
+            let Some(t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            if t.mid().as_deref() != Some(mid) {
+                continue;
+            }
+            if let Some(receiver) = t.receiver() {
+                self.inbound.insert(
+                    mid.to_owned(),
+                    Inbound {
+                        track,
+                        receiver,
+                        ssrc: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Publisher: forgets a track that is no longer sent.
+    pub fn unbind_inbound(&mut self, track: TrackId) {
+        self.inbound.retain(|_, i| i.track != track);
+        self.inbound_by_rtc.retain(|_, t| *t != track);
+    }
+
+    /// Publisher: the negotiated codec and extensions of an m-line.
+    pub fn source_codec(&mut self, mid: &str) -> Option<SourceCodec> {
+        let receiver = self.inbound.get(mid)?.receiver;
+        let mut r = self.pc.rtp_receiver(receiver)?;
+        let kind = kind_of(r.track().kind())?;
+        let params = r.get_parameters();
+        let primary = params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| !c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RTX))?;
+        Some(SourceCodec {
+            kind,
+            codec: primary.rtp_codec.clone(),
+            payload_type: primary.payload_type,
+            extensions: params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .filter_map(|e| Some((u8::try_from(e.id).ok()?, e.uri.clone())))
+                .collect(),
+        })
+    }
+
+    /// Publisher: asks the client for a keyframe on a track.
+    pub fn request_keyframe(&mut self, track: TrackId, now: Instant) -> Result<(), MediaError> {
+        let Some(inbound) = self.inbound.values().find(|i| i.track == track) else {
+            return Err(MediaError::UnknownTrack);
+        };
+        let Some(media_ssrc) = inbound.ssrc else {
+            // No packet yet: the first one is a keyframe anyway.
+            return Ok(());
+        };
+        let mut receiver = self
+            .pc
+            .rtp_receiver(inbound.receiver)
+            .ok_or(MediaError::UnknownTrack)?;
+        receiver
+            .write_rtcp(
+                now,
+                vec![Box::new(PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                })],
+            )
+            .map_err(internal)
+    }
+
+    /// Subscriber: adds a sending m-line for `track`. The change goes out with the next offer.
+    pub fn add_outbound(
+        &mut self,
+        track: TrackId,
+        source: SourceCodec,
+        ssrc: u32,
+    ) -> Result<(), MediaError> {
+        let kind = match source.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let rtc_track_id = format!("chorus-{track}");
+        let stream_id = format!("chorus-{track}");
+        let media = MediaStreamTrack::new(
+            stream_id.clone(),
+            rtc_track_id.clone(),
+            rtc_track_id.clone(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: source.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let transceiver = self
+            .pc
+            .add_transceiver_from_track(
+                media,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![stream_id],
+                    send_encodings: vec![],
+                }),
+            )
+            .map_err(internal)?;
+        let sender = RTCRtpSenderId::from(transceiver);
+        self.outbound_by_rtc.insert(rtc_track_id.clone(), track);
+        self.outbound.insert(
+            track,
+            Outbound {
+                sender,
+                rtc_track_id,
+                mid: None,
+                ssrc,
+                source,
+                seq: SeqRewriter::new((ssrc >> 16) as u16),
+                pt: IdMap::default(),
+                ext: IdMap::default(),
+                ready: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Subscriber: stops sending `track`; its m-line goes inactive with the next offer.
+    pub fn remove_outbound(&mut self, track: TrackId) {
+        if let Some(out) = self.outbound.remove(&track) {
+            self.outbound_by_rtc.remove(&out.rtc_track_id);
+            if let Err(err) = self.pc.remove_track(out.sender) {
+                tracing::debug!(%track, %err, "remove_track failed");
+            }
+        }
+    }
+
+    /// Subscriber: the tracks it currently sends.
+    pub fn outbound_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
+        self.outbound.keys().copied()
+    }
+
+    /// Subscriber: creates an offer; returns it with the mid of every sending m-line.
+    pub fn create_offer(
+        &mut self,
+        now: Instant,
+    ) -> Result<(String, Vec<(String, TrackId)>), MediaError> {
+        let offer = self.pc.create_offer(None).map_err(internal)?;
+        self.pc
+            .set_local_description(now, offer)
+            .map_err(internal)?;
+        let sdp = self
+            .pc
+            .local_description()
+            .ok_or_else(|| MediaError::Internal("no local description".into()))?
+            .sdp
+            .clone();
+        let mut mids = Vec::new();
+        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        for id in ids {
+            let Some(t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            let (Some(mid), Some(sender)) = (t.mid().clone(), t.sender()) else {
+                continue;
+            };
+            if let Some(out) = self.outbound.values_mut().find(|o| o.sender == sender) {
+                out.mid = Some(mid.clone());
+            }
+        }
+        for (track, out) in &self.outbound {
+            if let Some(mid) = &out.mid {
+                mids.push((mid.clone(), *track));
+            }
+        }
+        mids.sort();
+        Ok((sdp, mids))
+    }
+
+    /// Subscriber: applies the client's answer and readies every negotiated sender.
+    pub fn apply_answer(&mut self, sdp: String, now: Instant) -> Result<(), MediaError> {
+        let answer = RTCSessionDescription::answer(sdp).map_err(sdp_error)?;
+        self.pc
+            .set_remote_description(now, answer)
+            .map_err(sdp_error)?;
+        let tracks: Vec<TrackId> = self.outbound.keys().copied().collect();
+        for track in tracks {
+            let Some(out) = self.outbound.get(&track) else {
+                continue;
+            };
+            let sender = out.sender;
+            let Some(mut s) = self.pc.rtp_sender(sender) else {
+                continue;
+            };
+            let params = s.get_parameters();
+            let mut pt = IdMap::default();
+            let mut ext = IdMap::default();
+            let Some(out) = self.outbound.get_mut(&track) else {
+                continue;
+            };
+            if let Some(dst) = params.rtp_parameters.codecs.iter().find(|c| {
+                c.rtp_codec
+                    .mime_type
+                    .eq_ignore_ascii_case(&out.source.codec.mime_type)
+            }) {
+                pt.insert(out.source.payload_type, dst.payload_type);
+            }
+            for (src_id, uri) in &out.source.extensions {
+                if let Some(dst) = params
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|e| &e.uri == uri)
+                    && let Ok(dst_id) = u8::try_from(dst.id)
+                {
+                    ext.insert(*src_id, dst_id);
+                }
+            }
+            out.ready = !pt.is_empty();
+            out.pt = pt;
+            out.ext = ext;
+        }
+        Ok(())
+    }
+
+    /// Either peer: a trickled remote candidate.
+    pub fn add_remote_candidate(&mut self, candidate: IceCandidate) -> Result<(), MediaError> {
+        if candidate.candidate.is_empty() {
+            return Ok(()); // end of candidates
+        }
+        self.pc
+            .add_remote_candidate(RTCIceCandidateInit {
+                candidate: candidate.candidate,
+                sdp_mid: candidate.sdp_mid,
+                sdp_mline_index: candidate.sdp_m_line_index,
+                ..Default::default()
+            })
+            .map_err(|e| MediaError::InvalidCandidate(e.to_string()))
+    }
+
+    /// Feeds one datagram received from `from`.
+    pub fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        let result = self.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local_tag,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(datagram),
+        });
+        if let Err(err) = result {
+            tracing::trace!(%err, "handle_read");
+        }
+    }
+
+    /// Drains media read from the peer: forwarded RTP goes to `on_rtp`, keyframe requests
+    /// become events.
+    pub fn poll_media(
+        &mut self,
+        mut on_rtp: impl FnMut(TrackId, &MediaPacket),
+        events: &mut Vec<PeerEvent>,
+    ) {
+        while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
+            match message {
+                RTCMessage::RtpPacket(rtc_track, packet) => {
+                    let Some(track) = self.inbound_by_rtc.get(&rtc_track).copied() else {
+                        continue;
+                    };
+                    if let Some(inbound) = self.inbound.values_mut().find(|i| i.track == track) {
+                        inbound.ssrc = Some(packet.header.ssrc);
+                    }
+                    on_rtp(track, &MediaPacket(packet));
+                }
+                RTCMessage::RtcpPacket(rtc_track, packets) => {
+                    let Some(track) = self.outbound_by_rtc.get(&rtc_track).copied() else {
+                        continue;
+                    };
+                    let wants_keyframe = packets.iter().any(|p| {
+                        p.as_any().is::<PictureLossIndication>()
+                            || p.as_any().is::<FullIntraRequest>()
+                    });
+                    if wants_keyframe {
+                        events.push(PeerEvent::KeyframeRequested(track));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Drains connection-state and track events.
+    pub fn poll_events(&mut self, events: &mut Vec<PeerEvent>) {
+        while let Some(event) = self.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                    RTCPeerConnectionState::Connected => {
+                        if !self.connected {
+                            self.connected = true;
+                            events.push(PeerEvent::Connected);
+                        }
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        if !self.failed {
+                            self.failed = true;
+                            events.push(PeerEvent::Failed);
+                        }
+                    }
+                    _ => {}
+                },
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    let Some(inbound) = self
+                        .inbound
+                        .values_mut()
+                        .find(|i| i.receiver == init.receiver_id)
+                    else {
+                        continue;
+                    };
+                    inbound.ssrc = Some(init.ssrc);
+                    self.inbound_by_rtc.insert(init.track_id, inbound.track);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscriber: sends one forwarded packet on `track`'s subscription, rewritten for it.
+    pub fn forward(
+        &mut self,
+        track: TrackId,
+        packet: &MediaPacket,
+        now: Instant,
+    ) -> Result<(), ForwardDrop> {
+        if !self.connected {
+            return Err(ForwardDrop::NotConnected);
+        }
+        let out = self
+            .outbound
+            .get_mut(&track)
+            .ok_or(ForwardDrop::NotSubscribed)?;
+        if !out.ready {
+            return Err(ForwardDrop::NotNegotiated);
+        }
+        let src = &packet.0;
+        let pt = out
+            .pt
+            .get(src.header.payload_type)
+            .ok_or(ForwardDrop::PayloadType)?;
+        let (seq, ts) = out.seq.rewrite(
+            src.header.ssrc,
+            src.header.sequence_number,
+            src.header.timestamp,
+        );
+        let mut pkt = src.clone();
+        pkt.header.ssrc = out.ssrc;
+        pkt.header.payload_type = pt;
+        pkt.header.sequence_number = seq;
+        pkt.header.timestamp = ts;
+        let ext = &out.ext;
+        pkt.header.extensions.retain_mut(|e| match ext.get(e.id) {
+            Some(id) => {
+                e.id = id;
+                true
+            }
+            None => false,
+        });
+        pkt.header.extension = !pkt.header.extensions.is_empty();
+        let sender = out.sender;
+        let mut s = self
+            .pc
+            .rtp_sender(sender)
+            .ok_or(ForwardDrop::NotSubscribed)?;
+        s.write_rtp(now, pkt).map_err(|_| ForwardDrop::Rejected)
+    }
+
+    /// Subscriber: the video tracks it sends, to ask their publishers for keyframes.
+    pub fn video_outbound(&self) -> impl Iterator<Item = TrackId> + '_ {
+        self.outbound
+            .iter()
+            .filter(|(_, o)| o.source.kind == MediaKind::Video)
+            .map(|(t, _)| *t)
+    }
+
+    /// Lets timers run.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Err(err) = self.pc.handle_timeout(now) {
+            tracing::trace!(%err, "handle_timeout");
+        }
+    }
+
+    /// When the peer next wants [`Peer::handle_timeout`].
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.pc.poll_timeout()
+    }
+
+    /// Drains outgoing datagrams.
+    pub fn poll_transmit(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+        while let Some(msg) = self.pc.poll_write() {
+            send(msg.transport.peer_addr, &msg.message);
+        }
+    }
+
+    /// Closes the peer connection (sends DTLS close_notify where it can).
+    pub fn close(&mut self) {
+        if let Err(err) = self.pc.close() {
+            tracing::trace!(%err, "close");
+        }
+    }
+}
+
+/// Why one forwarded packet was not sent to one subscription (counted, never fatal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardDrop {
+    /// The subscriber's peer is not connected yet.
+    NotConnected,
+    /// No subscription of that track on this peer.
+    NotSubscribed,
+    /// The subscriber has not answered the offer with this track yet.
+    NotNegotiated,
+    /// The packet's payload type is not negotiated with the subscriber.
+    PayloadType,
+    /// webrtc-rs refused the write.
+    Rejected,
+}

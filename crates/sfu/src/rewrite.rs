@@ -1,0 +1,191 @@
+//! Per-subscription RTP header rewriting, on plain numbers so that it is tested without
+//! any webrtc-rs type.
+//!
+//! Every subscription sends under its own SSRC, with the payload types and header-extension
+//! ids that its subscriber negotiated, and with sequence numbers and timestamps that stay
+//! continuous even when the source changes SSRC (a publisher restarting its camera).
+
+/// Sequence-number and timestamp continuity for one subscription.
+///
+/// The output is `input + offset` (wrapping), so gaps and reordering upstream pass through
+/// unchanged and the subscriber can NACK them. When the source SSRC changes, the offsets
+/// are rebased so that the output carries on from the last packet sent.
+#[derive(Debug, Clone)]
+pub struct SeqRewriter {
+    source_ssrc: Option<u32>,
+    seq_offset: u16,
+    ts_offset: u32,
+    /// Highest sequence number sent so far (in output space), for rebasing.
+    last_seq: u16,
+    /// Timestamp of that packet (in output space).
+    last_ts: u32,
+}
+
+/// Timestamp step inserted between the last packet of an old source and the first of a
+/// new one, so that the receiver sees time moving forward (about one 30 fps video frame).
+const REBASE_TS_STEP: u32 = 3000;
+
+impl SeqRewriter {
+    /// A rewriter whose first output sequence number is `first_seq`.
+    pub fn new(first_seq: u16) -> Self {
+        Self {
+            source_ssrc: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            last_seq: first_seq.wrapping_sub(1),
+            last_ts: 0,
+        }
+    }
+
+    /// Maps one incoming packet's numbers to outgoing ones.
+    pub fn rewrite(&mut self, source_ssrc: u32, seq: u16, ts: u32) -> (u16, u32) {
+        if self.source_ssrc != Some(source_ssrc) {
+            let first = self.source_ssrc.is_none();
+            self.source_ssrc = Some(source_ssrc);
+            self.seq_offset = self.last_seq.wrapping_add(1).wrapping_sub(seq);
+            self.ts_offset = if first {
+                0
+            } else {
+                self.last_ts.wrapping_add(REBASE_TS_STEP).wrapping_sub(ts)
+            };
+        }
+        let out_seq = seq.wrapping_add(self.seq_offset);
+        let out_ts = ts.wrapping_add(self.ts_offset);
+        if seq_newer(out_seq, self.last_seq) {
+            self.last_seq = out_seq;
+            self.last_ts = out_ts;
+        }
+        (out_seq, out_ts)
+    }
+}
+
+/// RFC 1982 serial comparison: is `a` after `b`?
+pub fn seq_newer(a: u16, b: u16) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000
+}
+
+/// Sentinel for "not negotiated" in [`IdMap`].
+const UNMAPPED: u8 = 0;
+
+/// A translation table for small ids (payload types, header-extension ids). An id with no
+/// entry is not negotiated on the destination, so the packet (payload type) or the extension
+/// (extension id) is dropped.
+#[derive(Clone)]
+pub struct IdMap {
+    table: [u8; 256],
+}
+
+impl Default for IdMap {
+    fn default() -> Self {
+        Self {
+            table: [UNMAPPED; 256],
+        }
+    }
+}
+
+impl std::fmt::Debug for IdMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries: Vec<_> = self
+            .table
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != UNMAPPED)
+            .collect();
+        f.debug_map().entries(entries).finish()
+    }
+}
+
+impl IdMap {
+    /// Maps `from` to `to`. Id 0 is reserved in both uses and is ignored.
+    pub fn insert(&mut self, from: u8, to: u8) {
+        if from != 0 && to != 0 {
+            self.table[usize::from(from)] = to;
+        }
+    }
+
+    /// The destination id, or `None` when `from` is not negotiated there.
+    pub fn get(&self, from: u8) -> Option<u8> {
+        match self.table[usize::from(from)] {
+            UNMAPPED => None,
+            to => Some(to),
+        }
+    }
+
+    /// Whether no id maps.
+    pub fn is_empty(&self) -> bool {
+        self.table.iter().all(|v| *v == UNMAPPED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuous_from_the_first_packet() {
+        let mut r = SeqRewriter::new(1000);
+        assert_eq!(r.rewrite(7, 50, 90_000), (1000, 90_000));
+        assert_eq!(r.rewrite(7, 51, 93_000), (1001, 93_000));
+        // a gap upstream stays a gap, so the subscriber can NACK it
+        assert_eq!(r.rewrite(7, 53, 96_000), (1003, 96_000));
+        // a late packet maps into its slot
+        assert_eq!(r.rewrite(7, 52, 93_000), (1002, 93_000));
+    }
+
+    #[test]
+    fn sequence_wraps_around() {
+        let mut r = SeqRewriter::new(65_534);
+        assert_eq!(r.rewrite(1, 10, 0).0, 65_534);
+        assert_eq!(r.rewrite(1, 11, 0).0, 65_535);
+        assert_eq!(r.rewrite(1, 12, 0).0, 0);
+        assert_eq!(r.rewrite(1, 13, 0).0, 1);
+        // input wrapping too
+        let mut r = SeqRewriter::new(5);
+        assert_eq!(r.rewrite(1, 65_535, 0).0, 5);
+        assert_eq!(r.rewrite(1, 0, 0).0, 6);
+    }
+
+    #[test]
+    fn timestamp_wraps_around() {
+        let mut r = SeqRewriter::new(0);
+        assert_eq!(r.rewrite(1, 0, u32::MAX - 1000).1, u32::MAX - 1000);
+        assert_eq!(r.rewrite(1, 1, 2000).1, 2000);
+    }
+
+    #[test]
+    fn a_new_source_ssrc_continues_the_output() {
+        let mut r = SeqRewriter::new(100);
+        assert_eq!(r.rewrite(1, 7, 1_000), (100, 1_000));
+        assert_eq!(r.rewrite(1, 8, 4_000), (101, 4_000));
+        // the publisher restarted: new SSRC, unrelated numbers
+        let (seq, ts) = r.rewrite(2, 40_000, 123);
+        assert_eq!(seq, 102);
+        assert_eq!(ts, 4_000 + REBASE_TS_STEP);
+        assert_eq!(
+            r.rewrite(2, 40_001, 3_123),
+            (103, 4_000 + REBASE_TS_STEP + 3_000)
+        );
+    }
+
+    #[test]
+    fn serial_comparison() {
+        assert!(seq_newer(1, 0));
+        assert!(seq_newer(0, 65_535));
+        assert!(!seq_newer(65_535, 0));
+        assert!(!seq_newer(5, 5));
+    }
+
+    #[test]
+    fn id_map_translates_and_drops() {
+        let mut m = IdMap::default();
+        assert!(m.is_empty());
+        m.insert(96, 100);
+        m.insert(3, 5);
+        m.insert(0, 9);
+        assert_eq!(m.get(96), Some(100));
+        assert_eq!(m.get(3), Some(5));
+        assert_eq!(m.get(97), None);
+        assert_eq!(m.get(0), None);
+        assert!(!m.is_empty());
+    }
+}

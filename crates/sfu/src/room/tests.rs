@@ -1,0 +1,302 @@
+//! The room state machine, driven by inputs with no sockets and no tasks.
+
+use super::*;
+use crate::worker::{PublishOutcome, PublishedTrack, SubscriberOffer};
+
+fn room(max: usize) -> Room {
+    Room::new(
+        RoomId::new("test").expect("room id"),
+        RoomLimits {
+            max_participants: max,
+            chat_history: 2,
+            max_chat_chars: 20,
+        },
+    )
+}
+
+fn join(room: &mut Room, id: u64, name: &str) -> Vec<Effect> {
+    room.handle(Input::Join {
+        participant: ParticipantId(id),
+        name: name.into(),
+        ice_servers: vec![],
+    })
+}
+
+fn sent_to(effects: &[Effect], id: u64) -> Vec<&ServerMessage> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(p, m) if *p == ParticipantId(id) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn syncs(effects: &[Effect]) -> Vec<(u64, Vec<u64>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SyncSubscriptions {
+                participant,
+                tracks,
+            } => Some((participant.0, tracks.iter().map(|t| t.0).collect())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Publishes audio (track 10*id) and video (10*id+1) for participant `id`.
+fn publish(room: &mut Room, id: u64) -> Vec<Effect> {
+    let p = ParticipantId(id);
+    let fx = room.handle(Input::PublishOffer {
+        participant: p,
+        sdp: "offer".into(),
+        tracks: vec![PublishTrack {
+            mid: "1".into(),
+            source: TrackSource::Screen,
+        }],
+    });
+    assert_eq!(
+        fx,
+        vec![Effect::Publish {
+            participant: p,
+            sdp: "offer".into()
+        }]
+    );
+    room.handle(Input::PublishApplied {
+        participant: p,
+        result: Ok(PublishOutcome {
+            answer: "answer".into(),
+            tracks: vec![
+                PublishedTrack {
+                    mid: "0".into(),
+                    track: TrackId(10 * id),
+                    kind: MediaKind::Audio,
+                },
+                PublishedTrack {
+                    mid: "1".into(),
+                    track: TrackId(10 * id + 1),
+                    kind: MediaKind::Video,
+                },
+            ],
+        }),
+    })
+}
+
+#[test]
+fn join_tells_everyone_and_refuses_when_full() {
+    let mut r = room(2);
+    let fx = join(&mut r, 1, "Ada");
+    assert!(fx.contains(&Effect::Admitted(ParticipantId(1))));
+    assert!(
+        matches!(sent_to(&fx, 1)[0], ServerMessage::Joined { participants, .. } if participants.is_empty())
+    );
+    let fx = join(&mut r, 2, "Grace");
+    assert!(
+        matches!(sent_to(&fx, 1)[0], ServerMessage::ParticipantJoined { participant } if participant.name == "Grace")
+    );
+    assert!(
+        matches!(sent_to(&fx, 2)[0], ServerMessage::Joined { participants, .. } if participants.len() == 1)
+    );
+    let fx = join(&mut r, 3, "Linus");
+    assert!(matches!(
+        &fx[..],
+        [Effect::Refused(ParticipantId(3), ErrorCode::RoomFull, _)]
+    ));
+    assert_eq!(r.len(), 2);
+}
+
+#[test]
+fn publishing_announces_tracks_and_subscribes_the_others() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    join(&mut r, 2, "Grace");
+    let fx = publish(&mut r, 1);
+    // the publisher gets its answer with the mid → track map
+    assert!(
+        matches!(sent_to(&fx, 1)[0], ServerMessage::PublishAnswer { tracks, .. } if tracks.len() == 2)
+    );
+    // the other hears of both tracks; the declared source is kept
+    let to2 = sent_to(&fx, 2);
+    assert_eq!(to2.len(), 2);
+    assert!(
+        matches!(to2[1], ServerMessage::TrackPublished { track, .. } if track.source == TrackSource::Screen)
+    );
+    assert_eq!(syncs(&fx), vec![(2, vec![10, 11])]);
+}
+
+#[test]
+fn renegotiation_waits_for_the_outstanding_answer() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    join(&mut r, 2, "Grace");
+    join(&mut r, 3, "Linus");
+    publish(&mut r, 1);
+    let fx = r.handle(Input::SubscriptionsSynced {
+        participant: ParticipantId(3),
+        result: Ok(Some(SubscriberOffer {
+            sdp: "sub-offer".into(),
+            mids: vec![("0".into(), TrackId(10)), ("1".into(), TrackId(11))],
+        })),
+    });
+    assert!(
+        matches!(sent_to(&fx, 3)[0], ServerMessage::SubscribeOffer { tracks, .. }
+        if tracks.iter().all(|t| t.participant_id == ParticipantId(1)) && tracks.len() == 2)
+    );
+    // participant 2 publishes while 3's offer is outstanding: no second offer yet
+    let fx = publish(&mut r, 2);
+    assert_eq!(syncs(&fx), vec![(1, vec![20, 21])]);
+    // 3 answers: now the pending change goes out
+    let fx = r.handle(Input::SubscribeAnswer {
+        participant: ParticipantId(3),
+        sdp: "ans".into(),
+    });
+    assert_eq!(
+        fx,
+        vec![Effect::ApplyAnswer {
+            participant: ParticipantId(3),
+            sdp: "ans".into()
+        }]
+    );
+    let fx = r.handle(Input::AnswerApplied {
+        participant: ParticipantId(3),
+        result: Ok(()),
+    });
+    assert_eq!(syncs(&fx), vec![(3, vec![10, 11, 20, 21])]);
+}
+
+#[test]
+fn an_answer_without_an_offer_is_out_of_order() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    let fx = r.handle(Input::SubscribeAnswer {
+        participant: ParticipantId(1),
+        sdp: "x".into(),
+    });
+    assert!(matches!(
+        sent_to(&fx, 1)[0],
+        ServerMessage::Error {
+            code: ErrorCode::OutOfOrder,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_late_joiner_is_offered_existing_tracks() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    publish(&mut r, 1);
+    let fx = join(&mut r, 2, "Grace");
+    assert!(
+        matches!(sent_to(&fx, 2)[0], ServerMessage::Joined { participants, .. }
+        if participants[0].tracks.len() == 2)
+    );
+    assert_eq!(syncs(&fx), vec![(2, vec![10, 11])]);
+}
+
+#[test]
+fn leaving_removes_media_and_renegotiates_the_others() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    join(&mut r, 2, "Grace");
+    publish(&mut r, 1);
+    r.handle(Input::SubscriptionsSynced {
+        participant: ParticipantId(2),
+        result: Ok(None),
+    });
+    let fx = r.handle(Input::Leave {
+        participant: ParticipantId(1),
+        reason: None,
+    });
+    assert!(fx.contains(&Effect::Remove(ParticipantId(1))));
+    assert!(
+        matches!(sent_to(&fx, 2)[0], ServerMessage::ParticipantLeft { participant_id } if *participant_id == ParticipantId(1))
+    );
+    assert_eq!(syncs(&fx), vec![(2, vec![])]);
+    assert!(fx.contains(&Effect::CountChanged(1)));
+    let fx = r.handle(Input::Leave {
+        participant: ParticipantId(2),
+        reason: Some(ByeReason::MediaFailed),
+    });
+    assert!(matches!(
+        sent_to(&fx, 2)[0],
+        ServerMessage::Bye {
+            reason: ByeReason::MediaFailed
+        }
+    ));
+    assert!(r.is_empty());
+}
+
+#[test]
+fn mute_chat_and_history() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    join(&mut r, 2, "Grace");
+    publish(&mut r, 1);
+    let fx = r.handle(Input::SetMute {
+        participant: ParticipantId(1),
+        track: TrackId(10),
+        muted: true,
+    });
+    assert!(matches!(
+        sent_to(&fx, 2)[0],
+        ServerMessage::MuteChanged { muted: true, .. }
+    ));
+    let fx = r.handle(Input::SetMute {
+        participant: ParticipantId(2),
+        track: TrackId(10),
+        muted: true,
+    });
+    assert!(matches!(
+        sent_to(&fx, 2)[0],
+        ServerMessage::Error {
+            code: ErrorCode::UnknownTrack,
+            ..
+        }
+    ));
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        let fx = r.handle(Input::Chat {
+            participant: ParticipantId(1),
+            text: (*text).into(),
+            time: i as u64,
+        });
+        assert_eq!(sent_to(&fx, 2).len(), 1);
+    }
+    let fx = r.handle(Input::Chat {
+        participant: ParticipantId(1),
+        text: "x".repeat(21),
+        time: 9,
+    });
+    assert!(matches!(
+        sent_to(&fx, 1)[0],
+        ServerMessage::Error {
+            code: ErrorCode::InvalidChat,
+            ..
+        }
+    ));
+    // the history keeps the last two lines
+    let fx = join(&mut r, 3, "Linus");
+    assert!(
+        matches!(sent_to(&fx, 3)[0], ServerMessage::Joined { chat_history, .. }
+        if chat_history.iter().map(|l| l.text.as_str()).collect::<Vec<_>>() == ["two", "three"])
+    );
+}
+
+#[test]
+fn shutdown_says_goodbye_to_everyone() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    join(&mut r, 2, "Grace");
+    let fx = r.handle(Input::Shutdown);
+    for id in [1, 2] {
+        assert!(matches!(
+            sent_to(&fx, id)[0],
+            ServerMessage::Bye {
+                reason: ByeReason::ServerShutdown
+            }
+        ));
+        assert!(fx.contains(&Effect::Remove(ParticipantId(id))));
+    }
+    assert!(r.is_empty());
+}

@@ -1,0 +1,307 @@
+//! The room task: the one owner of a room's state. It feeds commands into the sans-IO
+//! [`Room`], performs the effects (messages to sessions, calls to the media worker) and
+//! feeds the results back in.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chorus_protocol::{ByeReason, ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
+use crate::room::{Effect, Input, Room};
+use crate::worker::{MediaNotice, WorkerCommand};
+
+/// Notices from the media worker to one room (peer failures). Bounded: the worker
+/// `try_send`s and logs when full; the WebSocket close path still removes the participant.
+const MEDIA_NOTICE_QUEUE: usize = 64;
+
+pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
+    let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
+    let members = Arc::new(AtomicUsize::new(0));
+    let task = RoomTask {
+        room: Room::new(id.clone(), hub.inner.config.limits.clone()),
+        id,
+        generation,
+        hub,
+        members: members.clone(),
+        sessions: HashMap::new(),
+        pending_joins: HashMap::new(),
+        evicted: Vec::new(),
+        notices: mpsc::channel(MEDIA_NOTICE_QUEUE),
+    };
+    tokio::spawn(task.run(rx));
+    RoomEntry {
+        tx,
+        members,
+        generation,
+    }
+}
+
+struct RoomTask {
+    id: RoomId,
+    generation: u64,
+    room: Room,
+    hub: Hub,
+    members: Arc<AtomicUsize>,
+    /// Each member's outbound message queue (owned by its WebSocket session).
+    sessions: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
+    pending_joins: HashMap<ParticipantId, oneshot::Sender<Result<(), JoinError>>>,
+    /// Sessions that could not keep up, to be removed after the current input.
+    evicted: Vec<ParticipantId>,
+    notices: (mpsc::Sender<MediaNotice>, mpsc::Receiver<MediaNotice>),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RoomTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>) {
+        tracing::info!(room = %self.id, "room opened");
+        loop {
+            let input = tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.input_for(command).await,
+                    None => None,
+                },
+                Some(notice) = self.notices.1.recv() => match notice {
+                    MediaNotice::PeerFailed(participant) => Some(Input::Leave {
+                        participant,
+                        reason: Some(ByeReason::MediaFailed),
+                    }),
+                },
+            };
+            if let Some(input) = input {
+                self.perform(input).await;
+            }
+            while let Some(participant) = self.evicted.pop() {
+                self.perform(Input::Leave {
+                    participant,
+                    reason: None,
+                })
+                .await;
+            }
+            if self.room.is_empty() && self.pending_joins.is_empty() {
+                break;
+            }
+        }
+        // Closed: later joins must not land here.
+        self.hub.room_closed(&self.id, self.generation);
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
+            if let RoomCommand::Join { reply, .. } = command {
+                let _ = reply.send(Err(JoinError::RoomClosed));
+            }
+        }
+        tracing::info!(room = %self.id, "room closed");
+    }
+
+    /// Turns a command into a state-machine input; handles the parts that need no decision.
+    async fn input_for(&mut self, command: RoomCommand) -> Option<Input> {
+        match command {
+            RoomCommand::Join {
+                participant,
+                name,
+                session,
+                reply,
+            } => {
+                self.sessions.insert(participant, session);
+                self.pending_joins.insert(participant, reply);
+                let registered = self
+                    .hub
+                    .inner
+                    .worker
+                    .send(WorkerCommand::Register {
+                        participant,
+                        notices: self.notices.0.clone(),
+                    })
+                    .await;
+                if registered.is_err() {
+                    self.sessions.remove(&participant);
+                    if let Some(reply) = self.pending_joins.remove(&participant) {
+                        let _ = reply.send(Err(JoinError::Refused(
+                            ErrorCode::Internal,
+                            "the media worker has stopped".into(),
+                        )));
+                    }
+                    return None;
+                }
+                Some(Input::Join {
+                    participant,
+                    name,
+                    ice_servers: (self.hub.inner.config.ice_servers)(participant),
+                })
+            }
+            RoomCommand::Gone { participant } => Some(Input::Leave {
+                participant,
+                reason: None,
+            }),
+            RoomCommand::Shutdown => Some(Input::Shutdown),
+            RoomCommand::Client {
+                participant,
+                message,
+            } => self.client_input(participant, message).await,
+        }
+    }
+
+    async fn client_input(
+        &mut self,
+        participant: ParticipantId,
+        message: ClientMessage,
+    ) -> Option<Input> {
+        match message {
+            ClientMessage::Leave => Some(Input::Leave {
+                participant,
+                reason: None,
+            }),
+            ClientMessage::PublishOffer { sdp, tracks } => Some(Input::PublishOffer {
+                participant,
+                sdp,
+                tracks,
+            }),
+            ClientMessage::SubscribeAnswer { sdp } => {
+                Some(Input::SubscribeAnswer { participant, sdp })
+            }
+            ClientMessage::SetMute { track_id, muted } => Some(Input::SetMute {
+                participant,
+                track: track_id,
+                muted,
+            }),
+            ClientMessage::Chat { text } => Some(Input::Chat {
+                participant,
+                text,
+                time: now_ms(),
+            }),
+            ClientMessage::Candidate { peer, candidate } => {
+                // Candidates need no room decision: straight to the worker.
+                let result = self
+                    .hub
+                    .inner
+                    .worker
+                    .call(|reply| WorkerCommand::Candidate {
+                        participant,
+                        role: peer,
+                        candidate,
+                        reply,
+                    })
+                    .await;
+                if let Err(err) = result {
+                    self.deliver(
+                        participant,
+                        ServerMessage::error(err.code(), err.to_string()),
+                    );
+                }
+                None
+            }
+            // Handled by the session before it reaches a room.
+            ClientMessage::Join { .. } | ClientMessage::ListRooms => None,
+        }
+    }
+
+    /// Feeds one input and performs every effect, including those of fed-back results.
+    async fn perform(&mut self, input: Input) {
+        let mut queue: VecDeque<Effect> = self.room.handle(input).into();
+        let worker = self.hub.inner.worker.clone();
+        while let Some(effect) = queue.pop_front() {
+            let next = match effect {
+                Effect::Send(participant, message) => {
+                    self.deliver(participant, message);
+                    None
+                }
+                Effect::Admitted(participant) => {
+                    if let Some(reply) = self.pending_joins.remove(&participant) {
+                        let _ = reply.send(Ok(()));
+                    }
+                    None
+                }
+                Effect::Refused(participant, code, message) => {
+                    self.sessions.remove(&participant);
+                    let _ = worker.send(WorkerCommand::Remove { participant }).await;
+                    if let Some(reply) = self.pending_joins.remove(&participant) {
+                        let _ = reply.send(Err(JoinError::Refused(code, message)));
+                    }
+                    None
+                }
+                Effect::Publish { participant, sdp } => {
+                    let result = worker
+                        .call(|reply| WorkerCommand::Publish {
+                            participant,
+                            sdp,
+                            reply,
+                        })
+                        .await;
+                    Some(Input::PublishApplied {
+                        participant,
+                        result,
+                    })
+                }
+                Effect::SyncSubscriptions {
+                    participant,
+                    tracks,
+                } => {
+                    let result = worker
+                        .call(|reply| WorkerCommand::SyncSubscriptions {
+                            participant,
+                            tracks,
+                            reply,
+                        })
+                        .await;
+                    Some(Input::SubscriptionsSynced {
+                        participant,
+                        result,
+                    })
+                }
+                Effect::ApplyAnswer { participant, sdp } => {
+                    let result = worker
+                        .call(|reply| WorkerCommand::SubscribeAnswer {
+                            participant,
+                            sdp,
+                            reply,
+                        })
+                        .await;
+                    Some(Input::AnswerApplied {
+                        participant,
+                        result,
+                    })
+                }
+                Effect::Remove(participant) => {
+                    self.sessions.remove(&participant);
+                    let _ = worker.send(WorkerCommand::Remove { participant }).await;
+                    None
+                }
+                Effect::CountChanged(count) => {
+                    self.members.store(count, Ordering::Relaxed);
+                    self.hub.publish_room_list();
+                    None
+                }
+            };
+            if let Some(input) = next {
+                queue.extend(self.room.handle(input));
+            }
+        }
+    }
+
+    /// Queues a message for a session. A session whose queue is full is not keeping up;
+    /// it is dropped (its WebSocket closes) rather than allowed to stall the room.
+    fn deliver(&mut self, participant: ParticipantId, message: ServerMessage) {
+        let Some(session) = self.sessions.get(&participant) else {
+            return;
+        };
+        if let Err(err) = session.try_send(message) {
+            match err {
+                mpsc::error::TrySendError::Full(_) => {
+                    tracing::warn!(%participant, room = %self.id, "session queue full; dropping it");
+                }
+                mpsc::error::TrySendError::Closed(_) => {}
+            }
+            self.sessions.remove(&participant);
+            self.evicted.push(participant);
+        }
+    }
+}

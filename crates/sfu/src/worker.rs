@@ -1,0 +1,746 @@
+//! The media worker: one task that owns the shared UDP socket and every peer connection
+//! on it, demultiplexes datagrams to peers, and forwards RTP between them.
+//!
+//! Control reaches it only as [`WorkerCommand`]s between batches of datagrams, so the
+//! forwarding tables it reads per packet are its own: no lock, no await, no channel hop on
+//! the media path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chorus_protocol::{IceCandidate, MediaKind, ParticipantId, PeerRole, TrackId};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::MediaError;
+use crate::peer::{ForwardDrop, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec};
+use crate::stun;
+use crate::token::{random_token, random_u64};
+
+/// Commands from rooms to the worker. Bounded: a room awaits room for its command, which
+/// slows that room's signaling, never the media path.
+pub const WORKER_COMMAND_QUEUE: usize = 1024;
+
+/// Minimum spacing of keyframe requests sent to one publisher track. Requests inside the
+/// window are merged into one sent when it ends.
+pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+
+/// The longest the worker sleeps without looking at its peers' timers.
+const MAX_IDLE: Duration = Duration::from_millis(100);
+
+/// The largest datagram read; anything longer is truncated by the kernel and dropped by
+/// SRTP authentication.
+const MAX_DATAGRAM: usize = 2048;
+
+/// Something the worker tells a room about one of its participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaNotice {
+    /// A peer of this participant failed ICE or DTLS, or closed.
+    PeerFailed(ParticipantId),
+}
+
+/// A track the publisher now sends or stopped sending, as a publish offer left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTrack {
+    pub mid: String,
+    pub track: TrackId,
+    pub kind: MediaKind,
+}
+
+/// The result of applying a publisher offer.
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    pub answer: String,
+    /// Every track the publisher sends after this offer.
+    pub tracks: Vec<PublishedTrack>,
+}
+
+/// An offer for a subscriber peer.
+#[derive(Debug, Clone)]
+pub struct SubscriberOffer {
+    pub sdp: String,
+    /// mid → track, for every sending m-line.
+    pub mids: Vec<(String, TrackId)>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
+
+/// A request to the media worker.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// A participant enters: later notices about it go to `notices`.
+    Register {
+        participant: ParticipantId,
+        notices: mpsc::Sender<MediaNotice>,
+    },
+    /// Apply a publisher offer (the publisher peer is created on the first one).
+    Publish {
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<PublishOutcome>,
+    },
+    /// Make the subscriber peer send exactly `tracks`, and offer the change if there is one.
+    SyncSubscriptions {
+        participant: ParticipantId,
+        tracks: Vec<TrackId>,
+        reply: Reply<Option<SubscriberOffer>>,
+    },
+    /// Apply the subscriber's answer.
+    SubscribeAnswer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    /// A trickled candidate.
+    Candidate {
+        participant: ParticipantId,
+        role: PeerRole,
+        candidate: IceCandidate,
+        reply: Reply<()>,
+    },
+    /// The participant is gone: close its peers, stop its tracks.
+    Remove { participant: ParticipantId },
+}
+
+/// Counters the worker keeps; read by `/api/stats` and the load generator.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub peers: AtomicU64,
+    pub tracks: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    pub datagrams_out: AtomicU64,
+    pub rtp_in: AtomicU64,
+    pub rtp_forwarded: AtomicU64,
+    /// Forwarded packets dropped before their subscriber was ready or because it refused.
+    pub forward_drops: AtomicU64,
+    /// Datagrams from addresses that no peer owns.
+    pub unrouted: AtomicU64,
+    /// Datagrams the kernel would not take (send buffer full).
+    pub send_drops: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+/// A handle for sending commands to a running worker.
+#[derive(Clone, Debug)]
+pub struct WorkerHandle {
+    tx: mpsc::Sender<WorkerCommand>,
+    stats: Arc<WorkerStats>,
+}
+
+impl WorkerHandle {
+    pub async fn send(&self, command: WorkerCommand) -> Result<(), MediaError> {
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| MediaError::WorkerGone)
+    }
+
+    /// Sends a command that carries a reply and awaits the reply.
+    pub async fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> WorkerCommand,
+    ) -> Result<T, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| MediaError::WorkerGone)?
+    }
+
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+}
+
+struct TrackRoute {
+    publisher: ParticipantId,
+    codec: Option<SourceCodec>,
+    subscribers: Vec<ParticipantId>,
+    last_keyframe_request: Option<Instant>,
+    keyframe_pending: bool,
+}
+
+struct ParticipantMedia {
+    publisher: Option<Peer>,
+    subscriber: Option<Peer>,
+    notices: mpsc::Sender<MediaNotice>,
+    /// mid → track, for the tracks this participant publishes.
+    published: HashMap<String, TrackId>,
+    failed: bool,
+}
+
+/// The worker's state. Runs on one task; see [`spawn`].
+pub struct Worker {
+    socket: UdpSocket,
+    settings: PeerSettings,
+    participants: HashMap<ParticipantId, ParticipantMedia>,
+    by_ufrag: HashMap<String, (ParticipantId, PeerRole)>,
+    by_addr: HashMap<SocketAddr, (ParticipantId, PeerRole)>,
+    tracks: HashMap<TrackId, TrackRoute>,
+    next_track: Arc<AtomicU64>,
+    stats: Arc<WorkerStats>,
+    /// Scratch space reused for every batch.
+    events: Vec<PeerEvent>,
+    touched: Vec<ParticipantId>,
+}
+
+/// Starts a worker on `socket` and returns its handle.
+pub fn spawn(
+    socket: UdpSocket,
+    settings: PeerSettings,
+    next_track: Arc<AtomicU64>,
+) -> WorkerHandle {
+    let (tx, rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
+    let stats = Arc::new(WorkerStats::default());
+    let worker = Worker {
+        socket,
+        settings,
+        participants: HashMap::new(),
+        by_ufrag: HashMap::new(),
+        by_addr: HashMap::new(),
+        tracks: HashMap::new(),
+        next_track,
+        stats: stats.clone(),
+        events: Vec::new(),
+        touched: Vec::new(),
+    };
+    tokio::spawn(worker.run(rx));
+    WorkerHandle { tx, stats }
+}
+
+impl Worker {
+    async fn run(mut self, mut commands: mpsc::Receiver<WorkerCommand>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let now = Instant::now();
+            let deadline = self
+                .poll_timeouts(now)
+                .unwrap_or(now + MAX_IDLE)
+                .min(now + MAX_IDLE);
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.handle_command(command);
+                }
+                received = self.socket.recv_from(&mut buf) => {
+                    match received {
+                        Ok((len, from)) => {
+                            let now = Instant::now();
+                            self.handle_datagram(from, &buf[..len], now);
+                            // drain whatever else is already queued, without awaiting
+                            while let Ok((len, from)) = self.socket.try_recv_from(&mut buf) {
+                                self.handle_datagram(from, &buf[..len], now);
+                            }
+                        }
+                        Err(err) => tracing::debug!(%err, "udp recv"),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            self.handle_timeouts(Instant::now());
+            self.flush();
+        }
+        for media in self.participants.values_mut() {
+            for peer in [&mut media.publisher, &mut media.subscriber]
+                .into_iter()
+                .flatten()
+            {
+                peer.close();
+            }
+        }
+        self.flush();
+    }
+
+    fn peer_mut(&mut self, key: (ParticipantId, PeerRole)) -> Option<&mut Peer> {
+        let media = self.participants.get_mut(&key.0)?;
+        match key.1 {
+            PeerRole::Publisher => media.publisher.as_mut(),
+            PeerRole::Subscriber => media.subscriber.as_mut(),
+        }
+    }
+
+    fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<(ParticipantId, PeerRole)> {
+        if let Some(key) = self.by_addr.get(&from) {
+            return Some(*key);
+        }
+        let key = *self.by_ufrag.get(stun::local_ufrag(datagram)?)?;
+        self.by_addr.insert(from, key);
+        Some(key)
+    }
+
+    fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        let Some(key) = self.route(from, datagram) else {
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(peer) = self.peer_mut(key) else {
+            self.by_addr.remove(&from);
+            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        peer.handle_datagram(from, datagram, now);
+        self.touched.push(key.0);
+        self.drain_peer(key, now);
+    }
+
+    /// Reads what a peer produced: forwards its RTP, acts on its events.
+    fn drain_peer(&mut self, key: (ParticipantId, PeerRole), now: Instant) {
+        let (participant, role) = key;
+        let Some(media) = self.participants.get_mut(&participant) else {
+            return;
+        };
+        let slot = match role {
+            PeerRole::Publisher => &mut media.publisher,
+            PeerRole::Subscriber => &mut media.subscriber,
+        };
+        // Take the peer out so that forwarding can borrow the other peers.
+        let Some(mut peer) = slot.take() else { return };
+        let mut events = std::mem::take(&mut self.events);
+        peer.poll_events(&mut events);
+        {
+            let participants = &mut self.participants;
+            let tracks = &self.tracks;
+            let stats = &self.stats;
+            let touched = &mut self.touched;
+            peer.poll_media(
+                |track, packet| {
+                    stats.rtp_in.fetch_add(1, Ordering::Relaxed);
+                    let Some(route) = tracks.get(&track) else {
+                        return;
+                    };
+                    for subscriber in &route.subscribers {
+                        let Some(sub) = participants
+                            .get_mut(subscriber)
+                            .and_then(|m| m.subscriber.as_mut())
+                        else {
+                            continue;
+                        };
+                        match sub.forward(track, packet, now) {
+                            Ok(()) => {
+                                stats.rtp_forwarded.fetch_add(1, Ordering::Relaxed);
+                                touched.push(*subscriber);
+                            }
+                            Err(ForwardDrop::NotConnected | ForwardDrop::NotNegotiated) => {
+                                stats.forward_drops.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(reason) => {
+                                tracing::trace!(?reason, %track, "forward drop");
+                                stats.forward_drops.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                },
+                &mut events,
+            );
+        }
+        let connected_now = events.iter().any(|e| matches!(e, PeerEvent::Connected));
+        let video: Vec<TrackId> = if connected_now && role == PeerRole::Subscriber {
+            peer.video_outbound().collect()
+        } else {
+            Vec::new()
+        };
+        if let Some(media) = self.participants.get_mut(&participant) {
+            let slot = match role {
+                PeerRole::Publisher => &mut media.publisher,
+                PeerRole::Subscriber => &mut media.subscriber,
+            };
+            *slot = Some(peer);
+        }
+        for event in events.drain(..) {
+            match event {
+                PeerEvent::Connected => {
+                    tracing::debug!(%participant, ?role, "peer connected");
+                }
+                PeerEvent::Failed => {
+                    tracing::info!(%participant, ?role, "peer failed");
+                    if let Some(media) = self.participants.get_mut(&participant)
+                        && !media.failed
+                    {
+                        media.failed = true;
+                        if media
+                            .notices
+                            .try_send(MediaNotice::PeerFailed(participant))
+                            .is_err()
+                        {
+                            tracing::warn!(%participant, "room notice queue full");
+                        }
+                    }
+                }
+                PeerEvent::KeyframeRequested(track) => self.request_keyframe(track, now),
+            }
+        }
+        self.events = events;
+        for track in video {
+            self.request_keyframe(track, now);
+        }
+    }
+
+    /// Asks a track's publisher for a keyframe, at most once per [`KEYFRAME_THROTTLE`].
+    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
+        let Some(route) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if let Some(last) = route.last_keyframe_request
+            && now < last + KEYFRAME_THROTTLE
+        {
+            route.keyframe_pending = true;
+            return;
+        }
+        route.last_keyframe_request = Some(now);
+        route.keyframe_pending = false;
+        let publisher = route.publisher;
+        if let Some(peer) = self
+            .participants
+            .get_mut(&publisher)
+            .and_then(|m| m.publisher.as_mut())
+        {
+            match peer.request_keyframe(track, now) {
+                Ok(()) => {
+                    self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                    self.touched.push(publisher);
+                }
+                Err(err) => tracing::debug!(%track, %err, "keyframe request"),
+            }
+        }
+    }
+
+    fn poll_timeouts(&mut self, now: Instant) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        for media in self.participants.values_mut() {
+            for peer in [&mut media.publisher, &mut media.subscriber]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(t) = peer.poll_timeout() {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                }
+            }
+        }
+        for route in self.tracks.values() {
+            if route.keyframe_pending
+                && let Some(last) = route.last_keyframe_request
+            {
+                let t = last + KEYFRAME_THROTTLE;
+                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+            }
+        }
+        earliest.map(|e| e.max(now))
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (participant, media) in &mut self.participants {
+            for (role, peer) in [
+                (PeerRole::Publisher, &mut media.publisher),
+                (PeerRole::Subscriber, &mut media.subscriber),
+            ] {
+                if let Some(peer) = peer
+                    && peer.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    peer.handle_timeout(now);
+                    due.push((*participant, role));
+                }
+            }
+        }
+        for key in due {
+            self.touched.push(key.0);
+            self.drain_peer(key, now);
+        }
+        let pending: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(_, r)| {
+                r.keyframe_pending
+                    && r.last_keyframe_request
+                        .is_some_and(|last| now >= last + KEYFRAME_THROTTLE)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for track in pending {
+            self.request_keyframe(track, now);
+        }
+    }
+
+    /// Sends everything the touched peers queued.
+    fn flush(&mut self) {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for participant in touched.drain(..) {
+            let Some(media) = self.participants.get_mut(&participant) else {
+                continue;
+            };
+            for peer in [&mut media.publisher, &mut media.subscriber]
+                .into_iter()
+                .flatten()
+            {
+                let socket = &self.socket;
+                let stats = &self.stats;
+                peer.poll_transmit(|to, datagram| match socket.try_send_to(datagram, to) {
+                    Ok(_) => {
+                        stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        stats.send_drops.fetch_add(1, Ordering::Relaxed);
+                        tracing::trace!(%err, %to, "udp send");
+                    }
+                });
+            }
+        }
+        self.touched = touched;
+    }
+
+    fn new_peer(&mut self, participant: ParticipantId, role: PeerRole) -> Result<Peer, MediaError> {
+        let ufrag = random_token(16);
+        let pwd = random_token(32);
+        let peer = Peer::new(&self.settings, &ufrag, &pwd, Instant::now())?;
+        self.by_ufrag.insert(ufrag, (participant, role));
+        self.stats.peers.fetch_add(1, Ordering::Relaxed);
+        Ok(peer)
+    }
+
+    fn handle_command(&mut self, command: WorkerCommand) {
+        let now = Instant::now();
+        match command {
+            WorkerCommand::Register {
+                participant,
+                notices,
+            } => {
+                self.participants.insert(
+                    participant,
+                    ParticipantMedia {
+                        publisher: None,
+                        subscriber: None,
+                        notices,
+                        published: HashMap::new(),
+                        failed: false,
+                    },
+                );
+            }
+            WorkerCommand::Publish {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let result = self.publish(participant, sdp, now);
+                let _ = reply.send(result);
+            }
+            WorkerCommand::SyncSubscriptions {
+                participant,
+                tracks,
+                reply,
+            } => {
+                let result = self.sync_subscriptions(participant, &tracks, now);
+                let _ = reply.send(result);
+            }
+            WorkerCommand::SubscribeAnswer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let result = match self.peer_mut((participant, PeerRole::Subscriber)) {
+                    Some(peer) => peer.apply_answer(sdp, now),
+                    None => Err(MediaError::NoOffer),
+                };
+                if result.is_ok() {
+                    // newly negotiated video starts with a keyframe
+                    let video: Vec<TrackId> = self
+                        .peer_mut((participant, PeerRole::Subscriber))
+                        .map(|p| {
+                            if p.is_connected() {
+                                p.video_outbound().collect()
+                            } else {
+                                Vec::new()
+                            }
+                        })
+                        .unwrap_or_default();
+                    for track in video {
+                        self.request_keyframe(track, now);
+                    }
+                }
+                self.touched.push(participant);
+                let _ = reply.send(result);
+            }
+            WorkerCommand::Candidate {
+                participant,
+                role,
+                candidate,
+                reply,
+            } => {
+                let result = match self.peer_mut((participant, role)) {
+                    Some(peer) => peer.add_remote_candidate(candidate),
+                    None => Err(MediaError::NoOffer),
+                };
+                let _ = reply.send(result);
+            }
+            WorkerCommand::Remove { participant } => self.remove(participant),
+        }
+    }
+
+    fn publish(
+        &mut self,
+        participant: ParticipantId,
+        sdp: String,
+        now: Instant,
+    ) -> Result<PublishOutcome, MediaError> {
+        if !self.participants.contains_key(&participant) {
+            return Err(MediaError::UnknownParticipant);
+        }
+        if self.peer_mut((participant, PeerRole::Publisher)).is_none() {
+            let peer = self.new_peer(participant, PeerRole::Publisher)?;
+            if let Some(media) = self.participants.get_mut(&participant) {
+                media.publisher = Some(peer);
+            }
+        }
+        let media = self
+            .participants
+            .get_mut(&participant)
+            .ok_or(MediaError::UnknownParticipant)?;
+        let peer = media
+            .publisher
+            .as_mut()
+            .ok_or(MediaError::UnknownParticipant)?;
+        let (answer, offered) = peer.apply_offer(sdp, now)?;
+        let mut tracks = Vec::new();
+        let mut gone = Vec::new();
+        for OfferedTrack { mid, kind, active } in offered {
+            match (media.published.get(&mid).copied(), active) {
+                (Some(track), true) => tracks.push(PublishedTrack { mid, track, kind }),
+                (Some(track), false) => {
+                    media.published.remove(&mid);
+                    peer.unbind_inbound(track);
+                    gone.push(track);
+                }
+                (None, true) => {
+                    let track = TrackId(self.next_track.fetch_add(1, Ordering::Relaxed));
+                    peer.bind_inbound(&mid, track);
+                    let codec = peer.source_codec(&mid);
+                    media.published.insert(mid.clone(), track);
+                    self.tracks.insert(
+                        track,
+                        TrackRoute {
+                            publisher: participant,
+                            codec,
+                            subscribers: Vec::new(),
+                            last_keyframe_request: None,
+                            keyframe_pending: false,
+                        },
+                    );
+                    self.stats.tracks.fetch_add(1, Ordering::Relaxed);
+                    tracks.push(PublishedTrack { mid, track, kind });
+                }
+                (None, false) => {}
+            }
+        }
+        for track in gone {
+            self.drop_track(track);
+        }
+        self.touched.push(participant);
+        Ok(PublishOutcome { answer, tracks })
+    }
+
+    fn drop_track(&mut self, track: TrackId) {
+        if let Some(route) = self.tracks.remove(&track) {
+            self.stats.tracks.fetch_sub(1, Ordering::Relaxed);
+            self.stats
+                .subscriptions
+                .fetch_sub(route.subscribers.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn sync_subscriptions(
+        &mut self,
+        participant: ParticipantId,
+        wanted: &[TrackId],
+        now: Instant,
+    ) -> Result<Option<SubscriberOffer>, MediaError> {
+        if !self.participants.contains_key(&participant) {
+            return Err(MediaError::UnknownParticipant);
+        }
+        if self.peer_mut((participant, PeerRole::Subscriber)).is_none() {
+            let peer = self.new_peer(participant, PeerRole::Subscriber)?;
+            if let Some(media) = self.participants.get_mut(&participant) {
+                media.subscriber = Some(peer);
+            }
+        }
+        let Some(peer) = self
+            .participants
+            .get_mut(&participant)
+            .and_then(|m| m.subscriber.as_mut())
+        else {
+            return Err(MediaError::UnknownParticipant);
+        };
+        let current: Vec<TrackId> = peer.outbound_tracks().collect();
+        let mut changed = false;
+        for track in &current {
+            if !wanted.contains(track) {
+                peer.remove_outbound(*track);
+                if let Some(route) = self.tracks.get_mut(track) {
+                    route.subscribers.retain(|s| *s != participant);
+                    self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                }
+                changed = true;
+            }
+        }
+        for track in wanted {
+            if current.contains(track) {
+                continue;
+            }
+            let Some(route) = self.tracks.get_mut(track) else {
+                continue;
+            };
+            let Some(codec) = route.codec.clone() else {
+                continue;
+            };
+            let ssrc = random_ssrc();
+            peer.add_outbound(*track, codec, ssrc)?;
+            route.subscribers.push(participant);
+            self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+            changed = true;
+        }
+        if !changed {
+            return Ok(None);
+        }
+        let (sdp, mids) = peer.create_offer(now)?;
+        self.touched.push(participant);
+        Ok(Some(SubscriberOffer { sdp, mids }))
+    }
+
+    fn remove(&mut self, participant: ParticipantId) {
+        let Some(mut media) = self.participants.remove(&participant) else {
+            return;
+        };
+        for peer in [&mut media.publisher, &mut media.subscriber]
+            .into_iter()
+            .flatten()
+        {
+            peer.close();
+            let socket = &self.socket;
+            peer.poll_transmit(|to, datagram| {
+                let _ = socket.try_send_to(datagram, to);
+            });
+            self.stats.peers.fetch_sub(1, Ordering::Relaxed);
+        }
+        for track in media.published.into_values() {
+            self.drop_track(track);
+        }
+        let mut removed_subs = 0;
+        for route in self.tracks.values_mut() {
+            let before = route.subscribers.len();
+            route.subscribers.retain(|s| *s != participant);
+            removed_subs += (before - route.subscribers.len()) as u64;
+        }
+        self.stats
+            .subscriptions
+            .fetch_sub(removed_subs, Ordering::Relaxed);
+        self.by_ufrag.retain(|_, (p, _)| *p != participant);
+        self.by_addr.retain(|_, (p, _)| *p != participant);
+    }
+}
+
+fn random_ssrc() -> u32 {
+    (random_u64() as u32) | 1
+}
