@@ -1,0 +1,21 @@
+// Server smoke test: two pages in one room decode each other's video and receive audio.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { scenario, openPage, callUrl, waitJoined, waitMedia, tileState, COLORS } from '../lib/harness.js';
+
+test('two pages in a room decode each other\'s video and receive audio', { timeout: 90000 }, (t) =>
+  scenario(t, async ({ server, browser }) => {
+    const a = await openPage(browser, callUrl(server, 'smoke', 'Ada'), { color: COLORS.red, label: 'Ada' });
+    const idA = await waitJoined(a);
+    const b = await openPage(browser, callUrl(server, 'smoke', 'Bob'), { color: COLORS.blue, label: 'Bob' });
+    const idB = await waitJoined(b);
+    assert.notEqual(idA, idB);
+
+    await waitMedia(a, { video: [idB], audio: [idB] });
+    await waitMedia(b, { video: [idA], audio: [idA] });
+
+    // Each page shows the other's tile, named.
+    assert.equal((await tileState(a, `#tile-${idB}`)).label, 'Bob');
+    assert.equal((await tileState(b, `#tile-${idA}`)).label, 'Ada');
+    assert.equal((await tileState(a, '#tile-self')).label, 'Ada (you)');
+  }));
