@@ -1,1 +1,158 @@
-fn main() {}
+//! The `chorus` binary: reads the config, binds the HTTP and media sockets, runs until
+//! SIGINT or SIGTERM, and tells every participant before it goes.
+
+mod config;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Context;
+use chorus_protocol::IceServer;
+use chorus_sfu::room::RoomLimits;
+use chorus_sfu::{Hub, HubConfig, PeerSettings};
+use chorus_signal::{SessionLimits, SignalConfig};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+/// The default log filter: our crates at info, webrtc-rs quiet unless something breaks.
+const DEFAULT_LOG: &str = "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,\
+rtc_interceptor=error,rtc_sctp=error,rtc_rtp=error,rtc_rtcp=error";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chorus",
+    version,
+    about = "A self-hostable SFU for multi-party video calls"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(long, default_value = "config/chorus.toml")]
+    config: PathBuf,
+    /// HTTP address for the web app and the signaling WebSocket (overrides http.listen).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Media UDP address (overrides media.udp_listen).
+    #[arg(long)]
+    udp: Option<SocketAddr>,
+    /// Public IPs to announce, comma-separated (overrides media.announced_ips).
+    #[arg(long, value_delimiter = ',')]
+    announce: Option<Vec<IpAddr>>,
+    /// Folder of the web app (overrides http.frontend_dir).
+    #[arg(long)]
+    frontend: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let explicit = std::env::args_os()
+        .any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="));
+    let mut config = Config::load(&cli.config, explicit)?;
+    if let Some(http) = cli.http {
+        config.http.listen = http;
+    }
+    if let Some(udp) = cli.udp {
+        config.media.udp_listen = udp;
+    }
+    if let Some(ips) = cli.announce {
+        config.media.announced_ips = ips;
+    }
+    if let Some(dir) = cli.frontend {
+        config.http.frontend_dir = dir;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let udp = chorus_sfu::net::bind_udp(config.media.udp_listen)
+        .with_context(|| format!("binding media UDP {}", config.media.udp_listen))?;
+    let udp_addr = udp.local_addr()?;
+    let candidates = chorus_sfu::net::host_candidates(udp_addr, &config.media.announced_ips);
+    tracing::info!(?candidates, "announcing host candidates");
+    let worker = chorus_sfu::worker::spawn(
+        udp,
+        PeerSettings {
+            candidates,
+            srtp_profiles: config.media.srtp_profiles.clone(),
+        },
+        Arc::new(AtomicU64::new(1)),
+    );
+    let ice_servers: Vec<IceServer> = config
+        .ice
+        .servers
+        .iter()
+        .map(|s| IceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        })
+        .collect();
+    let hub = Hub::new(
+        worker,
+        HubConfig {
+            limits: RoomLimits {
+                max_participants: config.limits.max_participants_per_room,
+                chat_history: config.limits.chat_history,
+                max_chat_chars: config.limits.max_chat_chars,
+            },
+            max_rooms: config.limits.max_rooms,
+            max_name_chars: config.limits.max_name_chars,
+            ice_servers: Arc::new(move |_| ice_servers.clone()),
+        },
+    );
+    let app = chorus_signal::router(
+        hub.clone(),
+        SignalConfig {
+            limits: SessionLimits {
+                max_message_bytes: config.limits.max_message_bytes,
+            },
+            frontend_dir: config.http.frontend_dir.clone(),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    tracing::info!("serving http://{http_addr} (media on udp {udp_addr})");
+    // One machine-readable line on stdout, for scripts and tests started on port 0.
+    println!("chorus ready http={http_addr} udp={udp_addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: telling participants");
+            hub.shutdown().await;
+        })
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!(%err, "no SIGTERM handler");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,144 @@
-//! Chorus signaling.
+//! Chorus signaling over HTTP: the WebSocket at `/ws`, a small REST API under `/api`, and
+//! the static frontend.
+
+pub mod session;
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chorus_sfu::Hub;
+use futures_util::{SinkExt, StreamExt};
+
+pub use session::{Frame, SESSION_QUEUE, SessionLimits};
+
+/// What the HTTP side needs.
+#[derive(Clone)]
+pub struct SignalConfig {
+    pub limits: SessionLimits,
+    /// The folder the frontend is served from.
+    pub frontend_dir: PathBuf,
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: Hub,
+    config: Arc<SignalConfig>,
+}
+
+/// The application's routes.
+pub fn router(hub: Hub, config: SignalConfig) -> Router {
+    let state = AppState {
+        hub,
+        config: Arc::new(config),
+    };
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/api/rooms", get(rooms))
+        .route("/api/stats", get(stats))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(index))
+        .route("/connectivity", get(connectivity))
+        .route("/{*path}", get(asset))
+        .with_state(state)
+}
+
+async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    // The transport limit is generous; the session answers frames over the configured
+    // limit with a typed error and stays open. Beyond this one the socket closes.
+    let transport_limit = state
+        .config
+        .limits
+        .max_message_bytes
+        .saturating_mul(8)
+        .max(1 << 20);
+    upgrade
+        .max_message_size(transport_limit)
+        .on_upgrade(move |socket| serve_socket(state, socket))
+}
+
+async fn serve_socket(state: AppState, socket: WebSocket) {
+    let (sink, stream) = socket.split();
+    let stream = stream.filter_map(|message| async move {
+        match message {
+            Ok(Message::Text(text)) => Some(Frame::Text(text.as_str().to_owned())),
+            Ok(Message::Binary(bytes)) => Some(Frame::Binary(bytes.len())),
+            Ok(Message::Close(_)) | Err(_) => Some(Frame::Close),
+            Ok(Message::Ping(_) | Message::Pong(_)) => None,
+        }
+    });
+    let sink = sink.with(|frame: Frame| async move {
+        Ok::<_, axum::Error>(match frame {
+            Frame::Text(text) => Message::Text(text.into()),
+            Frame::Binary(_) | Frame::Close => Message::Close(None),
+        })
+    });
+    session::run(
+        state.hub,
+        state.config.limits,
+        Box::pin(sink),
+        Box::pin(stream),
+    )
+    .await;
+}
+
+async fn rooms(State(state): State<AppState>) -> Response {
+    axum::Json(serde_json::json!({ "rooms": state.hub.room_list() })).into_response()
+}
+
+async fn stats(State(state): State<AppState>) -> Response {
+    axum::Json(state.hub.stats()).into_response()
+}
+
+async fn index(State(state): State<AppState>) -> Response {
+    serve_file(&state.config.frontend_dir, Path::new("index.html")).await
+}
+
+async fn connectivity(State(state): State<AppState>) -> Response {
+    serve_file(&state.config.frontend_dir, Path::new("connectivity.html")).await
+}
+
+async fn asset(State(state): State<AppState>, UrlPath(path): UrlPath<String>) -> Response {
+    let relative = Path::new(&path);
+    // Only plain names: no `..`, no absolute paths.
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    serve_file(&state.config.frontend_dir, relative).await
+}
+
+async fn serve_file(dir: &Path, relative: &Path) -> Response {
+    let path = dir.join(relative);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, content_type(&path)),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("ico") => "image/x-icon",
+        _ => "application/octet-stream",
+    }
+}
