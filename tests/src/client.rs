@@ -1,0 +1,1396 @@
+//! The simulated browser: one signaling session plus a publisher and a subscriber peer
+//! connection, publishing known RTP and recording every RTP packet it receives.
+//!
+//! Tasks per client:
+//! - a **reader** that parses every server frame, records it with its arrival time, answers
+//!   `subscribeOffer`s and applies trickled candidates;
+//! - a **writer** that owns the sending half of the WebSocket;
+//! - per remote track, a **recorder** that files each RTP packet under the
+//!   `(participant, track)` that the latest `subscribeOffer` maps its mid to;
+//! - while publishing, an audio and a video **sender**, and a task that counts keyframe requests
+//!   arriving on the video sender (answering them with a keyframe, as a browser would).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use chorus_protocol::{
+    ChatLine, ClientMessage, ErrorCode, IceCandidate, MediaKind, PROTOCOL_VERSION, ParticipantId,
+    ParticipantInfo, PeerRole, PublishTrack, RoomId, RoomSummary, ServerMessage, SubscribedMid,
+    TrackId, TrackSource,
+};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpTransceiver;
+
+use crate::media::{MediaTag, expected_payload};
+use crate::peer::{self, CandidateGate, OPUS_PT, VP8_PT};
+use crate::wait;
+
+/// How long signaling round trips may take before a helper gives up.
+pub const SIGNALING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long ICE + DTLS may take on loopback before a helper gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One server message as this client received it.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub at: Instant,
+    pub message: ServerMessage,
+}
+
+/// One RTP packet as the subscriber peer received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedPacket {
+    /// The subscriber m-line it arrived on.
+    pub mid: String,
+    pub ssrc: u32,
+    pub sequence_number: u16,
+    pub timestamp: u32,
+    pub payload_type: u8,
+    pub marker: bool,
+    pub payload: Bytes,
+    pub at: Instant,
+}
+
+/// One RTP packet as the publisher sent it.
+#[derive(Debug, Clone)]
+pub struct SentPacket {
+    pub kind: MediaKind,
+    pub counter: u32,
+    pub ssrc: u32,
+    pub sequence_number: u16,
+    pub timestamp: u32,
+    pub keyframe: bool,
+    pub payload: Bytes,
+    pub at: Instant,
+}
+
+/// A keyframe request that reached the publisher's video sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeRequestKind {
+    Pli,
+    Fir,
+}
+
+/// When and what kind of keyframe request arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyframeRequest {
+    pub at: Instant,
+    pub kind: KeyframeRequestKind,
+    pub media_ssrc: u32,
+}
+
+/// How fast the publisher sends.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaRate {
+    /// Time between audio packets (20 ms is one Opus frame).
+    pub audio_interval: Duration,
+    /// Time between video frames (one packet per frame).
+    pub video_interval: Duration,
+    /// Every n-th video frame is a keyframe (0: only the first, and on request).
+    pub keyframe_every: u32,
+    /// Answer a PLI/FIR with a keyframe on the next frame, as a browser does.
+    pub keyframe_on_request: bool,
+}
+
+impl Default for MediaRate {
+    fn default() -> Self {
+        Self {
+            audio_interval: Duration::from_millis(20),
+            video_interval: Duration::from_millis(33),
+            keyframe_every: 30,
+            keyframe_on_request: true,
+        }
+    }
+}
+
+/// The track ids the server gave this client's published m-lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedTracks {
+    pub audio: TrackId,
+    pub video: TrackId,
+}
+
+/// The `joined` reply, unpacked.
+#[derive(Debug, Clone)]
+pub struct JoinedInfo {
+    pub participant_id: ParticipantId,
+    pub room: RoomId,
+    pub participants: Vec<ParticipantInfo>,
+    pub chat_history: Vec<ChatLine>,
+}
+
+/// The server answered a request with an `error` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRefused {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl fmt::Display for ServerRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server replied error {:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ServerRefused {}
+
+/// The error code, if `err` is (or wraps) a [`ServerRefused`].
+pub fn refusal_code(err: &anyhow::Error) -> Option<ErrorCode> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<ServerRefused>())
+        .map(|r| r.code)
+}
+
+/// What the writer task sends.
+enum Outgoing {
+    Text(String),
+    Close,
+}
+
+type WsStream = WebSocketStream<TcpStream>;
+
+/// State shared by the client handle and its tasks.
+struct Inner {
+    name: String,
+    out: mpsc::UnboundedSender<Outgoing>,
+    /// Every server message, in arrival order.
+    log: Mutex<Vec<Logged>>,
+    /// Bumped after each log append, so waiters wake without polling.
+    log_tick: watch::Sender<usize>,
+    /// False once the reader saw the socket end.
+    ws_open: AtomicBool,
+    participant: Mutex<Option<ParticipantId>>,
+    /// Things that went wrong inside the client's tasks (e.g. an offer that did not apply).
+    failures: Mutex<Vec<String>>,
+    subscriber: Arc<SubscriberState>,
+    publisher: Mutex<Option<Arc<Publisher>>>,
+}
+
+impl Inner {
+    fn send(&self, message: &ClientMessage) -> Result<()> {
+        let text = serde_json::to_string(message)?;
+        self.out
+            .send(Outgoing::Text(text))
+            .map_err(|_| anyhow!("the WebSocket writer has stopped"))
+    }
+
+    fn fail(&self, what: String) {
+        tracing::warn!("[{}] {what}", self.name);
+        lock(&self.failures).push(what);
+    }
+
+    fn publisher(&self) -> Option<Arc<Publisher>> {
+        lock(&self.publisher).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends a trickled candidate for `role` once its gate allows.
+fn send_candidate(
+    out: &mpsc::UnboundedSender<Outgoing>,
+    role: PeerRole,
+    candidate: String,
+    mid: Option<String>,
+) {
+    let message = ClientMessage::Candidate {
+        peer: role,
+        candidate: IceCandidate {
+            candidate,
+            sdp_m_line_index: mid.as_ref().map(|_| 0),
+            sdp_mid: mid,
+        },
+    };
+    if let Ok(text) = serde_json::to_string(&message) {
+        let _ = out.send(Outgoing::Text(text));
+    }
+}
+
+/// Callbacks of one peer connection.
+struct PeerHandler {
+    role: PeerRole,
+    out: mpsc::UnboundedSender<Outgoing>,
+    gate: Arc<CandidateGate>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    /// Set on the subscriber peer: where received tracks are recorded.
+    subscriber: Option<Weak<SubscriberState>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for PeerHandler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let Ok(init) = event.candidate.to_json() else {
+            return;
+        };
+        if let Some((candidate, mid)) = self.gate.offer(init.candidate) {
+            send_candidate(&self.out, self.role, candidate, mid);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!("{:?} peer: {state}", self.role);
+        self.state.send_replace(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(subscriber) = self.subscriber.as_ref().and_then(Weak::upgrade) else {
+            return;
+        };
+        tokio::spawn(record_track(subscriber, track));
+    }
+}
+
+/// The subscriber peer connection and the candidate gate that belongs to it.
+struct SubscriberPeer {
+    pc: Arc<dyn PeerConnection>,
+    gate: Arc<CandidateGate>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+/// What the client knows about the media it receives.
+struct SubscriberState {
+    peer: Mutex<Option<Arc<SubscriberPeer>>>,
+    /// mid → (participant, track), from the latest `subscribeOffer`.
+    mids: Mutex<HashMap<String, (ParticipantId, TrackId)>>,
+    /// Every packet, filed under the track its mid mapped to on arrival.
+    received: Mutex<HashMap<(ParticipantId, TrackId), Vec<ReceivedPacket>>>,
+    /// Packets whose mid mapped to nothing.
+    unmapped: Mutex<Vec<ReceivedPacket>>,
+    /// The remote track object per mid, for sending RTCP feedback.
+    remotes: Mutex<HashMap<String, Arc<dyn TrackRemote>>>,
+    /// How many `subscribeOffer`s were answered.
+    answered: AtomicU64,
+}
+
+impl SubscriberState {
+    fn new() -> Self {
+        Self {
+            peer: Mutex::new(None),
+            mids: Mutex::new(HashMap::new()),
+            received: Mutex::new(HashMap::new()),
+            unmapped: Mutex::new(Vec::new()),
+            remotes: Mutex::new(HashMap::new()),
+            answered: AtomicU64::new(0),
+        }
+    }
+
+    fn pc(&self) -> Option<Arc<dyn PeerConnection>> {
+        lock(&self.peer).as_ref().map(|p| Arc::clone(&p.pc))
+    }
+
+    /// The mid of the transceiver whose receiver carries `track`.
+    async fn resolve_mid(&self, track: &Arc<dyn TrackRemote>) -> Option<String> {
+        let pc = self.pc()?;
+        let wanted = Arc::as_ptr(track).cast::<()>() as usize;
+        for transceiver in pc.get_transceivers().await {
+            let Ok(Some(receiver)) = transceiver.receiver().await else {
+                continue;
+            };
+            if Arc::as_ptr(receiver.track()).cast::<()>() as usize == wanted {
+                return transceiver.mid().await.ok().flatten();
+            }
+        }
+        None
+    }
+
+    fn record(&self, mid: Option<&str>, packet: rtc::rtp::Packet) {
+        let at = Instant::now();
+        let received = ReceivedPacket {
+            mid: mid.unwrap_or_default().to_owned(),
+            ssrc: packet.header.ssrc,
+            sequence_number: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            payload_type: packet.header.payload_type,
+            marker: packet.header.marker,
+            payload: packet.payload,
+            at,
+        };
+        let key = mid.and_then(|m| lock(&self.mids).get(m).copied());
+        match key {
+            Some(key) => lock(&self.received).entry(key).or_default().push(received),
+            None => lock(&self.unmapped).push(received),
+        }
+    }
+}
+
+/// Reads one remote track until it ends, recording its RTP.
+async fn record_track(subscriber: Arc<SubscriberState>, track: Arc<dyn TrackRemote>) {
+    let mut mid = subscriber.resolve_mid(&track).await;
+    if let Some(mid) = &mid {
+        lock(&subscriber.remotes).insert(mid.clone(), Arc::clone(&track));
+    }
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                if mid.is_none() {
+                    mid = subscriber.resolve_mid(&track).await;
+                    if let Some(mid) = &mid {
+                        lock(&subscriber.remotes).insert(mid.clone(), Arc::clone(&track));
+                    }
+                }
+                subscriber.record(mid.as_deref(), packet);
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+}
+
+/// The publisher peer connection and its two tracks.
+struct Publisher {
+    pc: Arc<dyn PeerConnection>,
+    audio: Arc<TrackLocalStaticRTP>,
+    video: Arc<TrackLocalStaticRTP>,
+    audio_ssrc: u32,
+    video_ssrc: u32,
+    audio_pt: u8,
+    video_pt: u8,
+    tracks: PublishedTracks,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    keyframe_requests: Arc<Mutex<Vec<KeyframeRequest>>>,
+    /// Set by a keyframe request; the video sender makes its next frame a keyframe.
+    want_keyframe: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<SentPacket>>>,
+    /// Failed `write_rtp` calls.
+    write_errors: Arc<AtomicU64>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    rtcp_task: JoinHandle<()>,
+}
+
+impl Publisher {
+    fn stop_media(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+
+    async fn close(&self) {
+        self.stop_media();
+        self.rtcp_task.abort();
+        if let Err(err) = self.pc.close().await {
+            tracing::debug!("closing publisher peer: {err}");
+        }
+    }
+}
+
+/// A simulated browser. See the module documentation.
+pub struct Client {
+    inner: Arc<Inner>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Client {
+    /// Opens the WebSocket to `ws://addr/ws`. `name` is the display name used by [`join`]
+    /// and inside the media tags, so it must not contain `/`.
+    ///
+    /// [`join`]: Client::join
+    pub async fn connect(addr: SocketAddr, name: &str) -> Result<Self> {
+        if name.contains('/') {
+            bail!("a client name may not contain '/'");
+        }
+        let ws = crate::raw::open(addr).await?;
+        let (sink, stream) = ws.split();
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let (log_tick, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            out,
+            log: Mutex::new(Vec::new()),
+            log_tick,
+            ws_open: AtomicBool::new(true),
+            participant: Mutex::new(None),
+            failures: Mutex::new(Vec::new()),
+            subscriber: Arc::new(SubscriberState::new()),
+            publisher: Mutex::new(None),
+        });
+        let writer = tokio::spawn(write_loop(sink, out_rx));
+        let reader = tokio::spawn(read_loop(Arc::clone(&inner), stream));
+        Ok(Self {
+            inner,
+            reader,
+            writer,
+        })
+    }
+
+    /// [`connect`](Client::connect) then [`join`](Client::join).
+    pub async fn connect_and_join(addr: SocketAddr, room: &str, name: &str) -> Result<Self> {
+        let client = Self::connect(addr, name).await?;
+        client.join(room).await?;
+        Ok(client)
+    }
+
+    /// This client's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The participant id from the last `joined`.
+    pub fn participant_id(&self) -> Option<ParticipantId> {
+        *lock(&self.inner.participant)
+    }
+
+    /// The participant id, or an error before joining.
+    pub fn id(&self) -> Result<ParticipantId> {
+        self.participant_id()
+            .ok_or_else(|| anyhow!("{} has not joined", self.inner.name))
+    }
+
+    /// Sends any client message as is.
+    pub fn send(&self, message: &ClientMessage) -> Result<()> {
+        self.inner.send(message)
+    }
+
+    /// Sends one raw text frame on the client's own socket.
+    pub fn send_text(&self, text: impl Into<String>) -> Result<()> {
+        self.inner
+            .out
+            .send(Outgoing::Text(text.into()))
+            .map_err(|_| anyhow!("the WebSocket writer has stopped"))
+    }
+
+    /// Sends `join` and waits for `joined` (or fails with [`ServerRefused`]).
+    pub async fn join(&self, room: &str) -> Result<JoinedInfo> {
+        let mark = self.mark();
+        self.send(&ClientMessage::Join {
+            version: PROTOCOL_VERSION,
+            room: RoomId::new(room).map_err(|e| anyhow!("room name {room:?}: {e}"))?,
+            name: self.inner.name.clone(),
+        })?;
+        let reply = self
+            .wait_for_after(mark, SIGNALING_TIMEOUT, "joined or error", |m| {
+                matches!(
+                    m,
+                    ServerMessage::Joined { .. } | ServerMessage::Error { .. }
+                )
+            })
+            .await?;
+        match reply {
+            ServerMessage::Joined {
+                participant_id,
+                room,
+                participants,
+                chat_history,
+                ..
+            } => {
+                *lock(&self.inner.participant) = Some(participant_id);
+                Ok(JoinedInfo {
+                    participant_id,
+                    room,
+                    participants,
+                    chat_history,
+                })
+            }
+            ServerMessage::Error { code, message } => Err(ServerRefused { code, message }.into()),
+            other => bail!("unexpected reply to join: {other:?}"),
+        }
+    }
+
+    /// Creates the publisher peer with an Opus and a VP8 sendonly track, negotiates it with
+    /// `publishOffer`/`publishAnswer`, and waits until it is connected. Media does not flow
+    /// until [`start_media`](Client::start_media).
+    pub async fn publish(&self) -> Result<PublishedTracks> {
+        if self.inner.publisher().is_some() {
+            bail!("{} already publishes", self.inner.name);
+        }
+        let name = &self.inner.name;
+        let gate = Arc::new(CandidateGate::default());
+        let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let handler = Arc::new(PeerHandler {
+            role: PeerRole::Publisher,
+            out: self.inner.out.clone(),
+            gate: Arc::clone(&gate),
+            state: state_tx,
+            subscriber: None,
+        });
+        let pc = peer::build(handler).await?;
+
+        let audio_ssrc = random_u32();
+        let video_ssrc = random_u32();
+        let audio = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("{name}-stream"),
+            format!("{name}-audio"),
+            format!("{name} microphone"),
+            RtpCodecKind::Audio,
+            vec![encoding(audio_ssrc, peer::opus_codec())],
+        )));
+        let video = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("{name}-stream"),
+            format!("{name}-video"),
+            format!("{name} camera"),
+            RtpCodecKind::Video,
+            vec![encoding(video_ssrc, peer::vp8_codec())],
+        )));
+        let sendonly = || {
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![format!("{name}-stream")],
+                send_encodings: vec![],
+            })
+        };
+        let audio_tr = pc
+            .add_transceiver_from_track(Arc::clone(&audio) as Arc<dyn TrackLocal>, sendonly())
+            .await
+            .context("adding the audio transceiver")?;
+        let video_tr = pc
+            .add_transceiver_from_track(Arc::clone(&video) as Arc<dyn TrackLocal>, sendonly())
+            .await
+            .context("adding the video transceiver")?;
+
+        let offer = pc.create_offer(None).await.context("create_offer")?;
+        pc.set_local_description(offer.clone())
+            .await
+            .context("set_local_description(offer)")?;
+        let sdp = pc.local_description().await.map_or(offer.sdp, |d| d.sdp);
+        let audio_mid = mid_of(&audio_tr).await?;
+        let video_mid = mid_of(&video_tr).await?;
+
+        let mark = self.mark();
+        self.send(&ClientMessage::PublishOffer {
+            sdp: sdp.clone(),
+            tracks: vec![
+                PublishTrack {
+                    mid: audio_mid.clone(),
+                    source: TrackSource::Microphone,
+                },
+                PublishTrack {
+                    mid: video_mid.clone(),
+                    source: TrackSource::Camera,
+                },
+            ],
+        })?;
+        let (held, mid) = gate.open(peer::first_mid(&sdp));
+        for candidate in held {
+            send_candidate(&self.inner.out, PeerRole::Publisher, candidate, mid.clone());
+        }
+
+        let reply = self
+            .wait_for_after(mark, SIGNALING_TIMEOUT, "publishAnswer or error", |m| {
+                matches!(
+                    m,
+                    ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
+                )
+            })
+            .await?;
+        let (answer_sdp, mapping) = match reply {
+            ServerMessage::PublishAnswer { sdp, tracks } => (sdp, tracks),
+            ServerMessage::Error { code, message } => {
+                let _ = pc.close().await;
+                return Err(ServerRefused { code, message }.into());
+            }
+            other => bail!("unexpected reply to publishOffer: {other:?}"),
+        };
+        pc.set_remote_description(
+            RTCSessionDescription::answer(answer_sdp).context("publishAnswer SDP")?,
+        )
+        .await
+        .context("set_remote_description(publishAnswer)")?;
+        let track_for = |mid: &str| {
+            mapping
+                .iter()
+                .find(|m| m.mid == mid)
+                .map(|m| m.track_id)
+                .ok_or_else(|| anyhow!("publishAnswer maps no track to mid {mid}: {mapping:?}"))
+        };
+        let tracks = PublishedTracks {
+            audio: track_for(&audio_mid)?,
+            video: track_for(&video_mid)?,
+        };
+
+        wait_connected(state_rx.clone(), "publisher peer").await?;
+        let audio_pt = negotiated_pt(&audio_tr).await.unwrap_or(OPUS_PT);
+        let video_pt = negotiated_pt(&video_tr).await.unwrap_or(VP8_PT);
+
+        let keyframe_requests = Arc::new(Mutex::new(Vec::new()));
+        let want_keyframe = Arc::new(AtomicBool::new(true));
+        let rtcp_task = tokio::spawn(count_keyframe_requests(
+            Arc::clone(&video),
+            Arc::clone(&keyframe_requests),
+            Arc::clone(&want_keyframe),
+        ));
+        let publisher = Arc::new(Publisher {
+            pc,
+            audio,
+            video,
+            audio_ssrc,
+            video_ssrc,
+            audio_pt,
+            video_pt,
+            tracks,
+            state: state_rx,
+            keyframe_requests,
+            want_keyframe,
+            sent: Arc::new(Mutex::new(Vec::new())),
+            write_errors: Arc::new(AtomicU64::new(0)),
+            tasks: Mutex::new(Vec::new()),
+            rtcp_task,
+        });
+        *lock(&self.inner.publisher) = Some(publisher);
+        Ok(tracks)
+    }
+
+    /// Starts sending known audio and video RTP at `rate` (restarting if already sending).
+    pub fn start_media(&self, rate: MediaRate) -> Result<()> {
+        let publisher = self
+            .inner
+            .publisher()
+            .ok_or_else(|| anyhow!("{} has not published", self.inner.name))?;
+        publisher.stop_media();
+        let mut tasks = lock(&publisher.tasks);
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            tasks.push(tokio::spawn(send_media(
+                self.inner.name.clone(),
+                kind,
+                Arc::clone(&publisher),
+                rate,
+            )));
+        }
+        Ok(())
+    }
+
+    /// [`publish`](Client::publish) then [`start_media`](Client::start_media).
+    pub async fn publish_and_stream(&self, rate: MediaRate) -> Result<PublishedTracks> {
+        let tracks = self.publish().await?;
+        self.start_media(rate)?;
+        Ok(tracks)
+    }
+
+    /// Stops the media senders; the peer stays up.
+    pub fn stop_media(&self) {
+        if let Some(publisher) = self.inner.publisher() {
+            publisher.stop_media();
+        }
+    }
+
+    /// The track ids of this client's published tracks.
+    pub fn published(&self) -> Option<PublishedTracks> {
+        self.inner.publisher().map(|p| p.tracks)
+    }
+
+    /// The SSRCs the publisher sends with: (audio, video).
+    pub fn published_ssrcs(&self) -> Option<(u32, u32)> {
+        self.inner.publisher().map(|p| (p.audio_ssrc, p.video_ssrc))
+    }
+
+    /// Every packet the publisher sent so far, both kinds, in send order.
+    pub fn sent(&self) -> Vec<SentPacket> {
+        self.inner
+            .publisher()
+            .map(|p| lock(&p.sent).clone())
+            .unwrap_or_default()
+    }
+
+    /// Failed `write_rtp` calls of the publisher.
+    pub fn write_errors(&self) -> u64 {
+        self.inner
+            .publisher()
+            .map_or(0, |p| p.write_errors.load(Ordering::Relaxed))
+    }
+
+    /// Keyframe requests (PLI/FIR) that reached the publisher's video sender.
+    pub fn keyframe_requests(&self) -> Vec<KeyframeRequest> {
+        self.inner
+            .publisher()
+            .map(|p| lock(&p.keyframe_requests).clone())
+            .unwrap_or_default()
+    }
+
+    /// The latest mid → (participant, track) map from `subscribeOffer`.
+    pub fn subscribed(&self) -> Vec<SubscribedMid> {
+        let mut out: Vec<_> = lock(&self.inner.subscriber.mids)
+            .iter()
+            .map(|(mid, (p, t))| SubscribedMid {
+                mid: mid.clone(),
+                track_id: *t,
+                participant_id: *p,
+            })
+            .collect();
+        out.sort_by(|a, b| a.mid.cmp(&b.mid));
+        out
+    }
+
+    /// How many `subscribeOffer`s this client has answered.
+    pub fn offers_answered(&self) -> u64 {
+        self.inner.subscriber.answered.load(Ordering::Relaxed)
+    }
+
+    /// Packets received for one remote track, in arrival order.
+    pub fn received(&self, participant: ParticipantId, track: TrackId) -> Vec<ReceivedPacket> {
+        lock(&self.inner.subscriber.received)
+            .get(&(participant, track))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many packets arrived for one remote track.
+    pub fn received_count(&self, participant: ParticipantId, track: TrackId) -> usize {
+        lock(&self.inner.subscriber.received)
+            .get(&(participant, track))
+            .map_or(0, Vec::len)
+    }
+
+    /// Everything received, by (participant, track).
+    pub fn received_all(&self) -> HashMap<(ParticipantId, TrackId), Vec<ReceivedPacket>> {
+        lock(&self.inner.subscriber.received).clone()
+    }
+
+    /// Packets whose mid was not in the latest `subscribeOffer`.
+    pub fn unmapped(&self) -> Vec<ReceivedPacket> {
+        lock(&self.inner.subscriber.unmapped).clone()
+    }
+
+    /// Waits until at least `count` packets arrived for one remote track.
+    pub async fn wait_for_packets(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        count: usize,
+        within: Duration,
+    ) -> Result<()> {
+        let what = format!(
+            "{} to receive {count} packets of {participant}/{track}",
+            self.inner.name
+        );
+        wait::poll_until(within, &what, || {
+            (self.received_count(participant, track) >= count).then_some(())
+        })
+        .await
+        .map_err(|e| {
+            e.context(format!(
+                "received {} so far; subscribed {:?}; unmapped {}",
+                self.received_count(participant, track),
+                self.subscribed(),
+                self.unmapped().len()
+            ))
+        })
+    }
+
+    /// Sends a PLI for a received track, addressed to the SSRC it arrives with.
+    pub async fn send_pli(&self, participant: ParticipantId, track: TrackId) -> Result<()> {
+        let (remote, media_ssrc) = self.feedback_target(participant, track)?;
+        remote
+            .write_rtcp(vec![Box::new(PictureLossIndication {
+                sender_ssrc: 1,
+                media_ssrc,
+            })])
+            .await
+            .context("writing a PLI")
+    }
+
+    /// Sends a FIR for a received track.
+    pub async fn send_fir(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        seq: u8,
+    ) -> Result<()> {
+        let (remote, media_ssrc) = self.feedback_target(participant, track)?;
+        remote
+            .write_rtcp(vec![Box::new(FullIntraRequest {
+                sender_ssrc: 1,
+                media_ssrc,
+                fir: vec![rtc::rtcp::payload_feedbacks::full_intra_request::FirEntry {
+                    ssrc: media_ssrc,
+                    sequence_number: seq,
+                }],
+            })])
+            .await
+            .context("writing a FIR")
+    }
+
+    fn feedback_target(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+    ) -> Result<(Arc<dyn TrackRemote>, u32)> {
+        let sub = &self.inner.subscriber;
+        let mid = lock(&sub.mids)
+            .iter()
+            .find(|(_, v)| **v == (participant, track))
+            .map(|(mid, _)| mid.clone())
+            .ok_or_else(|| anyhow!("no subscribed mid carries {participant}/{track}"))?;
+        let remote = lock(&sub.remotes)
+            .get(&mid)
+            .cloned()
+            .ok_or_else(|| anyhow!("no media has arrived on mid {mid} yet"))?;
+        let ssrc = lock(&sub.received)
+            .get(&(participant, track))
+            .and_then(|p| p.last())
+            .map(|p| p.ssrc)
+            .ok_or_else(|| anyhow!("no packet of {participant}/{track} received yet"))?;
+        Ok((remote, ssrc))
+    }
+
+    /// Sends `setMute` for one of this client's tracks.
+    pub fn set_mute(&self, track: TrackId, muted: bool) -> Result<()> {
+        self.send(&ClientMessage::SetMute {
+            track_id: track,
+            muted,
+        })
+    }
+
+    /// Sends a chat line.
+    pub fn chat(&self, text: &str) -> Result<()> {
+        self.send(&ClientMessage::Chat {
+            text: text.to_owned(),
+        })
+    }
+
+    /// Asks for the room list and waits for it.
+    pub async fn list_rooms(&self) -> Result<Vec<RoomSummary>> {
+        let mark = self.mark();
+        self.send(&ClientMessage::ListRooms)?;
+        match self
+            .wait_for_after(mark, SIGNALING_TIMEOUT, "roomList", |m| {
+                matches!(
+                    m,
+                    ServerMessage::RoomList { .. } | ServerMessage::Error { .. }
+                )
+            })
+            .await?
+        {
+            ServerMessage::RoomList { rooms } => Ok(rooms),
+            ServerMessage::Error { code, message } => Err(ServerRefused { code, message }.into()),
+            other => bail!("unexpected reply to listRooms: {other:?}"),
+        }
+    }
+
+    /// Sends `leave`, stops media and closes both peers. The socket stays open.
+    pub async fn leave(&self) -> Result<()> {
+        self.send(&ClientMessage::Leave)?;
+        self.close_peers().await;
+        *lock(&self.inner.participant) = None;
+        Ok(())
+    }
+
+    async fn close_peers(&self) {
+        let publisher = lock(&self.inner.publisher).take();
+        if let Some(publisher) = publisher {
+            publisher.close().await;
+        }
+        let subscriber = lock(&self.inner.subscriber.peer).take();
+        if let Some(subscriber) = subscriber
+            && let Err(err) = subscriber.pc.close().await
+        {
+            tracing::debug!("closing subscriber peer: {err}");
+        }
+        lock(&self.inner.subscriber.mids).clear();
+        lock(&self.inner.subscriber.remotes).clear();
+    }
+
+    /// Drops the WebSocket without `leave` or a close frame, and closes both peers, as a
+    /// crashed tab or a lost network would.
+    pub async fn disconnect_abruptly(&self) {
+        self.reader.abort();
+        self.writer.abort();
+        // Both halves of the socket live in the aborted tasks; wait until they are dropped.
+        let _ = wait::poll_until(Duration::from_secs(5), "socket tasks to end", || {
+            (self.reader.is_finished() && self.writer.is_finished()).then_some(())
+        })
+        .await;
+        self.inner.ws_open.store(false, Ordering::Relaxed);
+        self.close_peers().await;
+    }
+
+    /// Closes politely: peers, then a WebSocket close frame.
+    pub async fn close(&self) {
+        self.close_peers().await;
+        let _ = self.inner.out.send(Outgoing::Close);
+        let _ = wait::poll_until(Duration::from_secs(5), "the socket to close", || {
+            (!self.is_connected()).then_some(())
+        })
+        .await;
+    }
+
+    /// Whether the WebSocket is still open.
+    pub fn is_connected(&self) -> bool {
+        self.inner.ws_open.load(Ordering::Relaxed)
+    }
+
+    /// The publisher peer's connection state.
+    pub fn publisher_state(&self) -> Option<RTCPeerConnectionState> {
+        self.inner.publisher().map(|p| *p.state.borrow())
+    }
+
+    /// The subscriber peer's connection state.
+    pub fn subscriber_state(&self) -> Option<RTCPeerConnectionState> {
+        lock(&self.inner.subscriber.peer)
+            .as_ref()
+            .map(|p| *p.state.borrow())
+    }
+
+    /// Problems inside the client's own tasks (an offer that would not apply, ...).
+    pub fn failures(&self) -> Vec<String> {
+        lock(&self.inner.failures).clone()
+    }
+
+    /// Every server message received so far.
+    pub fn messages(&self) -> Vec<Logged> {
+        lock(&self.inner.log).clone()
+    }
+
+    /// The log position now: pass it to [`wait_for_after`](Client::wait_for_after) to wait only
+    /// for messages that arrive later.
+    pub fn mark(&self) -> usize {
+        lock(&self.inner.log).len()
+    }
+
+    /// Server messages since `mark`.
+    pub fn messages_since(&self, mark: usize) -> Vec<ServerMessage> {
+        lock(&self.inner.log)
+            .iter()
+            .skip(mark)
+            .map(|l| l.message.clone())
+            .collect()
+    }
+
+    /// Waits for a message matching `pred`, looking at every message received so far first.
+    pub async fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl FnMut(&ServerMessage) -> bool,
+    ) -> Result<ServerMessage> {
+        self.wait_for_after(0, within, what, pred).await
+    }
+
+    /// Waits for a message matching `pred` among those at or after log position `mark`.
+    pub async fn wait_for_after(
+        &self,
+        mark: usize,
+        within: Duration,
+        what: &str,
+        mut pred: impl FnMut(&ServerMessage) -> bool,
+    ) -> Result<ServerMessage> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut rx = self.inner.log_tick.subscribe();
+        let mut next = mark;
+        loop {
+            rx.borrow_and_update();
+            {
+                let log = lock(&self.inner.log);
+                while next < log.len() {
+                    if pred(&log[next].message) {
+                        return Ok(log[next].message.clone());
+                    }
+                    next += 1;
+                }
+            }
+            let closed = !self.is_connected();
+            let timed_out = !closed
+                && tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err();
+            if closed || timed_out {
+                let seen: Vec<String> = self.messages_since(mark).iter().map(short).collect();
+                bail!(
+                    "{}: {} waiting for {what}; messages since mark: {seen:?}",
+                    self.inner.name,
+                    if closed {
+                        "the socket closed".to_owned()
+                    } else {
+                        format!("timed out after {within:?}")
+                    }
+                );
+            }
+        }
+    }
+
+    /// Waits until the server has closed the WebSocket.
+    pub async fn wait_closed(&self, within: Duration) -> Result<()> {
+        wait::poll_until(within, "the WebSocket to close", || {
+            (!self.is_connected()).then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+        if let Some(publisher) = lock(&self.inner.publisher).take() {
+            publisher.stop_media();
+            publisher.rtcp_task.abort();
+            let pc = Arc::clone(&publisher.pc);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = pc.close().await;
+                });
+            }
+        }
+        if let Some(peer) = lock(&self.inner.subscriber.peer).take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = peer.pc.close().await;
+            });
+        }
+    }
+}
+
+/// A one-line description of a server message for error output (SDPs left out).
+pub fn short(message: &ServerMessage) -> String {
+    match message {
+        ServerMessage::PublishAnswer { tracks, .. } => format!("publishAnswer {tracks:?}"),
+        ServerMessage::SubscribeOffer { tracks, .. } => format!("subscribeOffer {tracks:?}"),
+        ServerMessage::Joined {
+            participant_id,
+            participants,
+            ..
+        } => format!(
+            "joined as {participant_id} with {:?}",
+            participants.iter().map(|p| p.id).collect::<Vec<_>>()
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+fn encoding(
+    ssrc: u32,
+    codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
+) -> RTCRtpEncodingParameters {
+    RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            ssrc: Some(ssrc),
+            ..Default::default()
+        },
+        active: true,
+        codec,
+        ..Default::default()
+    }
+}
+
+/// A random-enough u32 without a rand dependency.
+fn random_u32() -> u32 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    // Never 0: some stacks treat SSRC 0 as "unset".
+    (h.finish() as u32).max(1)
+}
+
+async fn mid_of(transceiver: &Arc<dyn RtpTransceiver>) -> Result<String> {
+    transceiver
+        .mid()
+        .await
+        .context("reading a mid")?
+        .ok_or_else(|| anyhow!("transceiver has no mid after set_local_description"))
+}
+
+async fn negotiated_pt(transceiver: &Arc<dyn RtpTransceiver>) -> Option<u8> {
+    let sender = transceiver.sender().await.ok()??;
+    let params = sender.get_parameters().await.ok()?;
+    params.rtp_parameters.codecs.first().map(|c| c.payload_type)
+}
+
+async fn wait_connected(
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+    what: &str,
+) -> Result<()> {
+    let result = wait::within(CONNECT_TIMEOUT, &format!("{what} to connect"), async {
+        loop {
+            let now = *state.borrow_and_update();
+            match now {
+                RTCPeerConnectionState::Connected => return Ok(()),
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    bail!("{what} went {now}")
+                }
+                _ => {}
+            }
+            if state.changed().await.is_err() {
+                bail!("{what} handler dropped");
+            }
+        }
+    })
+    .await;
+    result?
+}
+
+/// Sends tagged packets of one kind until aborted.
+async fn send_media(name: String, kind: MediaKind, publisher: Arc<Publisher>, rate: MediaRate) {
+    let (track, ssrc, pt, interval, clock) = match kind {
+        MediaKind::Audio => (
+            Arc::clone(&publisher.audio),
+            publisher.audio_ssrc,
+            publisher.audio_pt,
+            rate.audio_interval,
+            48_000u64,
+        ),
+        MediaKind::Video => (
+            Arc::clone(&publisher.video),
+            publisher.video_ssrc,
+            publisher.video_pt,
+            rate.video_interval,
+            90_000u64,
+        ),
+    };
+    let ts_step = (clock * interval.as_micros() as u64 / 1_000_000) as u32;
+    let mut seq = (random_u32() & 0x7fff) as u16;
+    let mut timestamp = random_u32();
+    let mut counter: u32 = 0;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let keyframe = kind == MediaKind::Video
+            && (counter == 0
+                || (rate.keyframe_every > 0 && counter.is_multiple_of(rate.keyframe_every))
+                || (rate.keyframe_on_request
+                    && publisher.want_keyframe.swap(false, Ordering::Relaxed)));
+        let payload = expected_payload(&MediaTag {
+            sender: name.clone(),
+            kind,
+            counter,
+            keyframe,
+        });
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: kind == MediaKind::Video,
+                payload_type: pt,
+                sequence_number: seq,
+                timestamp,
+                ssrc,
+                ..Default::default()
+            },
+            payload: payload.clone(),
+        };
+        match track.write_rtp(packet).await {
+            Ok(()) => lock(&publisher.sent).push(SentPacket {
+                kind,
+                counter,
+                ssrc,
+                sequence_number: seq,
+                timestamp,
+                keyframe,
+                payload,
+                at: Instant::now(),
+            }),
+            Err(err) => {
+                publisher.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("[{name}] write_rtp {kind:?}: {err}");
+            }
+        }
+        seq = seq.wrapping_add(1);
+        timestamp = timestamp.wrapping_add(ts_step);
+        counter += 1;
+    }
+}
+
+/// Counts PLI/FIR arriving on the video sender (marked for the application by
+/// `peer::KeyframeRequestTap`) and asks the video sender for a keyframe.
+async fn count_keyframe_requests(
+    video: Arc<TrackLocalStaticRTP>,
+    requests: Arc<Mutex<Vec<KeyframeRequest>>>,
+    want_keyframe: Arc<AtomicBool>,
+) {
+    while let Some(event) = video.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+            continue;
+        };
+        let at = Instant::now();
+        for packet in packets {
+            let any = packet.as_any();
+            let request = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                Some((KeyframeRequestKind::Pli, pli.media_ssrc))
+            } else {
+                any.downcast_ref::<FullIntraRequest>()
+                    .map(|fir| (KeyframeRequestKind::Fir, fir.media_ssrc))
+            };
+            if let Some((kind, media_ssrc)) = request {
+                lock(&requests).push(KeyframeRequest {
+                    at,
+                    kind,
+                    media_ssrc,
+                });
+                want_keyframe.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WsStream, Message>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    while let Some(out) = rx.recv().await {
+        let result = match out {
+            Outgoing::Text(text) => sink.send(Message::Text(text.into())).await,
+            Outgoing::Close => {
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!("ws write: {err}");
+            break;
+        }
+    }
+}
+
+async fn read_loop(inner: Arc<Inner>, mut stream: SplitStream<WsStream>) {
+    while let Some(frame) = stream.next().await {
+        let text = match frame {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(_)) => break,
+            Ok(Message::Binary(_)) => {
+                inner.fail("the server sent a binary frame".to_owned());
+                continue;
+            }
+            Ok(_) => continue,
+            Err(err) => {
+                tracing::debug!("[{}] ws read: {err}", inner.name);
+                break;
+            }
+        };
+        let message: ServerMessage = match serde_json::from_str(&text) {
+            Ok(message) => message,
+            Err(err) => {
+                inner.fail(format!("unparsable server frame ({err}): {text}"));
+                continue;
+            }
+        };
+        tracing::debug!("[{}] <- {}", inner.name, short(&message));
+        let len = {
+            let mut log = lock(&inner.log);
+            log.push(Logged {
+                at: Instant::now(),
+                message: message.clone(),
+            });
+            log.len()
+        };
+        inner.log_tick.send_replace(len);
+        match message {
+            ServerMessage::SubscribeOffer { sdp, tracks } => {
+                if let Err(err) = answer_subscribe_offer(&inner, sdp, tracks).await {
+                    inner.fail(format!("answering subscribeOffer: {err:#}"));
+                }
+            }
+            ServerMessage::Candidate { peer, candidate } => {
+                if let Err(err) = add_remote_candidate(&inner, peer, candidate).await {
+                    inner.fail(format!("adding a server candidate: {err:#}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    inner.ws_open.store(false, Ordering::Relaxed);
+    inner.log_tick.send_modify(|_| {});
+}
+
+async fn answer_subscribe_offer(
+    inner: &Arc<Inner>,
+    sdp: String,
+    tracks: Vec<SubscribedMid>,
+) -> Result<()> {
+    let sub = &inner.subscriber;
+    let existing = lock(&sub.peer).clone();
+    let peer = match existing {
+        Some(peer) => peer,
+        None => {
+            let gate = Arc::new(CandidateGate::default());
+            let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+            let handler = Arc::new(PeerHandler {
+                role: PeerRole::Subscriber,
+                out: inner.out.clone(),
+                gate: Arc::clone(&gate),
+                state: state_tx,
+                subscriber: Some(Arc::downgrade(sub)),
+            });
+            let pc = peer::build(handler).await?;
+            let peer = Arc::new(SubscriberPeer {
+                pc,
+                gate,
+                state: state_rx,
+            });
+            *lock(&sub.peer) = Some(Arc::clone(&peer));
+            peer
+        }
+    };
+    *lock(&sub.mids) = tracks
+        .iter()
+        .map(|t| (t.mid.clone(), (t.participant_id, t.track_id)))
+        .collect();
+    peer.pc
+        .set_remote_description(RTCSessionDescription::offer(sdp).context("subscribeOffer SDP")?)
+        .await
+        .context("set_remote_description(subscribeOffer)")?;
+    let answer = peer.pc.create_answer(None).await.context("create_answer")?;
+    peer.pc
+        .set_local_description(answer.clone())
+        .await
+        .context("set_local_description(answer)")?;
+    let sdp = peer
+        .pc
+        .local_description()
+        .await
+        .map_or(answer.sdp, |d| d.sdp);
+    inner.send(&ClientMessage::SubscribeAnswer { sdp: sdp.clone() })?;
+    sub.answered.fetch_add(1, Ordering::Relaxed);
+    let (held, mid) = peer.gate.open(peer::first_mid(&sdp));
+    for candidate in held {
+        send_candidate(&inner.out, PeerRole::Subscriber, candidate, mid.clone());
+    }
+    Ok(())
+}
+
+async fn add_remote_candidate(
+    inner: &Arc<Inner>,
+    role: PeerRole,
+    candidate: IceCandidate,
+) -> Result<()> {
+    if candidate.candidate.is_empty() {
+        return Ok(());
+    }
+    let pc = match role {
+        PeerRole::Publisher => inner.publisher().map(|p| Arc::clone(&p.pc)),
+        PeerRole::Subscriber => inner.subscriber.pc(),
+    };
+    let Some(pc) = pc else {
+        bail!("a {role:?} candidate arrived before that peer exists");
+    };
+    pc.add_ice_candidate(RTCIceCandidateInit {
+        candidate: candidate.candidate,
+        sdp_mid: candidate.sdp_mid,
+        sdp_mline_index: candidate.sdp_m_line_index,
+        ..Default::default()
+    })
+    .await
+    .context("add_ice_candidate")
+}
