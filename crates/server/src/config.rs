@@ -36,6 +36,9 @@ impl Default for HttpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
     pub udp_listen: SocketAddr,
+    pub ice_tcp: bool,
+    /// None: the same address as `udp_listen` (an ephemeral port when that one is 0).
+    pub tcp_listen: Option<SocketAddr>,
     pub announced_ips: Vec<IpAddr>,
     pub srtp_profiles: Vec<String>,
 }
@@ -44,6 +47,8 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             udp_listen: SocketAddr::from(([0, 0, 0, 0], 50000)),
+            ice_tcp: true,
+            tcp_listen: None,
             announced_ips: Vec::new(),
             srtp_profiles: vec!["aead_aes_128_gcm".into(), "aead_aes_256_gcm".into()],
         }

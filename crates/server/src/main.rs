@@ -38,6 +38,9 @@ struct Cli {
     /// Media UDP address (overrides media.udp_listen).
     #[arg(long)]
     udp: Option<SocketAddr>,
+    /// ICE-TCP address (overrides media.tcp_listen).
+    #[arg(long)]
+    tcp: Option<SocketAddr>,
     /// Public IPs to announce, comma-separated (overrides media.announced_ips).
     #[arg(long, value_delimiter = ',')]
     announce: Option<Vec<IpAddr>>,
@@ -63,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(udp) = cli.udp {
         config.media.udp_listen = udp;
     }
+    if let Some(tcp) = cli.tcp {
+        config.media.tcp_listen = Some(tcp);
+    }
     if let Some(ips) = cli.announce {
         config.media.announced_ips = ips;
     }
@@ -81,11 +87,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding media UDP {}", config.media.udp_listen))?;
     let udp_addr = udp.local_addr()?;
     let candidates = chorus_sfu::net::host_candidates(udp_addr, &config.media.announced_ips);
-    tracing::info!(?candidates, "announcing host candidates");
+    let (tcp, tcp_candidates) = if config.media.ice_tcp {
+        let tcp_listen = config.media.tcp_listen.unwrap_or(config.media.udp_listen);
+        let listener = tokio::net::TcpListener::bind(tcp_listen)
+            .await
+            .with_context(|| format!("binding ICE-TCP {tcp_listen}"))?;
+        let addr = listener.local_addr()?;
+        let candidates = chorus_sfu::net::host_candidates(addr, &config.media.announced_ips);
+        (Some(listener), candidates)
+    } else {
+        (None, Vec::new())
+    };
+    let tcp_addr = match &tcp {
+        Some(listener) => listener.local_addr()?.to_string(),
+        None => "off".to_owned(),
+    };
+    tracing::info!(?candidates, ?tcp_candidates, "announcing host candidates");
     let worker = chorus_sfu::worker::spawn(
         udp,
+        tcp,
         PeerSettings {
             candidates,
+            tcp_candidates,
             srtp_profiles: config.media.srtp_profiles.clone(),
         },
         Arc::new(AtomicU64::new(1)),
@@ -126,9 +149,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
-    tracing::info!("serving http://{http_addr} (media on udp {udp_addr})");
+    tracing::info!("serving http://{http_addr} (media on udp {udp_addr}, ICE-TCP {tcp_addr})");
     // One machine-readable line on stdout, for scripts and tests started on port 0.
-    println!("chorus ready http={http_addr} udp={udp_addr}");
+    println!("chorus ready http={http_addr} udp={udp_addr} tcp={tcp_addr}");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

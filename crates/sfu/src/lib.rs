@@ -13,6 +13,7 @@ pub mod rewrite;
 pub mod room;
 mod room_task;
 pub mod stun;
+pub mod tcp;
 mod token;
 pub mod worker;
 

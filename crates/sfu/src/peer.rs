@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use chorus_protocol::{IceCandidate, MediaKind, TrackId};
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -53,8 +54,10 @@ pub const SRTP_PROFILE_NAMES: &[&str] = &[
 /// Settings shared by every peer of a worker.
 #[derive(Debug, Clone)]
 pub struct PeerSettings {
-    /// Host candidates to announce (ip:port of the shared socket, or NAT 1:1 addresses).
+    /// UDP host candidates to announce (ip:port of the shared socket, or NAT 1:1 addresses).
     pub candidates: Vec<SocketAddr>,
+    /// ICE-TCP passive host candidates (empty when ICE-TCP is off).
+    pub tcp_candidates: Vec<SocketAddr>,
     /// SRTP profiles, by names from [`SRTP_PROFILE_NAMES`]. The DTLS server takes the
     /// client's first choice among these, so listing only GCM is how to get GCM.
     pub srtp_profiles: Vec<String>,
@@ -124,8 +127,11 @@ struct Inbound {
 /// One WebRTC peer connection.
 pub struct Peer {
     pc: RTCPeerConnection,
-    /// The address reads are tagged with: the first announced candidate.
+    /// The address UDP reads are tagged with: the first UDP candidate. webrtc-rs matches it
+    /// against its local candidates; the shared socket cannot tell which one was dialled.
     local_tag: SocketAddr,
+    /// The same for ICE-TCP reads.
+    local_tcp_tag: Option<SocketAddr>,
     connected: bool,
     failed: bool,
     /// Publisher: mid → incoming track.
@@ -276,16 +282,22 @@ impl Peer {
             .with_interceptor_registry(registry)
             .build(now)
             .map_err(internal)?;
-        for addr in &settings.candidates {
+        let udp = settings.candidates.iter().map(|a| (a, false));
+        let tcp = settings.tcp_candidates.iter().map(|a| (a, true));
+        for (addr, is_tcp) in udp.chain(tcp) {
             let candidate = CandidateHostConfig {
                 base_config: CandidateConfig {
-                    network: "udp".to_owned(),
+                    network: if is_tcp { "tcp" } else { "udp" }.to_owned(),
                     address: addr.ip().to_string(),
                     port: addr.port(),
                     component: 1,
                     ..Default::default()
                 },
-                ..Default::default()
+                tcp_type: if is_tcp {
+                    TcpType::Passive
+                } else {
+                    TcpType::Unspecified
+                },
             }
             .new_candidate_host()
             .map_err(internal)?;
@@ -301,6 +313,7 @@ impl Peer {
         Ok(Self {
             pc,
             local_tag,
+            local_tcp_tag: settings.tcp_candidates.first().copied(),
             connected: false,
             failed: false,
             inbound: HashMap::new(),
@@ -609,15 +622,19 @@ impl Peer {
             .map_err(|e| MediaError::InvalidCandidate(e.to_string()))
     }
 
-    /// Feeds one datagram received from `from`.
-    pub fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+    /// Feeds one datagram received from `from` (over ICE-TCP when `tcp`).
+    pub fn handle_datagram(&mut self, from: SocketAddr, tcp: bool, datagram: &[u8], now: Instant) {
+        let (local_addr, transport_protocol) = match (tcp, self.local_tcp_tag) {
+            (true, Some(tag)) => (tag, TransportProtocol::TCP),
+            _ => (self.local_tag, TransportProtocol::UDP),
+        };
         let result = self.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.local_tag,
+                local_addr,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol,
             },
             message: BytesMut::from(datagram),
         });
@@ -666,17 +683,15 @@ impl Peer {
         while let Some(event) = self.pc.poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
-                    RTCPeerConnectionState::Connected => {
-                        if !self.connected {
-                            self.connected = true;
-                            events.push(PeerEvent::Connected);
-                        }
+                    RTCPeerConnectionState::Connected if !self.connected => {
+                        self.connected = true;
+                        events.push(PeerEvent::Connected);
                     }
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        if !self.failed {
-                            self.failed = true;
-                            events.push(PeerEvent::Failed);
-                        }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                        if !self.failed =>
+                    {
+                        self.failed = true;
+                        events.push(PeerEvent::Failed);
                     }
                     _ => {}
                 },
@@ -765,10 +780,11 @@ impl Peer {
         self.pc.poll_timeout()
     }
 
-    /// Drains outgoing datagrams.
-    pub fn poll_transmit(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+    /// Drains outgoing datagrams: `send(to, over_tcp, datagram)`.
+    pub fn poll_transmit(&mut self, mut send: impl FnMut(SocketAddr, bool, &[u8])) {
         while let Some(msg) = self.pc.poll_write() {
-            send(msg.transport.peer_addr, &msg.message);
+            let tcp = msg.transport.transport_protocol == TransportProtocol::TCP;
+            send(msg.transport.peer_addr, tcp, &msg.message);
         }
     }
 

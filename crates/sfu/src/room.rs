@@ -227,7 +227,7 @@ impl Room {
                 participant,
                 text,
                 time,
-            } => self.chat(participant, text, time, &mut out),
+            } => self.chat(participant, &text, time, &mut out),
             Input::Shutdown => {
                 let all: Vec<_> = self.members.keys().copied().collect();
                 for participant in all {
@@ -497,7 +497,7 @@ impl Room {
         );
     }
 
-    fn chat(&mut self, participant: ParticipantId, text: String, time: u64, out: &mut Vec<Effect>) {
+    fn chat(&mut self, participant: ParticipantId, text: &str, time: u64, out: &mut Vec<Effect>) {
         let Some(member) = self.members.get(&participant) else {
             return;
         };

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::MediaError;
 use crate::peer::{ForwardDrop, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec};
 use crate::stun;
+use crate::tcp::{self, TcpEvent};
 use crate::token::{random_token, random_u64};
 
 /// Commands from rooms to the worker. Bounded: a room awaits room for its command, which
@@ -177,7 +178,10 @@ pub struct Worker {
     settings: PeerSettings,
     participants: HashMap<ParticipantId, ParticipantMedia>,
     by_ufrag: HashMap<String, (ParticipantId, PeerRole)>,
-    by_addr: HashMap<SocketAddr, (ParticipantId, PeerRole)>,
+    /// (remote address, over ICE-TCP) → peer, learned from the first STUN check.
+    by_addr: HashMap<(SocketAddr, bool), (ParticipantId, PeerRole)>,
+    /// Writers of the open ICE-TCP connections, by remote address.
+    tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     tracks: HashMap<TrackId, TrackRoute>,
     next_track: Arc<AtomicU64>,
     stats: Arc<WorkerStats>,
@@ -186,13 +190,19 @@ pub struct Worker {
     touched: Vec<ParticipantId>,
 }
 
-/// Starts a worker on `socket` and returns its handle.
+/// Starts a worker on `socket` (and ICE-TCP on `tcp_listener`, if given) and returns its
+/// handle.
 pub fn spawn(
     socket: UdpSocket,
+    tcp_listener: Option<tokio::net::TcpListener>,
     settings: PeerSettings,
     next_track: Arc<AtomicU64>,
 ) -> WorkerHandle {
     let (tx, rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
+    let (tcp_tx, tcp_rx) = mpsc::channel(tcp::TCP_INBOUND_QUEUE);
+    if let Some(listener) = tcp_listener {
+        tokio::spawn(tcp::accept_loop(listener, tcp_tx));
+    }
     let stats = Arc::new(WorkerStats::default());
     let worker = Worker {
         socket,
@@ -200,18 +210,23 @@ pub fn spawn(
         participants: HashMap::new(),
         by_ufrag: HashMap::new(),
         by_addr: HashMap::new(),
+        tcp_writers: HashMap::new(),
         tracks: HashMap::new(),
         next_track,
         stats: stats.clone(),
         events: Vec::new(),
         touched: Vec::new(),
     };
-    tokio::spawn(worker.run(rx));
+    tokio::spawn(worker.run(rx, tcp_rx));
     WorkerHandle { tx, stats }
 }
 
 impl Worker {
-    async fn run(mut self, mut commands: mpsc::Receiver<WorkerCommand>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<WorkerCommand>,
+        mut tcp_events: mpsc::Receiver<TcpEvent>,
+    ) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let now = Instant::now();
@@ -228,29 +243,25 @@ impl Worker {
                     match received {
                         Ok((len, from)) => {
                             let now = Instant::now();
-                            self.handle_datagram(from, &buf[..len], now);
+                            self.handle_datagram(from, false, &buf[..len], now);
                             // drain whatever else is already queued, without awaiting
                             while let Ok((len, from)) = self.socket.try_recv_from(&mut buf) {
-                                self.handle_datagram(from, &buf[..len], now);
+                                self.handle_datagram(from, false, &buf[..len], now);
                             }
                         }
                         Err(err) => tracing::debug!(%err, "udp recv"),
                     }
                 }
+                Some(event) = tcp_events.recv() => self.handle_tcp(event),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             self.handle_timeouts(Instant::now());
             self.flush();
         }
-        for media in self.participants.values_mut() {
-            for peer in [&mut media.publisher, &mut media.subscriber]
-                .into_iter()
-                .flatten()
-            {
-                peer.close();
-            }
+        let all: Vec<ParticipantId> = self.participants.keys().copied().collect();
+        for participant in all {
+            self.remove(participant);
         }
-        self.flush();
     }
 
     fn peer_mut(&mut self, key: (ParticipantId, PeerRole)) -> Option<&mut Peer> {
@@ -261,27 +272,48 @@ impl Worker {
         }
     }
 
-    fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<(ParticipantId, PeerRole)> {
-        if let Some(key) = self.by_addr.get(&from) {
+    fn route(
+        &mut self,
+        from: SocketAddr,
+        tcp: bool,
+        datagram: &[u8],
+    ) -> Option<(ParticipantId, PeerRole)> {
+        if let Some(key) = self.by_addr.get(&(from, tcp)) {
             return Some(*key);
         }
         let key = *self.by_ufrag.get(stun::local_ufrag(datagram)?)?;
-        self.by_addr.insert(from, key);
+        self.by_addr.insert((from, tcp), key);
         Some(key)
     }
 
-    fn handle_datagram(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+    fn handle_tcp(&mut self, event: TcpEvent) {
+        match event {
+            TcpEvent::Opened { from, writer } => {
+                self.tcp_writers.insert(from, writer);
+            }
+            TcpEvent::Frame { from, data } => {
+                let now = Instant::now();
+                self.handle_datagram(from, true, &data, now);
+            }
+            TcpEvent::Closed { from } => {
+                self.tcp_writers.remove(&from);
+                self.by_addr.remove(&(from, true));
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, from: SocketAddr, tcp: bool, datagram: &[u8], now: Instant) {
         self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        let Some(key) = self.route(from, datagram) else {
+        let Some(key) = self.route(from, tcp, datagram) else {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let Some(peer) = self.peer_mut(key) else {
-            self.by_addr.remove(&from);
+            self.by_addr.remove(&(from, tcp));
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        peer.handle_datagram(from, datagram, now);
+        peer.handle_datagram(from, tcp, datagram, now);
         self.touched.push(key.0);
         self.drain_peer(key, now);
     }
@@ -477,17 +509,12 @@ impl Worker {
                 .into_iter()
                 .flatten()
             {
-                let socket = &self.socket;
-                let stats = &self.stats;
-                peer.poll_transmit(|to, datagram| match socket.try_send_to(datagram, to) {
-                    Ok(_) => {
-                        stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(err) => {
-                        stats.send_drops.fetch_add(1, Ordering::Relaxed);
-                        tracing::trace!(%err, %to, "udp send");
-                    }
-                });
+                let out = Outbox {
+                    socket: &self.socket,
+                    tcp_writers: &self.tcp_writers,
+                    stats: &self.stats,
+                };
+                peer.poll_transmit(|to, tcp, datagram| out.send(to, tcp, datagram));
             }
         }
         self.touched = touched;
@@ -718,10 +745,12 @@ impl Worker {
             .flatten()
         {
             peer.close();
-            let socket = &self.socket;
-            peer.poll_transmit(|to, datagram| {
-                let _ = socket.try_send_to(datagram, to);
-            });
+            let out = Outbox {
+                socket: &self.socket,
+                tcp_writers: &self.tcp_writers,
+                stats: &self.stats,
+            };
+            peer.poll_transmit(|to, tcp, datagram| out.send(to, tcp, datagram));
             self.stats.peers.fetch_sub(1, Ordering::Relaxed);
         }
         for track in media.published.into_values() {
@@ -738,6 +767,32 @@ impl Worker {
             .fetch_sub(removed_subs, Ordering::Relaxed);
         self.by_ufrag.retain(|_, (p, _)| *p != participant);
         self.by_addr.retain(|_, (p, _)| *p != participant);
+    }
+}
+
+/// Where outgoing datagrams go: the shared UDP socket, or an ICE-TCP connection.
+struct Outbox<'a> {
+    socket: &'a UdpSocket,
+    tcp_writers: &'a HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    stats: &'a WorkerStats,
+}
+
+impl Outbox<'_> {
+    fn send(&self, to: SocketAddr, tcp: bool, datagram: &[u8]) {
+        let sent = if tcp {
+            match (self.tcp_writers.get(&to), tcp::frame(datagram)) {
+                (Some(writer), Some(frame)) => writer.try_send(frame).is_ok(),
+                _ => false,
+            }
+        } else {
+            self.socket.try_send_to(datagram, to).is_ok()
+        };
+        let counter = if sent {
+            &self.stats.datagrams_out
+        } else {
+            &self.stats.send_drops
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,142 @@
+//! ICE-TCP (RFC 6544, passive side): one listening TCP port, each connection carrying
+//! RFC 4571 frames (a 16-bit big-endian length, then one STUN/DTLS/SRTP datagram).
+//!
+//! Each accepted connection gets a reader task and a writer task. Frames are handed to the
+//! media worker as [`TcpEvent`]s, so the worker treats them like UDP datagrams from the
+//! connection's remote address.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Frames from all ICE-TCP connections to the worker. Bounded: when the worker is behind,
+/// readers wait, and TCP flow control slows the clients that use this fallback.
+pub const TCP_INBOUND_QUEUE: usize = 1024;
+
+/// Framed datagrams queued for one connection's writer. When full, the worker drops the
+/// datagram and counts it, as it would on a full UDP socket buffer.
+pub const TCP_OUTBOUND_QUEUE: usize = 512;
+
+/// The largest frame RFC 4571 allows.
+const MAX_FRAME: usize = u16::MAX as usize;
+
+/// What ICE-TCP connections tell the worker.
+#[derive(Debug)]
+pub enum TcpEvent {
+    /// A connection opened; frames for `from` go to `writer`.
+    Opened {
+        from: SocketAddr,
+        writer: mpsc::Sender<Vec<u8>>,
+    },
+    /// One frame arrived.
+    Frame { from: SocketAddr, data: Vec<u8> },
+    /// The connection ended.
+    Closed { from: SocketAddr },
+}
+
+/// Accepts connections forever, reporting to `events`.
+pub async fn accept_loop(listener: TcpListener, events: mpsc::Sender<TcpEvent>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream, from, events.clone()));
+            }
+            Err(err) => {
+                tracing::debug!(%err, "ICE-TCP accept");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, from: SocketAddr, events: mpsc::Sender<TcpEvent>) {
+    let (read, mut write) = stream.into_split();
+    let (writer, mut outbound) = mpsc::channel::<Vec<u8>>(TCP_OUTBOUND_QUEUE);
+    if events
+        .send(TcpEvent::Opened { from, writer })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let writer_task = tokio::spawn(async move {
+        while let Some(frame) = outbound.recv().await {
+            if write.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut read = BufReader::new(read);
+    while let Ok(len) = read.read_u16().await {
+        let mut data = vec![0u8; usize::from(len)];
+        if read.read_exact(&mut data).await.is_err() {
+            break;
+        }
+        if events.send(TcpEvent::Frame { from, data }).await.is_err() {
+            break;
+        }
+    }
+    writer_task.abort();
+    let _ = events.send(TcpEvent::Closed { from }).await;
+}
+
+/// Prefixes one datagram with its RFC 4571 length.
+pub fn frame(datagram: &[u8]) -> Option<Vec<u8>> {
+    if datagram.len() > MAX_FRAME {
+        return None;
+    }
+    let mut out = Vec::with_capacity(2 + datagram.len());
+    out.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
+    out.extend_from_slice(datagram);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_their_length() {
+        assert_eq!(frame(&[1, 2, 3]), Some(vec![0, 3, 1, 2, 3]));
+        assert_eq!(frame(&vec![0; MAX_FRAME + 1]), None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_reports_frames_and_closing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(accept_loop(listener, tx));
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let Some(TcpEvent::Opened { writer, from }) = rx.recv().await else {
+            panic!("no open event");
+        };
+        client
+            .write_all(&[0, 2, 9, 8, 0, 1, 7])
+            .await
+            .expect("write");
+        let Some(TcpEvent::Frame { data, .. }) = rx.recv().await else {
+            panic!("no frame");
+        };
+        assert_eq!(data, vec![9, 8]);
+        let Some(TcpEvent::Frame { data, .. }) = rx.recv().await else {
+            panic!("no frame");
+        };
+        assert_eq!(data, vec![7]);
+        writer
+            .send(frame(&[5, 5]).expect("frame"))
+            .await
+            .expect("send");
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).await.expect("read");
+        assert_eq!(buf, [0, 2, 5, 5]);
+        drop(client);
+        let Some(TcpEvent::Closed { from: closed }) = rx.recv().await else {
+            panic!("no close");
+        };
+        assert_eq!(closed, from);
+    }
+}

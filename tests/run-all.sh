@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every Chorus test, installing what a fresh machine lacks (as root):
+#   formatting and lints, Rust unit tests, end-to-end tests against a real server with
+#   simulated browsers, then the web app's unit tests and real-browser tests in Chromium.
+# Tests run inside a fresh network namespace (only loopback exists there), so no media
+# ever leaves this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if ((${#missing[@]})); then
+  step "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+step "npm packages"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+# Everything below runs with loopback as the only network.
+in_netns() { unshare --net sh -c 'ip link set lo up && exec "$@"' -- "$@"; }
+
+step "Rust tests (unit + end-to-end)"
+in_netns cargo test --workspace --locked --offline
+
+step "web app unit tests and real-browser tests"
+export CHORUS_BIN="$PWD/target/debug/chorus"
+in_netns sh -c 'cd tests/browser && npm test'
+
+step "all tests passed"
