@@ -763,7 +763,7 @@ client.on('connectionState', ({ state, error, reason }) => {
     hideBanner('server-shutdown');
     render();
     renderChat();
-  } else if (state === 'disconnected' && app.view === 'call') {
+  } else if (state === 'disconnected' && app.view === 'call' && !app.joining) {
     hideBanner('reconnecting');
     if (error) reportJoinError(error);
     else if (client.lastBye?.reason !== 'removed') showBanner('unreachable', 'Disconnected from the server.', { level: 'error' });
@@ -818,7 +818,6 @@ $('#btn-mic').addEventListener('click', async () => {
   const muted = !client.local.tracks.microphone || client.local.muted.microphone;
   try {
     await client.setMicMuted(!muted);
-    hideBanner('media');
   } catch (err) {
     showBanner('media', `The microphone could not be started (${describeMediaError(err)}).`, { level: 'warn' });
   }
@@ -829,8 +828,9 @@ $('#btn-camera').addEventListener('click', async (ev) => {
   const btn = ev.currentTarget;
   btn.disabled = true;
   try {
-    await client.setCameraOff(Boolean(client.local.tracks.camera));
-    hideBanner('media');
+    const turnOn = !client.local.tracks.camera;
+    await client.setCameraOff(!turnOn);
+    if (turnOn && document.querySelector('#banners [data-banner="media"]')?.dataset.microphone === 'ok') hideBanner('media');
   } catch (err) {
     showBanner('media', `The camera could not be started (${describeMediaError(err)}).`, { level: 'warn' });
   } finally {

@@ -213,6 +213,13 @@ function defaultUrl() {
   return `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws`;
 }
 
+/** A one-line description of a message for debug logs (no SDP bodies). */
+export function summarize(msg) {
+  const { type, sdp, ...rest } = msg;
+  const body = JSON.stringify(rest);
+  return `${type}${sdp ? ` sdp(${sdp.length}b, ${(sdp.match(/^m=/gm) ?? []).length} m-lines)` : ''} ${body.length > 300 ? `${body.slice(0, 300)}…` : body}`;
+}
+
 function defaultSourceFor(kind) {
   return kind === 'audio' ? 'microphone' : 'camera';
 }
@@ -350,6 +357,7 @@ export class ChorusClient {
           this._emit('warning', { error: err });
           return;
         }
+        this._log('<-', summarize(msg));
         this._queue = this._queue
           .then(() => (epoch === this._epoch ? this._handle(msg) : undefined))
           .catch((err) => {
@@ -381,6 +389,7 @@ export class ChorusClient {
       return false;
     }
     this._socket.send(JSON.stringify(msg));
+    this._log('->', summarize(msg));
     return true;
   }
 

@@ -295,6 +295,26 @@ export function tileState(page, selector) {
   }, selector);
 }
 
+/** Sender and receiver RTP counters of a page, as one line per stream (for failure reports). */
+async function rtpStats(page) {
+  if (page.isClosed()) return 'closed';
+  return page.evaluate(async () => {
+    const c = window.chorus?.client;
+    const lines = [`participant ${c?.participantId} state ${c?.connectionState} media ${c?.mediaState}`];
+    for (const [role, pc] of [['pub', c?._pub], ['sub', c?._sub]]) {
+      if (!pc) continue;
+      lines.push(`${role}: ${pc.connectionState} ${pc.signalingState}`);
+      const r = await pc.getStats();
+      r.forEach((s) => {
+        if (s.type !== 'outbound-rtp' && s.type !== 'inbound-rtp') return;
+        const keys = ['mid', 'kind', 'ssrc', 'packetsSent', 'packetsReceived', 'framesEncoded', 'framesDecoded', 'keyFramesEncoded', 'keyFramesDecoded', 'pliCount', 'firCount', 'nackCount'];
+        lines.push(`  ${s.type} ${keys.filter((k) => s[k] !== undefined).map((k) => `${k}=${s[k]}`).join(' ')}`);
+      });
+    }
+    return lines.join('\n');
+  });
+}
+
 /** Runs `body` with a fresh server and browser; on failure attaches logs and screenshots. */
 export async function scenario(t, body, { config = '', browserOptions } = {}) {
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -307,7 +327,8 @@ export async function scenario(t, body, { config = '', browserOptions } = {}) {
   } catch (err) {
     const report = [`=== ${t.name} failed: ${err.stack ?? err}`];
     for (const [i, page] of (browser?.pages ?? []).entries()) {
-      report.push(`--- page ${i} (${page.url()}) console:`, ...(page.logs ?? []).slice(-60));
+      report.push(`--- page ${i} (${page.url()}) console:`, ...(page.logs ?? []).slice(-150));
+      report.push(`--- page ${i} rtp stats: ${await rtpStats(page).catch((e) => e.message)}`);
       await page.screenshot({ path: path.join(ARTIFACTS, `${slug}-page${i}.png`) }).catch(() => {});
     }
     report.push('--- server stderr (tail):', server.stderr().slice(-6000));

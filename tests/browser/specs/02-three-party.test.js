@@ -51,7 +51,12 @@ test('three pages joined by the invite link see and hear each other', { timeout:
       await poll(() => page.evaluate(() => [...document.querySelectorAll('#audio-sink audio')].filter((el) => !el.paused).length === 2), { message: 'two playing audio elements' });
     }
 
-    // A picture of the call as Ada sees it.
+    // A picture of the call as Ada sees it, with a chat line and a muted microphone.
+    await pages[1].fill('#chat-input', 'Morning! Mockups are in the shared folder.');
+    await pages[1].press('#chat-input', 'Enter');
+    await pages[2].click('#btn-mic');
+    await poll(async () => (await a.locator('#chat-log li[data-from]').count()) === 1, { message: 'chat line on Ada\'s page' });
+    await poll(async () => (await tileState(a, `#tile-${ids[2]}`)).muted === 'true', { message: 'Grace muted on Ada\'s page' });
     await a.bringToFront();
     await poll(async () => (await tileColor(a, `#tile-${ids[2]}`)) !== null, { message: 'frames for the screenshot' });
     const shot = path.join(ARTIFACTS, 'call.png');
