@@ -90,6 +90,23 @@ pub struct SentPacket {
     pub at: Instant,
 }
 
+/// Writes RTP on one of the publisher's tracks (see [`Client::rtp_writer`]). The packet's
+/// SSRC and payload type must be [`ssrc`](RtpWriter::ssrc) and
+/// [`payload_type`](RtpWriter::payload_type), or the webrtc crate drops it silently.
+#[derive(Clone)]
+pub struct RtpWriter {
+    track: Arc<TrackLocalStaticRTP>,
+    pub ssrc: u32,
+    pub payload_type: u8,
+}
+
+impl RtpWriter {
+    /// Hands one packet to the peer connection.
+    pub async fn write_rtp(&self, packet: rtc::rtp::Packet) -> Result<()> {
+        self.track.write_rtp(packet).await.context("write_rtp")
+    }
+}
+
 /// A keyframe request that reached the publisher's video sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyframeRequestKind {
@@ -288,6 +305,8 @@ struct SubscriberState {
     remotes: Mutex<HashMap<String, Arc<dyn TrackRemote>>>,
     /// How many `subscribeOffer`s were answered.
     answered: AtomicU64,
+    /// When set ([`Client::received_stream`]), packets go here instead of being recorded.
+    tap: Mutex<Option<mpsc::UnboundedSender<ReceivedPacket>>>,
 }
 
 impl SubscriberState {
@@ -299,6 +318,7 @@ impl SubscriberState {
             unmapped: Mutex::new(Vec::new()),
             remotes: Mutex::new(HashMap::new()),
             answered: AtomicU64::new(0),
+            tap: Mutex::new(None),
         }
     }
 
@@ -333,6 +353,10 @@ impl SubscriberState {
             payload: packet.payload,
             at,
         };
+        if let Some(tap) = lock(&self.tap).as_ref() {
+            let _ = tap.send(received);
+            return;
+        }
         let key = mid.and_then(|m| lock(&self.mids).get(m).copied());
         match key {
             Some(key) => lock(&self.received).entry(key).or_default().push(received),
@@ -693,6 +717,32 @@ impl Client {
     /// The track ids of this client's published tracks.
     pub fn published(&self) -> Option<PublishedTracks> {
         self.inner.publisher().map(|p| p.tracks)
+    }
+
+    /// A handle for writing RTP of one kind on the publisher peer, for callers that shape
+    /// their own media (the load generator) instead of [`start_media`](Client::start_media).
+    pub fn rtp_writer(&self, kind: MediaKind) -> Option<RtpWriter> {
+        self.inner.publisher().map(|p| match kind {
+            MediaKind::Audio => RtpWriter {
+                track: Arc::clone(&p.audio),
+                ssrc: p.audio_ssrc,
+                payload_type: p.audio_pt,
+            },
+            MediaKind::Video => RtpWriter {
+                track: Arc::clone(&p.video),
+                ssrc: p.video_ssrc,
+                payload_type: p.video_pt,
+            },
+        })
+    }
+
+    /// From now on, every RTP packet the subscriber peer receives goes to the returned
+    /// channel instead of being recorded (so [`received`](Client::received) stays empty):
+    /// for long runs whose packets would not fit in memory. A later call replaces the channel.
+    pub fn received_stream(&self) -> mpsc::UnboundedReceiver<ReceivedPacket> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.inner.subscriber.tap) = Some(tx);
+        rx
     }
 
     /// The SSRCs the publisher sends with: (audio, video).
@@ -1393,4 +1443,210 @@ async fn add_remote_candidate(
     })
     .await
     .context("add_ice_candidate")
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client's media and feedback paths against itself: a publisher peer connected
+    //! directly to a subscriber peer, no server in between.
+
+    use super::*;
+
+    fn handler(
+        role: PeerRole,
+        out: mpsc::UnboundedSender<Outgoing>,
+        gate: Arc<CandidateGate>,
+        subscriber: Option<Weak<SubscriberState>>,
+    ) -> (Arc<PeerHandler>, watch::Receiver<RTCPeerConnectionState>) {
+        let (state, rx) = watch::channel(RTCPeerConnectionState::New);
+        let handler = Arc::new(PeerHandler {
+            role,
+            out,
+            gate,
+            state,
+            subscriber,
+        });
+        (handler, rx)
+    }
+
+    /// Hands every candidate one peer trickles to the other.
+    fn forward_candidates(
+        mut rx: mpsc::UnboundedReceiver<Outgoing>,
+        to: Arc<dyn PeerConnection>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Some(Outgoing::Text(text)) = rx.recv().await {
+                let Ok(ClientMessage::Candidate { candidate, .. }) = ClientMessage::parse(&text)
+                else {
+                    continue;
+                };
+                let _ = to
+                    .add_ice_candidate(RTCIceCandidateInit {
+                        candidate: candidate.candidate,
+                        sdp_mid: candidate.sdp_mid,
+                        sdp_mline_index: candidate.sdp_m_line_index,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn media_and_keyframe_requests_flow_between_two_client_peers() -> Result<()> {
+        crate::init_tracing();
+        let (pub_out, pub_out_rx) = mpsc::unbounded_channel();
+        let (sub_out, sub_out_rx) = mpsc::unbounded_channel();
+        let pub_gate = Arc::new(CandidateGate::default());
+        let sub_gate = Arc::new(CandidateGate::default());
+        let subscriber = Arc::new(SubscriberState::new());
+
+        let (pub_handler, pub_state) =
+            handler(PeerRole::Publisher, pub_out, Arc::clone(&pub_gate), None);
+        let (sub_handler, sub_state) = handler(
+            PeerRole::Subscriber,
+            sub_out,
+            Arc::clone(&sub_gate),
+            Some(Arc::downgrade(&subscriber)),
+        );
+        let pub_pc = peer::build(pub_handler).await?;
+        let sub_pc = peer::build(sub_handler).await?;
+        *lock(&subscriber.peer) = Some(Arc::new(SubscriberPeer {
+            pc: Arc::clone(&sub_pc),
+            gate: Arc::clone(&sub_gate),
+            state: sub_state.clone(),
+        }));
+        let f1 = forward_candidates(pub_out_rx, Arc::clone(&sub_pc));
+        let f2 = forward_candidates(sub_out_rx, Arc::clone(&pub_pc));
+
+        let video_ssrc = random_u32();
+        let video = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "s".to_owned(),
+            "self-video".to_owned(),
+            "self camera".to_owned(),
+            RtpCodecKind::Video,
+            vec![encoding(video_ssrc, peer::vp8_codec())],
+        )));
+        let tr = pub_pc
+            .add_transceiver_from_track(
+                Arc::clone(&video) as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        let offer = pub_pc.create_offer(None).await?;
+        pub_pc.set_local_description(offer).await?;
+        let offer_sdp = pub_pc.local_description().await.context("offer")?.sdp;
+        let mid = mid_of(&tr).await?;
+        *lock(&subscriber.mids) = [(mid.clone(), (ParticipantId(1), TrackId(2)))].into();
+        sub_pc
+            .set_remote_description(RTCSessionDescription::offer(offer_sdp.clone())?)
+            .await?;
+        let answer = sub_pc.create_answer(None).await?;
+        sub_pc.set_local_description(answer).await?;
+        let answer_sdp = sub_pc.local_description().await.context("answer")?.sdp;
+        pub_pc
+            .set_remote_description(RTCSessionDescription::answer(answer_sdp.clone())?)
+            .await?;
+        // Candidates gathered before the gates opened go straight to the other side.
+        for (gate, sdp, target) in [
+            (&pub_gate, &offer_sdp, &sub_pc),
+            (&sub_gate, &answer_sdp, &pub_pc),
+        ] {
+            let (held, _) = gate.open(peer::first_mid(sdp));
+            for candidate in held {
+                let _ = target
+                    .add_ice_candidate(RTCIceCandidateInit {
+                        candidate,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+        wait_connected(pub_state, "publisher").await?;
+        wait_connected(sub_state, "subscriber").await?;
+        let pt = negotiated_pt(&tr).await.unwrap_or(VP8_PT);
+
+        let sender = tokio::spawn({
+            let video = Arc::clone(&video);
+            async move {
+                for counter in 0..u16::MAX {
+                    let payload = expected_payload(&MediaTag {
+                        sender: "self".into(),
+                        kind: MediaKind::Video,
+                        counter: counter.into(),
+                        keyframe: counter % 10 == 0,
+                    });
+                    let _ = video
+                        .write_rtp(rtc::rtp::Packet {
+                            header: rtc::rtp::header::Header {
+                                version: 2,
+                                marker: true,
+                                payload_type: pt,
+                                sequence_number: counter,
+                                timestamp: u32::from(counter) * 3000,
+                                ssrc: video_ssrc,
+                                ..Default::default()
+                            },
+                            payload,
+                        })
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        let key = (ParticipantId(1), TrackId(2));
+        wait::poll_until(
+            Duration::from_secs(10),
+            "20 packets at the subscriber",
+            || (lock(&subscriber.received).get(&key).map_or(0, Vec::len) >= 20).then_some(()),
+        )
+        .await?;
+        let got = lock(&subscriber.received)
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        for packet in &got {
+            let tag = crate::media::parse_tag(&packet.payload).context("tag")?;
+            assert_eq!(packet.payload, expected_payload(&tag));
+            assert_eq!(packet.ssrc, video_ssrc);
+            assert_eq!(packet.mid, mid);
+        }
+        assert!(crate::sequence_breaks(&got).is_empty());
+
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let want = Arc::new(AtomicBool::new(false));
+        let counter = tokio::spawn(count_keyframe_requests(
+            Arc::clone(&video),
+            Arc::clone(&requests),
+            Arc::clone(&want),
+        ));
+        let remote = lock(&subscriber.remotes)
+            .get(&mid)
+            .cloned()
+            .context("remote track")?;
+        remote
+            .write_rtcp(vec![Box::new(PictureLossIndication {
+                sender_ssrc: 1,
+                media_ssrc: video_ssrc,
+            })])
+            .await?;
+        wait::poll_until(Duration::from_secs(10), "the PLI at the publisher", || {
+            (!lock(&requests).is_empty()).then_some(())
+        })
+        .await?;
+        assert_eq!(lock(&requests)[0].media_ssrc, video_ssrc);
+        assert!(want.load(Ordering::Relaxed));
+
+        sender.abort();
+        counter.abort();
+        f1.abort();
+        f2.abort();
+        pub_pc.close().await?;
+        sub_pc.close().await?;
+        Ok(())
+    }
 }

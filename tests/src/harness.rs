@@ -62,8 +62,12 @@ impl Server {
     /// Starts a server with `config` (TOML) as its config file, e.g.
     /// `"[limits]\nmax_participants_per_room = 2\n"`.
     pub async fn start_with_config(config: &str) -> Result<Self> {
+        Self::start_bin(&chorus_bin()?, config).await
+    }
+
+    /// Starts the `chorus` binary at `bin` with `config` (TOML) as its config file.
+    pub async fn start_bin(bin: &Path, config: &str) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let bin = chorus_bin()?;
         if !bin.exists() {
             bail!(
                 "no chorus binary at {} (run `cargo build -p chorus` first, or set CHORUS_BIN)",
@@ -78,7 +82,7 @@ impl Server {
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
 
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(&config_path)
             .args([
@@ -145,6 +149,11 @@ impl Server {
             udp,
             config_path,
         })
+    }
+
+    /// The server's process id (for reading its CPU time and memory from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The HTTP (and WebSocket) address.

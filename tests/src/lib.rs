@@ -14,7 +14,7 @@ pub mod wait;
 
 pub use client::{
     Client, JoinedInfo, KeyframeRequest, KeyframeRequestKind, Logged, MediaRate, PublishedTracks,
-    ReceivedPacket, SentPacket, ServerRefused, refusal_code,
+    ReceivedPacket, RtpWriter, SentPacket, ServerRefused, refusal_code,
 };
 pub use harness::{Server, Stats};
 pub use raw::{RawEvent, RawWs};
