@@ -193,3 +193,164 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use chorus_protocol::{RoomId, RoomSummary};
+    use chorus_sfu::room::RoomLimits;
+    use chorus_sfu::{HubConfig, PeerSettings};
+
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    async fn hub() -> Hub {
+        let socket = chorus_sfu::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("udp");
+        let addr = socket.local_addr().expect("addr");
+        let worker = chorus_sfu::worker::spawn(
+            socket,
+            None,
+            PeerSettings {
+                candidates: vec![addr],
+                tcp_candidates: vec![],
+                srtp_profiles: vec!["aead_aes_128_gcm".into()],
+            },
+            Arc::new(AtomicU64::new(1)),
+        );
+        Hub::new(
+            worker,
+            HubConfig {
+                limits: RoomLimits {
+                    max_participants: 2,
+                    chat_history: 10,
+                    max_chat_chars: 100,
+                },
+                max_rooms: 10,
+                max_name_chars: 20,
+                ice_servers: Arc::new(|_| Vec::new()),
+            },
+        )
+    }
+
+    /// A session driven by channels: frames in, parsed server messages out.
+    struct Driver {
+        input: mpsc::UnboundedSender<Frame>,
+        output: mpsc::UnboundedReceiver<Frame>,
+    }
+
+    impl Driver {
+        fn start(hub: &Hub) -> Self {
+            let (input, frames_in) = mpsc::unbounded_channel();
+            let (frames_out, output) = mpsc::unbounded_channel();
+            let stream = Box::pin(futures_util::stream::unfold(
+                frames_in,
+                |mut rx| async move { rx.recv().await.map(|frame| (frame, rx)) },
+            ));
+            let sink = Box::pin(futures_util::sink::unfold(
+                frames_out,
+                |tx, frame: Frame| async move {
+                    tx.send(frame).map_err(|_| ())?;
+                    Ok::<_, ()>(tx)
+                },
+            ));
+            tokio::spawn(run(
+                hub.clone(),
+                SessionLimits {
+                    max_message_bytes: 200,
+                },
+                sink,
+                stream,
+            ));
+            Self { input, output }
+        }
+
+        fn send(&self, text: &str) {
+            self.input
+                .send(Frame::Text(text.to_owned()))
+                .expect("session alive");
+        }
+
+        async fn next(&mut self) -> ServerMessage {
+            let frame = tokio::time::timeout(DEADLINE, self.output.recv())
+                .await
+                .expect("a reply in time")
+                .expect("session open");
+            match frame {
+                Frame::Text(text) => serde_json::from_str(&text).expect("server JSON"),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+
+        async fn expect_error(&mut self, code: ErrorCode) {
+            match self.next().await {
+                ServerMessage::Error { code: got, .. } => assert_eq!(got, code),
+                other => panic!("expected {code:?}, got {other:?}"),
+            }
+        }
+    }
+
+    fn join(room: &str, name: &str) -> String {
+        format!(r#"{{"type":"join","version":{PROTOCOL_VERSION},"room":"{room}","name":"{name}"}}"#)
+    }
+
+    #[tokio::test]
+    async fn bad_frames_get_typed_errors_and_the_session_goes_on() {
+        let hub = hub().await;
+        let mut s = Driver::start(&hub);
+        s.send("{oops");
+        s.expect_error(ErrorCode::MalformedJson).await;
+        s.send(r#"{"type":"dance"}"#);
+        s.expect_error(ErrorCode::UnknownType).await;
+        s.send(&format!(
+            r#"{{"type":"chat","text":"{}"}}"#,
+            "x".repeat(300)
+        ));
+        s.expect_error(ErrorCode::MessageTooLarge).await;
+        s.send(r#"{"type":"chat","text":"hi"}"#);
+        s.expect_error(ErrorCode::OutOfOrder).await;
+        s.input.send(Frame::Binary(3)).expect("alive");
+        s.expect_error(ErrorCode::MalformedJson).await;
+        s.send(r#"{"type":"join","version":99,"room":"a","name":"b"}"#);
+        s.expect_error(ErrorCode::UnsupportedVersion).await;
+        s.send(&join("a", ""));
+        s.expect_error(ErrorCode::InvalidName).await;
+        s.send(&join("a", "Ada"));
+        assert!(matches!(s.next().await, ServerMessage::Joined { .. }));
+        s.send(&join("b", "Ada"));
+        s.expect_error(ErrorCode::OutOfOrder).await;
+        s.send(r#"{"type":"chat","text":"hello"}"#);
+        assert!(matches!(s.next().await, ServerMessage::Chat { line } if line.text == "hello"));
+    }
+
+    #[tokio::test]
+    async fn the_lobby_sees_room_counts_change() {
+        let hub = hub().await;
+        let mut lobby = Driver::start(&hub);
+        lobby.send(r#"{"type":"listRooms"}"#);
+        assert_eq!(
+            lobby.next().await,
+            ServerMessage::RoomList { rooms: vec![] }
+        );
+        let mut ada = Driver::start(&hub);
+        ada.send(&join("standup", "Ada"));
+        assert!(matches!(ada.next().await, ServerMessage::Joined { .. }));
+        let expected = vec![RoomSummary {
+            room: RoomId::new("standup").expect("room"),
+            participants: 1,
+        }];
+        assert_eq!(
+            lobby.next().await,
+            ServerMessage::RoomList { rooms: expected }
+        );
+        // the WebSocket goes away: the room empties and closes
+        drop(ada);
+        assert_eq!(
+            lobby.next().await,
+            ServerMessage::RoomList { rooms: vec![] }
+        );
+    }
+}
