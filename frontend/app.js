@@ -763,6 +763,8 @@ client.on('connectionState', ({ state, error, reason }) => {
     hideBanner('server-shutdown');
     render();
     renderChat();
+  } else if (state === 'disconnected' && app.view === 'lobby') {
+    showBanner('unreachable', 'Lost the connection to the Chorus server. Retrying…', { level: 'error', dismissible: false });
   } else if (state === 'disconnected' && app.view === 'call' && !app.joining) {
     hideBanner('reconnecting');
     if (error) reportJoinError(error);

@@ -485,6 +485,7 @@ export class ChorusClient {
     } catch (err) {
       this._wantJoined = false;
       this._teardownCall();
+      this._setLocalStream(null); // the caller's stream: no longer ours to hold
       this._setConnectionState(this._socket ? 'connected' : 'disconnected', { error: err });
       throw err;
     }

@@ -118,14 +118,14 @@ export const CHROMIUM_ARGS = [
 ];
 
 /** One headless chromium (a persistent context in a fresh profile). */
-export async function launchBrowser({ permissions = ['camera', 'microphone'], viewport = { width: 1280, height: 720 } } = {}) {
+export async function launchBrowser({ permissions = ['camera', 'microphone'], viewport = { width: 1280, height: 720 }, args = [] } = {}) {
   const profile = mkdtempSync(path.join(tmpdir(), 'chorus-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
     permissions,
     viewport,
-    args: CHROMIUM_ARGS,
+    args: [...CHROMIUM_ARGS, ...args],
   });
   // The persistent context opens one blank page; keep it out of the way.
   const blank = context.pages()[0];
