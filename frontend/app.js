@@ -251,7 +251,8 @@ async function joinCall(room, name) {
   $('#btn-invite').dataset.inviteLink = inviteLink(room);
   $('#chat-log').replaceChildren();
   showView('call');
-  setSidebar(app.sidebarOpen, app.panel);
+  // The side panel starts open where there is room for it, closed on a phone.
+  setSidebar(window.matchMedia('(min-width: 761px)').matches, app.panel);
   render();
   try {
     await client.join({ room, name, stream });
@@ -868,6 +869,14 @@ $('#btn-chat').addEventListener('click', () => {
 $('#tab-people').addEventListener('click', () => setSidebar(true, 'people'));
 $('#tab-chat').addEventListener('click', () => setSidebar(true, 'chat'));
 $('#btn-close-sidebar').addEventListener('click', () => setSidebar(false));
+// Arrow keys move between the two tabs (the ARIA tabs pattern).
+document.querySelector('.tabs').addEventListener('keydown', (ev) => {
+  if (ev.key !== 'ArrowLeft' && ev.key !== 'ArrowRight') return;
+  const next = app.panel === 'chat' ? 'people' : 'chat';
+  setSidebar(true, next);
+  $(`#tab-${next}`).focus();
+  ev.preventDefault();
+});
 $('#sidebar').addEventListener('keydown', (ev) => {
   if (ev.key === 'Escape' && window.matchMedia('(max-width: 760px)').matches) setSidebar(false);
 });

@@ -51,6 +51,9 @@ test('three pages joined by the invite link see and hear each other', { timeout:
       await poll(() => page.evaluate(() => [...document.querySelectorAll('#audio-sink audio')].filter((el) => !el.paused).length === 2), { message: 'two playing audio elements' });
     }
 
+    // The fake microphones beep: someone is highlighted as the active speaker.
+    await poll(() => a.evaluate(() => document.querySelectorAll('#grid .tile[data-speaking="true"]').length === 1), { timeout: 15000, message: 'an active speaker highlight' });
+
     // A picture of the call as Ada sees it, with a chat line and a muted microphone.
     await pages[1].fill('#chat-input', 'Morning! Mockups are in the shared folder.');
     await pages[1].press('#chat-input', 'Enter');
