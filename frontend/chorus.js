@@ -749,6 +749,8 @@ export class ChorusClient {
     this.room = msg.room ?? this.room;
     this.iceServers = this.iceServersOverride ?? msg.iceServers;
     this._createPeers();
+    this._peerStates = { publisher: 'new', subscriber: 'new' };
+    this._setMediaState(this.local.stream?.getTracks().length ? 'connecting' : 'connected');
     this._setConnectionState('joined', { participantId: msg.participantId, room: this.room });
     this.chat = msg.chatHistory.map((l) => ({ ...l }));
     this._emit('joined', { participantId: msg.participantId, room: this.room, participants: msg.participants, chatHistory: this.chat });
@@ -778,18 +780,29 @@ export class ChorusClient {
 
   _onPeerState(role, state) {
     this._peerStates[role] = state;
-    const used = this._publications.size > 0 ? ['publisher', 'subscriber'] : ['subscriber'];
-    const states = used.map((r) => this._peerStates[r]);
-    let media = 'connected';
-    if (states.includes('failed')) media = 'failed';
-    else if (states.includes('disconnected')) media = 'disconnected';
-    else if (states.some((s) => s === 'new' || s === 'connecting')) media = 'connecting';
-    this._setMediaState(media);
+    this._updateMediaState();
     if (state === 'failed' && this._wantJoined && this.reconnect) {
       // The server may also say `bye mediaFailed`; either way, rejoin on a fresh session.
       this._log(`${role} peer failed; rejoining`);
       this._restartSession();
     }
+  }
+
+  /** The worse state of the peers that carry something (a peer not negotiated yet does not count). */
+  _updateMediaState() {
+    const used = [];
+    if (this._pub?.localDescription) used.push(this._peerStates.publisher);
+    if (this._sub?.remoteDescription) used.push(this._peerStates.subscriber);
+    let media = 'connected';
+    if (used.includes('failed')) media = 'failed';
+    else if (used.includes('disconnected')) media = 'disconnected';
+    else if (used.some((s) => s === 'new' || s === 'connecting')) media = 'connecting';
+    this._setMediaState(media);
+  }
+
+  /** The two RTCPeerConnections of the call (null outside a room), for stats or diagnostics. */
+  get peers() {
+    return { publisher: this._pub, subscriber: this._sub };
   }
 
   _setMediaState(state) {
@@ -853,6 +866,7 @@ export class ChorusClient {
     this._send(messages.subscribeAnswer(pc.localDescription.sdp));
     this._flushLocalCandidates('subscriber');
     this._bindSubscriber();
+    this._updateMediaState();
   }
 
   // ----- publishing --------------------------------------------------------------------
@@ -895,6 +909,7 @@ export class ChorusClient {
       );
       this._send(messages.publishOffer(pc.localDescription.sdp, tracks));
       this._flushLocalCandidates('publisher');
+      this._updateMediaState();
       await answered;
     };
     const p = this._pubChain.then(run, run);
@@ -907,6 +922,7 @@ export class ChorusClient {
     if (!pc || pc.signalingState !== 'have-local-offer') return;
     await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
     await this._flushRemoteCandidates('publisher');
+    this._updateMediaState();
     for (const { mid, trackId } of msg.tracks) {
       for (const pub of this._publications.values()) {
         if (pub.transceiver.mid === String(mid) && pub.trackId !== trackId) {

@@ -1,7 +1,7 @@
 // Server smoke test: two pages in one room decode each other's video and receive audio.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { scenario, openPage, callUrl, waitJoined, waitMedia, tileState, COLORS } from '../lib/harness.js';
+import { scenario, openPage, callUrl, waitJoined, waitMedia, tileState, poll, COLORS } from '../lib/harness.js';
 
 test('two pages in a room decode each other\'s video and receive audio', { timeout: 90000 }, (t) =>
   scenario(t, async ({ server, browser }) => {
@@ -18,4 +18,8 @@ test('two pages in a room decode each other\'s video and receive audio', { timeo
     assert.equal((await tileState(a, `#tile-${idB}`)).label, 'Bob');
     assert.equal((await tileState(b, `#tile-${idA}`)).label, 'Ada');
     assert.equal((await tileState(a, '#tile-self')).label, 'Ada (you)');
+    for (const p of [a, b]) {
+      await poll(async () => (await p.textContent('#conn-text')) === 'Connected', { message: 'the Connected indicator' });
+      assert.equal(await p.getAttribute('#conn-indicator', 'data-state'), 'joined');
+    }
   }));

@@ -14,6 +14,8 @@ test('a full room says so and leaves the page in the lobby', { timeout: 60000 },
     async ({ server, browser }) => {
       const a = await openPage(browser, callUrl(server, 'tiny', 'Ada'));
       await waitJoined(a);
+      // Alone in a room, the indicator still says the media is connected.
+      await poll(async () => (await a.textContent('#conn-text')) === 'Connected', { message: 'Connected while alone' });
       const b = await openPage(browser, callUrl(server, 'tiny', 'Bob'));
       await poll(() => bannerVisible(b, 'room-full'), { message: 'the room-full banner' });
       assert.equal(await b.evaluate(() => document.body.dataset.view), 'lobby');
