@@ -276,7 +276,8 @@ pub enum ErrorCode {
     InvalidCandidate,
     /// The client speaks another protocol version.
     UnsupportedVersion,
-    /// A room name or display name that is empty, too long or has bad characters.
+    /// A display name that is empty or too long. (A malformed room name fails parsing and
+    /// gets `invalidMessage`.)
     InvalidName,
     /// The room has reached its participant limit.
     RoomFull,

@@ -11,7 +11,9 @@ use std::time::Instant;
 use bytes::BytesMut;
 use chorus_protocol::{IceCandidate, MediaKind, TrackId};
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as ChainPacket, Registry, Slot, StreamInfo, TaggedPacket,
+};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -267,8 +269,9 @@ impl Peer {
         now: Instant,
     ) -> Result<Self, MediaError> {
         let mut engine = media_engine()?;
-        let registry =
-            register_default_interceptors(Registry::new(), &mut engine).map_err(internal)?;
+        let registry = register_default_interceptors(Registry::new(), &mut engine)
+            .map_err(internal)?
+            .with(KEYFRAME_TAP_SLOT, KeyframeRequestTap::default());
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
@@ -428,14 +431,14 @@ impl Peer {
         })
     }
 
-    /// Publisher: asks the client for a keyframe on a track.
-    pub fn request_keyframe(&mut self, track: TrackId, now: Instant) -> Result<(), MediaError> {
+    /// Publisher: asks the client for a keyframe on a track. False when nothing was sent
+    /// because no packet has arrived yet (the first frame is a keyframe anyway).
+    pub fn request_keyframe(&mut self, track: TrackId, now: Instant) -> Result<bool, MediaError> {
         let Some(inbound) = self.inbound.values().find(|i| i.track == track) else {
             return Err(MediaError::UnknownTrack);
         };
         let Some(media_ssrc) = inbound.ssrc else {
-            // No packet yet: the first one is a keyframe anyway.
-            return Ok(());
+            return Ok(false);
         };
         let mut receiver = self
             .pc
@@ -449,7 +452,8 @@ impl Peer {
                     media_ssrc,
                 })],
             )
-            .map_err(internal)
+            .map_err(internal)?;
+        Ok(true)
     }
 
     /// Subscriber: adds a sending m-line for `track`. The change goes out with the next offer.
@@ -794,6 +798,62 @@ impl Peer {
             tracing::trace!(%err, "close");
         }
     }
+}
+
+/// Where [`KeyframeRequestTap`] sits in the interceptor chain: after the default ones
+/// (report generators sit at 10 000 and 11 000), so they all see the RTCP first.
+const KEYFRAME_TAP_SLOT: Slot = Slot::Custom(11_500);
+
+/// Lets keyframe requests (PLI, FIR) through to the worker. webrtc-rs ends inbound RTCP at
+/// the end of its interceptor chain unless an interceptor marks a packet for delivery; a
+/// subscriber's keyframe request is about a stream the SFU only relays, so only the SFU can
+/// act on it. Everything else stays with the interceptors.
+#[derive(Default)]
+struct KeyframeRequestTap {
+    reads: std::collections::VecDeque<TaggedPacket>,
+    writes: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let ChainPacket::Rtcp(packets) = &mut msg.message.packet {
+            packets.retain(|p| {
+                p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+            });
+            if packets.is_empty() {
+                return Ok(());
+            }
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestTap {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 /// Why one forwarded packet was not sent to one subscription (counted, never fatal).

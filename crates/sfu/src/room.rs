@@ -316,6 +316,15 @@ impl Room {
             out.push(Effect::Send(participant, ServerMessage::Bye { reason }));
         }
         out.push(Effect::Remove(participant));
+        for track_id in member.tracks.keys() {
+            self.broadcast(
+                &ServerMessage::TrackUnpublished {
+                    participant_id: participant,
+                    track_id: *track_id,
+                },
+                out,
+            );
+        }
         self.broadcast(
             &ServerMessage::ParticipantLeft {
                 participant_id: participant,
@@ -459,7 +468,11 @@ impl Room {
             }
             Err(err) => {
                 member.subscriber = SubscriberState::Idle;
+                let retry = member.subscriber_dirty;
                 out.push(error(participant, ErrorCode::Internal, err.to_string()));
+                if retry {
+                    self.sync(participant, out);
+                }
             }
         }
     }

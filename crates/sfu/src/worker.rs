@@ -430,10 +430,11 @@ impl Worker {
             .and_then(|m| m.publisher.as_mut())
         {
             match peer.request_keyframe(track, now) {
-                Ok(()) => {
+                Ok(true) => {
                     self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
                     self.touched.push(publisher);
                 }
+                Ok(false) => {}
                 Err(err) => tracing::debug!(%track, %err, "keyframe request"),
             }
         }

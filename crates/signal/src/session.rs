@@ -34,12 +34,11 @@ where
     S: Sink<Frame> + Unpin,
     R: Stream<Item = Frame> + Unpin,
 {
-    let (out_tx, mut out_rx) = mpsc::channel::<ServerMessage>(SESSION_QUEUE);
     let mut session = Session {
         hub,
         limits,
-        out_tx,
         membership: None,
+        from_room: None,
         room_watch: None,
     };
     loop {
@@ -48,18 +47,28 @@ where
                 None | Some(Frame::Close) => break,
                 Some(frame) => session.on_frame(frame).await,
             },
-            Some(message) = out_rx.recv() => {
-                let bye = matches!(message, ServerMessage::Bye { .. });
-                if sink.send(Frame::Text(message.to_json())).await.is_err() {
-                    break;
+            message = room_next(&mut session.from_room) => match message {
+                Some(message) => {
+                    let bye = matches!(message, ServerMessage::Bye { .. });
+                    if sink.send(Frame::Text(message.to_json())).await.is_err() {
+                        break;
+                    }
+                    if bye {
+                        // The room has already let the participant go.
+                        session.membership = None;
+                        let _ = sink.send(Frame::Close).await;
+                        break;
+                    }
+                    None
                 }
-                if bye {
-                    // The room has already let the participant go.
+                None => {
+                    // The room dropped this session's queue: it could not keep up and was
+                    // removed. Close, so that the client reconnects with a clean state.
+                    tracing::info!("session removed by its room; closing");
                     session.membership = None;
                     let _ = sink.send(Frame::Close).await;
                     break;
                 }
-                None
             },
             Some(rooms) = watch_next(&mut session.room_watch) => {
                 Some(ServerMessage::RoomList { rooms })
@@ -73,6 +82,14 @@ where
     }
     if let Some(membership) = session.membership.take() {
         membership.gone().await;
+    }
+}
+
+/// The next message from the room, or never while the session is in no room.
+async fn room_next(from_room: &mut Option<mpsc::Receiver<ServerMessage>>) -> Option<ServerMessage> {
+    match from_room {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -92,8 +109,10 @@ async fn watch_next(
 struct Session {
     hub: Hub,
     limits: SessionLimits,
-    out_tx: mpsc::Sender<ServerMessage>,
     membership: Option<Membership>,
+    /// The room's messages for this participant; a fresh queue per join, whose sender the
+    /// room holds. It ends when the room removes the participant.
+    from_room: Option<mpsc::Receiver<ServerMessage>>,
     /// Set while a session that has not joined watches the room list.
     room_watch: Option<watch::Receiver<Vec<chorus_protocol::RoomSummary>>>,
 }
@@ -146,10 +165,12 @@ impl Session {
                         format!("this server speaks protocol version {PROTOCOL_VERSION}"),
                     ));
                 }
-                match self.hub.join(room, name, self.out_tx.clone()).await {
+                let (to_session, from_room) = mpsc::channel(SESSION_QUEUE);
+                match self.hub.join(room, name, to_session).await {
                     Ok(membership) => {
                         tracing::info!(participant = %membership.participant, room = %membership.room, "joined");
                         self.membership = Some(membership);
+                        self.from_room = Some(from_room);
                         self.room_watch = None;
                         None
                     }
@@ -168,6 +189,7 @@ impl Session {
             }
             ClientMessage::Leave => match self.membership.take() {
                 Some(membership) => {
+                    self.from_room = None;
                     membership.send(ClientMessage::Leave).await;
                     None
                 }
@@ -179,6 +201,7 @@ impl Session {
                         None
                     } else {
                         self.membership = None;
+                        self.from_room = None;
                         Some(ServerMessage::error(
                             ErrorCode::Internal,
                             "the room has closed",

@@ -210,8 +210,23 @@ fn leaving_removes_media_and_renegotiates_the_others() {
         reason: None,
     });
     assert!(fx.contains(&Effect::Remove(ParticipantId(1))));
+    let to2 = sent_to(&fx, 2);
+    assert!(matches!(
+        to2[0],
+        ServerMessage::TrackUnpublished {
+            track_id: TrackId(10),
+            ..
+        }
+    ));
+    assert!(matches!(
+        to2[1],
+        ServerMessage::TrackUnpublished {
+            track_id: TrackId(11),
+            ..
+        }
+    ));
     assert!(
-        matches!(sent_to(&fx, 2)[0], ServerMessage::ParticipantLeft { participant_id } if *participant_id == ParticipantId(1))
+        matches!(to2[2], ServerMessage::ParticipantLeft { participant_id } if *participant_id == ParticipantId(1))
     );
     assert_eq!(syncs(&fx), vec![(2, vec![])]);
     assert!(fx.contains(&Effect::CountChanged(1)));
