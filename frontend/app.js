@@ -900,6 +900,10 @@ $('#btn-invite').addEventListener('click', async () => {
 $('#btn-leave').addEventListener('click', () => leaveCall());
 
 new ResizeObserver(() => layoutGrid()).observe($('#grid'));
+// On a phone the side panel is an overlay: close it when the window becomes that narrow.
+window.matchMedia('(max-width: 760px)').addEventListener('change', (ev) => {
+  if (ev.matches && app.view === 'call') setSidebar(false);
+});
 window.addEventListener('beforeunload', () => client.close());
 
 // ---------------------------------------------------------------------------------------
