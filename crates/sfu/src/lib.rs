@@ -6,6 +6,7 @@
 //! - [`peer`]: the only module that names webrtc-rs types.
 //! - [`hub`]: the registry of rooms that signaling sessions talk to.
 
+pub mod batch;
 pub mod hub;
 pub mod net;
 pub mod peer;

@@ -136,6 +136,8 @@ pub struct Peer {
     local_tcp_tag: Option<SocketAddr>,
     connected: bool,
     failed: bool,
+    /// Cached `poll_timeout` (see [`Peer::next_timeout`]).
+    next_timeout: Option<Instant>,
     /// Publisher: mid → incoming track.
     inbound: HashMap<String, Inbound>,
     /// Publisher: rtc's track id string → our track.
@@ -319,6 +321,7 @@ impl Peer {
             local_tcp_tag: settings.tcp_candidates.first().copied(),
             connected: false,
             failed: false,
+            next_timeout: Some(now),
             inbound: HashMap::new(),
             inbound_by_rtc: HashMap::new(),
             outbound: HashMap::new(),
@@ -627,7 +630,13 @@ impl Peer {
     }
 
     /// Feeds one datagram received from `from` (over ICE-TCP when `tcp`).
-    pub fn handle_datagram(&mut self, from: SocketAddr, tcp: bool, datagram: &[u8], now: Instant) {
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        tcp: bool,
+        datagram: BytesMut,
+        now: Instant,
+    ) {
         let (local_addr, transport_protocol) = match (tcp, self.local_tcp_tag) {
             (true, Some(tag)) => (tag, TransportProtocol::TCP),
             _ => (self.local_tag, TransportProtocol::UDP),
@@ -640,7 +649,7 @@ impl Peer {
                 ecn: None,
                 transport_protocol,
             },
-            message: BytesMut::from(datagram),
+            message: datagram,
         });
         if let Err(err) = result {
             tracing::trace!(%err, "handle_read");
@@ -779,16 +788,23 @@ impl Peer {
         }
     }
 
-    /// When the peer next wants [`Peer::handle_timeout`].
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+    /// When the peer next wants [`Peer::handle_timeout`], as of the last
+    /// [`Peer::refresh_timeout`]. Cached, because asking webrtc-rs walks its whole stack and
+    /// the worker looks at every peer's deadline on every pass.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.next_timeout
+    }
+
+    /// Re-reads the peer's next deadline; call after anything that touched the peer.
+    pub fn refresh_timeout(&mut self) {
+        self.next_timeout = self.pc.poll_timeout();
     }
 
     /// Drains outgoing datagrams: `send(to, over_tcp, datagram)`.
-    pub fn poll_transmit(&mut self, mut send: impl FnMut(SocketAddr, bool, &[u8])) {
+    pub fn poll_transmit(&mut self, mut send: impl FnMut(SocketAddr, bool, BytesMut)) {
         while let Some(msg) = self.pc.poll_write() {
             let tcp = msg.transport.transport_protocol == TransportProtocol::TCP;
-            send(msg.transport.peer_addr, tcp, &msg.message);
+            send(msg.transport.peer_addr, tcp, msg.message);
         }
     }
 

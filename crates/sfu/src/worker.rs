@@ -11,11 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use chorus_protocol::{IceCandidate, MediaKind, ParticipantId, PeerRole, TrackId};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::MediaError;
+use crate::batch::{self, RecvBatch, SendBatch};
 use crate::peer::{ForwardDrop, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec};
 use crate::stun;
 use crate::tcp::{self, TcpEvent};
@@ -32,9 +35,9 @@ pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 /// The longest the worker sleeps without looking at its peers' timers.
 const MAX_IDLE: Duration = Duration::from_millis(100);
 
-/// The largest datagram read; anything longer is truncated by the kernel and dropped by
-/// SRTP authentication.
-const MAX_DATAGRAM: usize = 2048;
+/// Receive batches handled before the worker looks at commands and timers again, so a
+/// flood of media cannot starve signaling.
+const RECV_BATCHES_PER_PASS: usize = 8;
 
 /// Something the worker tells a room about one of its participants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +190,9 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
     /// Scratch space reused for every batch.
     events: Vec<PeerEvent>,
+    recv_batch: RecvBatch,
+    inbox: Vec<(SocketAddr, BytesMut)>,
+    sends: SendBatch,
     touched: Vec<ParticipantId>,
 }
 
@@ -215,6 +221,9 @@ pub fn spawn(
         next_track,
         stats: stats.clone(),
         events: Vec::new(),
+        recv_batch: RecvBatch::default(),
+        inbox: Vec::with_capacity(batch::BATCH),
+        sends: SendBatch::default(),
         touched: Vec::new(),
     };
     tokio::spawn(worker.run(rx, tcp_rx));
@@ -227,7 +236,6 @@ impl Worker {
         mut commands: mpsc::Receiver<WorkerCommand>,
         mut tcp_events: mpsc::Receiver<TcpEvent>,
     ) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let now = Instant::now();
             let deadline = self
@@ -239,18 +247,11 @@ impl Worker {
                     let Some(command) = command else { break };
                     self.handle_command(command);
                 }
-                received = self.socket.recv_from(&mut buf) => {
-                    match received {
-                        Ok((len, from)) => {
-                            let now = Instant::now();
-                            self.handle_datagram(from, false, &buf[..len], now);
-                            // drain whatever else is already queued, without awaiting
-                            while let Ok((len, from)) = self.socket.try_recv_from(&mut buf) {
-                                self.handle_datagram(from, false, &buf[..len], now);
-                            }
-                        }
-                        Err(err) => tracing::debug!(%err, "udp recv"),
+                readable = self.socket.readable() => {
+                    if let Err(err) = readable {
+                        tracing::debug!(%err, "udp readable");
                     }
+                    self.receive_batches();
                 }
                 Some(event) = tcp_events.recv() => self.handle_tcp(event),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
@@ -286,6 +287,35 @@ impl Worker {
         Some(key)
     }
 
+    /// Reads and handles up to [`RECV_BATCHES_PER_PASS`] batches of datagrams, flushing
+    /// what they produced after each batch.
+    fn receive_batches(&mut self) {
+        let fd = batch::raw_fd(&self.socket);
+        for _ in 0..RECV_BATCHES_PER_PASS {
+            let mut inbox = std::mem::take(&mut self.inbox);
+            let received = self.socket.try_io(Interest::READABLE, || {
+                self.recv_batch
+                    .recv(fd, |from, datagram| inbox.push((from, datagram)))
+            });
+            let now = Instant::now();
+            for (from, datagram) in inbox.drain(..) {
+                self.handle_datagram(from, false, datagram, now);
+            }
+            self.inbox = inbox;
+            self.flush();
+            match received {
+                Ok(n) if n == batch::BATCH => continue,
+                Ok(_) => break,
+                Err(err) => {
+                    if err.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(%err, "recvmmsg");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
     fn handle_tcp(&mut self, event: TcpEvent) {
         match event {
             TcpEvent::Opened { from, writer } => {
@@ -293,7 +323,7 @@ impl Worker {
             }
             TcpEvent::Frame { from, data } => {
                 let now = Instant::now();
-                self.handle_datagram(from, true, &data, now);
+                self.handle_datagram(from, true, BytesMut::from(&data[..]), now);
             }
             TcpEvent::Closed { from } => {
                 self.tcp_writers.remove(&from);
@@ -302,9 +332,9 @@ impl Worker {
         }
     }
 
-    fn handle_datagram(&mut self, from: SocketAddr, tcp: bool, datagram: &[u8], now: Instant) {
+    fn handle_datagram(&mut self, from: SocketAddr, tcp: bool, datagram: BytesMut, now: Instant) {
         self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        let Some(key) = self.route(from, tcp, datagram) else {
+        let Some(key) = self.route(from, tcp, &datagram) else {
             self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -447,7 +477,7 @@ impl Worker {
                 .into_iter()
                 .flatten()
             {
-                if let Some(t) = peer.poll_timeout() {
+                if let Some(t) = peer.next_timeout() {
                     earliest = Some(earliest.map_or(t, |e| e.min(t)));
                 }
             }
@@ -471,7 +501,7 @@ impl Worker {
                 (PeerRole::Subscriber, &mut media.subscriber),
             ] {
                 if let Some(peer) = peer
-                    && peer.poll_timeout().is_some_and(|t| t <= now)
+                    && peer.next_timeout().is_some_and(|t| t <= now)
                 {
                     peer.handle_timeout(now);
                     due.push((*participant, role));
@@ -510,15 +540,31 @@ impl Worker {
                 .into_iter()
                 .flatten()
             {
-                let out = Outbox {
-                    socket: &self.socket,
+                let mut out = Outbox {
+                    sends: &mut self.sends,
                     tcp_writers: &self.tcp_writers,
                     stats: &self.stats,
                 };
                 peer.poll_transmit(|to, tcp, datagram| out.send(to, tcp, datagram));
+                peer.refresh_timeout();
             }
         }
         self.touched = touched;
+        self.send_queued();
+    }
+
+    /// Hands the queued UDP datagrams to the kernel, [`batch::BATCH`] per system call.
+    fn send_queued(&mut self) {
+        if self.sends.is_empty() {
+            return;
+        }
+        let (sent, dropped) = self.sends.flush(batch::raw_fd(&self.socket));
+        self.stats
+            .datagrams_out
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        self.stats
+            .send_drops
+            .fetch_add(dropped as u64, Ordering::Relaxed);
     }
 
     fn new_peer(&mut self, participant: ParticipantId, role: PeerRole) -> Result<Peer, MediaError> {
@@ -746,8 +792,8 @@ impl Worker {
             .flatten()
         {
             peer.close();
-            let out = Outbox {
-                socket: &self.socket,
+            let mut out = Outbox {
+                sends: &mut self.sends,
                 tcp_writers: &self.tcp_writers,
                 stats: &self.stats,
             };
@@ -771,22 +817,22 @@ impl Worker {
     }
 }
 
-/// Where outgoing datagrams go: the shared UDP socket, or an ICE-TCP connection.
+/// Where outgoing datagrams go: the UDP send batch, or an ICE-TCP connection's queue.
 struct Outbox<'a> {
-    socket: &'a UdpSocket,
+    sends: &'a mut SendBatch,
     tcp_writers: &'a HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     stats: &'a WorkerStats,
 }
 
 impl Outbox<'_> {
-    fn send(&self, to: SocketAddr, tcp: bool, datagram: &[u8]) {
-        let sent = if tcp {
-            match (self.tcp_writers.get(&to), tcp::frame(datagram)) {
-                (Some(writer), Some(frame)) => writer.try_send(frame).is_ok(),
-                _ => false,
-            }
-        } else {
-            self.socket.try_send_to(datagram, to).is_ok()
+    fn send(&mut self, to: SocketAddr, tcp: bool, datagram: BytesMut) {
+        if !tcp {
+            self.sends.push(to, datagram);
+            return;
+        }
+        let sent = match (self.tcp_writers.get(&to), tcp::frame(&datagram)) {
+            (Some(writer), Some(frame)) => writer.try_send(frame).is_ok(),
+            _ => false,
         };
         let counter = if sent {
             &self.stats.datagrams_out
