@@ -13,6 +13,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
 if ((${#missing[@]})); then
   step "installing ${missing[*]}"
   apt-get update -qq

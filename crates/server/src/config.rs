@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use chorus::stun_client::{IceUrl, Scheme};
+use chorus::turn::TurnAuth;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -41,6 +43,9 @@ pub struct MediaConfig {
     pub tcp_listen: Option<SocketAddr>,
     pub announced_ips: Vec<IpAddr>,
     pub srtp_profiles: Vec<String>,
+    /// A STUN server (`host:port`) asked at start-up for this server's public IP, which is
+    /// then announced too. None: no discovery.
+    pub stun_discovery: Option<String>,
 }
 
 impl Default for MediaConfig {
@@ -51,6 +56,7 @@ impl Default for MediaConfig {
             tcp_listen: None,
             announced_ips: Vec::new(),
             srtp_profiles: vec!["aead_aes_128_gcm".into(), "aead_aes_256_gcm".into()],
+            stun_discovery: None,
         }
     }
 }
@@ -79,20 +85,112 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IceConfig {
+    /// Lifetime of generated (`auth_secret`) TURN credentials, in seconds.
+    pub credential_ttl_secs: u64,
     pub servers: Vec<IceServerConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl Default for IceConfig {
+    fn default() -> Self {
+        Self {
+            credential_ttl_secs: 24 * 3600,
+            servers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IceServerConfig {
     pub urls: Vec<String>,
+    /// Static credentials, the same for every participant.
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub credential: Option<String>,
+    /// coturn's `static-auth-secret`: per-participant credentials are generated from it.
+    #[serde(default)]
+    pub auth_secret: Option<String>,
+}
+
+// Passwords and secrets stay out of `{:?}` output (and so out of logs).
+impl std::fmt::Debug for IceServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceServerConfig")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field("credential", &self.credential.as_ref().map(|_| "..."))
+            .field("auth_secret", &self.auth_secret.as_ref().map(|_| "..."))
+            .finish()
+    }
+}
+
+impl IceServerConfig {
+    /// How this server's clients authenticate; `ttl` applies to generated credentials.
+    pub fn auth(&self, ttl: std::time::Duration) -> TurnAuth {
+        match (&self.auth_secret, &self.username, &self.credential) {
+            (Some(secret), _, _) => TurnAuth::Ephemeral {
+                secret: secret.clone(),
+                ttl,
+            },
+            (None, Some(username), Some(credential)) => TurnAuth::Static {
+                username: username.clone(),
+                credential: credential.clone(),
+            },
+            _ => TurnAuth::None,
+        }
+    }
+
+    /// The parsed URLs (checked by [`Config::validate`]).
+    pub fn parsed_urls(&self) -> Vec<(String, Result<IceUrl, String>)> {
+        self.urls
+            .iter()
+            .map(|u| (u.clone(), IceUrl::parse(u)))
+            .collect()
+    }
+
+    fn validate(&self, i: usize) -> anyhow::Result<()> {
+        let at = format!("ice.servers[{i}]");
+        if self.urls.is_empty() {
+            bail!("{at}.urls must list at least one stun:, turn: or turns: URL");
+        }
+        let mut turn = false;
+        for (_, url) in self.parsed_urls() {
+            let url = url.map_err(|e| anyhow::anyhow!("{at}.urls: {e}"))?;
+            turn |= url.scheme != Scheme::Stun;
+        }
+        let has_static = self.username.is_some() || self.credential.is_some();
+        if self.auth_secret.is_some() && has_static {
+            bail!("{at}: give either auth_secret or username and credential, not both");
+        }
+        if self.username.is_some() != self.credential.is_some() {
+            bail!("{at}: username and credential go together");
+        }
+        // Browsers refuse a TURN URL without credentials (and with it the whole call).
+        if turn && !has_static && self.auth_secret.is_none() {
+            bail!("{at}: TURN needs auth_secret, or username and credential");
+        }
+        if self.auth_secret.as_deref() == Some("") {
+            bail!("{at}.auth_secret is empty");
+        }
+        Ok(())
+    }
+}
+
+impl MediaConfig {
+    /// `media.stun_discovery` as a URL (`host:port`, `stun:` optional), if set.
+    pub fn stun_discovery_url(&self) -> Option<Result<IceUrl, String>> {
+        let server = self.stun_discovery.as_deref()?;
+        let url = if server.starts_with("stun:") {
+            server.to_owned()
+        } else {
+            format!("stun:{server}")
+        };
+        Some(IceUrl::parse(&url))
+    }
 }
 
 impl Config {
@@ -125,6 +223,15 @@ impl Config {
         }
         if self.media.srtp_profiles.is_empty() {
             bail!("media.srtp_profiles must name at least one profile");
+        }
+        if let Some(Err(err)) = self.media.stun_discovery_url() {
+            bail!("media.stun_discovery: {err}");
+        }
+        if self.ice.credential_ttl_secs == 0 {
+            bail!("ice.credential_ttl_secs must be at least 1");
+        }
+        for (i, server) in self.ice.servers.iter().enumerate() {
+            server.validate(i)?;
         }
         let l = &self.limits;
         for (key, value) in [
@@ -172,5 +279,54 @@ mod tests {
         assert!(config.validate().is_err());
         let config: Config = toml::from_str("[limits]\nmax_rooms = 0\n").expect("toml");
         assert!(config.validate().is_err());
+    }
+
+    fn ice_error(servers: &str) -> String {
+        let config: Config = toml::from_str(&format!("[ice]\n{servers}")).expect("toml");
+        match config.validate() {
+            Ok(()) => String::new(),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn ice_servers_are_checked() {
+        let ok = [
+            "[[ice.servers]]\nurls = [\"stun:stun.example.org:3478\"]\n",
+            "[[ice.servers]]\nurls = [\"turn:t.example.org?transport=tcp\", \"turns:t.example.org:443\"]\nauth_secret = \"s\"\n",
+            "[[ice.servers]]\nurls = [\"turn:t.example.org\"]\nusername = \"u\"\ncredential = \"c\"\n",
+        ];
+        for text in ok {
+            assert_eq!(ice_error(text), "", "{text}");
+        }
+        let bad = [
+            ("[[ice.servers]]\nurls = []\n", "at least one"),
+            ("[[ice.servers]]\nurls = [\"http://x\"]\n", "scheme"),
+            ("[[ice.servers]]\nurls = [\"turn:x\"]\n", "TURN needs"),
+            (
+                "[[ice.servers]]\nurls = [\"turn:x\"]\nusername = \"u\"\n",
+                "go together",
+            ),
+            (
+                "[[ice.servers]]\nurls = [\"turn:x\"]\nauth_secret = \"s\"\nusername = \"u\"\ncredential = \"c\"\n",
+                "not both",
+            ),
+            ("credential_ttl_secs = 0\n", "credential_ttl_secs"),
+        ];
+        for (text, want) in bad {
+            let err = ice_error(text);
+            assert!(err.contains(want), "{text}: {err:?}");
+        }
+        let config: Config =
+            toml::from_str("[media]\nstun_discovery = \"stun.example.org:x\"\n").expect("toml");
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config: Config =
+            toml::from_str("[[ice.servers]]\nurls = [\"turn:x\"]\nauth_secret = \"north-wind\"\n")
+                .expect("toml");
+        assert!(!format!("{config:?}").contains("north-wind"));
     }
 }

@@ -2,18 +2,22 @@
 //! SIGINT or SIGTERM, and tells every participant before it goes.
 
 mod config;
+mod doctor;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use chorus_protocol::IceServer;
+use chorus::stun_client;
+use chorus::turn::TurnAuth;
+use chorus_protocol::{IceServer, ParticipantId};
 use chorus_sfu::room::RoomLimits;
 use chorus_sfu::{Hub, HubConfig, PeerSettings};
 use chorus_signal::{SessionLimits, SignalConfig};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
@@ -30,23 +34,32 @@ rtc_interceptor=error,rtc_sctp=error,rtc_rtp=error,rtc_rtcp=error";
 )]
 struct Cli {
     /// The config file.
-    #[arg(long, default_value = "config/chorus.toml")]
+    #[arg(long, global = true, default_value = "config/chorus.toml")]
     config: PathBuf,
     /// HTTP address for the web app and the signaling WebSocket (overrides http.listen).
-    #[arg(long)]
+    #[arg(long, global = true)]
     http: Option<SocketAddr>,
     /// Media UDP address (overrides media.udp_listen).
-    #[arg(long)]
+    #[arg(long, global = true)]
     udp: Option<SocketAddr>,
     /// ICE-TCP address (overrides media.tcp_listen).
-    #[arg(long)]
+    #[arg(long, global = true)]
     tcp: Option<SocketAddr>,
     /// Public IPs to announce, comma-separated (overrides media.announced_ips).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, global = true, value_delimiter = ',')]
     announce: Option<Vec<IpAddr>>,
     /// Folder of the web app (overrides http.frontend_dir).
-    #[arg(long)]
+    #[arg(long, global = true)]
     frontend: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check this machine and config for self-hosting: ports, announced IPs, STUN and
+    /// TURN servers (a real allocation). Prints OK/FAIL per check; exits 1 on any FAIL.
+    Doctor,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,7 +72,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let explicit = std::env::args_os()
         .any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="));
-    let mut config = Config::load(&cli.config, explicit)?;
+    let doctor = matches!(cli.command, Some(Command::Doctor));
+    let mut config = match Config::load(&cli.config, explicit) {
+        Ok(config) => config,
+        Err(err) if doctor => std::process::exit(doctor::config_failed(&cli.config, &err)),
+        Err(err) => return Err(err),
+    };
     if let Some(http) = cli.http {
         config.http.listen = http;
     }
@@ -75,6 +93,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = cli.frontend {
         config.http.frontend_dir = dir;
     }
+    if doctor {
+        std::process::exit(doctor::run(&cli.config, &config));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,10 +103,15 @@ fn main() -> anyhow::Result<()> {
         .block_on(serve(config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     let udp = chorus_sfu::net::bind_udp(config.media.udp_listen)
         .with_context(|| format!("binding media UDP {}", config.media.udp_listen))?;
     let udp_addr = udp.local_addr()?;
+    if let Some(ip) = discover_public_ip(&config, &udp).await
+        && !config.media.announced_ips.contains(&ip)
+    {
+        config.media.announced_ips.push(ip);
+    }
     let candidates = chorus_sfu::net::host_candidates(udp_addr, &config.media.announced_ips);
     let (tcp, tcp_candidates) = if config.media.ice_tcp {
         let tcp_listen = config.media.tcp_listen.unwrap_or(config.media.udp_listen);
@@ -113,16 +139,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         Arc::new(AtomicU64::new(1)),
     );
-    let ice_servers: Vec<IceServer> = config
+    let ttl = Duration::from_secs(config.ice.credential_ttl_secs);
+    let ice_servers: Vec<(Vec<String>, TurnAuth)> = config
         .ice
         .servers
         .iter()
-        .map(|s| IceServer {
-            urls: s.urls.clone(),
-            username: s.username.clone(),
-            credential: s.credential.clone(),
-        })
+        .map(|s| (s.urls.clone(), s.auth(ttl)))
         .collect();
+    // Generated credentials are per participant and fresh at each join.
+    let ice_servers = move |participant: ParticipantId| {
+        let now = SystemTime::now();
+        ice_servers
+            .iter()
+            .map(|(urls, auth)| {
+                let (username, credential) =
+                    auth.credentials(&participant.to_string(), now).unzip();
+                IceServer {
+                    urls: urls.clone(),
+                    username,
+                    credential,
+                }
+            })
+            .collect::<Vec<IceServer>>()
+    };
     let hub = Hub::new(
         worker,
         HubConfig {
@@ -133,7 +172,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             },
             max_rooms: config.limits.max_rooms,
             max_name_chars: config.limits.max_name_chars,
-            ice_servers: Arc::new(move |_| ice_servers.clone()),
+            ice_servers: Arc::new(ice_servers),
         },
     );
     let app = chorus_signal::router(
@@ -162,6 +201,49 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("serving HTTP")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Asks `media.stun_discovery` (if set), from the media socket itself, for this server's
+/// public address. Failure is logged and start-up goes on with the configured IPs.
+async fn discover_public_ip(config: &Config, udp: &tokio::net::UdpSocket) -> Option<IpAddr> {
+    let url = match config.media.stun_discovery_url()? {
+        Ok(url) => url,
+        Err(err) => {
+            tracing::warn!("STUN discovery: {err}");
+            return None;
+        }
+    };
+    let server = format!("{}:{}", url.host, url.port);
+    let result = match tokio::net::lookup_host(server.as_str()).await {
+        Ok(mut addrs) => match addrs.find(|a| a.is_ipv4() == udp_is_ipv4(udp)) {
+            Some(addr) => stun_client::binding_async(udp, addr, Duration::from_secs(5))
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("no address of the same IP family as the media socket".into()),
+        },
+        Err(err) => Err(format!("resolving: {err}")),
+    };
+    match result {
+        Ok(public) => {
+            tracing::info!(
+                "STUN discovery: {server} sees the media socket as {public}; announcing {}",
+                public.ip()
+            );
+            Some(public.ip())
+        }
+        Err(err) => {
+            tracing::warn!(
+                "STUN discovery via {server} failed ({err}); announcing only {:?} (or the \
+                 interface addresses when that is empty)",
+                config.media.announced_ips
+            );
+            None
+        }
+    }
+}
+
+fn udp_is_ipv4(udp: &tokio::net::UdpSocket) -> bool {
+    udp.local_addr().map(|a| a.is_ipv4()).unwrap_or(true)
 }
 
 async fn shutdown_signal() {

@@ -86,7 +86,7 @@ impl Request {
         self.attrs
             .extend_from_slice(&(value.len() as u16).to_be_bytes());
         self.attrs.extend_from_slice(value);
-        while self.attrs.len() % 4 != 0 {
+        while !self.attrs.len().is_multiple_of(4) {
             self.attrs.push(0);
         }
         self
@@ -343,9 +343,7 @@ impl std::error::Error for ProbeError {}
 impl From<io::Error> for ProbeError {
     fn from(err: io::Error) -> Self {
         match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                Self::Timeout(Duration::ZERO)
-            }
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Self::Timeout(Duration::ZERO),
             _ => Self::Io(err),
         }
     }
@@ -436,7 +434,8 @@ impl Channel {
                     let mut msg = header.to_vec();
                     msg.resize(HEADER_LEN + len, 0);
                     read_exact(stream, &mut msg[HEADER_LEN..], timeout)?;
-                    let resp = Response::parse(&msg).map_err(|e| ProbeError::Protocol(e.to_string()))?;
+                    let resp =
+                        Response::parse(&msg).map_err(|e| ProbeError::Protocol(e.to_string()))?;
                     if resp.transaction_id == request.transaction_id {
                         return Ok(resp);
                     }
@@ -449,7 +448,12 @@ impl Channel {
 fn read_exact(stream: &mut TcpStream, buf: &mut [u8], timeout: Duration) -> Result<(), ProbeError> {
     match stream.read_exact(buf) {
         Ok(()) => Ok(()),
-        Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             Err(ProbeError::Timeout(timeout))
         }
         Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(ProbeError::Protocol(
@@ -756,7 +760,10 @@ mod tests {
             (Scheme::Turn, "turn.example.org", 3478, Transport::Tcp)
         );
         let u = IceUrl::parse("turns:turn.example.org").expect("url");
-        assert_eq!((u.scheme, u.port, u.transport), (Scheme::Turns, 5349, Transport::Tcp));
+        assert_eq!(
+            (u.scheme, u.port, u.transport),
+            (Scheme::Turns, 5349, Transport::Tcp)
+        );
         let u = IceUrl::parse("stun:[2001:db8::1]:19302").expect("url");
         assert_eq!((u.host.as_str(), u.port), ("2001:db8::1", 19302));
         assert!(IceUrl::parse("http://x").is_err());

@@ -23,7 +23,10 @@ pub enum TurnAuth {
     /// No credentials (a STUN server).
     None,
     /// The same username and password for every participant.
-    Static { username: String, credential: String },
+    Static {
+        username: String,
+        credential: String,
+    },
     /// Per-participant credentials derived from a secret shared with coturn.
     Ephemeral { secret: String, ttl: Duration },
 }
