@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use chorus_protocol::{IceCandidate, MediaKind, TrackId};
@@ -52,6 +52,13 @@ pub const SRTP_PROFILE_NAMES: &[&str] = &[
     "aes128_cm_hmac_sha1_80",
     "aes128_cm_hmac_sha1_32",
 ];
+
+/// Silence (no STUN, no media, no RTCP) after which a peer counts as disconnected.
+/// Browsers check consent at least every 5 s or so and send RTCP every second.
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(4);
+/// Further silence after which it has failed and its participant is removed: 8 s in all,
+/// inside the 10 s within which the others must hear that it left.
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(4);
 
 /// Settings shared by every peer of a worker.
 #[derive(Debug, Clone)]
@@ -276,6 +283,7 @@ impl Peer {
             .with(KEYFRAME_TAP_SLOT, KeyframeRequestTap::default());
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)
+            .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
             .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .with_srtp_protection_profiles(srtp_profiles(&settings.srtp_profiles))
