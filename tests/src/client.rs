@@ -935,9 +935,9 @@ impl Client {
 
     /// Sends `leave`, stops media and closes both peers. The socket stays open.
     pub async fn leave(&self) -> Result<()> {
+        *lock(&self.inner.participant) = None;
         self.send(&ClientMessage::Leave)?;
         self.close_peers().await;
-        *lock(&self.inner.participant) = None;
         Ok(())
     }
 
@@ -1241,21 +1241,21 @@ async fn send_media(name: String, kind: MediaKind, publisher: Arc<Publisher>, ra
             },
             payload: payload.clone(),
         };
-        match track.write_rtp(packet).await {
-            Ok(()) => lock(&publisher.sent).push(SentPacket {
-                kind,
-                counter,
-                ssrc,
-                sequence_number: seq,
-                timestamp,
-                keyframe,
-                payload,
-                at: Instant::now(),
-            }),
-            Err(err) => {
-                publisher.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("[{name}] write_rtp {kind:?}: {err}");
-            }
+        // Logged before the write, so a receiver can never see a packet the log lacks.
+        lock(&publisher.sent).push(SentPacket {
+            kind,
+            counter,
+            ssrc,
+            sequence_number: seq,
+            timestamp,
+            keyframe,
+            payload,
+            at: Instant::now(),
+        });
+        if let Err(err) = track.write_rtp(packet).await {
+            lock(&publisher.sent).retain(|p| !(p.kind == kind && p.counter == counter));
+            publisher.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("[{name}] write_rtp {kind:?}: {err}");
         }
         seq = seq.wrapping_add(1);
         timestamp = timestamp.wrapping_add(ts_step);
@@ -1347,9 +1347,21 @@ async fn read_loop(inner: Arc<Inner>, mut stream: SplitStream<WsStream>) {
         };
         inner.log_tick.send_replace(len);
         match message {
+            ServerMessage::Joined { participant_id, .. } => {
+                *lock(&inner.participant) = Some(participant_id);
+            }
+            ServerMessage::SubscribeOffer { .. } if lock(&inner.participant).is_none() => {
+                // Sent before the server saw our `leave`: a client that left ignores it.
+                tracing::debug!("[{}] ignoring a subscribeOffer after leave", inner.name);
+            }
             ServerMessage::SubscribeOffer { sdp, tracks } => {
                 if let Err(err) = answer_subscribe_offer(&inner, sdp, tracks).await {
-                    inner.fail(format!("answering subscribeOffer: {err:#}"));
+                    if lock(&inner.participant).is_none() {
+                        // `leave` closed the peer while the offer was being applied.
+                        tracing::debug!("[{}] subscribeOffer raced leave: {err:#}", inner.name);
+                    } else {
+                        inner.fail(format!("answering subscribeOffer: {err:#}"));
+                    }
                 }
             }
             ServerMessage::Candidate { peer, candidate } => {

@@ -50,10 +50,11 @@ async fn wait_for_media_from(receiver: &Client, sender: &Client) -> Result<()> {
 fn assert_media_intact(receiver: &Client, sender: &Client) -> Result<()> {
     let id = sender.id()?;
     let tracks = sender.published().context("sender has not published")?;
-    let sent = sender.sent();
     for kind in [MediaKind::Audio, MediaKind::Video] {
         let track = track_of(tracks, kind);
         let got = receiver.received(id, track);
+        // Taken after `got`: everything received was sent before this snapshot.
+        let sent = sender.sent();
         let label = format!(
             "{} receiving {}'s {kind:?} ({id}/{track})",
             receiver.name(),
