@@ -93,6 +93,14 @@ impl Server {
                 "--announce",
                 "127.0.0.1",
             ])
+            // Quiet by default; CHORUS_LOG, else RUST_LOG, sets the server's filter.
+            .env(
+                "RUST_LOG",
+                std::env::var("CHORUS_LOG")
+                    .or_else(|_| std::env::var("RUST_LOG"))
+                    .unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -3,7 +3,7 @@
 //! ([`RawWs`]), and known media whose every byte a receiver can check ([`media`]).
 //!
 //! Logging: set `RUST_LOG` (e.g. `RUST_LOG=chorus_tests=debug`); the default shows only
-//! errors. The server child inherits the same variable.
+//! errors. The server child gets `CHORUS_LOG`, else `RUST_LOG`, else `warn`.
 
 pub mod client;
 pub mod harness;
