@@ -263,7 +263,15 @@ async fn leaving_participant_disappears_and_its_resources_are_freed() -> Result<
                 matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == leaver_id)
             })
             .await?;
-        // docs/protocol.md: the leaver's tracks end with it and no trackUnpublished is sent.
+        // docs/protocol.md: each of the leaver's tracks is unpublished before it leaves.
+        for track in [leaver_tracks.audio, leaver_tracks.video] {
+            client
+                .wait_for_after(mark, T, "trackUnpublished of the leaver's track", |m| {
+                    matches!(m, ServerMessage::TrackUnpublished { participant_id, track_id }
+                        if *participant_id == leaver_id && *track_id == track)
+                })
+                .await?;
+        }
         // A renegotiation that no longer carries the leaver's tracks.
         let offer = client
             .wait_for_after(mark, T, "a subscribeOffer without the leaver", |m| {
