@@ -941,6 +941,12 @@ impl Client {
         Ok(())
     }
 
+    /// Closes both peer connections (DTLS close_notify) but keeps the WebSocket open, as a
+    /// tab whose media stack died would.
+    pub async fn drop_media(&self) {
+        self.close_peers().await;
+    }
+
     async fn close_peers(&self) {
         let publisher = lock(&self.inner.publisher).take();
         if let Some(publisher) = publisher {

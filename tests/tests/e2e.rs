@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chorus_protocol::{
-    ClientMessage, ErrorCode, MediaKind, ParticipantId, ServerMessage, TrackSource,
+    ByeReason, ClientMessage, ErrorCode, MediaKind, ParticipantId, ServerMessage, TrackSource,
 };
 use chorus_tests::media::{expected_payload, parse_tag};
 use chorus_tests::{
@@ -592,6 +592,50 @@ async fn abrupt_disconnect_is_noticed_by_the_others() -> Result<()> {
     );
     server
         .wait_for_stats(T, "the dropped participant freed", |s| {
+            s.participants == 1 && s.tracks == 0 && s.subscriptions == 0
+        })
+        .await?;
+    assert_no_failures(&[&stayer])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_media_fails_is_removed() -> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let stayer = Client::connect_and_join(server.http_addr(), "standup", "ada").await?;
+    let failing = Client::connect_and_join(server.http_addr(), "standup", "bob").await?;
+    let tracks = failing.publish_and_stream(MediaRate::default()).await?;
+    let failing_id = failing.id()?;
+    stayer
+        .wait_for_packets(failing_id, tracks.video, 10, T)
+        .await?;
+
+    let mark = stayer.mark();
+    let own_mark = failing.mark();
+    let failed_at = Instant::now();
+    failing.drop_media().await;
+    stayer
+        .wait_for_after(mark, Duration::from_secs(10), "participantLeft after its media failed", |m| {
+            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == failing_id)
+        })
+        .await?;
+    ensure!(
+        failed_at.elapsed() <= Duration::from_secs(10),
+        "participantLeft took {:?}",
+        failed_at.elapsed()
+    );
+    failing
+        .wait_for_after(own_mark, T, "bye mediaFailed", |m| {
+            matches!(
+                m,
+                ServerMessage::Bye {
+                    reason: ByeReason::MediaFailed
+                }
+            )
+        })
+        .await?;
+    server
+        .wait_for_stats(T, "the failed participant freed", |s| {
             s.participants == 1 && s.tracks == 0 && s.subscriptions == 0
         })
         .await?;
