@@ -60,6 +60,16 @@ const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(4);
 /// inside the 10 s within which the others must hear that it left.
 const ICE_FAILED_AFTER: Duration = Duration::from_secs(4);
 
+/// Header extensions whose values name the publisher's own m-line or encoding. Forwarded
+/// as they are, they would name the wrong m-line on the subscriber's side (Chromium routes
+/// by MID before SSRC), so they are dropped; the subscriber routes by the SSRCs in the
+/// server's offer.
+const PER_LEG_EXTENSIONS: &[&str] = &[
+    rtc::sdp::extmap::SDES_MID_URI,
+    rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+    rtc::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI,
+];
+
 /// Settings shared by every peer of a worker.
 #[derive(Debug, Clone)]
 pub struct PeerSettings {
@@ -605,6 +615,9 @@ impl Peer {
                 pt.insert(out.source.payload_type, dst.payload_type);
             }
             for (src_id, uri) in &out.source.extensions {
+                if PER_LEG_EXTENSIONS.contains(&uri.as_str()) {
+                    continue;
+                }
                 if let Some(dst) = params
                     .rtp_parameters
                     .header_extensions

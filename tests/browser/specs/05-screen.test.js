@@ -4,15 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { scenario, openPage, callUrl, waitJoined, waitMedia, poll, tileColor, colorClose, COLORS } from '../lib/harness.js';
 
-// TODO(server): with three people this fails. The SFU forwards the publisher's
-// `urn:ietf:params:rtp-hdrext:sdes:mid` header extension with its value unchanged (only
-// the id is mapped), so Chromium demuxes the screen packets (publisher mid "2") to the
-// subscriber's m-line "2" (someone's microphone) and binds the SSRC there. With two
-// people the mids happen to match and it passes. Remove `todo` once the server strips
-// (or rewrites) sdes:mid, rtp-stream-id and repaired-rtp-stream-id when forwarding.
-const KNOWN_SERVER_BUG = process.env.CHORUS_STRICT ? false : 'server forwards sdes:mid unchanged (see comment)';
-
-test('screen share is shown large to everyone and stops with the browser', { timeout: 120000, todo: KNOWN_SERVER_BUG }, (t) =>
+test('screen share is shown large to everyone and stops with the browser', { timeout: 120000 }, (t) =>
   scenario(t, async ({ server, browser }) => {
     const SCREEN = [200, 120, 20];
     const pages = [];
