@@ -121,16 +121,64 @@ pub struct SourceCodec {
     extensions: Vec<(u8, String)>,
 }
 
+/// What one subscription changes in every packet it forwards.
+#[derive(Debug, Clone)]
+pub struct HeaderRewrite {
+    /// The subscription's own SSRC.
+    pub ssrc: u32,
+    pub seq: SeqRewriter,
+    /// Publisher payload type → the subscriber's.
+    pub pt: IdMap,
+    /// Publisher extension id → the subscriber's; unmapped extensions are dropped.
+    pub ext: IdMap,
+}
+
+impl HeaderRewrite {
+    /// A rewrite to `ssrc` with nothing negotiated yet.
+    pub fn new(ssrc: u32) -> Self {
+        Self {
+            ssrc,
+            seq: SeqRewriter::new((ssrc >> 16) as u16),
+            pt: IdMap::default(),
+            ext: IdMap::default(),
+        }
+    }
+
+    /// The packet as this subscription sends it; `None` when its payload type is not
+    /// negotiated with the subscriber. The clone allocates only for header extensions
+    /// (webrtc-rs's header owns them in a `Vec`); the payload is shared.
+    pub fn apply(&mut self, src: &rtc::rtp::packet::Packet) -> Option<rtc::rtp::packet::Packet> {
+        let pt = self.pt.get(src.header.payload_type)?;
+        let (seq, ts) = self.seq.rewrite(
+            src.header.ssrc,
+            src.header.sequence_number,
+            src.header.timestamp,
+        );
+        let mut pkt = src.clone();
+        pkt.header.ssrc = self.ssrc;
+        pkt.header.payload_type = pt;
+        pkt.header.sequence_number = seq;
+        pkt.header.timestamp = ts;
+        let ext = &self.ext;
+        pkt.header.extensions.retain_mut(|e| match ext.get(e.id) {
+            Some(id) => {
+                e.id = id;
+                true
+            }
+            None => false,
+        });
+        pkt.header.extension = !pkt.header.extensions.is_empty();
+        Some(pkt)
+    }
+}
+
 /// One outgoing copy of a track on a subscriber peer.
 struct Outbound {
     sender: RTCRtpSenderId,
     rtc_track_id: String,
     mid: Option<String>,
-    ssrc: u32,
     source: SourceCodec,
-    seq: SeqRewriter,
-    pt: IdMap,
-    ext: IdMap,
+    rewrite: HeaderRewrite,
     /// Set once the subscriber's answer negotiated this sender.
     ready: bool,
 }
@@ -523,11 +571,8 @@ impl Peer {
                 sender,
                 rtc_track_id,
                 mid: None,
-                ssrc,
                 source,
-                seq: SeqRewriter::new((ssrc >> 16) as u16),
-                pt: IdMap::default(),
-                ext: IdMap::default(),
+                rewrite: HeaderRewrite::new(ssrc),
                 ready: false,
             },
         );
@@ -629,8 +674,8 @@ impl Peer {
                 }
             }
             out.ready = !pt.is_empty();
-            out.pt = pt;
-            out.ext = ext;
+            out.rewrite.pt = pt;
+            out.rewrite.ext = ext;
         }
         Ok(())
     }
@@ -762,30 +807,10 @@ impl Peer {
         if !out.ready {
             return Err(ForwardDrop::NotNegotiated);
         }
-        let src = &packet.0;
-        let pt = out
-            .pt
-            .get(src.header.payload_type)
+        let pkt = out
+            .rewrite
+            .apply(&packet.0)
             .ok_or(ForwardDrop::PayloadType)?;
-        let (seq, ts) = out.seq.rewrite(
-            src.header.ssrc,
-            src.header.sequence_number,
-            src.header.timestamp,
-        );
-        let mut pkt = src.clone();
-        pkt.header.ssrc = out.ssrc;
-        pkt.header.payload_type = pt;
-        pkt.header.sequence_number = seq;
-        pkt.header.timestamp = ts;
-        let ext = &out.ext;
-        pkt.header.extensions.retain_mut(|e| match ext.get(e.id) {
-            Some(id) => {
-                e.id = id;
-                true
-            }
-            None => false,
-        });
-        pkt.header.extension = !pkt.header.extensions.is_empty();
         let sender = out.sender;
         let mut s = self
             .pc

@@ -175,6 +175,15 @@ struct ParticipantMedia {
     failed: bool,
 }
 
+impl ParticipantMedia {
+    fn slot(&mut self, role: PeerRole) -> &mut Option<Peer> {
+        match role {
+            PeerRole::Publisher => &mut self.publisher,
+            PeerRole::Subscriber => &mut self.subscriber,
+        }
+    }
+}
+
 /// The worker's state. Runs on one task; see [`spawn`].
 pub struct Worker {
     socket: UdpSocket,
@@ -266,11 +275,7 @@ impl Worker {
     }
 
     fn peer_mut(&mut self, key: (ParticipantId, PeerRole)) -> Option<&mut Peer> {
-        let media = self.participants.get_mut(&key.0)?;
-        match key.1 {
-            PeerRole::Publisher => media.publisher.as_mut(),
-            PeerRole::Subscriber => media.subscriber.as_mut(),
-        }
+        self.participants.get_mut(&key.0)?.slot(key.1).as_mut()
     }
 
     fn route(
@@ -354,12 +359,10 @@ impl Worker {
         let Some(media) = self.participants.get_mut(&participant) else {
             return;
         };
-        let slot = match role {
-            PeerRole::Publisher => &mut media.publisher,
-            PeerRole::Subscriber => &mut media.subscriber,
-        };
         // Take the peer out so that forwarding can borrow the other peers.
-        let Some(mut peer) = slot.take() else { return };
+        let Some(mut peer) = media.slot(role).take() else {
+            return;
+        };
         let mut events = std::mem::take(&mut self.events);
         peer.poll_events(&mut events);
         {
@@ -405,11 +408,7 @@ impl Worker {
             Vec::new()
         };
         if let Some(media) = self.participants.get_mut(&participant) {
-            let slot = match role {
-                PeerRole::Publisher => &mut media.publisher,
-                PeerRole::Subscriber => &mut media.subscriber,
-            };
-            *slot = Some(peer);
+            *media.slot(role) = Some(peer);
         }
         for event in events.drain(..) {
             match event {
@@ -567,13 +566,26 @@ impl Worker {
             .fetch_add(dropped as u64, Ordering::Relaxed);
     }
 
-    fn new_peer(&mut self, participant: ParticipantId, role: PeerRole) -> Result<Peer, MediaError> {
-        let ufrag = random_token(16);
-        let pwd = random_token(32);
-        let peer = Peer::new(&self.settings, &ufrag, &pwd, Instant::now())?;
-        self.by_ufrag.insert(ufrag, (participant, role));
-        self.stats.peers.fetch_add(1, Ordering::Relaxed);
-        Ok(peer)
+    /// Creates the participant's peer of `role` unless it exists; it is routed by a fresh
+    /// ufrag from then on.
+    fn ensure_peer(
+        &mut self,
+        participant: ParticipantId,
+        role: PeerRole,
+    ) -> Result<(), MediaError> {
+        let slot = self
+            .participants
+            .get_mut(&participant)
+            .ok_or(MediaError::UnknownParticipant)?
+            .slot(role);
+        if slot.is_none() {
+            let ufrag = random_token(16);
+            let pwd = random_token(32);
+            *slot = Some(Peer::new(&self.settings, &ufrag, &pwd, Instant::now())?);
+            self.by_ufrag.insert(ufrag, (participant, role));
+            self.stats.peers.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn handle_command(&mut self, command: WorkerCommand) {
@@ -660,15 +672,7 @@ impl Worker {
         sdp: String,
         now: Instant,
     ) -> Result<PublishOutcome, MediaError> {
-        if !self.participants.contains_key(&participant) {
-            return Err(MediaError::UnknownParticipant);
-        }
-        if self.peer_mut((participant, PeerRole::Publisher)).is_none() {
-            let peer = self.new_peer(participant, PeerRole::Publisher)?;
-            if let Some(media) = self.participants.get_mut(&participant) {
-                media.publisher = Some(peer);
-            }
-        }
+        self.ensure_peer(participant, PeerRole::Publisher)?;
         let media = self
             .participants
             .get_mut(&participant)
@@ -731,15 +735,7 @@ impl Worker {
         wanted: &[TrackId],
         now: Instant,
     ) -> Result<Option<SubscriberOffer>, MediaError> {
-        if !self.participants.contains_key(&participant) {
-            return Err(MediaError::UnknownParticipant);
-        }
-        if self.peer_mut((participant, PeerRole::Subscriber)).is_none() {
-            let peer = self.new_peer(participant, PeerRole::Subscriber)?;
-            if let Some(media) = self.participants.get_mut(&participant) {
-                media.subscriber = Some(peer);
-            }
-        }
+        self.ensure_peer(participant, PeerRole::Subscriber)?;
         let Some(peer) = self
             .participants
             .get_mut(&participant)
