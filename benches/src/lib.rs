@@ -1,1 +1,74 @@
-//! Benchmark support.
+//! Chorus benchmarks: the `chorus-loadtest` load generator (against a real server and against
+//! a minimal baseline forwarder), and support for the per-packet micro-benchmarks in
+//! `benches/`. See docs/performance.md for what is measured and how.
+
+pub mod alloc;
+mod baseline;
+mod chorus_run;
+pub mod inmem;
+mod load;
+pub mod media;
+pub mod options;
+pub mod procfs;
+pub mod report;
+pub mod stats;
+
+use anyhow::Result;
+
+pub use chorus_run::default_server_bin;
+pub use options::{Options, Roster};
+pub use report::{Report, RunReport};
+
+use crate::load::Progress;
+use crate::report::{Machine, Scenario};
+
+/// The scenario as the report states it.
+fn scenario(opts: &Options) -> Scenario {
+    let roster = opts.roster();
+    let shape = opts.shape();
+    let kinds = report::kinds(&shape).len();
+    let receivers = roster.receivers_per_publisher();
+    Scenario {
+        rooms: roster.rooms,
+        publishers_per_room: roster.publishers,
+        subscribers_per_room: roster.subscribers,
+        participants: roster.participants(),
+        subscriptions: roster.publishers_total() * kinds * receivers,
+        media: shape,
+        publisher_pps: shape.packets_per_second(),
+        offered_forward_pps: shape.packets_per_second()
+            * roster.publishers_total() as f64
+            * receivers as f64,
+        warmup_s: opts.warmup,
+        duration_s: opts.duration,
+    }
+}
+
+/// Runs what `opts` asks for: Chorus, the baseline, or both (Chorus first), one after the
+/// other so that they never compete for the CPU.
+pub async fn run(opts: &Options) -> Result<Report> {
+    anyhow::ensure!(opts.rooms > 0, "--rooms must be at least 1");
+    anyhow::ensure!(opts.publishers > 0, "--publishers must be at least 1");
+    let progress = Progress::new(!opts.quiet);
+    if let Some(cpus) = opts.generator_cpus() {
+        procfs::set_process_affinity(std::process::id(), &cpus)?;
+    }
+    let mut report = Report {
+        scenario: scenario(opts),
+        machine: Machine {
+            cores: procfs::cores(),
+            cpu: procfs::cpu_model(),
+        },
+        chorus: None,
+        baseline: None,
+        ratio: None,
+    };
+    if !opts.baseline_only {
+        report.chorus = Some(chorus_run::run(opts, &progress).await?);
+    }
+    if opts.baseline || opts.baseline_only {
+        report.baseline = Some(baseline::run(opts, &progress).await?);
+    }
+    report.compute_ratio();
+    Ok(report)
+}

@@ -1,0 +1,211 @@
+//! Per-packet micro-benchmarks of the forwarding path: ns per packet and heap allocations per
+//! packet (a counting global allocator). `cargo bench -p chorus-benches [-- FILTER]`.
+//!
+//! - `rewrite/ids`: `SeqRewriter::rewrite` + payload-type and two extension-id `IdMap`
+//!   look-ups, per packet per subscription.
+//! - `rewrite/packet`, `rewrite/packet+ext`: `chorus_sfu::peer::HeaderRewrite::apply` (clone +
+//!   rewrite, what `Peer::forward` does before webrtc-rs) on a video packet without and with
+//!   two header extensions.
+//! - `fanout/peer/N`: real `chorus_sfu::peer::Peer`s connected in memory (see
+//!   `chorus_benches::inmem::Rig`): one SRTP datagram in, N SRTP datagrams out, through
+//!   webrtc-rs (`handle_read`, interceptors, SRTP) and Chorus's `Peer::forward`, handled in
+//!   batches of 10 datagrams (one frame's burst) as the worker handles a `recvmmsg` batch.
+//!   No socket.
+//! - `fanout/parts/N`: the same fan-out from its parts, without `Peer`: SRTP-unprotect once,
+//!   then per subscription `HeaderRewrite::apply` + marshal + SRTP-protect (AES-128-GCM).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chorus_benches::alloc::{AllocCount, Counting};
+use chorus_benches::inmem::{Parts, Rig};
+use chorus_sfu::peer::HeaderRewrite;
+use chorus_sfu::rewrite::{IdMap, SeqRewriter};
+use rtc::rtp::header::{Extension, Header};
+use rtc::rtp::packet::Packet;
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Repeats per bench; the median is reported.
+const REPEATS: usize = 5;
+/// Datagrams per worker pass in `fanout/peer`: one video frame's burst.
+const PEER_BATCH: usize = 10;
+
+struct Row {
+    name: String,
+    ns_per_in: f64,
+    outputs_per_in: f64,
+    allocs_per_in: f64,
+    bytes_per_in: f64,
+}
+
+/// Runs `step` on `inputs` inputs per repeat; `step(i)` handles input `i` and returns how
+/// many outputs it made.
+fn measure(name: &str, inputs: usize, mut step: impl FnMut(usize) -> usize) -> Row {
+    let mut times = Vec::with_capacity(REPEATS);
+    let mut outputs = 0usize;
+    let before = AllocCount::now();
+    for r in 0..REPEATS {
+        let start = Instant::now();
+        for i in 0..inputs {
+            outputs += step(r * inputs + i);
+        }
+        times.push(start.elapsed().as_nanos() as f64 / inputs as f64);
+    }
+    let allocs = AllocCount::now().since(before);
+    times.sort_by(f64::total_cmp);
+    let total = (REPEATS * inputs) as f64;
+    Row {
+        name: name.to_owned(),
+        ns_per_in: times[REPEATS / 2],
+        outputs_per_in: outputs as f64 / total,
+        allocs_per_in: allocs.allocs as f64 / total,
+        bytes_per_in: allocs.bytes as f64 / total,
+    }
+}
+
+fn print(row: &Row) {
+    let per_out = |v: f64| {
+        if row.outputs_per_in > 0.0 {
+            format!("{:.1}", v / row.outputs_per_in)
+        } else {
+            "-".to_owned()
+        }
+    };
+    println!(
+        "{:<22} {:>12.1} {:>10} {:>12} {:>12.2} {:>12} {:>12.0}",
+        row.name,
+        row.ns_per_in,
+        format!("{:.0}", row.outputs_per_in),
+        per_out(row.ns_per_in),
+        row.allocs_per_in,
+        if row.outputs_per_in > 0.0 {
+            format!("{:.2}", row.allocs_per_in / row.outputs_per_in)
+        } else {
+            "-".to_owned()
+        },
+        row.bytes_per_in,
+    );
+}
+
+fn bench_rewrite_ids() -> Row {
+    let mut seq = SeqRewriter::new(7);
+    let mut pt = IdMap::default();
+    pt.insert(96, 98);
+    let mut ext = IdMap::default();
+    ext.insert(2, 3);
+    ext.insert(4, 5);
+    measure("rewrite/ids", 2_000_000, |i| {
+        let (s, t) = seq.rewrite(
+            black_box(0x1234),
+            black_box(i as u16),
+            black_box(i as u32 * 3000),
+        );
+        let p = pt.get(black_box(96));
+        let e1 = ext.get(black_box(2));
+        let e2 = ext.get(black_box(4));
+        black_box((s, t, p, e1, e2));
+        1
+    })
+}
+
+/// `HeaderRewrite::apply` (what `Peer::forward` does before handing the packet to
+/// webrtc-rs) on a 1100-byte video packet, with `extensions` header extensions.
+fn bench_rewrite_packet(name: &str, extensions: usize) -> Row {
+    let mut rewrite = HeaderRewrite::new(0x5000_0001);
+    rewrite.pt.insert(96, 98);
+    rewrite.ext.insert(2, 3);
+    rewrite.ext.insert(4, 5);
+    let mut packet = Packet {
+        header: Header {
+            version: 2,
+            payload_type: 96,
+            ssrc: 0x1234,
+            extension: extensions > 0,
+            extension_profile: 0xBEDE,
+            extensions: [(2u8, 3usize), (4, 2)]
+                .iter()
+                .take(extensions)
+                .map(|&(id, len)| Extension {
+                    id,
+                    payload: Bytes::from(vec![0xAB; len]),
+                })
+                .collect(),
+            ..Default::default()
+        },
+        payload: Bytes::from(vec![0x10u8; 1100]),
+    };
+    measure(name, 1_000_000, |i| {
+        packet.header.sequence_number = i as u16;
+        packet.header.timestamp = (i / 10) as u32 * 3000;
+        let out = rewrite.apply(black_box(&packet));
+        usize::from(black_box(out).is_some())
+    })
+}
+
+fn bench_peer(subscribers: usize) -> anyhow::Result<Row> {
+    let mut rig = Rig::new(subscribers)?;
+    let inputs = (20_000 / subscribers).clamp(300, 10_000);
+    let mut datagrams = rig.datagrams(REPEATS * inputs, 1100)?;
+    let mut row = measure(
+        &format!("fanout/peer/{subscribers}"),
+        inputs / PEER_BATCH,
+        |i| {
+            let batch = &mut datagrams[i * PEER_BATCH..(i + 1) * PEER_BATCH];
+            rig.forward_batch(batch, Instant::now())
+        },
+    );
+    // `measure` counted batches; report per datagram.
+    row.ns_per_in /= PEER_BATCH as f64;
+    row.outputs_per_in /= PEER_BATCH as f64;
+    row.allocs_per_in /= PEER_BATCH as f64;
+    row.bytes_per_in /= PEER_BATCH as f64;
+    Ok(row)
+}
+
+fn bench_parts(subscribers: usize) -> anyhow::Result<Row> {
+    let mut parts = Parts::new(subscribers)?;
+    let inputs = (40_000 / subscribers).clamp(500, 20_000);
+    let datagrams = parts.datagrams(REPEATS * inputs, 1100)?;
+    Ok(measure(
+        &format!("fanout/parts/{subscribers}"),
+        inputs,
+        |i| parts.forward(&datagrams[i]),
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    // A filter names a bench or a group: `fanout/peer` runs all three, `fanout/peer/10` one.
+    let wanted = |name: &str| {
+        filter
+            .as_deref()
+            .is_none_or(|f| name == f || name.starts_with(&format!("{f}/")))
+    };
+    println!(
+        "{:<22} {:>12} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "bench", "ns/in", "out/in", "ns/out", "allocs/in", "allocs/out", "bytes/in"
+    );
+    if wanted("rewrite/ids") {
+        print(&bench_rewrite_ids());
+    }
+    if wanted("rewrite/packet") {
+        print(&bench_rewrite_packet("rewrite/packet", 0));
+    }
+    if wanted("rewrite/packet+ext") {
+        print(&bench_rewrite_packet("rewrite/packet+ext", 2));
+    }
+    for n in [1, 10, 100] {
+        if wanted(&format!("fanout/parts/{n}")) {
+            print(&bench_parts(n)?);
+        }
+    }
+    for n in [1, 10, 100] {
+        if wanted(&format!("fanout/peer/{n}")) {
+            print(&bench_peer(n)?);
+        }
+    }
+    Ok(())
+}

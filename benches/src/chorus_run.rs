@@ -1,0 +1,367 @@
+//! Loading a real Chorus server with simulated browsers (`chorus_tests::Client`, the async
+//! `webrtc` crate): join, publish, receive, measure.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use chorus_protocol::MediaKind;
+use chorus_tests::{Client, Server};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use webrtc::peer_connection::RTCPeerConnectionState::Connected;
+
+use crate::load::{
+    MEASURED, Progress, ReceivedCounter, STOP, Sink, Snapshot, apply_window, spawn_publisher,
+};
+use crate::options::{Options, Roster};
+use crate::procfs;
+use crate::report::{Collected, Memory, RunReport};
+use crate::stats::{Percentiles, ReceiverStats, SendTally};
+
+/// How long joining and negotiating everyone may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Quiet time after everyone is connected, before reading idle memory.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Where the `chorus` binary is when `--server` is not given.
+pub fn default_server_bin() -> Result<PathBuf> {
+    if let Ok(bin) = chorus_tests::harness::chorus_bin()
+        && bin.exists()
+    {
+        return Ok(bin);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["release", "debug"] {
+        let bin = root.join("target").join(profile).join("chorus");
+        if bin.exists() {
+            return Ok(bin);
+        }
+    }
+    bail!(
+        "no chorus binary found (build it with `cargo build --release -p chorus`, or pass --server)"
+    )
+}
+
+fn parse_url(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--url must start with http:// (got {url:?})"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    host.parse()
+        .with_context(|| format!("--url needs an IP:port address (got {host:?})"))
+}
+
+async fn server_stats(http: SocketAddr) -> Result<serde_json::Value> {
+    let (status, body) = chorus_tests::harness::http_get(http, "/api/stats").await?;
+    if status != 200 {
+        bail!("GET /api/stats: status {status}");
+    }
+    serde_json::from_str(&body).context("parsing /api/stats")
+}
+
+fn counter(stats: &serde_json::Value, key: &str) -> u64 {
+    stats
+        .get(key)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+struct Joined {
+    participant: usize,
+    client: Client,
+    took: Duration,
+}
+
+fn name_of(roster: &Roster, participant: usize) -> String {
+    let (room, i) = roster.locate(participant);
+    if i < roster.publishers {
+        format!("r{room}-pub{i}")
+    } else {
+        format!("r{room}-sub{}", i - roster.publishers)
+    }
+}
+
+async fn join_one(
+    http: SocketAddr,
+    roster: Roster,
+    room_prefix: &str,
+    participant: usize,
+) -> Result<Joined> {
+    let (room, i) = roster.locate(participant);
+    let name = name_of(&roster, participant);
+    let start = Instant::now();
+    let client = Client::connect(http, &name).await?;
+    client
+        .join(&format!("{room_prefix}-{room}"))
+        .await
+        .with_context(|| format!("{name} joining"))?;
+    if i < roster.publishers {
+        client
+            .publish()
+            .await
+            .with_context(|| format!("{name} publishing"))?;
+    } else if roster.receives(participant) {
+        chorus_tests::wait::poll_until(SETUP_TIMEOUT, "the subscriber peer to connect", || {
+            (client.subscriber_state() == Some(Connected)).then_some(())
+        })
+        .await
+        .with_context(|| format!("{name} subscribing"))?;
+    }
+    Ok(Joined {
+        participant,
+        client,
+        took: start.elapsed(),
+    })
+}
+
+/// Reads one client's received packets until told to stop.
+async fn consume(
+    mut rx: mpsc::UnboundedReceiver<chorus_tests::ReceivedPacket>,
+    mut stop: watch::Receiver<bool>,
+    seen: ReceivedCounter,
+) -> ReceiverStats {
+    let mut stats = ReceiverStats::default();
+    loop {
+        tokio::select! {
+            biased;
+            packet = rx.recv() => match packet {
+                Some(p) => {
+                    stats.on_packet(&p.payload, p.at);
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+                None => break,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    while let Ok(p) = rx.try_recv() {
+        stats.on_packet(&p.payload, p.at);
+    }
+    stats
+}
+
+/// Runs the scenario against Chorus.
+pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport> {
+    let roster = opts.roster();
+    let shape = opts.shape();
+    // The server when started here (killed when dropped).
+    let (server, http, pid): (Option<Server>, SocketAddr, Option<u32>) = match &opts.url {
+        Some(url) => {
+            let http = parse_url(url)?;
+            let pid = match opts.server_pid {
+                Some(pid) => Some(pid),
+                None => procfs::pid_listening_on(http.port())
+                    .map_err(|e| tracing::warn!("server CPU and memory unknown: {e:#}"))
+                    .ok(),
+            };
+            (None, http, pid)
+        }
+        None => {
+            let bin = match &opts.server {
+                Some(bin) => bin.clone(),
+                None => default_server_bin()?,
+            };
+            progress.say(&format!("starting {}", bin.display()));
+            let config = format!(
+                "[limits]\nmax_participants_per_room = {}\nmax_rooms = {}\n",
+                roster.per_room().max(2),
+                roster.rooms + 10
+            );
+            let server = Server::start_bin(&bin, &config).await?;
+            let http = server.http_addr();
+            let pid = server.pid();
+            (Some(server), http, pid)
+        }
+    };
+    if let Some(cpu) = opts.pin_forwarder {
+        let pid = pid.ok_or_else(|| anyhow!("--pin-forwarder needs the server's pid"))?;
+        procfs::set_process_affinity(pid, &[cpu])?;
+    }
+    let room_prefix = format!("load{}", std::process::id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let empty_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
+
+    // Publishers first (so that subscribers find tracks), then subscribers.
+    let mut joined: Vec<Joined> = Vec::with_capacity(roster.participants());
+    for publishers in [true, false] {
+        let who: Vec<usize> = (0..roster.participants())
+            .filter(|p| roster.publisher_of(*p).is_some() == publishers)
+            .collect();
+        if who.is_empty() {
+            continue;
+        }
+        progress.say(&format!(
+            "joining {} {}",
+            who.len(),
+            if publishers {
+                "publishers"
+            } else {
+                "subscribers"
+            }
+        ));
+        let prefix = room_prefix.as_str();
+        let results: Vec<Result<Joined>> = futures_util::stream::iter(who)
+            .map(|p| join_one(http, roster, prefix, p))
+            .buffer_unordered(opts.join_concurrency.max(1))
+            .collect()
+            .await;
+        for r in results {
+            joined.push(r?);
+        }
+    }
+    joined.sort_by_key(|j| j.participant);
+    let join_ms: Vec<f64> = joined.iter().map(|j| j.took.as_secs_f64() * 1e3).collect();
+
+    // Barrier: every receiver has the full set of tracks negotiated and connected.
+    progress.say("waiting until every subscription is negotiated");
+    chorus_tests::wait::poll_until(SETUP_TIMEOUT, "every subscription to connect", || {
+        joined
+            .iter()
+            .filter(|j| roster.receives(j.participant))
+            .all(|j| {
+                j.client.subscribed().len() == 2 * roster.sources_of(j.participant).len()
+                    && j.client.subscriber_state() == Some(Connected)
+            })
+            .then_some(())
+    })
+    .await?;
+    tokio::time::sleep(SETTLE).await;
+    let idle_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
+
+    // Receivers: stream every packet into per-client counters.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let seen: ReceivedCounter = Arc::new(AtomicU64::new(0));
+    let mut consumers: Vec<(usize, JoinHandle<ReceiverStats>)> = Vec::new();
+    for j in &joined {
+        if roster.receives(j.participant) {
+            let rx = j.client.received_stream();
+            consumers.push((
+                j.participant,
+                tokio::spawn(consume(rx, stop_rx.clone(), Arc::clone(&seen))),
+            ));
+        }
+    }
+
+    // Publishers: start sending (warm-up first).
+    let switch = Arc::new(AtomicU8::new(crate::load::WARMUP));
+    let tallies: Vec<[Arc<SendTally>; 2]> = (0..roster.publishers_total())
+        .map(|_| [Arc::default(), Arc::default()])
+        .collect();
+    let mut senders = Vec::new();
+    for j in &joined {
+        let Some(publisher) = roster.publisher_of(j.participant) else {
+            continue;
+        };
+        let video = j
+            .client
+            .rtp_writer(MediaKind::Video)
+            .ok_or_else(|| anyhow!("publisher {} has no video writer", j.participant))?;
+        let audio = j.client.rtp_writer(MediaKind::Audio).map(Sink::Peer);
+        senders.extend(spawn_publisher(
+            Sink::Peer(video),
+            audio,
+            shape,
+            publisher,
+            &switch,
+            &tallies[publisher as usize],
+        ));
+    }
+    let sent_total = {
+        let tallies = tallies.clone();
+        move || {
+            tallies
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|t| t.total.load(Ordering::Relaxed))
+                .sum()
+        }
+    };
+    let progress_task = progress.spawn(
+        "chorus",
+        Arc::clone(&switch),
+        sent_total,
+        {
+            let seen = Arc::clone(&seen);
+            move || seen.load(Ordering::Relaxed)
+        },
+        move || pid.and_then(|p| procfs::process_cpu(p).ok()),
+    );
+
+    tokio::time::sleep(opts.warmup()).await;
+    switch.store(MEASURED, Ordering::Relaxed);
+    let stats_a = server_stats(http).await.ok();
+    let a = Snapshot::take(
+        pid.and_then(|p| procfs::process_cpu(p).ok()),
+        stats_a.as_ref().map(|s| counter(s, "rtp_forwarded")),
+    );
+    tokio::time::sleep(opts.duration()).await;
+    let b = Snapshot::take(pid.and_then(|p| procfs::process_cpu(p).ok()), None);
+    switch.store(STOP, Ordering::Relaxed);
+    let stats_b = server_stats(http).await.ok();
+    let b = Snapshot {
+        forwarded: stats_b.as_ref().map(|s| counter(s, "rtp_forwarded")),
+        ..b
+    };
+    let loaded_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
+    if let Some(task) = progress_task {
+        let _ = task.await;
+    }
+    for task in senders {
+        let _ = task.await;
+    }
+    tokio::time::sleep(opts.drain()).await;
+    let _ = stop_tx.send(true);
+    let mut receivers: Vec<Option<ReceiverStats>> = vec![None; roster.participants()];
+    for (participant, task) in consumers {
+        receivers[participant] = Some(task.await.context("a receiver task failed")?);
+    }
+
+    let mut report = Collected {
+        roster,
+        shape,
+        tallies: &tallies,
+        receivers,
+        window: b.at.duration_since(a.at),
+    }
+    .into_report("chorus");
+    apply_window(&mut report, &a, &b);
+    report.join_ms = Some(Percentiles::from_millis(&join_ms));
+    if let (Some(empty), Some(idle), Some(loaded)) = (empty_rss, idle_rss, loaded_rss) {
+        let n = roster.participants().max(1) as f64;
+        report.memory = Some(Memory {
+            empty_kib: empty,
+            idle_kib: idle,
+            loaded_kib: loaded,
+            idle_per_participant_kib: idle.saturating_sub(empty) as f64 / n,
+            loaded_per_participant_kib: loaded.saturating_sub(empty) as f64 / n,
+        });
+    }
+    if let (Some(sa), Some(sb)) = (&stats_a, &stats_b) {
+        for key in [
+            "forward_drops",
+            "send_drops",
+            "unrouted",
+            "keyframe_requests",
+        ] {
+            report.forwarder_counters.insert(
+                key.to_owned(),
+                (counter(sb, key).saturating_sub(counter(sa, key))).into(),
+            );
+        }
+    }
+
+    // Leave politely, but never wait long for it.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(joined.iter().map(|j| j.client.close())),
+    )
+    .await;
+    drop(joined);
+    drop(server);
+    Ok(report)
+}

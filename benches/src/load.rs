@@ -1,0 +1,370 @@
+//! What both targets share: the publishers' sender tasks, the phase switch, the live
+//! progress line and the snapshots that bound the measured window.
+
+use std::io::{IsTerminal, Write as _};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use bytes::BytesMut;
+use chorus_protocol::MediaKind;
+use rtc::rtp::header::Header;
+use rtc::rtp::packet::Packet;
+use rtc::shared::marshal::Marshal;
+use rtc::srtp::context::Context;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::media::{MediaShape, Phase, Stamp, fill, nanos_at, write_stamp};
+use crate::procfs;
+use crate::stats::SendTally;
+
+/// Values of the shared phase switch.
+pub(crate) const WARMUP: u8 = 0;
+pub(crate) const MEASURED: u8 = 1;
+pub(crate) const STOP: u8 = 2;
+
+/// Where a publisher's packets go.
+pub(crate) enum Sink {
+    /// A real WebRTC publisher peer (async `webrtc` crate).
+    Peer(chorus_tests::RtpWriter),
+    /// Plain UDP with an SRTP context, for the baseline.
+    Srtp(SrtpSender),
+}
+
+/// Sends SRTP on a UDP socket to one address.
+pub(crate) struct SrtpSender {
+    pub socket: Arc<UdpSocket>,
+    pub to: SocketAddr,
+    pub context: Context,
+    pub ssrc: u32,
+    pub payload_type: u8,
+}
+
+impl Sink {
+    fn ssrc(&self) -> u32 {
+        match self {
+            Sink::Peer(w) => w.ssrc,
+            Sink::Srtp(s) => s.ssrc,
+        }
+    }
+
+    fn payload_type(&self) -> u8 {
+        match self {
+            Sink::Peer(w) => w.payload_type,
+            Sink::Srtp(s) => s.payload_type,
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<()> {
+        match self {
+            Sink::Peer(w) => w.write_rtp(packet).await,
+            Sink::Srtp(s) => {
+                let raw = packet.marshal().context("marshal")?;
+                let protected = s
+                    .context
+                    .encrypt_rtp_with_header(&raw, &packet.header)
+                    .context("SRTP protect")?;
+                s.socket
+                    .send_to(&protected, s.to)
+                    .await
+                    .context("udp send")?;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn phase_of(switch: &AtomicU8) -> Option<Phase> {
+    match switch.load(Ordering::Relaxed) {
+        WARMUP => Some(Phase::Warmup),
+        MEASURED => Some(Phase::Measured),
+        _ => None,
+    }
+}
+
+/// A random-enough u32 for initial sequence numbers and timestamps.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() as u32
+}
+
+/// Sends one publisher's video: a burst of packets per frame, until the switch says stop.
+pub(crate) async fn send_video(
+    mut sink: Sink,
+    shape: MediaShape,
+    publisher: u32,
+    switch: Arc<AtomicU8>,
+    tally: Arc<SendTally>,
+) {
+    let sizes = shape.frame_packets();
+    let mut seq = random_u32() as u16;
+    let mut ts = random_u32();
+    let mut counter = 0u64;
+    let mut ticker = tokio::time::interval(shape.frame_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for (i, &size) in sizes.iter().enumerate() {
+            let Some(phase) = phase_of(&switch) else {
+                return;
+            };
+            let packet = stamped_packet(
+                &sink,
+                MediaKind::Video,
+                publisher,
+                phase,
+                counter,
+                size,
+                (seq, ts, i + 1 == sizes.len()),
+            );
+            match sink.send(packet).await {
+                Ok(()) => tally.record(phase),
+                Err(err) => {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("video send: {err:#}");
+                }
+            }
+            seq = seq.wrapping_add(1);
+            counter += 1;
+        }
+        ts = ts.wrapping_add(shape.video_ts_step());
+    }
+}
+
+/// Sends one publisher's audio: one packet per tick.
+pub(crate) async fn send_audio(
+    mut sink: Sink,
+    shape: MediaShape,
+    publisher: u32,
+    switch: Arc<AtomicU8>,
+    tally: Arc<SendTally>,
+) {
+    let mut seq = random_u32() as u16;
+    let mut ts = random_u32();
+    let mut counter = 0u64;
+    let mut ticker = tokio::time::interval(shape.audio_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(phase) = phase_of(&switch) else {
+            return;
+        };
+        let packet = stamped_packet(
+            &sink,
+            MediaKind::Audio,
+            publisher,
+            phase,
+            counter,
+            shape.audio_bytes(),
+            (seq, ts, true),
+        );
+        match sink.send(packet).await {
+            Ok(()) => tally.record(phase),
+            Err(err) => {
+                tally.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("audio send: {err:#}");
+            }
+        }
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(shape.audio_ts_step());
+        counter += 1;
+    }
+}
+
+fn stamped_packet(
+    sink: &Sink,
+    kind: MediaKind,
+    publisher: u32,
+    phase: Phase,
+    counter: u64,
+    size: usize,
+    (seq, ts, marker): (u16, u32, bool),
+) -> Packet {
+    let mut payload = BytesMut::zeroed(size);
+    fill(&mut payload, counter);
+    write_stamp(
+        &mut payload,
+        &Stamp {
+            publisher,
+            kind,
+            phase,
+            counter,
+            sent_ns: nanos_at(Instant::now()),
+        },
+    );
+    Packet {
+        header: Header {
+            version: 2,
+            marker,
+            payload_type: sink.payload_type(),
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc: sink.ssrc(),
+            ..Default::default()
+        },
+        payload: payload.freeze(),
+    }
+}
+
+/// Starts a publisher's senders: video, and audio when the shape has it.
+pub(crate) fn spawn_publisher(
+    video: Sink,
+    audio: Option<Sink>,
+    shape: MediaShape,
+    publisher: u32,
+    switch: &Arc<AtomicU8>,
+    tallies: &[Arc<SendTally>; 2],
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(send_video(
+        video,
+        shape,
+        publisher,
+        Arc::clone(switch),
+        Arc::clone(&tallies[1]),
+    ))];
+    if let Some(audio) = audio.filter(|_| shape.audio) {
+        tasks.push(tokio::spawn(send_audio(
+            audio,
+            shape,
+            publisher,
+            Arc::clone(switch),
+            Arc::clone(&tallies[0]),
+        )));
+    }
+    tasks
+}
+
+/// CPU and packet counters at one instant, for the window's start and end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snapshot {
+    pub at: Instant,
+    /// The forwarder's CPU time (process or thread).
+    pub forwarder_cpu: Option<Duration>,
+    /// The forwarder's own count of forwarded packets.
+    pub forwarded: Option<u64>,
+    pub generator_cpu: Option<Duration>,
+    pub machine: Option<(u64, u64)>,
+}
+
+impl Snapshot {
+    pub fn take(forwarder_cpu: Option<Duration>, forwarded: Option<u64>) -> Self {
+        Self {
+            at: Instant::now(),
+            forwarder_cpu,
+            forwarded,
+            generator_cpu: procfs::process_cpu(std::process::id()).ok(),
+            machine: procfs::machine_jiffies().ok(),
+        }
+    }
+}
+
+/// The window's figures from two snapshots, written into `report`.
+pub(crate) fn apply_window(report: &mut crate::report::RunReport, a: &Snapshot, b: &Snapshot) {
+    let window = b.at.duration_since(a.at).as_secs_f64();
+    if let (Some(c0), Some(c1), Some(f0), Some(f1)) =
+        (a.forwarder_cpu, b.forwarder_cpu, a.forwarded, b.forwarded)
+    {
+        report.set_cpu(c1.saturating_sub(c0), f1.saturating_sub(f0));
+    }
+    if let (Some(g0), Some(g1)) = (a.generator_cpu, b.generator_cpu) {
+        report.generator_cpu_pct = Some(g1.saturating_sub(g0).as_secs_f64() * 100.0 / window);
+    }
+    if let (Some((busy0, total0)), Some((busy1, total1))) = (a.machine, b.machine)
+        && total1 > total0
+    {
+        report.machine_busy_pct = Some((busy1 - busy0) as f64 * 100.0 / (total1 - total0) as f64);
+    }
+}
+
+/// Prints a live progress line on stderr: rewritten in place on a terminal, one line every
+/// few seconds otherwise.
+pub(crate) struct Progress {
+    enabled: bool,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Says what is happening now (joining, ...), on its own line.
+    pub fn say(&self, what: &str) {
+        if self.enabled {
+            if self.tty {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!("{what}");
+        }
+    }
+
+    /// Runs until `switch` says stop, printing send and receive rates and forwarder CPU.
+    pub fn spawn(
+        &self,
+        target: &'static str,
+        switch: Arc<AtomicU8>,
+        sent: impl Fn() -> u64 + Send + 'static,
+        received: impl Fn() -> u64 + Send + 'static,
+        forwarder_cpu: impl Fn() -> Option<Duration> + Send + 'static,
+    ) -> Option<JoinHandle<()>> {
+        if !self.enabled {
+            return None;
+        }
+        let tty = self.tty;
+        Some(tokio::spawn(async move {
+            let start = Instant::now();
+            let mut last = (Instant::now(), sent(), received(), forwarder_cpu());
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                let phase = switch.load(Ordering::Relaxed);
+                if phase == STOP {
+                    break;
+                }
+                let now = (Instant::now(), sent(), received(), forwarder_cpu());
+                let dt = now.0.duration_since(last.0).as_secs_f64();
+                let cpu = match (last.3, now.3) {
+                    (Some(a), Some(b)) => {
+                        format!("{:5.1} %", b.saturating_sub(a).as_secs_f64() * 100.0 / dt)
+                    }
+                    _ => "-".to_owned(),
+                };
+                let line = format!(
+                    "[{target} {:>5.1}s {}] sent {:>8.0} pkt/s  received {:>8.0} pkt/s  forwarder CPU {cpu}",
+                    start.elapsed().as_secs_f64(),
+                    if phase == WARMUP {
+                        "warm-up "
+                    } else {
+                        "measured"
+                    },
+                    (now.1 - last.1) as f64 / dt,
+                    (now.2 - last.2) as f64 / dt,
+                );
+                n += 1;
+                if tty {
+                    eprint!("\r\x1b[2K{line}");
+                    let _ = std::io::stderr().flush();
+                } else if n.is_multiple_of(5) {
+                    eprintln!("{line}");
+                }
+                last = now;
+            }
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+        }))
+    }
+}
+
+/// A counter of every packet any receiver saw, for the progress line.
+pub(crate) type ReceivedCounter = Arc<AtomicU64>;

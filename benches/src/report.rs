@@ -1,0 +1,441 @@
+//! The report: one run's figures, a side-by-side table, and JSON.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chorus_protocol::MediaKind;
+use serde::Serialize;
+
+use crate::media::MediaShape;
+use crate::options::Roster;
+use crate::stats::{Percentiles, ReceiverStats, SendTally};
+
+/// What was loaded, and with what.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub rooms: usize,
+    pub publishers_per_room: usize,
+    pub subscribers_per_room: usize,
+    pub participants: usize,
+    /// (receiver, publisher, kind) streams.
+    pub subscriptions: usize,
+    pub media: MediaShape,
+    /// Packets per second every publisher sends.
+    pub publisher_pps: f64,
+    /// Packets per second the forwarder should deliver in total.
+    pub offered_forward_pps: f64,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+}
+
+/// The machine the figures come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+}
+
+/// One subscription's packet accounting over the measured window.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SubscriptionReport {
+    pub receiver: usize,
+    pub publisher: u32,
+    pub kind: MediaKind,
+    /// Packets the publisher handed to its stack in the window.
+    pub sent: u64,
+    /// Distinct ones of those that arrived.
+    pub received: u64,
+    pub lost: u64,
+}
+
+/// Server memory (VmRSS), KiB.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    /// After start-up, nobody joined.
+    pub empty_kib: u64,
+    /// Everyone joined and negotiated, nobody sending yet.
+    pub idle_kib: u64,
+    /// At the end of the measured window.
+    pub loaded_kib: u64,
+    pub idle_per_participant_kib: f64,
+    pub loaded_per_participant_kib: f64,
+}
+
+/// One target's figures (Chorus or the baseline).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// "chorus" or "baseline".
+    pub target: String,
+    /// The measured window, seconds.
+    pub window_s: f64,
+    /// Packets the publishers sent in the window.
+    pub sent_packets: u64,
+    /// Packets due at receivers (sent × receivers, summed per subscription).
+    pub expected_packets: u64,
+    pub received_packets: u64,
+    pub lost_packets: u64,
+    pub loss_pct: f64,
+    pub duplicates: u64,
+    /// Writes the sending stacks refused.
+    pub send_errors: u64,
+    /// Forwarded packets per second, counted at the receivers.
+    pub forwarded_pps: f64,
+    /// Forwarded Mbit/s (RTP payload + 12-byte header), counted at the receivers.
+    pub forwarded_mbps: f64,
+    /// Send-to-receive latency of every measured packet, ms.
+    pub latency_ms: Percentiles,
+    /// From opening the WebSocket until the participant's peers are connected, ms.
+    pub join_ms: Option<Percentiles>,
+    /// Packets the forwarder itself says it forwarded in the window.
+    pub forwarder_packets: Option<u64>,
+    /// Forwarder CPU time in the window, s (Chorus: the whole process; baseline: its thread).
+    pub cpu_s: Option<f64>,
+    /// Forwarder CPU as a share of one core, %.
+    pub cpu_pct: Option<f64>,
+    /// µs of forwarder CPU per forwarded packet.
+    pub cpu_us_per_packet: Option<f64>,
+    /// Forwarded packets per second per core of forwarder CPU.
+    pub pps_per_core: Option<f64>,
+    pub memory: Option<Memory>,
+    /// CPU of this load generator in the window, % of one core (baseline: without the
+    /// forwarder thread, which runs in this process).
+    pub generator_cpu_pct: Option<f64>,
+    /// Busy share of the whole machine in the window, %.
+    pub machine_busy_pct: Option<f64>,
+    /// Extra forwarder counters (Chorus: forward_drops, send_drops, unrouted).
+    pub forwarder_counters: serde_json::Map<String, serde_json::Value>,
+    pub subscriptions: Vec<SubscriptionReport>,
+}
+
+/// Chorus relative to the baseline, from the same invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    /// Chorus packets/s per core ÷ baseline packets/s per core (the target is ≥ 0.6).
+    pub pps_per_core: Option<f64>,
+    /// Chorus µs per packet ÷ baseline µs per packet.
+    pub cpu_per_packet: Option<f64>,
+    pub latency_p50: f64,
+    pub latency_p99: f64,
+}
+
+/// Everything one invocation measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub machine: Machine,
+    pub chorus: Option<RunReport>,
+    pub baseline: Option<RunReport>,
+    pub ratio: Option<Ratios>,
+}
+
+/// The measured window's raw material, common to both targets.
+pub(crate) struct Collected<'a> {
+    pub roster: Roster,
+    pub shape: MediaShape,
+    /// Per global publisher: [audio, video].
+    pub tallies: &'a [[Arc<SendTally>; 2]],
+    /// Per participant: what it received (None for those that receive nothing).
+    pub receivers: Vec<Option<ReceiverStats>>,
+    pub window: Duration,
+}
+
+pub(crate) fn kinds(shape: &MediaShape) -> Vec<MediaKind> {
+    if shape.audio {
+        vec![MediaKind::Audio, MediaKind::Video]
+    } else {
+        vec![MediaKind::Video]
+    }
+}
+
+fn kind_slot(kind: MediaKind) -> usize {
+    match kind {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+    }
+}
+
+impl Collected<'_> {
+    /// The receiver-side half of a run report; CPU and memory are filled in by the caller.
+    pub fn into_report(mut self, target: &str) -> RunReport {
+        let window = self.window.as_secs_f64();
+        let kinds = kinds(&self.shape);
+        let mut subscriptions = Vec::new();
+        for (participant, stats) in self.receivers.iter().enumerate() {
+            let Some(stats) = stats else { continue };
+            for publisher in self.roster.sources_of(participant) {
+                for &kind in &kinds {
+                    let sent = self.tallies[publisher as usize][kind_slot(kind)]
+                        .measured
+                        .load(Ordering::Relaxed);
+                    let received = stats.received_from(publisher, kind).min(sent);
+                    subscriptions.push(SubscriptionReport {
+                        receiver: participant,
+                        publisher,
+                        kind,
+                        sent,
+                        received,
+                        lost: sent - received,
+                    });
+                }
+            }
+        }
+        let sent_packets = self
+            .tallies
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|t| t.measured.load(Ordering::Relaxed))
+            .sum();
+        let send_errors = self
+            .tallies
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|t| t.errors.load(Ordering::Relaxed))
+            .sum();
+        let expected: u64 = subscriptions.iter().map(|s| s.sent).sum();
+        let received: u64 = subscriptions.iter().map(|s| s.received).sum();
+        let lost: u64 = subscriptions.iter().map(|s| s.lost).sum();
+        let bytes: u64 = self.receivers.iter().flatten().map(|s| s.bytes).sum();
+        let duplicates = self.receivers.iter().flatten().map(|s| s.duplicates).sum();
+        let mut latencies: Vec<u32> = Vec::with_capacity(received as usize);
+        for stats in self.receivers.iter_mut().flatten() {
+            latencies.append(&mut stats.latencies_ns);
+        }
+        RunReport {
+            target: target.to_owned(),
+            window_s: window,
+            sent_packets,
+            expected_packets: expected,
+            received_packets: received,
+            lost_packets: lost,
+            loss_pct: if expected > 0 {
+                lost as f64 * 100.0 / expected as f64
+            } else {
+                0.0
+            },
+            duplicates,
+            send_errors,
+            forwarded_pps: received as f64 / window,
+            forwarded_mbps: bytes as f64 * 8.0 / window / 1e6,
+            latency_ms: Percentiles::from_nanos(&mut latencies),
+            join_ms: None,
+            forwarder_packets: None,
+            cpu_s: None,
+            cpu_pct: None,
+            cpu_us_per_packet: None,
+            pps_per_core: None,
+            memory: None,
+            generator_cpu_pct: None,
+            machine_busy_pct: None,
+            forwarder_counters: serde_json::Map::new(),
+            subscriptions,
+        }
+    }
+}
+
+impl RunReport {
+    /// Fills the CPU figures from the forwarder's CPU time and packet count in the window.
+    pub fn set_cpu(&mut self, cpu: Duration, forwarded: u64) {
+        let cpu_s = cpu.as_secs_f64();
+        self.forwarder_packets = Some(forwarded);
+        self.cpu_s = Some(cpu_s);
+        self.cpu_pct = Some(cpu_s * 100.0 / self.window_s);
+        if forwarded > 0 {
+            self.cpu_us_per_packet = Some(cpu_s * 1e6 / forwarded as f64);
+        }
+        if cpu_s > 0.0 {
+            self.pps_per_core = Some(forwarded as f64 / cpu_s);
+        }
+    }
+}
+
+impl Report {
+    pub fn compute_ratio(&mut self) {
+        let (Some(c), Some(b)) = (&self.chorus, &self.baseline) else {
+            return;
+        };
+        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        self.ratio = Some(Ratios {
+            pps_per_core: div(c.pps_per_core, b.pps_per_core),
+            cpu_per_packet: div(c.cpu_us_per_packet, b.cpu_us_per_packet),
+            latency_p50: safe_div(c.latency_ms.p50, b.latency_ms.p50),
+            latency_p99: safe_div(c.latency_ms.p99, b.latency_ms.p99),
+        });
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let s = &self.scenario;
+        let mut out = String::new();
+        let frame = s.media.frame_packets();
+        let _ = writeln!(
+            out,
+            "scenario: {} room(s) x ({} publishers + {} subscribers) = {} participants, {} subscriptions",
+            s.rooms, s.publishers_per_room, s.subscribers_per_room, s.participants, s.subscriptions
+        );
+        let _ = writeln!(
+            out,
+            "media per publisher: video {:.2} Mbit/s at {} fps in {} packets/frame of <= {} B{}; {:.0} packets/s",
+            s.media.video_bitrate as f64 / 1e6,
+            s.media.fps,
+            frame.len(),
+            s.media.video_packet_bytes,
+            if s.media.audio {
+                format!(
+                    ", audio {} packets/s of {} B",
+                    s.media.audio_pps,
+                    s.media.audio_bytes()
+                )
+            } else {
+                ", no audio".to_owned()
+            },
+            s.publisher_pps
+        );
+        let _ = writeln!(
+            out,
+            "offered: {:.0} forwarded packets/s; warm-up {} s, measured {} s; machine: {} cores, {}",
+            s.offered_forward_pps, s.warmup_s, s.duration_s, self.machine.cores, self.machine.cpu
+        );
+        let runs: Vec<&RunReport> = [&self.chorus, &self.baseline]
+            .into_iter()
+            .flatten()
+            .collect();
+        let both = runs.len() == 2;
+        let _ = write!(out, "\n{:<34}", "");
+        for r in &runs {
+            let _ = write!(out, "{:>14}", r.target);
+        }
+        if both {
+            let _ = write!(out, "{:>18}", "chorus/baseline");
+        }
+        out.push('\n');
+        let opt = |v: Option<f64>, prec: usize| match v {
+            Some(v) => format!("{v:.prec$}"),
+            None => "-".to_owned(),
+        };
+        type Getter = fn(&RunReport) -> Option<f64>;
+        let rows: Vec<(&str, Getter, usize)> = vec![
+            (
+                "forwarded packets/s (receivers)",
+                |r| Some(r.forwarded_pps),
+                0,
+            ),
+            (
+                "forwarded Mbit/s (receivers)",
+                |r| Some(r.forwarded_mbps),
+                1,
+            ),
+            (
+                "packets sent by publishers",
+                |r| Some(r.sent_packets as f64),
+                0,
+            ),
+            (
+                "packets due at receivers",
+                |r| Some(r.expected_packets as f64),
+                0,
+            ),
+            (
+                "packets received (distinct)",
+                |r| Some(r.received_packets as f64),
+                0,
+            ),
+            ("loss %", |r| Some(r.loss_pct), 3),
+            ("latency p50 ms", |r| Some(r.latency_ms.p50), 3),
+            ("latency p90 ms", |r| Some(r.latency_ms.p90), 3),
+            ("latency p99 ms", |r| Some(r.latency_ms.p99), 3),
+            ("latency p99.9 ms", |r| Some(r.latency_ms.p999), 3),
+            ("latency max ms", |r| Some(r.latency_ms.max), 3),
+            ("join p50 ms", |r| r.join_ms.map(|j| j.p50), 1),
+            ("join p99 ms", |r| r.join_ms.map(|j| j.p99), 1),
+            ("forwarder CPU s", |r| r.cpu_s, 2),
+            ("forwarder CPU % of a core", |r| r.cpu_pct, 1),
+            (
+                "forwarder packets (own count)",
+                |r| r.forwarder_packets.map(|p| p as f64),
+                0,
+            ),
+            ("CPU us per forwarded packet", |r| r.cpu_us_per_packet, 2),
+            ("forwarded packets/s per core", |r| r.pps_per_core, 0),
+            (
+                "RSS empty MiB",
+                |r| r.memory.as_ref().map(|m| m.empty_kib as f64 / 1024.0),
+                1,
+            ),
+            (
+                "RSS idle (joined, silent) MiB",
+                |r| r.memory.as_ref().map(|m| m.idle_kib as f64 / 1024.0),
+                1,
+            ),
+            (
+                "RSS loaded MiB",
+                |r| r.memory.as_ref().map(|m| m.loaded_kib as f64 / 1024.0),
+                1,
+            ),
+            (
+                "RSS per idle participant KiB",
+                |r| r.memory.as_ref().map(|m| m.idle_per_participant_kib),
+                0,
+            ),
+            (
+                "RSS per loaded participant KiB",
+                |r| r.memory.as_ref().map(|m| m.loaded_per_participant_kib),
+                0,
+            ),
+            ("load generator CPU % of a core", |r| r.generator_cpu_pct, 1),
+            ("machine busy %", |r| r.machine_busy_pct, 1),
+        ];
+        for (label, get, prec) in rows {
+            let _ = write!(out, "{label:<34}");
+            let values: Vec<Option<f64>> = runs.iter().map(|r| get(r)).collect();
+            for v in &values {
+                let _ = write!(out, "{:>14}", opt(*v, prec));
+            }
+            if both && let (Some(a), Some(b)) = (values[0], values[1]) {
+                let ratio = if b != 0.0 {
+                    format!("{:.2}", a / b)
+                } else {
+                    "-".into()
+                };
+                let _ = write!(out, "{ratio:>18}");
+            }
+            out.push('\n');
+        }
+        for r in &runs {
+            if !r.forwarder_counters.is_empty() {
+                let counters: Vec<String> = r
+                    .forwarder_counters
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(out, "{} counters: {}", r.target, counters.join(" "));
+            }
+            let worst = r.subscriptions.iter().max_by_key(|s| s.lost);
+            if let Some(w) = worst.filter(|w| w.lost > 0) {
+                let _ = writeln!(
+                    out,
+                    "{}: worst subscription: receiver {} <- publisher {} {:?}: {} of {} lost",
+                    r.target, w.receiver, w.publisher, w.kind, w.lost, w.sent
+                );
+            }
+        }
+        if let Some(ratio) = &self.ratio
+            && let Some(share) = ratio.pps_per_core
+        {
+            let _ = writeln!(
+                out,
+                "\nchorus reaches {:.0} % of the baseline's forwarded packets/s per core",
+                share * 100.0
+            );
+        }
+        out
+    }
+}
+
+fn safe_div(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
