@@ -5,6 +5,7 @@
 pub mod alloc;
 mod baseline;
 mod chorus_run;
+mod direct;
 pub mod inmem;
 mod load;
 pub mod media;
@@ -62,12 +63,16 @@ pub async fn run(opts: &Options) -> Result<Report> {
         chorus: None,
         baseline: None,
         ratio: None,
+        client_stacks_latency_ms: None,
     };
     if !opts.baseline_only {
         report.chorus = Some(chorus_run::run(opts, &progress).await?);
     }
     if opts.baseline || opts.baseline_only {
         report.baseline = Some(baseline::run(opts, &progress).await?);
+    }
+    if opts.calibrate {
+        report.client_stacks_latency_ms = Some(direct::run(opts).await?);
     }
     report.compute_ratio();
     Ok(report)

@@ -32,6 +32,12 @@ pub(crate) enum Sink {
     Peer(chorus_tests::RtpWriter),
     /// Plain UDP with an SRTP context, for the baseline.
     Srtp(SrtpSender),
+    /// A local track of a bare async `webrtc` peer connection (the `--calibrate` run).
+    Track {
+        track: std::sync::Arc<webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP>,
+        ssrc: u32,
+        payload_type: u8,
+    },
 }
 
 /// Sends SRTP on a UDP socket to one address.
@@ -48,6 +54,7 @@ impl Sink {
         match self {
             Sink::Peer(w) => w.ssrc,
             Sink::Srtp(s) => s.ssrc,
+            Sink::Track { ssrc, .. } => *ssrc,
         }
     }
 
@@ -55,12 +62,17 @@ impl Sink {
         match self {
             Sink::Peer(w) => w.payload_type,
             Sink::Srtp(s) => s.payload_type,
+            Sink::Track { payload_type, .. } => *payload_type,
         }
     }
 
     async fn send(&mut self, packet: Packet) -> Result<()> {
         match self {
             Sink::Peer(w) => w.write_rtp(packet).await,
+            Sink::Track { track, .. } => {
+                use webrtc::media_stream::track_local::TrackLocal as _;
+                track.write_rtp(packet).await.context("write_rtp")
+            }
             Sink::Srtp(s) => {
                 let raw = packet.marshal().context("marshal")?;
                 let protected = s

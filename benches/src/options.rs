@@ -56,6 +56,10 @@ pub struct Options {
     /// Run only the baseline forwarder.
     #[arg(long, conflicts_with_all = ["baseline", "url", "server"])]
     pub baseline_only: bool,
+    /// Also measure the simulated browsers' own latency: one peer connection sending the same
+    /// video straight to another, no server (what the Chorus latency contains besides it).
+    #[arg(long)]
+    pub calibrate: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -128,6 +128,9 @@ pub struct Report {
     pub chorus: Option<RunReport>,
     pub baseline: Option<RunReport>,
     pub ratio: Option<Ratios>,
+    /// `--calibrate`: latency of one simulated browser sending straight to another (no
+    /// server), ms: the client stacks' share of Chorus's latency figures.
+    pub client_stacks_latency_ms: Option<Percentiles>,
 }
 
 /// The measured window's raw material, common to both targets.
@@ -422,6 +425,13 @@ impl Report {
                     r.target, w.receiver, w.publisher, w.kind, w.lost, w.sent
                 );
             }
+        }
+        if let Some(c) = &self.client_stacks_latency_ms {
+            let _ = writeln!(
+                out,
+                "client stacks alone (browser -> browser, no server): latency p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms",
+                c.p50, c.p90, c.p99, c.p999
+            );
         }
         if let Some(ratio) = &self.ratio
             && let Some(share) = ratio.pps_per_core
