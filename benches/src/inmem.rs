@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
-use chorus_protocol::{IceCandidate, TrackId};
+use chorus_protocol::{IceCandidate, PeerRole, TrackId};
 use chorus_sfu::PeerSettings;
 use chorus_sfu::peer::{HeaderRewrite, Peer, PeerEvent};
 use rtc::interceptor::Registry;
@@ -125,7 +125,7 @@ fn candidate_of(addr: SocketAddr) -> Result<IceCandidate> {
     })
 }
 
-fn new_server_peer() -> Result<Peer> {
+fn new_server_peer(role: PeerRole) -> Result<Peer> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
@@ -136,6 +136,7 @@ fn new_server_peer() -> Result<Peer> {
     };
     Peer::new(
         &settings,
+        role,
         &format!("benchufrag{n:06}"),
         &format!("benchpassword{n:019}"),
         Instant::now(),
@@ -273,7 +274,7 @@ impl Rig {
         client
             .set_local_description(now, offer.clone())
             .map_err(err)?;
-        let mut server = new_server_peer()?;
+        let mut server = new_server_peer(PeerRole::Publisher)?;
         let (answer, offered) = server.apply_offer(offer.sdp, now).map_err(err)?;
         let mid = offered
             .first()
@@ -301,7 +302,7 @@ impl Rig {
         let mut subs = Vec::with_capacity(subscribers);
         for i in 1..=subscribers {
             let addr = client_addr(i);
-            let mut server = new_server_peer()?;
+            let mut server = new_server_peer(PeerRole::Subscriber)?;
             server
                 .add_outbound(track, codec.clone(), 0x5000_0000 + i as u32)
                 .map_err(err)?;

@@ -9,16 +9,19 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use chorus_protocol::{IceCandidate, MediaKind, TrackId};
+use chorus_protocol::{IceCandidate, MediaKind, PeerRole, TrackId};
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{
-    Attribute, Interceptor, Packet as ChainPacket, Registry, Slot, StreamInfo, TaggedPacket,
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet as ChainPacket,
+    ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
 };
@@ -168,6 +171,9 @@ impl HeaderRewrite {
             None => false,
         });
         pkt.header.extension = !pkt.header.extensions.is_empty();
+        // The source's padding belonged to its own extension block; with extensions
+        // dropped it would make the marshalled size disagree with the announced one.
+        pkt.header.extensions_padding = 0;
         Some(pkt)
     }
 }
@@ -311,6 +317,26 @@ fn media_engine() -> Result<MediaEngine, MediaError> {
     Ok(engine)
 }
 
+/// The interceptor chain for one role. Every stage costs a move of the whole packet per
+/// forwarded packet, so each peer gets only what its direction uses:
+/// - publisher (receives media): NACK generator, TWCC feedback (the browser's send-side
+///   bandwidth estimate needs it), receiver reports;
+/// - subscriber (sends media): NACK responder (retransmission history), sender reports,
+///   and the tap that lets keyframe requests through.
+fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, MediaError> {
+    configure_simulcast_extension_headers(engine).map_err(internal)?;
+    Ok(match role {
+        PeerRole::Publisher => configure_twcc_receiver_only(Registry::new(), engine)
+            .map_err(internal)?
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
+        PeerRole::Subscriber => Registry::new()
+            .with(Slot::NackResponder, NackResponderBuilder::new().build())
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            .with(KEYFRAME_TAP_SLOT, KeyframeRequestTap::default()),
+    })
+}
+
 fn srtp_profiles(
     names: &[String],
 ) -> Vec<rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile> {
@@ -328,17 +354,16 @@ fn srtp_profiles(
 }
 
 impl Peer {
-    /// Builds a peer whose local ICE credentials are `ufrag`/`pwd`.
+    /// Builds a peer for `role` whose local ICE credentials are `ufrag`/`pwd`.
     pub fn new(
         settings: &PeerSettings,
+        role: PeerRole,
         ufrag: &str,
         pwd: &str,
         now: Instant,
     ) -> Result<Self, MediaError> {
         let mut engine = media_engine()?;
-        let registry = register_default_interceptors(Registry::new(), &mut engine)
-            .map_err(internal)?
-            .with(KEYFRAME_TAP_SLOT, KeyframeRequestTap::default());
+        let registry = interceptors(role, &mut engine)?;
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
@@ -862,8 +887,8 @@ impl Peer {
     }
 }
 
-/// Where [`KeyframeRequestTap`] sits in the interceptor chain: after the default ones
-/// (report generators sit at 10 000 and 11 000), so they all see the RTCP first.
+/// Where [`KeyframeRequestTap`] sits in the interceptor chain: after the others (report
+/// generators sit at 10 000 and 11 000), so they all see the RTCP first.
 const KEYFRAME_TAP_SLOT: Slot = Slot::Custom(11_500);
 
 /// Lets keyframe requests (PLI, FIR) through to the worker. webrtc-rs ends inbound RTCP at
@@ -931,4 +956,82 @@ pub enum ForwardDrop {
     PayloadType,
     /// webrtc-rs refused the write.
     Rejected,
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use rtc::rtp::header::{Extension, Header};
+    use rtc::rtp::packet::Packet;
+    use rtc::shared::marshal::{Marshal, MarshalSize};
+
+    use super::*;
+
+    fn browser_packet() -> Packet {
+        Packet {
+            header: Header {
+                version: 2,
+                extension: true,
+                payload_type: 111,
+                sequence_number: 65_535,
+                timestamp: 960,
+                ssrc: 0xabcd,
+                extension_profile: 0xBEDE,
+                extensions: vec![
+                    Extension {
+                        id: 1,
+                        payload: Bytes::from_static(&[0x80]),
+                    },
+                    Extension {
+                        id: 2,
+                        payload: Bytes::from_static(&[7]),
+                    },
+                    Extension {
+                        id: 3,
+                        payload: Bytes::from_static(&[1, 2]),
+                    },
+                ],
+                // elements of 2 + 2 + 3 bytes, one byte of padding to 8
+                extensions_padding: 1,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(&[0xfc, 1, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn a_rewritten_packet_marshals_to_its_announced_size() {
+        let mut rewrite = HeaderRewrite::new(0x1234_5678);
+        rewrite.pt.insert(111, 109);
+        rewrite.ext.insert(1, 10);
+        rewrite.ext.insert(2, 2);
+        // 3 is not negotiated with the subscriber: dropped, leaving 4 bytes of elements
+        let out = rewrite
+            .apply(&browser_packet())
+            .expect("payload type is mapped");
+        assert_eq!(out.header.ssrc, 0x1234_5678);
+        assert_eq!(out.header.payload_type, 109);
+        assert_eq!(out.header.sequence_number, (0x1234_5678u32 >> 16) as u16);
+        let ids: Vec<u8> = out.header.extensions.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [10, 2]);
+        let wire = out.marshal().expect("marshals");
+        assert_eq!(wire.len(), out.marshal_size());
+        assert_eq!(&wire[wire.len() - 4..], &[0xfc, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_packet_whose_payload_type_is_not_negotiated_is_not_sent() {
+        let mut rewrite = HeaderRewrite::new(1);
+        rewrite.pt.insert(96, 96);
+        assert!(rewrite.apply(&browser_packet()).is_none());
+    }
+
+    #[test]
+    fn dropping_every_extension_clears_the_extension_bit() {
+        let mut rewrite = HeaderRewrite::new(1);
+        rewrite.pt.insert(111, 111);
+        let out = rewrite.apply(&browser_packet()).expect("mapped");
+        assert!(!out.header.extension);
+        assert_eq!(out.marshal().expect("marshals").len(), 12 + 4);
+    }
 }

@@ -581,7 +581,13 @@ impl Worker {
         if slot.is_none() {
             let ufrag = random_token(16);
             let pwd = random_token(32);
-            *slot = Some(Peer::new(&self.settings, &ufrag, &pwd, Instant::now())?);
+            *slot = Some(Peer::new(
+                &self.settings,
+                role,
+                &ufrag,
+                &pwd,
+                Instant::now(),
+            )?);
             self.by_ufrag.insert(ufrag, (participant, role));
             self.stats.peers.fetch_add(1, Ordering::Relaxed);
         }
