@@ -138,7 +138,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             srtp_profiles: config.media.srtp_profiles.clone(),
         },
         Arc::new(AtomicU64::new(1)),
-    );
+    )
+    .context("starting the media worker")?;
     let ttl = Duration::from_secs(config.ice.credential_ttl_secs);
     let ice_servers: Vec<(Vec<String>, TurnAuth)> = config
         .ice

@@ -207,39 +207,72 @@ pub struct Worker {
 
 /// Starts a worker on `socket` (and ICE-TCP on `tcp_listener`, if given) and returns its
 /// handle.
+///
+/// The worker runs on a thread of its own with a single-threaded runtime: the media path
+/// never migrates between threads or waits behind signaling tasks, and its wake-ups stay
+/// on one core. Must be called inside a tokio runtime (the ICE-TCP acceptor runs there).
 pub fn spawn(
     socket: UdpSocket,
     tcp_listener: Option<tokio::net::TcpListener>,
     settings: PeerSettings,
     next_track: Arc<AtomicU64>,
-) -> WorkerHandle {
+) -> std::io::Result<WorkerHandle> {
     let (tx, rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
     let (tcp_tx, tcp_rx) = mpsc::channel(tcp::TCP_INBOUND_QUEUE);
     if let Some(listener) = tcp_listener {
         tokio::spawn(tcp::accept_loop(listener, tcp_tx));
     }
     let stats = Arc::new(WorkerStats::default());
-    let worker = Worker {
-        socket,
-        settings,
-        participants: HashMap::new(),
-        by_ufrag: HashMap::new(),
-        by_addr: HashMap::new(),
-        tcp_writers: HashMap::new(),
-        tracks: HashMap::new(),
-        next_track,
-        stats: stats.clone(),
-        events: Vec::new(),
-        recv_batch: RecvBatch::default(),
-        inbox: Vec::with_capacity(batch::BATCH),
-        sends: SendBatch::default(),
-        touched: Vec::new(),
-    };
-    tokio::spawn(worker.run(rx, tcp_rx));
-    WorkerHandle { tx, stats }
+    // Moved to the worker's own runtime: its readiness must come from that reactor.
+    let socket = socket.into_std()?;
+    let worker_stats = stats.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("chorus-media".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let socket = match UdpSocket::from_std(socket) {
+                    Ok(socket) => socket,
+                    Err(err) => {
+                        tracing::error!(%err, "media socket");
+                        return;
+                    }
+                };
+                Worker::new(socket, settings, next_track, worker_stats)
+                    .run(rx, tcp_rx)
+                    .await;
+            });
+        })?;
+    Ok(WorkerHandle { tx, stats })
 }
 
 impl Worker {
+    fn new(
+        socket: UdpSocket,
+        settings: PeerSettings,
+        next_track: Arc<AtomicU64>,
+        stats: Arc<WorkerStats>,
+    ) -> Self {
+        Self {
+            socket,
+            settings,
+            participants: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            tcp_writers: HashMap::new(),
+            tracks: HashMap::new(),
+            next_track,
+            stats,
+            events: Vec::new(),
+            recv_batch: RecvBatch::default(),
+            inbox: Vec::with_capacity(batch::BATCH),
+            sends: SendBatch::default(),
+            touched: Vec::new(),
+        }
+    }
+
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<WorkerCommand>,

@@ -243,7 +243,8 @@ mod tests {
                 srtp_profiles: vec!["aead_aes_128_gcm".into()],
             },
             Arc::new(AtomicU64::new(1)),
-        );
+        )
+        .expect("media worker");
         Hub::new(
             worker,
             HubConfig {
