@@ -565,67 +565,66 @@ async fn two_rooms_are_isolated() -> Result<()> {
     assert_no_failures(&all)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abrupt_disconnect_is_noticed_by_the_others() -> Result<()> {
+/// How a participant goes away without saying `leave`.
+#[derive(Debug, Clone, Copy)]
+enum Departure {
+    /// The WebSocket drops, and the peers with it.
+    AbruptDisconnect,
+    /// The peers close (DTLS close_notify); the WebSocket stays open.
+    MediaFailure,
+}
+
+/// One participant publishes, then goes away as `how` says: the other hears
+/// `participantLeft` within 10 s and the server frees everything of it. Returns the one
+/// that went, with a mark taken just before it went.
+async fn departure_is_noticed(how: Departure) -> Result<(Client, usize)> {
     init_tracing();
     let server = Server::start().await?;
     let stayer = Client::connect_and_join(server.http_addr(), "standup", "ada").await?;
-    let dropper = Client::connect_and_join(server.http_addr(), "standup", "bob").await?;
-    let tracks = dropper.publish_and_stream(MediaRate::default()).await?;
-    let dropper_id = dropper.id()?;
+    let leaver = Client::connect_and_join(server.http_addr(), "standup", "bob").await?;
+    let tracks = leaver.publish_and_stream(MediaRate::default()).await?;
+    let leaver_id = leaver.id()?;
     stayer
-        .wait_for_packets(dropper_id, tracks.video, 10, T)
+        .wait_for_packets(leaver_id, tracks.video, 10, T)
         .await?;
 
     let mark = stayer.mark();
-    let dropped_at = Instant::now();
-    dropper.disconnect_abruptly().await;
+    let own_mark = leaver.mark();
+    let gone_at = Instant::now();
+    match how {
+        Departure::AbruptDisconnect => leaver.disconnect_abruptly().await,
+        Departure::MediaFailure => leaver.drop_media().await,
+    }
     stayer
-        .wait_for_after(mark, Duration::from_secs(10), "participantLeft after an abrupt disconnect", |m| {
-            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == dropper_id)
+        .wait_for_after(mark, Duration::from_secs(10), &format!("participantLeft after {how:?}"), |m| {
+            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == leaver_id)
         })
         .await?;
-    let took = dropped_at.elapsed();
+    let took = gone_at.elapsed();
     ensure!(
         took <= Duration::from_secs(10),
         "participantLeft took {took:?}"
     );
     server
-        .wait_for_stats(T, "the dropped participant freed", |s| {
+        .wait_for_stats(T, "the departed participant freed", |s| {
             s.participants == 1 && s.tracks == 0 && s.subscriptions == 0
         })
         .await?;
-    assert_no_failures(&[&stayer])
+    assert_no_failures(&[&stayer])?;
+    Ok((leaver, own_mark))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_participant_whose_media_fails_is_removed() -> Result<()> {
-    init_tracing();
-    let server = Server::start().await?;
-    let stayer = Client::connect_and_join(server.http_addr(), "standup", "ada").await?;
-    let failing = Client::connect_and_join(server.http_addr(), "standup", "bob").await?;
-    let tracks = failing.publish_and_stream(MediaRate::default()).await?;
-    let failing_id = failing.id()?;
-    stayer
-        .wait_for_packets(failing_id, tracks.video, 10, T)
-        .await?;
+async fn abrupt_disconnect_is_noticed_by_the_others() -> Result<()> {
+    departure_is_noticed(Departure::AbruptDisconnect).await?;
+    Ok(())
+}
 
-    let mark = stayer.mark();
-    let own_mark = failing.mark();
-    let failed_at = Instant::now();
-    failing.drop_media().await;
-    stayer
-        .wait_for_after(mark, Duration::from_secs(10), "participantLeft after its media failed", |m| {
-            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == failing_id)
-        })
-        .await?;
-    ensure!(
-        failed_at.elapsed() <= Duration::from_secs(10),
-        "participantLeft took {:?}",
-        failed_at.elapsed()
-    );
-    failing
-        .wait_for_after(own_mark, T, "bye mediaFailed", |m| {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_media_fails_is_removed_and_told_why() -> Result<()> {
+    let (failed, mark) = departure_is_noticed(Departure::MediaFailure).await?;
+    failed
+        .wait_for_after(mark, T, "bye mediaFailed", |m| {
             matches!(
                 m,
                 ServerMessage::Bye {
@@ -634,12 +633,7 @@ async fn a_participant_whose_media_fails_is_removed() -> Result<()> {
             )
         })
         .await?;
-    server
-        .wait_for_stats(T, "the failed participant freed", |s| {
-            s.participants == 1 && s.tracks == 0 && s.subscriptions == 0
-        })
-        .await?;
-    assert_no_failures(&[&stayer])
+    Ok(())
 }
 
 /// Sends a chat from `from` and waits until `to` has it: the session and the room still work.
