@@ -271,16 +271,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             &tallies[publisher as usize],
         ));
     }
-    let sent_total = {
-        let tallies = tallies.clone();
-        move || {
-            tallies
-                .iter()
-                .flat_map(|t| t.iter())
-                .map(|t| t.total.load(Ordering::Relaxed))
-                .sum()
-        }
-    };
+    let sent_total = crate::load::sent_total(&tallies);
     let progress_task = progress.spawn(
         "chorus",
         Arc::clone(&switch),

@@ -224,6 +224,18 @@ fn stamped_packet(
 }
 
 /// Starts a publisher's senders: video, and audio when the shape has it.
+/// A reader of how many packets all publishers have sent so far, for the progress line.
+pub(crate) fn sent_total(tallies: &[[Arc<SendTally>; 2]]) -> impl Fn() -> u64 + Send + 'static {
+    let tallies = tallies.to_vec();
+    move || {
+        tallies
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|t| t.total.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 pub(crate) fn spawn_publisher(
     video: Sink,
     audio: Option<Sink>,
