@@ -458,39 +458,11 @@ async fn two_rooms_are_isolated() -> Result<()> {
     wait_for_media_from(&blue[0], &blue[1]).await?;
     wait_for_media_from(&blue[1], &blue[0]).await?;
 
-    red[0].chat("hello red")?;
-    blue[0].chat("hello blue")?;
-    red[1]
-        .wait_for(
-            T,
-            "red chat",
-            |m| matches!(m, ServerMessage::Chat { line } if line.text == "hello red"),
-        )
-        .await?;
-    blue[1]
-        .wait_for(
-            T,
-            "blue chat",
-            |m| matches!(m, ServerMessage::Chat { line } if line.text == "hello blue"),
-        )
-        .await?;
+    chat_goes_through(&red[0], &red[1], "hello red").await?;
+    chat_goes_through(&blue[0], &blue[1], "hello blue").await?;
     // A second round trip in each room, so anything misrouted has had time to arrive.
-    red[1].chat("red again")?;
-    blue[1].chat("blue again")?;
-    red[0]
-        .wait_for(
-            T,
-            "red chat",
-            |m| matches!(m, ServerMessage::Chat { line } if line.text == "red again"),
-        )
-        .await?;
-    blue[0]
-        .wait_for(
-            T,
-            "blue chat",
-            |m| matches!(m, ServerMessage::Chat { line } if line.text == "blue again"),
-        )
-        .await?;
+    chat_goes_through(&red[1], &red[0], "red again").await?;
+    chat_goes_through(&blue[1], &blue[0], "blue again").await?;
 
     for (room, other) in [(&red, &blue), (&blue, &red)] {
         let others: HashSet<ParticipantId> =
