@@ -27,7 +27,9 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
@@ -87,24 +89,12 @@ fn client_pc(addr: SocketAddr) -> Result<RTCPeerConnection> {
         .with_interceptor_registry(registry)
         .build(Instant::now())
         .map_err(err)?;
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .map_err(err)?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(err)?)
-        .map_err(err)?;
+    pc.add_local_candidate(host_candidate(addr)?).map_err(err)?;
     Ok(pc)
 }
 
-fn candidate_of(addr: SocketAddr) -> Result<IceCandidate> {
+/// A UDP host candidate at `addr`, as webrtc-rs takes it.
+fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
@@ -117,7 +107,11 @@ fn candidate_of(addr: SocketAddr) -> Result<IceCandidate> {
     }
     .new_candidate_host()
     .map_err(err)?;
-    let init = RTCIceCandidate::from(&candidate).to_json().map_err(err)?;
+    RTCIceCandidate::from(&candidate).to_json().map_err(err)
+}
+
+fn candidate_of(addr: SocketAddr) -> Result<IceCandidate> {
+    let init = host_candidate(addr)?;
     Ok(IceCandidate {
         candidate: init.candidate,
         sdp_mid: Some("0".to_owned()),

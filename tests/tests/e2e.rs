@@ -146,19 +146,25 @@ async fn publishing_clients(server: &Server, room: &str, names: &[&str]) -> Resu
     Ok(clients)
 }
 
+/// Waits until every client receives media from every other one.
+async fn wait_for_full_mesh(clients: &[Client]) -> Result<()> {
+    for receiver in clients {
+        for sender in clients {
+            if receiver.id()? != sender.id()? {
+                wait_for_media_from(receiver, sender).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_receive_each_others_audio_and_video_intact() -> Result<()> {
     init_tracing();
     let server = Server::start().await?;
     let clients = publishing_clients(&server, "standup", &["ada", "bob", "cy"]).await?;
 
-    for receiver in &clients {
-        for sender in &clients {
-            if receiver.id()? != sender.id()? {
-                wait_for_media_from(receiver, sender).await?;
-            }
-        }
-    }
+    wait_for_full_mesh(&clients).await?;
     for receiver in &clients {
         // Exactly the other two participants' four tracks, nothing else.
         let mut want = HashSet::new();
@@ -234,13 +240,7 @@ async fn leaving_participant_disappears_and_its_resources_are_freed() -> Result<
     init_tracing();
     let server = Server::start().await?;
     let clients = publishing_clients(&server, "standup", &["ada", "bob", "cy"]).await?;
-    for receiver in &clients {
-        for sender in &clients {
-            if receiver.id()? != sender.id()? {
-                wait_for_media_from(receiver, sender).await?;
-            }
-        }
-    }
+    wait_for_full_mesh(&clients).await?;
     server
         .wait_for_stats(T, "3 participants with 6 tracks", |s| {
             s.rooms == 1

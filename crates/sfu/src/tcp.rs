@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -31,7 +32,7 @@ pub enum TcpEvent {
         writer: mpsc::Sender<Vec<u8>>,
     },
     /// One frame arrived.
-    Frame { from: SocketAddr, data: Vec<u8> },
+    Frame { from: SocketAddr, data: BytesMut },
     /// The connection ended.
     Closed { from: SocketAddr },
 }
@@ -71,7 +72,7 @@ async fn serve(stream: TcpStream, from: SocketAddr, events: mpsc::Sender<TcpEven
     });
     let mut read = BufReader::new(read);
     while let Ok(len) = read.read_u16().await {
-        let mut data = vec![0u8; usize::from(len)];
+        let mut data = BytesMut::zeroed(usize::from(len));
         if read.read_exact(&mut data).await.is_err() {
             break;
         }

@@ -361,7 +361,7 @@ impl Worker {
             }
             TcpEvent::Frame { from, data } => {
                 let now = Instant::now();
-                self.handle_datagram(from, true, BytesMut::from(&data[..]), now);
+                self.handle_datagram(from, true, data, now);
             }
             TcpEvent::Closed { from } => {
                 self.tcp_writers.remove(&from);
