@@ -1,6 +1,7 @@
 //! Batched UDP socket calls: `recvmmsg` to read up to [`BATCH`] datagrams per system call,
-//! and `sendmmsg` to send a batch of datagrams to many destinations per call. A loopback
-//! send costs about 3 µs here, most of it per call, so batching is the main lever.
+//! and `sendmmsg` to send a batch of datagrams to many destinations per call, with UDP GSO
+//! for a run of datagrams to one destination. A loopback send costs about 3 µs here, most
+//! of it per call and per trip through the IP stack, so batching is the main lever.
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
@@ -104,10 +105,57 @@ impl RecvBatch {
     }
 }
 
+/// Most datagrams one GSO message carries. The kernel accepts 64 (`UDP_MAX_SEGMENTS`);
+/// a frame's burst to one subscriber is about 10.
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Most bytes one GSO message carries: a UDP datagram's payload limit, with headroom.
+const GSO_MAX_BYTES: usize = 60_000;
+
+/// iovecs per `sendmmsg` call, shared by its messages (one per datagram).
+const IOVECS: usize = 4 * BATCH;
+
+/// Room for one `UDP_SEGMENT` control message (`CMSG_SPACE(2)` is 24 bytes on Linux),
+/// as u64s so that it is aligned for `cmsghdr`.
+const CONTROL_WORDS: usize = 4;
+
 /// Outgoing datagrams gathered during one pass of the worker, sent with `sendmmsg`.
-#[derive(Default)]
+///
+/// Consecutive datagrams to one destination (a subscriber's share of a frame: the worker
+/// drains each peer in one go) go out as one message with UDP GSO (`UDP_SEGMENT`) when they
+/// have one size, the last possibly shorter: the kernel then routes and queues the run
+/// once instead of once per datagram. The datagrams are gathered by iovecs, not copied.
+/// If the kernel or the route refuses GSO, the batch turns it off for good and sends one
+/// message per datagram.
 pub struct SendBatch {
     queue: Vec<(SocketAddr, BytesMut)>,
+    gso: bool,
+    scratch: Box<Scratch>,
+}
+
+/// The C structures of one `sendmmsg` call, kept so that a call allocates nothing.
+struct Scratch {
+    addrs: [libc::sockaddr_storage; BATCH],
+    iovecs: [libc::iovec; IOVECS],
+    headers: [libc::mmsghdr; BATCH],
+    controls: [[u64; CONTROL_WORDS]; BATCH],
+    /// Datagrams in each message.
+    segments: [usize; BATCH],
+}
+
+// SAFETY: the raw pointers in `Scratch` only point into the scratch itself and the
+// queue's datagrams, are rewritten before every call and not used after it.
+unsafe impl Send for SendBatch {}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self {
+            queue: Vec::new(),
+            gso: true,
+            // SAFETY: all-zero bytes are valid for these C structs and integers.
+            scratch: Box::new(unsafe { MaybeUninit::zeroed().assume_init() }),
+        }
+    }
 }
 
 impl SendBatch {
@@ -119,70 +167,155 @@ impl SendBatch {
         self.queue.is_empty()
     }
 
-    /// Sends everything queued, [`BATCH`] datagrams per call. Returns (sent, dropped):
-    /// datagrams the kernel would not take right now are dropped, never waited for.
+    /// Whether runs to one destination still go out with GSO.
+    pub fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// Sends everything queued, up to [`BATCH`] messages per call. Returns (sent,
+    /// dropped) in datagrams: those the kernel would not take right now are dropped, never
+    /// waited for.
     pub fn flush(&mut self, fd: RawFd) -> (usize, usize) {
         let mut sent = 0;
         let mut dropped = 0;
         let mut start = 0;
         while start < self.queue.len() {
-            let end = (start + BATCH).min(self.queue.len());
-            match send_chunk(fd, &self.queue[start..end]) {
-                Ok(n) if n > 0 => {
-                    sent += n;
-                    start += n;
+            let messages = self.prepare(start);
+            let first = self.scratch.segments[0];
+            match self.send_prepared(fd, messages) {
+                Ok(0) => {
+                    dropped += first;
+                    start += first;
                 }
-                Ok(_) => {
-                    dropped += 1;
-                    start += 1;
+                Ok(n) => {
+                    let datagrams: usize = self.scratch.segments[..n].iter().sum();
+                    sent += datagrams;
+                    start += datagrams;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if first > 1 && refuses_gso(&err) => {
+                    tracing::info!(%err, "UDP GSO refused; sending one datagram per message");
+                    self.gso = false;
+                }
                 Err(err) => {
-                    // Full buffer or an unreachable destination: drop the first one and
-                    // go on with the rest.
+                    // Full buffer or an unreachable destination: drop the first message
+                    // and go on with the rest.
                     tracing::trace!(%err, to = %self.queue[start].0, "sendmmsg");
-                    dropped += 1;
-                    start += 1;
+                    dropped += first;
+                    start += first;
                 }
             }
         }
         self.queue.clear();
         (sent, dropped)
     }
+
+    /// Fills the scratch with messages for the queue from `start`; returns how many.
+    fn prepare(&mut self, start: usize) -> usize {
+        let queue = &self.queue;
+        let s = &mut *self.scratch;
+        let mut messages = 0;
+        let mut iov = 0;
+        let mut i = start;
+        while i < queue.len() && messages < BATCH {
+            let run = if self.gso { gso_run(&queue[i..]) } else { 1 };
+            if iov + run > IOVECS {
+                break;
+            }
+            let to = &queue[i].0;
+            let name_len = from_socket_addr(to, &mut s.addrs[messages]);
+            for (k, (_, datagram)) in queue[i..i + run].iter().enumerate() {
+                s.iovecs[iov + k] = libc::iovec {
+                    iov_base: datagram.as_ptr() as *mut libc::c_void,
+                    iov_len: datagram.len(),
+                };
+            }
+            let header = &mut s.headers[messages].msg_hdr;
+            header.msg_name = (&mut s.addrs[messages] as *mut libc::sockaddr_storage).cast();
+            header.msg_namelen = name_len;
+            header.msg_iov = &mut s.iovecs[iov];
+            header.msg_iovlen = run;
+            if run > 1 {
+                let control = &mut s.controls[messages];
+                set_segment_size(header, control, queue[i].1.len() as u16);
+            } else {
+                header.msg_control = std::ptr::null_mut();
+                header.msg_controllen = 0;
+            }
+            s.segments[messages] = run;
+            messages += 1;
+            iov += run;
+            i += run;
+        }
+        messages
+    }
+
+    fn send_prepared(&mut self, fd: RawFd, messages: usize) -> io::Result<usize> {
+        // SAFETY: the first `messages` headers point at the scratch's addresses, iovecs and
+        // control buffers and at queued datagrams, all alive and unchanged during the call;
+        // the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.scratch.headers.as_mut_ptr(),
+                messages as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
 }
 
-fn send_chunk(fd: RawFd, chunk: &[(SocketAddr, BytesMut)]) -> io::Result<usize> {
-    // SAFETY: all-zero bytes are valid for these C structs.
-    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    let mut iovecs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    let mut headers: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-    for (i, (to, datagram)) in chunk.iter().enumerate() {
-        let len = from_socket_addr(to, &mut addrs[i]);
-        iovecs[i] = libc::iovec {
-            iov_base: datagram.as_ptr() as *mut libc::c_void,
-            iov_len: datagram.len(),
-        };
-        let header = &mut headers[i].msg_hdr;
-        header.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-        header.msg_namelen = len;
-        header.msg_iov = &mut iovecs[i];
-        header.msg_iovlen = 1;
+/// How many datagrams from the start of `queue` can go as one GSO message: same
+/// destination, the same size (`UDP_SEGMENT`), the last possibly shorter.
+fn gso_run(queue: &[(SocketAddr, BytesMut)]) -> usize {
+    let (to, first) = &queue[0];
+    let size = first.len();
+    let mut total = size;
+    let mut run = 1;
+    for (next_to, next) in &queue[1..] {
+        if run == GSO_MAX_SEGMENTS
+            || next_to != to
+            || next.len() > size
+            || total + next.len() > GSO_MAX_BYTES
+        {
+            break;
+        }
+        total += next.len();
+        run += 1;
+        if next.len() < size {
+            break;
+        }
     }
-    // SAFETY: the headers point at `addrs`, `iovecs` and the datagrams, all alive here;
-    // the kernel only reads the iovec buffers.
-    let n = unsafe {
-        libc::sendmmsg(
-            fd,
-            headers.as_mut_ptr(),
-            chunk.len() as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+    run
+}
+
+/// Attaches a `UDP_SEGMENT` control message for `size`-byte segments to `header`.
+fn set_segment_size(header: &mut libc::msghdr, control: &mut [u64; CONTROL_WORDS], size: u16) {
+    header.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a length.
+    header.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    // SAFETY: `control` is 8-byte aligned and at least CMSG_SPACE(2) bytes long, so the
+    // first header and its 2 data bytes lie inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(header);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
     }
+}
+
+/// Errors with which a kernel, device or route refuses a GSO message.
+fn refuses_gso(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+    )
 }
 
 fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -251,6 +384,85 @@ pub fn raw_fd(socket: &tokio::net::UdpSocket) -> RawFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads `count` datagrams from `socket` (5 s at most).
+    async fn receive(socket: &tokio::net::UdpSocket, count: usize) -> Vec<(SocketAddr, BytesMut)> {
+        let mut got = Vec::new();
+        let mut batch = RecvBatch::default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < count && std::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), socket.readable())
+                .await;
+            let _ = socket.try_io(tokio::io::Interest::READABLE, || {
+                batch.recv(raw_fd(socket), |from, d| got.push((from, d)))
+            });
+        }
+        got
+    }
+
+    #[test]
+    fn runs_to_one_destination_group_by_size() {
+        let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let queue = |sizes: &[(SocketAddr, usize)]| -> Vec<(SocketAddr, BytesMut)> {
+            sizes
+                .iter()
+                .map(|&(to, n)| (to, BytesMut::zeroed(n)))
+                .collect()
+        };
+        // Equal sizes, then a shorter last one ends the run.
+        assert_eq!(gso_run(&queue(&[(a, 10), (a, 10), (a, 4), (a, 10)])), 3);
+        // A longer one cannot follow.
+        assert_eq!(gso_run(&queue(&[(a, 10), (a, 12)])), 1);
+        // Another destination ends it.
+        assert_eq!(gso_run(&queue(&[(a, 10), (a, 10), (b, 10)])), 2);
+        // At most GSO_MAX_SEGMENTS.
+        let long = vec![(a, 10); GSO_MAX_SEGMENTS + 5];
+        assert_eq!(gso_run(&queue(&long)), GSO_MAX_SEGMENTS);
+        // At most GSO_MAX_BYTES.
+        let big = vec![(a, 1200); 60];
+        assert_eq!(gso_run(&queue(&big)), GSO_MAX_BYTES / 1200);
+    }
+
+    #[tokio::test]
+    async fn runs_of_mixed_sizes_and_destinations_arrive_whole_and_in_order() {
+        let a = crate::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let b = crate::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let c = crate::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let (to_b, to_c) = (b.local_addr().expect("addr"), c.local_addr().expect("addr"));
+        // Per destination: a frame-like burst (9 full, 1 short), an audio-sized one, and
+        // more than one GSO message's worth.
+        let mut sizes = vec![1100; 9];
+        sizes.push(516);
+        sizes.push(80);
+        sizes.extend(std::iter::repeat_n(300, GSO_MAX_SEGMENTS + 3));
+        let mut out = SendBatch::default();
+        for (i, &size) in sizes.iter().enumerate() {
+            for to in [to_b, to_c] {
+                let mut d = BytesMut::zeroed(size);
+                d[0] = i as u8;
+                out.push(to, d);
+            }
+        }
+        // Interleaved destinations make runs of one; now a long run per destination too.
+        for to in [to_b, to_c] {
+            for (i, &size) in sizes.iter().enumerate() {
+                let mut d = BytesMut::zeroed(size);
+                d[0] = i as u8;
+                out.push(to, d);
+            }
+        }
+        assert_eq!(out.flush(raw_fd(&a)), (4 * sizes.len(), 0));
+        assert!(out.gso(), "loopback takes GSO");
+        for socket in [&b, &c] {
+            let got = receive(socket, 2 * sizes.len()).await;
+            assert_eq!(got.len(), 2 * sizes.len());
+            let expected = sizes.iter().enumerate().chain(sizes.iter().enumerate());
+            for ((_, d), (i, &size)) in got.iter().zip(expected) {
+                assert_eq!((d.len(), d[0]), (size, i as u8));
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_batch_goes_out_and_comes_back_in_order() {
