@@ -7,7 +7,9 @@
 //!   interceptors or header rewriting; keys are pre-shared.
 //! - Participants are plain UDP sockets with SRTP contexts (one socket each, sending and
 //!   receiving), running as tasks of this process, with the same sender tasks and payload
-//!   stamps as the Chorus run.
+//!   stamps as the Chorus run. Their sockets are the same wrapped webrtc-rs sockets as the
+//!   Chorus run's clients ([`WireSocket`]), so the server latency at the sockets is measured
+//!   the same way.
 //! - Its CPU is the forwarder thread's own (`/proc/self/task/TID/stat`), so the load
 //!   generator's CPU is not counted.
 
@@ -24,9 +26,9 @@ use rtc::shared::marshal::{MarshalSize, Unmarshal};
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use webrtc::runtime::AsyncUdpSocket as _;
 
 use crate::load::{
     MEASURED, Progress, ReceivedCounter, STOP, Sink, Snapshot, SrtpSender, WARMUP, apply_window,
@@ -35,7 +37,8 @@ use crate::load::{
 use crate::options::Options;
 use crate::procfs;
 use crate::report::{Collected, RunReport};
-use crate::stats::{ReceiverStats, SendTally};
+use crate::stats::{Arrival, ReceiverStats, SendTally};
+use crate::wire::{WireLinks, WireLog, WireSocket};
 
 /// The profile Chorus negotiates by default (see config/chorus.toml).
 const PROFILE: ProtectionProfile = ProtectionProfile::AeadAes128Gcm;
@@ -136,31 +139,56 @@ impl Forwarder {
     }
 }
 
-/// Reads one participant's socket until told to stop.
-async fn receive(
-    socket: Arc<UdpSocket>,
-    mut context: Context,
-    mut stop: watch::Receiver<bool>,
-    seen: ReceivedCounter,
-) -> ReceiverStats {
-    let mut stats = ReceiverStats::default();
-    let mut buf = vec![0u8; 2048];
-    loop {
-        tokio::select! {
-            biased;
-            r = socket.recv_from(&mut buf) => {
-                let Ok((len, _)) = r else { continue };
-                let at = std::time::Instant::now();
-                let Ok(plain) = context.decrypt_rtp(&buf[..len]) else { continue };
-                let Ok(header) = Header::unmarshal(&mut &plain[..]) else { continue };
-                let start = header.marshal_size().min(plain.len());
-                stats.on_packet(&plain[start..], at);
-                seen.fetch_add(1, Ordering::Relaxed);
-            }
-            _ = stop.changed() => break,
-        }
+/// A participant's receiving end: its socket, its SRTP context and what it counts.
+struct Receiver {
+    socket: Arc<WireSocket>,
+    context: Context,
+    wire: WireLinks,
+    stats: ReceiverStats,
+}
+
+impl Receiver {
+    /// Counts one SRTP datagram that arrived at `at`.
+    fn on_datagram(&mut self, datagram: &[u8], at: std::time::Instant) -> Option<()> {
+        let plain = self.context.decrypt_rtp(datagram).ok()?;
+        let header = Header::unmarshal(&mut &plain[..]).ok()?;
+        let start = header.marshal_size().min(plain.len());
+        let arrival = Arrival {
+            payload: &plain[start..],
+            at,
+            ssrc: header.ssrc,
+            seq: header.sequence_number,
+        };
+        self.stats.on_packet(&arrival, Some(&self.wire));
+        Some(())
     }
-    stats
+
+    /// Reads the socket until told to stop.
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        seen: ReceivedCounter,
+    ) -> ReceiverStats {
+        // Room for a GRO-coalesced message, though the forwarder sends one datagram per call.
+        let mut buf = vec![0u8; 64 * 1500];
+        let socket = Arc::clone(&self.socket);
+        loop {
+            tokio::select! {
+                biased;
+                r = socket.recv(&mut buf) => {
+                    let Ok((len, stride, _)) = r else { continue };
+                    let at = std::time::Instant::now();
+                    for datagram in buf[..len].chunks(stride) {
+                        if self.on_datagram(datagram, at).is_some() {
+                            seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        self.stats
+    }
 }
 
 /// Runs the scenario against the baseline forwarder.
@@ -170,14 +198,21 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     let n = roster.participants();
 
     // Participants' sockets first: the forwarder's tables name their addresses.
+    let logs: Vec<Arc<WireLog>> = (0..n).map(|_| WireLog::new()).collect();
     let mut sockets = Vec::with_capacity(n);
-    for _ in 0..n {
-        sockets.push(Arc::new(UdpSocket::from_std(bind_std(true)?)?));
+    for log in &logs {
+        sockets.push(WireSocket::wrap(bind_std(true)?, Arc::clone(log))?);
     }
     let addrs: Vec<SocketAddr> = sockets
         .iter()
         .map(|s| s.local_addr())
         .collect::<std::io::Result<_>>()?;
+    let mut by_publisher: Vec<(u32, Arc<WireLog>)> = (0..n)
+        .filter_map(|p| Some((roster.publisher_of(p)?, Arc::clone(&logs[p]))))
+        .collect();
+    by_publisher.sort_by_key(|(publisher, _)| *publisher);
+    let publisher_logs: Arc<[Arc<WireLog>]> =
+        by_publisher.into_iter().map(|(_, log)| log).collect();
 
     let forwarder_socket = bind_std(false)?;
     forwarder_socket.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -235,14 +270,18 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     let mut consumers: Vec<(usize, JoinHandle<ReceiverStats>)> = Vec::new();
     for (participant, socket) in sockets.iter().enumerate() {
         if roster.receives(participant) {
+            let receiver = Receiver {
+                socket: Arc::clone(socket),
+                context: context(participant, Direction::Down)?,
+                wire: WireLinks {
+                    own: Arc::clone(&logs[participant]),
+                    publishers: Arc::clone(&publisher_logs),
+                },
+                stats: ReceiverStats::default(),
+            };
             consumers.push((
                 participant,
-                tokio::spawn(receive(
-                    Arc::clone(socket),
-                    context(participant, Direction::Down)?,
-                    stop_rx.clone(),
-                    Arc::clone(&seen),
-                )),
+                tokio::spawn(receiver.run(stop_rx.clone(), Arc::clone(&seen))),
             ));
         }
     }

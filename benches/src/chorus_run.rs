@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use chorus_protocol::MediaKind;
-use chorus_tests::{Client, Server};
+use chorus_tests::{Client, ClientOptions, Server};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -21,7 +21,8 @@ use crate::load::{
 use crate::options::{Options, Roster};
 use crate::procfs;
 use crate::report::{Collected, Memory, RunReport};
-use crate::stats::{Percentiles, ReceiverStats, SendTally};
+use crate::stats::{Arrival, Percentiles, ReceiverStats, SendTally};
+use crate::wire::{WireLinks, WireLog, WireRuntime};
 
 /// How long joining and negotiating everyone may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,6 +75,8 @@ fn counter(stats: &serde_json::Value, key: &str) -> u64 {
 struct Joined {
     participant: usize,
     client: Client,
+    /// What the client's sockets sent and received.
+    wire: Arc<WireLog>,
     took: Duration,
 }
 
@@ -95,7 +98,11 @@ async fn join_one(
     let (room, i) = roster.locate(participant);
     let name = name_of(&roster, participant);
     let start = Instant::now();
-    let client = Client::connect(http, &name).await?;
+    let wire = WireLog::new();
+    let options = ClientOptions {
+        runtime: Some(WireRuntime::new(Arc::clone(&wire))),
+    };
+    let client = Client::connect_with(http, &name, options).await?;
     client
         .join(&format!("{room_prefix}-{room}"))
         .await
@@ -115,8 +122,18 @@ async fn join_one(
     Ok(Joined {
         participant,
         client,
+        wire,
         took: start.elapsed(),
     })
+}
+
+fn arrival(p: &chorus_tests::ReceivedPacket) -> Arrival<'_> {
+    Arrival {
+        payload: &p.payload,
+        at: p.at,
+        ssrc: p.ssrc,
+        seq: p.sequence_number,
+    }
 }
 
 /// Reads one client's received packets until told to stop.
@@ -124,6 +141,7 @@ async fn consume(
     mut rx: mpsc::UnboundedReceiver<chorus_tests::ReceivedPacket>,
     mut stop: watch::Receiver<bool>,
     seen: ReceivedCounter,
+    wire: WireLinks,
 ) -> ReceiverStats {
     let mut stats = ReceiverStats::default();
     loop {
@@ -131,7 +149,7 @@ async fn consume(
             biased;
             packet = rx.recv() => match packet {
                 Some(p) => {
-                    stats.on_packet(&p.payload, p.at);
+                    stats.on_packet(&arrival(&p), Some(&wire));
                     seen.fetch_add(1, Ordering::Relaxed);
                 }
                 None => break,
@@ -140,9 +158,19 @@ async fn consume(
         }
     }
     while let Ok(p) = rx.try_recv() {
-        stats.on_packet(&p.payload, p.at);
+        stats.on_packet(&arrival(&p), Some(&wire));
     }
     stats
+}
+
+/// Every publisher's log, by global publisher index.
+fn publisher_logs(roster: &Roster, joined: &[Joined]) -> Arc<[Arc<WireLog>]> {
+    let mut logs: Vec<(u32, Arc<WireLog>)> = joined
+        .iter()
+        .filter_map(|j| Some((roster.publisher_of(j.participant)?, Arc::clone(&j.wire))))
+        .collect();
+    logs.sort_by_key(|(publisher, _)| *publisher);
+    logs.into_iter().map(|(_, log)| log).collect()
 }
 
 /// Runs the scenario against Chorus.
@@ -236,13 +264,18 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     // Receivers: stream every packet into per-client counters.
     let (stop_tx, stop_rx) = watch::channel(false);
     let seen: ReceivedCounter = Arc::new(AtomicU64::new(0));
+    let publishers = publisher_logs(&roster, &joined);
     let mut consumers: Vec<(usize, JoinHandle<ReceiverStats>)> = Vec::new();
     for j in &joined {
         if roster.receives(j.participant) {
             let rx = j.client.received_stream();
+            let wire = WireLinks {
+                own: Arc::clone(&j.wire),
+                publishers: Arc::clone(&publishers),
+            };
             consumers.push((
                 j.participant,
-                tokio::spawn(consume(rx, stop_rx.clone(), Arc::clone(&seen))),
+                tokio::spawn(consume(rx, stop_rx.clone(), Arc::clone(&seen), wire)),
             ));
         }
     }

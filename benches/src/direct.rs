@@ -1,6 +1,7 @@
 //! Latency of the simulated browsers' own stacks, without any server: one async `webrtc`
 //! peer connection sends the load's video straight to another over loopback. Its latency is
-//! what the Chorus figures contain besides the server (`--calibrate`).
+//! what the Chorus figures contain besides the server (`--calibrate`): end to end, the client
+//! stacks; at the sockets, the kernel's loopback alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -23,14 +24,22 @@ use webrtc::peer_connection::{
 
 use crate::load::{MEASURED, STOP, Sink, WARMUP, send_video};
 use crate::options::Options;
-use crate::stats::{Percentiles, ReceiverStats, SendTally};
+use crate::stats::{Arrival, Percentiles, ReceiverStats, SendTally, WireUnmatched};
+use crate::wire::{WireLinks, WireLog, WireRuntime};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The receiving side's accounting.
+#[derive(Clone)]
+struct Counting {
+    stats: Arc<Mutex<ReceiverStats>>,
+    wire: WireLinks,
+}
 
 struct Handler {
     candidates: mpsc::UnboundedSender<RTCIceCandidateInit>,
     state: watch::Sender<RTCPeerConnectionState>,
-    stats: Option<Arc<Mutex<ReceiverStats>>>,
+    counting: Option<Counting>,
 }
 
 #[async_trait::async_trait]
@@ -46,15 +55,24 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let Some(stats) = self.stats.clone() else {
+        let Some(counting) = self.counting.clone() else {
             return;
         };
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 match event {
                     TrackRemoteEvent::OnRtpPacket(packet) => {
-                        let at = Instant::now();
-                        stats.lock().await.on_packet(&packet.payload, at);
+                        let arrival = Arrival {
+                            payload: &packet.payload,
+                            at: Instant::now(),
+                            ssrc: packet.header.ssrc,
+                            seq: packet.header.sequence_number,
+                        };
+                        counting
+                            .stats
+                            .lock()
+                            .await
+                            .on_packet(&arrival, Some(&counting.wire));
                     }
                     TrackRemoteEvent::OnEnded => break,
                     _ => {}
@@ -70,15 +88,17 @@ type Built = (
     watch::Receiver<RTCPeerConnectionState>,
 );
 
-async fn build(stats: Option<Arc<Mutex<ReceiverStats>>>) -> Result<Built> {
+/// One peer connection whose socket writes into `log`.
+async fn build(counting: Option<Counting>, log: &Arc<WireLog>) -> Result<Built> {
     let (candidates, candidates_rx) = mpsc::unbounded_channel();
     let (state, state_rx) = watch::channel(RTCPeerConnectionState::New);
-    let pc = chorus_tests::peer::build(Arc::new(Handler {
+    let handler = Arc::new(Handler {
         candidates,
         state,
-        stats,
-    }))
-    .await?;
+        counting,
+    });
+    let runtime = WireRuntime::new(Arc::clone(log));
+    let pc = chorus_tests::peer::build_on(handler, Some(runtime)).await?;
     Ok((pc, candidates_rx, state_rx))
 }
 
@@ -108,13 +128,31 @@ async fn connected(mut state: watch::Receiver<RTCPeerConnectionState>) -> Result
     .context("direct peers did not connect")?
 }
 
+/// The latency of the direct run's measured packets.
+pub(crate) struct DirectLatency {
+    /// End to end: sending application to receiving application.
+    pub app: Percentiles,
+    /// At the sockets: the sender's send call to the receiver's kernel timestamp.
+    pub wire: Percentiles,
+    pub wire_unmatched: WireUnmatched,
+}
+
 /// Sends the load's video from one peer connection straight to another for the warm-up and
 /// the measured window, and returns the latency of the measured packets.
-pub(crate) async fn run(opts: &Options) -> Result<Percentiles> {
+pub(crate) async fn run(opts: &Options) -> Result<DirectLatency> {
     let shape = opts.shape();
-    let stats = Arc::new(Mutex::new(ReceiverStats::default()));
-    let (sender, sender_candidates, sender_state) = build(None).await?;
-    let (receiver, receiver_candidates, receiver_state) = build(Some(Arc::clone(&stats))).await?;
+    let (sender_log, receiver_log) = (WireLog::new(), WireLog::new());
+    let counting = Counting {
+        stats: Arc::new(Mutex::new(ReceiverStats::default())),
+        wire: WireLinks {
+            own: Arc::clone(&receiver_log),
+            publishers: vec![Arc::clone(&sender_log)].into(),
+        },
+    };
+    let stats = Arc::clone(&counting.stats);
+    let (sender, sender_candidates, sender_state) = build(None, &sender_log).await?;
+    let (receiver, receiver_candidates, receiver_state) =
+        build(Some(counting), &receiver_log).await?;
     trickle(sender_candidates, Arc::clone(&receiver));
     trickle(receiver_candidates, Arc::clone(&sender));
 
@@ -175,5 +213,9 @@ pub(crate) async fn run(opts: &Options) -> Result<Percentiles> {
     let _ = sender.close().await;
     let _ = receiver.close().await;
     let mut stats = stats.lock().await;
-    Ok(Percentiles::from_nanos(&mut stats.latencies_ns))
+    Ok(DirectLatency {
+        app: Percentiles::from_nanos(&mut stats.latencies_ns),
+        wire: Percentiles::from_nanos(&mut stats.wire_latencies_ns),
+        wire_unmatched: stats.wire_unmatched,
+    })
 }

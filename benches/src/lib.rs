@@ -13,6 +13,7 @@ pub mod options;
 pub mod procfs;
 pub mod report;
 pub mod stats;
+pub mod wire;
 
 use anyhow::Result;
 
@@ -64,6 +65,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
         baseline: None,
         ratio: None,
         client_stacks_latency_ms: None,
+        loopback_wire_latency_ms: None,
+        loopback_wire_unmatched: None,
     };
     if !opts.baseline_only {
         report.chorus = Some(chorus_run::run(opts, &progress).await?);
@@ -72,7 +75,10 @@ pub async fn run(opts: &Options) -> Result<Report> {
         report.baseline = Some(baseline::run(opts, &progress).await?);
     }
     if opts.calibrate {
-        report.client_stacks_latency_ms = Some(direct::run(opts).await?);
+        let direct = direct::run(opts).await?;
+        report.client_stacks_latency_ms = Some(direct.app);
+        report.loopback_wire_latency_ms = Some(direct.wire);
+        report.loopback_wire_unmatched = Some(direct.wire_unmatched);
     }
     report.compute_ratio();
     Ok(report)

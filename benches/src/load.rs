@@ -14,12 +14,13 @@ use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
-use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
+use webrtc::runtime::AsyncUdpSocket as _;
 
 use crate::media::{MediaShape, Phase, Stamp, fill, nanos_at, write_stamp};
 use crate::procfs;
 use crate::stats::SendTally;
+use crate::wire::WireSocket;
 
 /// Values of the shared phase switch.
 pub(crate) const WARMUP: u8 = 0;
@@ -42,7 +43,8 @@ pub(crate) enum Sink {
 
 /// Sends SRTP on a UDP socket to one address.
 pub(crate) struct SrtpSender {
-    pub socket: Arc<UdpSocket>,
+    /// Records its sends, like the peer connections' sockets.
+    pub socket: Arc<WireSocket>,
     pub to: SocketAddr,
     pub context: Context,
     pub ssrc: u32,
@@ -207,6 +209,8 @@ fn stamped_packet(
             phase,
             counter,
             sent_ns: nanos_at(Instant::now()),
+            ssrc: sink.ssrc(),
+            seq,
         },
     );
     Packet {
@@ -223,7 +227,6 @@ fn stamped_packet(
     }
 }
 
-/// Starts a publisher's senders: video, and audio when the shape has it.
 /// A reader of how many packets all publishers have sent so far, for the progress line.
 pub(crate) fn sent_total(tallies: &[[Arc<SendTally>; 2]]) -> impl Fn() -> u64 + Send + 'static {
     let tallies = tallies.to_vec();
@@ -236,6 +239,7 @@ pub(crate) fn sent_total(tallies: &[[Arc<SendTally>; 2]]) -> impl Fn() -> u64 + 
     }
 }
 
+/// Starts a publisher's senders: video, and audio when the shape has it.
 pub(crate) fn spawn_publisher(
     video: Sink,
     audio: Option<Sink>,

@@ -12,9 +12,13 @@
 //! | 10 | phase: 0 warm-up, 1 measured |
 //! | 11..19 | the publisher's per-kind packet counter, from 0 |
 //! | 19..27 | send time: ns since [`epoch`] (this process's monotonic clock) |
+//! | 27..31 | the publisher's RTP SSRC |
+//! | 31..33 | the publisher's RTP sequence number |
 //!
 //! The rest is filler. Sender and receivers live in one process, so the stamp and the
-//! arrival time are read from the same clock.
+//! arrival time are read from the same clock. The SSRC and sequence number are the ones the
+//! publisher's socket saw; the server rewrites both on the way to each subscriber, so this is
+//! how a received packet finds its send in the publisher's [`crate::wire::WireLog`].
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -23,7 +27,7 @@ use chorus_protocol::MediaKind;
 
 const MAGIC: &[u8; 4] = b"CHLT";
 /// Bytes of the stamp, codec byte included: the smallest payload the load sends.
-pub const STAMP_LEN: usize = 27;
+pub const STAMP_LEN: usize = 33;
 /// VP8 payload descriptor: S bit set, partition 0.
 const VP8_DESCRIPTOR: u8 = 0x10;
 /// An Opus TOC byte (SILK wideband 20 ms, mono), so the payload looks like Opus.
@@ -56,6 +60,10 @@ pub struct Stamp {
     pub phase: Phase,
     pub counter: u64,
     pub sent_ns: u64,
+    /// The publisher's SSRC for this kind.
+    pub ssrc: u32,
+    /// The publisher's RTP sequence number of this packet.
+    pub seq: u16,
 }
 
 /// Writes the stamp into the first [`STAMP_LEN`] bytes of `payload`.
@@ -77,6 +85,8 @@ pub fn write_stamp(payload: &mut [u8], stamp: &Stamp) {
     payload[10] = stamp.phase as u8;
     payload[11..19].copy_from_slice(&stamp.counter.to_le_bytes());
     payload[19..27].copy_from_slice(&stamp.sent_ns.to_le_bytes());
+    payload[27..31].copy_from_slice(&stamp.ssrc.to_le_bytes());
+    payload[31..33].copy_from_slice(&stamp.seq.to_le_bytes());
 }
 
 /// Reads a stamp written by [`write_stamp`]; `None` for any other payload.
@@ -86,6 +96,7 @@ pub fn read_stamp(payload: &[u8]) -> Option<Stamp> {
     }
     let u32_at = |i: usize| u32::from_le_bytes(payload[i..i + 4].try_into().unwrap_or([0; 4]));
     let u64_at = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().unwrap_or([0; 8]));
+    let u16_at = |i: usize| u16::from_le_bytes(payload[i..i + 2].try_into().unwrap_or([0; 2]));
     Some(Stamp {
         publisher: u32_at(5),
         kind: match payload[9] {
@@ -100,6 +111,8 @@ pub fn read_stamp(payload: &[u8]) -> Option<Stamp> {
         },
         counter: u64_at(11),
         sent_ns: u64_at(19),
+        ssrc: u32_at(27),
+        seq: u16_at(31),
     })
 }
 
@@ -201,12 +214,14 @@ mod tests {
             phase: Phase::Measured,
             counter: 123_456_789,
             sent_ns: 987_654_321_000,
+            ssrc: 0xDEAD_BEEF,
+            seq: 65_000,
         };
         let mut payload = vec![0u8; 100];
         write_stamp(&mut payload, &stamp);
         fill(&mut payload, stamp.counter);
         assert_eq!(read_stamp(&payload), Some(stamp));
-        assert_eq!(read_stamp(&payload[..20]), None);
+        assert_eq!(read_stamp(&payload[..STAMP_LEN - 1]), None);
         assert_eq!(read_stamp(&[0u8; 40]), None);
     }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::media::MediaShape;
 use crate::options::Roster;
-use crate::stats::{Percentiles, ReceiverStats, SendTally};
+use crate::stats::{Percentiles, ReceiverStats, SendTally, WireUnmatched};
 
 /// What was loaded, and with what.
 #[derive(Debug, Clone, Serialize)]
@@ -84,8 +84,14 @@ pub struct RunReport {
     pub forwarded_pps: f64,
     /// Forwarded Mbit/s (RTP payload + 12-byte header), counted at the receivers.
     pub forwarded_mbps: f64,
-    /// Send-to-receive latency of every measured packet, ms.
+    /// End-to-end latency of every measured packet, ms: from the sending application's
+    /// `write_rtp` to the receiving application (both client stacks included).
     pub latency_ms: Percentiles,
+    /// Server latency at the sockets, ms: from just before the publisher's send system call to
+    /// the kernel's receive timestamp on the subscriber's socket (see `wire.rs`).
+    pub wire_latency_ms: Percentiles,
+    /// Measured packets left out of `wire_latency_ms` because a socket time was missing.
+    pub wire_unmatched: WireUnmatched,
     /// From opening the WebSocket until the participant's peers are connected, ms.
     pub join_ms: Option<Percentiles>,
     /// Packets the forwarder itself says it forwarded in the window.
@@ -118,6 +124,8 @@ pub struct Ratios {
     pub cpu_per_packet: Option<f64>,
     pub latency_p50: f64,
     pub latency_p99: f64,
+    pub wire_latency_p50: f64,
+    pub wire_latency_p99: f64,
 }
 
 /// Everything one invocation measured.
@@ -129,8 +137,13 @@ pub struct Report {
     pub baseline: Option<RunReport>,
     pub ratio: Option<Ratios>,
     /// `--calibrate`: latency of one simulated browser sending straight to another (no
-    /// server), ms: the client stacks' share of Chorus's latency figures.
+    /// server), ms: the client stacks' share of Chorus's end-to-end latency figures.
     pub client_stacks_latency_ms: Option<Percentiles>,
+    /// `--calibrate`: the same run's latency at the sockets, ms: the kernel's loopback share of
+    /// the server latency figures.
+    pub loopback_wire_latency_ms: Option<Percentiles>,
+    /// `--calibrate`: measured packets of that run without a socket time.
+    pub loopback_wire_unmatched: Option<WireUnmatched>,
 }
 
 /// The measured window's raw material, common to both targets.
@@ -202,8 +215,12 @@ impl Collected<'_> {
         let bytes: u64 = self.receivers.iter().flatten().map(|s| s.bytes).sum();
         let duplicates = self.receivers.iter().flatten().map(|s| s.duplicates).sum();
         let mut latencies: Vec<u32> = Vec::with_capacity(received as usize);
+        let mut wire_latencies: Vec<u32> = Vec::with_capacity(received as usize);
+        let mut wire_unmatched = WireUnmatched::default();
         for stats in self.receivers.iter_mut().flatten() {
             latencies.append(&mut stats.latencies_ns);
+            wire_latencies.append(&mut stats.wire_latencies_ns);
+            wire_unmatched.add(&stats.wire_unmatched);
         }
         RunReport {
             target: target.to_owned(),
@@ -222,6 +239,8 @@ impl Collected<'_> {
             forwarded_pps: received as f64 / window,
             forwarded_mbps: bytes as f64 * 8.0 / window / 1e6,
             latency_ms: Percentiles::from_nanos(&mut latencies),
+            wire_latency_ms: Percentiles::from_nanos(&mut wire_latencies),
+            wire_unmatched,
             join_ms: None,
             forwarder_packets: None,
             cpu_s: None,
@@ -267,6 +286,8 @@ impl Report {
             cpu_per_packet: div(c.cpu_us_per_packet, b.cpu_us_per_packet),
             latency_p50: safe_div(c.latency_ms.p50, b.latency_ms.p50),
             latency_p99: safe_div(c.latency_ms.p99, b.latency_ms.p99),
+            wire_latency_p50: safe_div(c.wire_latency_ms.p50, b.wire_latency_ms.p50),
+            wire_latency_p99: safe_div(c.wire_latency_ms.p99, b.wire_latency_ms.p99),
         });
     }
 
@@ -348,11 +369,61 @@ impl Report {
                 0,
             ),
             ("loss %", |r| Some(r.loss_pct), 3),
-            ("latency p50 ms", |r| Some(r.latency_ms.p50), 3),
-            ("latency p90 ms", |r| Some(r.latency_ms.p90), 3),
-            ("latency p99 ms", |r| Some(r.latency_ms.p99), 3),
-            ("latency p99.9 ms", |r| Some(r.latency_ms.p999), 3),
-            ("latency max ms", |r| Some(r.latency_ms.max), 3),
+            (
+                "server latency (wire) p50 ms",
+                |r| Some(r.wire_latency_ms.p50),
+                3,
+            ),
+            (
+                "server latency (wire) p90 ms",
+                |r| Some(r.wire_latency_ms.p90),
+                3,
+            ),
+            (
+                "server latency (wire) p99 ms",
+                |r| Some(r.wire_latency_ms.p99),
+                3,
+            ),
+            (
+                "server latency (wire) p99.9 ms",
+                |r| Some(r.wire_latency_ms.p999),
+                3,
+            ),
+            (
+                "server latency (wire) max ms",
+                |r| Some(r.wire_latency_ms.max),
+                3,
+            ),
+            (
+                "server latency unmatched packets",
+                |r| Some(r.wire_unmatched.total() as f64),
+                0,
+            ),
+            (
+                "end-to-end latency (app) p50 ms",
+                |r| Some(r.latency_ms.p50),
+                3,
+            ),
+            (
+                "end-to-end latency (app) p90 ms",
+                |r| Some(r.latency_ms.p90),
+                3,
+            ),
+            (
+                "end-to-end latency (app) p99 ms",
+                |r| Some(r.latency_ms.p99),
+                3,
+            ),
+            (
+                "end-to-end latency (app) p99.9 ms",
+                |r| Some(r.latency_ms.p999),
+                3,
+            ),
+            (
+                "end-to-end latency (app) max ms",
+                |r| Some(r.latency_ms.max),
+                3,
+            ),
             ("join p50 ms", |r| r.join_ms.map(|j| j.p50), 1),
             ("join p99 ms", |r| r.join_ms.map(|j| j.p99), 1),
             ("forwarder CPU s", |r| r.cpu_s, 2),
@@ -429,8 +500,16 @@ impl Report {
         if let Some(c) = &self.client_stacks_latency_ms {
             let _ = writeln!(
                 out,
-                "client stacks alone (browser -> browser, no server): latency p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms",
+                "client stacks alone (browser -> browser, no server): end-to-end latency p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms",
                 c.p50, c.p90, c.p99, c.p999
+            );
+        }
+        if let Some(w) = &self.loopback_wire_latency_ms {
+            let unmatched = self.loopback_wire_unmatched.map_or(0, |u| u.total());
+            let _ = writeln!(
+                out,
+                "kernel loopback alone (same run, at the sockets): wire latency p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms, {unmatched} unmatched",
+                w.p50, w.p90, w.p99, w.p999
             );
         }
         if let Some(ratio) = &self.ratio

@@ -8,6 +8,7 @@ use chorus_protocol::MediaKind;
 use serde::Serialize;
 
 use crate::media::{Phase, nanos_at, read_stamp};
+use crate::wire::{WireLinks, WireMatch};
 
 /// RTP fixed header bytes, added to payload sizes for bit rates.
 pub const RTP_HEADER_BYTES: u64 = 12;
@@ -56,11 +57,48 @@ impl Seen {
     }
 }
 
+/// One RTP packet as a receiver got it.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub payload: &'a [u8],
+    /// When the receiving application got it.
+    pub at: Instant,
+    /// SSRC and sequence number as they arrived (the server's, not the publisher's).
+    pub ssrc: u32,
+    pub seq: u16,
+}
+
+/// Measured packets whose server latency at the sockets could not be found. Expected to be
+/// (about) zero; counted so that a gap in the wire figure never goes unseen.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct WireUnmatched {
+    /// No kernel arrival time on the receiver's socket.
+    pub no_arrival: u64,
+    /// No send time on the publisher's socket.
+    pub no_send: u64,
+}
+
+impl WireUnmatched {
+    pub fn total(&self) -> u64 {
+        self.no_arrival + self.no_send
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        self.no_arrival += other.no_arrival;
+        self.no_send += other.no_send;
+    }
+}
+
 /// Everything one receiving participant counts.
 #[derive(Debug, Default, Clone)]
 pub struct ReceiverStats {
-    /// Added latency of every measured packet, ns (saturating at ~4.3 s).
+    /// End-to-end (application to application) latency of every measured packet, ns
+    /// (saturating at ~4.3 s).
     pub latencies_ns: Vec<u32>,
+    /// Server latency at the sockets of every measured packet whose wire times were found, ns
+    /// (see [`crate::wire`]).
+    pub wire_latencies_ns: Vec<u32>,
+    pub wire_unmatched: WireUnmatched,
     streams: HashMap<(u32, u8), Seen>,
     /// Distinct measured packets and their RTP bytes (payload + fixed header).
     pub packets: u64,
@@ -74,13 +112,17 @@ pub struct ReceiverStats {
 }
 
 impl ReceiverStats {
-    /// Counts one received RTP packet whose payload is `payload`, arrived at `at`.
-    pub fn on_packet(&mut self, payload: &[u8], at: Instant) {
+    /// Counts one received RTP packet; `wire` finds its server latency at the sockets.
+    pub fn on_packet(&mut self, packet: &Arrival<'_>, wire: Option<&WireLinks>) {
         self.all_packets += 1;
+        let payload = packet.payload;
         let Some(stamp) = read_stamp(payload) else {
             self.unknown += 1;
             return;
         };
+        // Looked up for every packet, warm-up and duplicates included: the lookup is what
+        // removes the arrival from the receiver's log.
+        let wire = wire.map(|w| w.resolve(&stamp, packet.ssrc, packet.seq));
         if stamp.phase != Phase::Measured {
             return;
         }
@@ -96,9 +138,14 @@ impl ReceiverStats {
         }
         self.packets += 1;
         self.bytes += payload.len() as u64 + RTP_HEADER_BYTES;
-        let latency = nanos_at(at).saturating_sub(stamp.sent_ns);
-        self.latencies_ns
-            .push(u32::try_from(latency).unwrap_or(u32::MAX));
+        let latency = nanos_at(packet.at).saturating_sub(stamp.sent_ns);
+        self.latencies_ns.push(saturate(latency));
+        match wire {
+            Some(WireMatch::Latency(ns)) => self.wire_latencies_ns.push(saturate(ns)),
+            Some(WireMatch::NoArrival) => self.wire_unmatched.no_arrival += 1,
+            Some(WireMatch::NoSend) => self.wire_unmatched.no_send += 1,
+            None => {}
+        }
     }
 
     /// Distinct measured packets of one publisher's stream.
@@ -107,6 +154,10 @@ impl ReceiverStats {
             .get(&(publisher, kind_index(kind)))
             .map_or(0, |s| s.distinct)
     }
+}
+
+fn saturate(ns: u64) -> u32 {
+    u32::try_from(ns).unwrap_or(u32::MAX)
 }
 
 fn kind_index(kind: MediaKind) -> u8 {
@@ -174,21 +225,32 @@ mod tests {
                 phase,
                 counter,
                 sent_ns: nanos_at(Instant::now()),
+                ssrc: 10 + publisher,
+                seq: counter as u16,
             },
         );
         p
     }
 
+    fn arrival(payload: &[u8], seq: u16) -> Arrival<'_> {
+        Arrival {
+            payload,
+            at: Instant::now(),
+            ssrc: 99,
+            seq,
+        }
+    }
+
     #[test]
     fn counts_distinct_measured_packets() {
         let mut s = ReceiverStats::default();
-        let now = Instant::now();
-        s.on_packet(&payload(1, 0, Phase::Warmup), now);
-        s.on_packet(&payload(1, 1, Phase::Measured), now);
-        s.on_packet(&payload(1, 1, Phase::Measured), now);
-        s.on_packet(&payload(1, 200, Phase::Measured), now);
-        s.on_packet(&payload(2, 5, Phase::Measured), now);
-        s.on_packet(b"not ours", now);
+        let mut on = |p: &[u8]| s.on_packet(&arrival(p, 0), None);
+        on(&payload(1, 0, Phase::Warmup));
+        on(&payload(1, 1, Phase::Measured));
+        on(&payload(1, 1, Phase::Measured));
+        on(&payload(1, 200, Phase::Measured));
+        on(&payload(2, 5, Phase::Measured));
+        on(b"not ours");
         assert_eq!(s.all_packets, 6);
         assert_eq!(s.packets, 3);
         assert_eq!(s.duplicates, 1);
@@ -197,6 +259,43 @@ mod tests {
         assert_eq!(s.received_from(2, MediaKind::Video), 1);
         assert_eq!(s.received_from(2, MediaKind::Audio), 0);
         assert_eq!(s.bytes, 3 * 112);
+        assert!(s.wire_latencies_ns.is_empty());
+        assert_eq!(s.wire_unmatched, WireUnmatched::default());
+    }
+
+    #[test]
+    fn wire_latency_joins_the_publishers_send_and_the_receivers_arrival() {
+        use crate::wire::WireLog;
+        let rtp = |ssrc: u32, seq: u16| {
+            let mut d = vec![0u8; 20];
+            d[0] = 0x80;
+            d[1] = 96;
+            d[2..4].copy_from_slice(&seq.to_be_bytes());
+            d[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            d
+        };
+        let (publisher, receiver) = (WireLog::new(), WireLog::new());
+        let links = WireLinks {
+            own: std::sync::Arc::clone(&receiver),
+            publishers: vec![WireLog::new(), std::sync::Arc::clone(&publisher)].into(),
+        };
+        let mut s = ReceiverStats::default();
+        // Publisher 1 sends with ssrc 11, seq = counter; the server forwards as ssrc 99.
+        publisher.record_send(&rtp(11, 1), 5_000);
+        receiver.record_receive(&rtp(99, 501), Some(7_500));
+        s.on_packet(&arrival(&payload(1, 1, Phase::Measured), 501), Some(&links));
+        receiver.record_receive(&rtp(99, 502), Some(7_600));
+        s.on_packet(&arrival(&payload(1, 2, Phase::Measured), 502), Some(&links));
+        s.on_packet(&arrival(&payload(1, 3, Phase::Measured), 503), Some(&links));
+        assert_eq!(s.wire_latencies_ns, vec![2_500]);
+        assert_eq!(
+            s.wire_unmatched,
+            WireUnmatched {
+                no_arrival: 1,
+                no_send: 1
+            }
+        );
+        assert_eq!(s.latencies_ns.len(), 3);
     }
 
     #[test]

@@ -49,6 +49,30 @@ async fn tiny_scenario_report_is_consistent() {
         assert!(run.received_packets > 0, "{}: nothing arrived", run.target);
         assert!(run.latency_ms.p50 > 0.0, "{}: latency", run.target);
         assert!(run.latency_ms.p50 <= run.latency_ms.p99);
+        // The server latency at the sockets: present for (almost) every packet, and inside
+        // the end-to-end span, which adds both client stacks to it.
+        let wire = &run.wire_latency_ms;
+        assert!(
+            wire.samples > 0 && wire.p50 > 0.0,
+            "{}: {wire:?}",
+            run.target
+        );
+        assert!(wire.p50 <= wire.p99);
+        assert!(
+            wire.p50 <= run.latency_ms.p50,
+            "{}: wire {wire:?} > app {:?}",
+            run.target,
+            run.latency_ms
+        );
+        let unmatched = run.wire_unmatched.total();
+        assert!(
+            unmatched * 100 < run.received_packets,
+            "{}: {:?} of {} received have no wire latency",
+            run.target,
+            run.wire_unmatched,
+            run.received_packets
+        );
+        assert_eq!(wire.samples + unmatched, run.received_packets);
         assert!(run.cpu_s.is_some(), "{}: no CPU figure", run.target);
         assert!(run.cpu_us_per_packet.is_some_and(|us| us > 0.0));
         assert!(run.pps_per_core.is_some());
@@ -69,4 +93,6 @@ async fn tiny_scenario_report_is_consistent() {
     );
     let json = serde_json::to_value(&report).expect("the report serializes");
     assert!(json["chorus"]["latency_ms"]["p99"].is_number());
+    assert!(json["chorus"]["wire_latency_ms"]["p99"].is_number());
+    assert!(json["ratio"]["wire_latency_p50"].is_number());
 }

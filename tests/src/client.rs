@@ -46,6 +46,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, RTCSessionDescription,
 };
 use webrtc::rtp_transceiver::RtpTransceiver;
+use webrtc::runtime::Runtime;
 
 use crate::media::{MediaTag, expected_payload};
 use crate::peer::{self, CandidateGate, OPUS_PT, VP8_PT};
@@ -105,6 +106,16 @@ impl RtpWriter {
     pub async fn write_rtp(&self, packet: rtc::rtp::Packet) -> Result<()> {
         self.track.write_rtp(packet).await.context("write_rtp")
     }
+}
+
+/// How [`Client::connect_with`] sets a client up. The default is what [`Client::connect`]
+/// does.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// The webrtc-rs runtime both of the client's peer connections run on (webrtc-rs's
+    /// default when `None`). The load generator passes one that timestamps every datagram at
+    /// the sockets.
+    pub runtime: Option<Arc<dyn Runtime>>,
 }
 
 /// A keyframe request that reached the publisher's video sender.
@@ -207,6 +218,7 @@ struct Inner {
     failures: Mutex<Vec<String>>,
     subscriber: Arc<SubscriberState>,
     publisher: Mutex<Option<Arc<Publisher>>>,
+    options: ClientOptions,
 }
 
 impl Inner {
@@ -438,6 +450,15 @@ impl Client {
     ///
     /// [`join`]: Client::join
     pub async fn connect(addr: SocketAddr, name: &str) -> Result<Self> {
+        Self::connect_with(addr, name, ClientOptions::default()).await
+    }
+
+    /// [`connect`](Client::connect), with `options`.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        name: &str,
+        options: ClientOptions,
+    ) -> Result<Self> {
         if name.contains('/') {
             bail!("a client name may not contain '/'");
         }
@@ -455,6 +476,7 @@ impl Client {
             failures: Mutex::new(Vec::new()),
             subscriber: Arc::new(SubscriberState::new()),
             publisher: Mutex::new(None),
+            options,
         });
         let writer = tokio::spawn(write_loop(sink, out_rx));
         let reader = tokio::spawn(read_loop(Arc::clone(&inner), stream));
@@ -555,7 +577,7 @@ impl Client {
             state: state_tx,
             subscriber: None,
         });
-        let pc = peer::build(handler).await?;
+        let pc = peer::build_on(handler, self.inner.options.runtime.clone()).await?;
 
         let audio_ssrc = random_u32();
         let video_ssrc = random_u32();
@@ -1401,7 +1423,7 @@ async fn answer_subscribe_offer(
                 state: state_tx,
                 subscriber: Some(Arc::downgrade(sub)),
             });
-            let pc = peer::build(handler).await?;
+            let pc = peer::build_on(handler, inner.options.runtime.clone()).await?;
             let peer = Arc::new(SubscriberPeer {
                 pc,
                 gate,

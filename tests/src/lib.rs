@@ -13,8 +13,8 @@ pub mod raw;
 pub mod wait;
 
 pub use client::{
-    Client, JoinedInfo, KeyframeRequest, KeyframeRequestKind, Logged, MediaRate, PublishedTracks,
-    ReceivedPacket, RtpWriter, SentPacket, ServerRefused, refusal_code,
+    Client, ClientOptions, JoinedInfo, KeyframeRequest, KeyframeRequestKind, Logged, MediaRate,
+    PublishedTracks, ReceivedPacket, RtpWriter, SentPacket, ServerRefused, refusal_code,
 };
 pub use harness::{Server, Stats};
 pub use raw::{RawEvent, RawWs};

@@ -24,6 +24,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler};
+use webrtc::runtime::Runtime;
 
 /// Opus payload type, as Chromium offers it.
 pub const OPUS_PT: u8 = 111;
@@ -65,9 +66,19 @@ pub fn vp8_codec() -> RTCRtpCodec {
     }
 }
 
-/// Builds one peer connection with `handler`.
+/// Builds one peer connection with `handler`, on webrtc-rs's default runtime.
 pub async fn build(
     handler: Arc<dyn PeerConnectionEventHandler>,
+) -> Result<Arc<dyn PeerConnection>> {
+    build_on(handler, None).await
+}
+
+/// Builds one peer connection with `handler` on `runtime` (webrtc-rs's default when `None`).
+/// A runtime of its own lets a caller wrap the connection's UDP socket, e.g. to timestamp
+/// datagrams at the kernel (the load generator's server-latency figure).
+pub async fn build_on(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    runtime: Option<Arc<dyn Runtime>>,
 ) -> Result<Arc<dyn PeerConnection>> {
     let mut media_engine = MediaEngine::default();
     media_engine
@@ -101,7 +112,11 @@ pub async fn build(
         .with_ice_servers(vec![])
         .build();
 
-    let pc = PeerConnectionBuilder::new()
+    let mut builder = PeerConnectionBuilder::new();
+    if let Some(runtime) = runtime {
+        builder = builder.with_runtime(runtime);
+    }
+    let pc = builder
         .with_configuration(configuration)
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
