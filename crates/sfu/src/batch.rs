@@ -465,6 +465,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_socket_refusing_gso_falls_back_to_one_datagram_per_message() {
+        let a = crate::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let b = crate::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        // SO_NO_CHECK (11 on Linux; libc does not export it for this target): a socket
+        // that sends without UDP checksums cannot use GSO, and the kernel says EINVAL.
+        const SO_NO_CHECK: libc::c_int = 11;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and a c_int option value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                raw_fd(&a),
+                libc::SOL_SOCKET,
+                SO_NO_CHECK,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
+        let to = b.local_addr().expect("addr");
+        let mut out = SendBatch::default();
+        for i in 0..12u8 {
+            out.push(to, BytesMut::from(&[i; 100][..]));
+        }
+        assert_eq!(out.flush(raw_fd(&a)), (12, 0));
+        assert!(!out.gso());
+        let got = receive(&b, 12).await;
+        let firsts: Vec<u8> = got.iter().map(|(_, d)| d[0]).collect();
+        assert_eq!(firsts, (0..12).collect::<Vec<u8>>());
+    }
+
+    #[tokio::test]
     async fn a_batch_goes_out_and_comes_back_in_order() {
         let a = crate::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let b = crate::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
