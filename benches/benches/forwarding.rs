@@ -3,9 +3,11 @@
 //!
 //! - `rewrite/ids`: `SeqRewriter::rewrite` + payload-type and two extension-id `IdMap`
 //!   look-ups, per packet per subscription.
-//! - `rewrite/packet`, `rewrite/packet+ext`: `chorus_sfu::peer::HeaderRewrite::apply` (clone +
-//!   rewrite, what `Peer::forward` does before webrtc-rs) on a video packet without and with
-//!   two header extensions.
+//! - `rewrite/packet`, `rewrite/packet+ext`, `rewrite/packet+dropped-ext`:
+//!   `chorus_sfu::peer::HeaderRewrite::apply` (the rewritten copy `Peer::forward` hands
+//!   webrtc-rs) on a video packet without header extensions, with two that the subscription
+//!   forwards, and with three that it does not (a browser's video packet: transport-cc, mid,
+//!   and the like).
 //! - `fanout/peer/N`: real `chorus_sfu::peer::Peer`s connected in memory (see
 //!   `chorus_benches::inmem::Rig`): one SRTP datagram in, N SRTP datagrams out, through
 //!   webrtc-rs (`handle_read`, interceptors, SRTP) and Chorus's `Peer::forward`, handled in
@@ -75,7 +77,7 @@ fn print(row: &Row) {
         }
     };
     println!(
-        "{:<22} {:>12.1} {:>10} {:>12} {:>12.2} {:>12} {:>12.0}",
+        "{:<28} {:>12.1} {:>10} {:>12} {:>12.2} {:>12} {:>12.0}",
         row.name,
         row.ns_per_in,
         format!("{:.0}", row.outputs_per_in),
@@ -113,7 +115,9 @@ fn bench_rewrite_ids() -> Row {
 
 /// `HeaderRewrite::apply` (what `Peer::forward` does before handing the packet to
 /// webrtc-rs) on a 1100-byte video packet, with `extensions` header extensions.
-fn bench_rewrite_packet(name: &str, extensions: usize) -> Row {
+/// `extensions`: (id, length) of the source packet's header extensions; ids 2 and 4 are
+/// forwarded, every other id is dropped.
+fn bench_rewrite_packet(name: &str, extensions: &[(u8, usize)]) -> Row {
     let mut rewrite = HeaderRewrite::new(0x5000_0001);
     rewrite.pt.insert(96, 98);
     rewrite.ext.insert(2, 3);
@@ -123,11 +127,10 @@ fn bench_rewrite_packet(name: &str, extensions: usize) -> Row {
             version: 2,
             payload_type: 96,
             ssrc: 0x1234,
-            extension: extensions > 0,
+            extension: !extensions.is_empty(),
             extension_profile: 0xBEDE,
-            extensions: [(2u8, 3usize), (4, 2)]
+            extensions: extensions
                 .iter()
-                .take(extensions)
                 .map(|&(id, len)| Extension {
                     id,
                     payload: Bytes::from(vec![0xAB; len]),
@@ -185,17 +188,26 @@ fn main() -> anyhow::Result<()> {
             .is_none_or(|f| name == f || name.starts_with(&format!("{f}/")))
     };
     println!(
-        "{:<22} {:>12} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "{:<28} {:>12} {:>10} {:>12} {:>12} {:>12} {:>12}",
         "bench", "ns/in", "out/in", "ns/out", "allocs/in", "allocs/out", "bytes/in"
     );
     if wanted("rewrite/ids") {
         print(&bench_rewrite_ids());
     }
     if wanted("rewrite/packet") {
-        print(&bench_rewrite_packet("rewrite/packet", 0));
+        print(&bench_rewrite_packet("rewrite/packet", &[]));
     }
     if wanted("rewrite/packet+ext") {
-        print(&bench_rewrite_packet("rewrite/packet+ext", 2));
+        print(&bench_rewrite_packet(
+            "rewrite/packet+ext",
+            &[(2, 3), (4, 2)],
+        ));
+    }
+    if wanted("rewrite/packet+dropped-ext") {
+        print(&bench_rewrite_packet(
+            "rewrite/packet+dropped-ext",
+            &[(1, 2), (6, 1), (7, 3)],
+        ));
     }
     for n in [1, 10, 100] {
         if wanted(&format!("fanout/parts/{n}")) {

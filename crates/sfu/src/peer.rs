@@ -148,33 +148,48 @@ impl HeaderRewrite {
     }
 
     /// The packet as this subscription sends it; `None` when its payload type is not
-    /// negotiated with the subscriber. The clone allocates only for header extensions
-    /// (webrtc-rs's header owns them in a `Vec`); the payload is shared.
+    /// negotiated with the subscriber. The payload and extension values are shared, not
+    /// copied. The only allocation is the extension list, and only when an extension
+    /// survives the translation: webrtc-rs's header owns that list in a `Vec`.
     pub fn apply(&mut self, src: &rtc::rtp::packet::Packet) -> Option<rtc::rtp::packet::Packet> {
+        use rtc::rtp::header::{Extension, Header};
         let pt = self.pt.get(src.header.payload_type)?;
-        let (seq, ts) = self.seq.rewrite(
+        let (sequence_number, timestamp) = self.seq.rewrite(
             src.header.ssrc,
             src.header.sequence_number,
             src.header.timestamp,
         );
-        let mut pkt = src.clone();
-        pkt.header.ssrc = self.ssrc;
-        pkt.header.payload_type = pt;
-        pkt.header.sequence_number = seq;
-        pkt.header.timestamp = ts;
         let ext = &self.ext;
-        pkt.header.extensions.retain_mut(|e| match ext.get(e.id) {
-            Some(id) => {
-                e.id = id;
-                true
-            }
-            None => false,
-        });
-        pkt.header.extension = !pkt.header.extensions.is_empty();
-        // The source's padding belonged to its own extension block; with extensions
-        // dropped it would make the marshalled size disagree with the announced one.
-        pkt.header.extensions_padding = 0;
-        Some(pkt)
+        let extensions: Vec<Extension> = src
+            .header
+            .extensions
+            .iter()
+            .filter_map(|e| {
+                Some(Extension {
+                    id: ext.get(e.id)?,
+                    payload: e.payload.clone(),
+                })
+            })
+            .collect();
+        Some(rtc::rtp::packet::Packet {
+            header: Header {
+                version: src.header.version,
+                padding: src.header.padding,
+                extension: !extensions.is_empty(),
+                marker: src.header.marker,
+                payload_type: pt,
+                sequence_number,
+                timestamp,
+                ssrc: self.ssrc,
+                csrc: src.header.csrc.clone(),
+                extension_profile: src.header.extension_profile,
+                extensions,
+                // The source's padding belonged to its own extension block; kept, it would
+                // make the marshalled size disagree with the announced one.
+                extensions_padding: 0,
+            },
+            payload: src.payload.clone(),
+        })
     }
 }
 
@@ -293,14 +308,15 @@ fn media_engine() -> Result<MediaEngine, MediaError> {
             .register_codec(c, RtpCodecKind::Video)
             .map_err(internal)?;
     }
+    // Only extensions whose values mean the same on the subscriber's leg as on the
+    // publisher's. Not abs-send-time: it serves a receive-side bandwidth estimate whose
+    // feedback (goog-remb) Chorus never negotiates, the publisher's bandwidth estimate runs
+    // on transport-cc, and forwarding it would cost a header-extension list per forwarded
+    // video packet (webrtc-rs's packet owns one in a Vec).
     for (uri, kind) in [
         (
             "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
             RtpCodecKind::Audio,
-        ),
-        (
-            "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-            RtpCodecKind::Video,
         ),
         ("urn:3gpp:video-orientation", RtpCodecKind::Video),
     ] {
