@@ -17,7 +17,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use chorus_protocol::{IceCandidate, PeerRole, TrackId};
 use chorus_sfu::PeerSettings;
-use chorus_sfu::peer::{HeaderRewrite, Peer, PeerEvent};
+use chorus_sfu::history::History;
+use chorus_sfu::peer::{HeaderRewrite, MediaPacket, Peer, PeerEvent};
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -230,6 +231,8 @@ pub struct Rig {
     seq: u16,
     ts: u32,
     events: Vec<PeerEvent>,
+    /// The track's NACK history, which the worker moves every forwarded packet into.
+    history: History<MediaPacket>,
 }
 
 impl Rig {
@@ -331,6 +334,7 @@ impl Rig {
             seq: 1000,
             ts: 90_000,
             events: Vec::new(),
+            history: History::default(),
         };
         // The first packets open the track on the server (OnTrack) and start the streams.
         let mut warm = rig.datagrams(20, 1100)?;
@@ -384,7 +388,8 @@ impl Rig {
 
     /// What the media worker does with one batch of datagrams from the publisher (one
     /// `recvmmsg` worth): for each, `handle_datagram`, `poll_events` and `poll_media` with
-    /// `forward` to every subscription; then, once per batch, `poll_transmit` and
+    /// `forward` to every subscription, then into the track's history; then, once per
+    /// batch, `poll_transmit` and
     /// `refresh_timeout` on every touched peer. Returns how many datagrams went out.
     pub fn forward_batch(&mut self, batch: &mut [BytesMut], now: Instant) -> usize {
         let publisher = &mut self.publisher.server;
@@ -392,11 +397,13 @@ impl Rig {
             publisher.handle_datagram(self.publisher.addr, false, std::mem::take(datagram), now);
             publisher.poll_events(&mut self.events);
             let subscribers = &mut self.subscribers;
+            let history = &mut self.history;
             publisher.poll_media(
                 |track, packet| {
                     for sub in subscribers.iter_mut() {
-                        let _ = sub.server.forward(track, packet, now);
+                        let _ = sub.server.forward(track, &packet, now);
                     }
+                    history.store(packet.ssrc(), packet.sequence_number(), packet);
                 },
                 &mut self.events,
             );

@@ -29,6 +29,10 @@ use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    TransportLayerNack, nack_pairs_from_sequence_numbers,
+};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -75,6 +79,17 @@ pub struct ReceivedPacket {
     pub payload_type: u8,
     pub marker: bool,
     pub payload: Bytes,
+    pub at: Instant,
+}
+
+/// One RTCP sender report as the subscriber peer received it.
+#[derive(Debug, Clone)]
+pub struct SenderReportSeen {
+    pub ssrc: u32,
+    pub ntp_time: u64,
+    pub rtp_time: u32,
+    pub packet_count: u32,
+    pub octet_count: u32,
     pub at: Instant,
 }
 
@@ -319,6 +334,7 @@ struct SubscriberState {
     answered: AtomicU64,
     /// When set ([`Client::received_stream`]), packets go here instead of being recorded.
     tap: Mutex<Option<mpsc::UnboundedSender<ReceivedPacket>>>,
+    sender_reports: Mutex<Vec<SenderReportSeen>>,
 }
 
 impl SubscriberState {
@@ -331,6 +347,7 @@ impl SubscriberState {
             remotes: Mutex::new(HashMap::new()),
             answered: AtomicU64::new(0),
             tap: Mutex::new(None),
+            sender_reports: Mutex::new(Vec::new()),
         }
     }
 
@@ -393,6 +410,21 @@ async fn record_track(subscriber: Arc<SubscriberState>, track: Arc<dyn TrackRemo
                     }
                 }
                 subscriber.record(mid.as_deref(), packet);
+            }
+            TrackRemoteEvent::OnRtcpPacket(packets) => {
+                let at = Instant::now();
+                let reports = packets
+                    .iter()
+                    .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+                    .map(|sr| SenderReportSeen {
+                        ssrc: sr.ssrc,
+                        ntp_time: sr.ntp_time,
+                        rtp_time: sr.rtp_time,
+                        packet_count: sr.packet_count,
+                        octet_count: sr.octet_count,
+                        at,
+                    });
+                lock(&subscriber.sender_reports).extend(reports);
             }
             TrackRemoteEvent::OnEnded => break,
             _ => {}
@@ -878,6 +910,30 @@ impl Client {
     }
 
     /// Sends a FIR for a received track.
+    /// Reports packets of a subscribed track lost (RTCP generic NACK), by the sequence
+    /// numbers this client received them under.
+    pub async fn send_nack(
+        &self,
+        participant: ParticipantId,
+        track: TrackId,
+        sequence_numbers: &[u16],
+    ) -> Result<()> {
+        let (remote, media_ssrc) = self.feedback_target(participant, track)?;
+        remote
+            .write_rtcp(vec![Box::new(TransportLayerNack {
+                sender_ssrc: 1,
+                media_ssrc,
+                nacks: nack_pairs_from_sequence_numbers(sequence_numbers),
+            })])
+            .await
+            .context("writing a NACK")
+    }
+
+    /// Every sender report the subscriber peer received so far.
+    pub fn sender_reports(&self) -> Vec<SenderReportSeen> {
+        lock(&self.inner.subscriber.sender_reports).clone()
+    }
+
     pub async fn send_fir(
         &self,
         participant: ParticipantId,

@@ -14,7 +14,8 @@ pub mod wait;
 
 pub use client::{
     Client, ClientOptions, JoinedInfo, KeyframeRequest, KeyframeRequestKind, Logged, MediaRate,
-    PublishedTracks, ReceivedPacket, RtpWriter, SentPacket, ServerRefused, refusal_code,
+    PublishedTracks, ReceivedPacket, RtpWriter, SenderReportSeen, SentPacket, ServerRefused,
+    refusal_code,
 };
 pub use harness::{Server, Stats};
 pub use raw::{RawEvent, RawWs};

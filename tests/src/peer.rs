@@ -18,6 +18,7 @@ use rtc::peer_connection::configuration::media_engine::{
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
@@ -129,14 +130,16 @@ pub async fn build_on(
     Ok(Arc::new(pc))
 }
 
-/// Whether an RTCP packet asks for a keyframe.
-fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
+/// Whether the application wants an inbound RTCP packet: keyframe requests (publisher side)
+/// and sender reports (subscriber side, so that tests can check the server's).
+fn is_delivered(packet: &dyn rtc::rtcp::Packet) -> bool {
     let any = packet.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() || any.is::<SenderReport>()
 }
 
-/// Marks inbound PLI and FIR for delivery to the application (to the sender's `TrackLocal`)
-/// and lets all other inbound RTCP end at the chain as usual. Outbound traffic passes untouched.
+/// Marks inbound PLI, FIR and SR for delivery to the application (the sender's `TrackLocal`
+/// or the receiver's `TrackRemote`) and lets all other inbound RTCP end at the chain as
+/// usual. Outbound traffic passes untouched.
 #[derive(Default)]
 struct KeyframeRequestTap {
     reads: VecDeque<TaggedPacket>,
@@ -154,7 +157,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
+                .filter(|p| is_delivered(p.as_ref()))
                 .cloned()
                 .collect();
             if requests.is_empty() {

@@ -794,3 +794,125 @@ async fn mute_is_announced_and_rooms_are_listed() -> Result<()> {
         .await?;
     assert_no_failures(&[&ada, &bob, &lobby, &cy])
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_packet_comes_again_and_every_subscription_sends_sender_reports() -> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let publisher = Client::connect_and_join(server.http_addr(), "standup", "ada").await?;
+    let tracks = publisher.publish_and_stream(MediaRate::default()).await?;
+    // The subscriber comes once the server holds some video in the track's history.
+    wait::poll_until(T, "the publisher's first video packets", || {
+        let sent = publisher.sent();
+        (sent.iter().filter(|p| p.kind == MediaKind::Video).count() >= 10).then_some(())
+    })
+    .await?;
+    let subscriber = Client::connect_and_join(server.http_addr(), "standup", "bob").await?;
+    let pub_id = publisher.id()?;
+    subscriber
+        .wait_for_packets(pub_id, tracks.video, 20, T)
+        .await?;
+
+    // NACK the three numbers just before the first packet the subscriber got. They name
+    // the publisher's packets from before the subscription started, which the server still
+    // holds in the track's history: they arrive, under those numbers, as the publisher sent
+    // them. (Packets the subscriber already has would come again too, but its SRTP replay
+    // protection drops a second copy, as a browser's does.)
+    let first = subscriber
+        .received(pub_id, tracks.video)
+        .into_iter()
+        .next()
+        .context("a first video packet")?;
+    let first_counter = parse_tag(&first.payload)
+        .context("a tagged packet")?
+        .counter;
+    let seqs: Vec<u16> = (1..=3u16)
+        .rev()
+        .map(|back| first.sequence_number.wrapping_sub(back))
+        .collect();
+    subscriber.send_nack(pub_id, tracks.video, &seqs).await?;
+    let resent = wait::poll_until(T, "the NACKed packets", || {
+        let got = subscriber.received(pub_id, tracks.video);
+        let resent: Vec<_> = seqs
+            .iter()
+            .filter_map(|s| got.iter().find(|p| p.sequence_number == *s).cloned())
+            .collect();
+        (resent.len() == seqs.len()).then_some(resent)
+    })
+    .await?;
+    for (packet, back) in resent.iter().zip((1..=3u32).rev()) {
+        let tag = parse_tag(&packet.payload).context("the resent packet's tag")?;
+        ensure!(
+            tag.counter + back == first_counter
+                && packet.payload == expected_payload(&tag)
+                && packet.ssrc == first.ssrc,
+            "seq {}: got counter {} on SSRC {}, expected counter {} on SSRC {}",
+            packet.sequence_number,
+            tag.counter,
+            packet.ssrc,
+            first_counter - back,
+            first.ssrc
+        );
+    }
+
+    // Sender reports for both subscriptions, counting what was sent, with an RTP time that
+    // fits the stream's timestamps and an NTP time that is the wall clock.
+    let ssrc_of = |track| {
+        subscriber
+            .received(pub_id, track)
+            .last()
+            .map(|p| p.ssrc)
+            .context("no packet received")
+    };
+    let (video_ssrc, audio_ssrc) = (ssrc_of(tracks.video)?, ssrc_of(tracks.audio)?);
+    wait::poll_until(T, "sender reports for both subscriptions", || {
+        let reports = subscriber.sender_reports();
+        let has = |ssrc| reports.iter().any(|r| r.ssrc == ssrc && r.packet_count > 0);
+        (has(video_ssrc) && has(audio_ssrc)).then_some(())
+    })
+    .await?;
+    for (ssrc, track, clock_rate) in [
+        (video_ssrc, tracks.video, 90_000.0),
+        (audio_ssrc, tracks.audio, 48_000.0),
+    ] {
+        let report = subscriber
+            .sender_reports()
+            .into_iter()
+            .rfind(|r| r.ssrc == ssrc)
+            .context("a sender report")?;
+        let got = subscriber.received(pub_id, track);
+        let nearest = got
+            .iter()
+            .min_by_key(|p| {
+                let (a, b) = (p.at, report.at);
+                if a > b { a - b } else { b - a }
+            })
+            .context("packets")?;
+        let expected = f64::from(nearest.timestamp)
+            + (report.at.duration_since(nearest.at).as_secs_f64()
+                - nearest.at.duration_since(report.at).as_secs_f64())
+                * clock_rate;
+        let off = (f64::from(report.rtp_time) - expected).abs();
+        ensure!(
+            off < 0.2 * clock_rate,
+            "SSRC {ssrc}: RTP time {} is {off} ticks from the stream's ({expected})",
+            report.rtp_time
+        );
+        let received = got.iter().filter(|p| p.at <= report.at).count() as u32;
+        ensure!(
+            report.packet_count >= received.saturating_sub(5)
+                && report.packet_count <= got.len() as u32 + 5,
+            "SSRC {ssrc}: packet count {} against {received} received before the report",
+            report.packet_count
+        );
+        let unix = (report.ntp_time >> 32).saturating_sub(2_208_988_800);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        ensure!(
+            unix.abs_diff(now) <= 5,
+            "SSRC {ssrc}: NTP time {unix} s is not the wall clock {now} s"
+        );
+    }
+    Ok(())
+}

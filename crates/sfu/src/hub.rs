@@ -150,6 +150,8 @@ pub struct HubStats {
     pub unrouted: u64,
     pub send_drops: u64,
     pub keyframe_requests: u64,
+    pub retransmitted: u64,
+    pub retransmit_misses: u64,
 }
 
 impl Hub {
@@ -310,6 +312,8 @@ impl Hub {
             unrouted: get(&w.unrouted),
             send_drops: get(&w.send_drops),
             keyframe_requests: get(&w.keyframe_requests),
+            retransmitted: get(&w.retransmitted),
+            retransmit_misses: get(&w.retransmit_misses),
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`hub`]: the registry of rooms that signaling sessions talk to.
 
 pub mod batch;
+pub mod history;
 pub mod hub;
 pub mod net;
 pub mod peer;

@@ -57,6 +57,24 @@ impl SeqRewriter {
         }
         (out_seq, out_ts)
     }
+
+    /// The numbers an earlier packet of the current source was sent with, for sending it
+    /// again; `None` for another source (its offsets are gone). Changes nothing.
+    pub fn resend(&self, source_ssrc: u32, seq: u16, ts: u32) -> Option<(u16, u32)> {
+        (self.source_ssrc == Some(source_ssrc)).then(|| {
+            (
+                seq.wrapping_add(self.seq_offset),
+                ts.wrapping_add(self.ts_offset),
+            )
+        })
+    }
+
+    /// The current source's (SSRC, sequence number) that went out as `out_seq`, to answer a
+    /// NACK; `None` before the first packet.
+    pub fn source_of(&self, out_seq: u16) -> Option<(u32, u16)> {
+        let ssrc = self.source_ssrc?;
+        Some((ssrc, out_seq.wrapping_sub(self.seq_offset)))
+    }
 }
 
 /// RFC 1982 serial comparison: is `a` after `b`?
@@ -165,6 +183,32 @@ mod tests {
             r.rewrite(2, 40_001, 3_123),
             (103, 4_000 + REBASE_TS_STEP + 3_000)
         );
+    }
+
+    #[test]
+    fn a_nacked_packet_maps_back_to_its_source_and_resends_with_the_same_numbers() {
+        let mut r = SeqRewriter::new(65_530);
+        assert_eq!(r.source_of(65_530), None);
+        let sent: Vec<(u16, u32)> = (0..10u16)
+            .map(|i| r.rewrite(9, 60_000u16.wrapping_add(i * 1000), u32::from(i) * 3000))
+            .collect();
+        for (i, &(out_seq, out_ts)) in sent.iter().enumerate() {
+            let i = i as u16;
+            let (ssrc, seq) = r.source_of(out_seq).expect("current source");
+            assert_eq!((ssrc, seq), (9, 60_000u16.wrapping_add(i * 1000)));
+            assert_eq!(
+                r.resend(ssrc, seq, u32::from(i) * 3000),
+                Some((out_seq, out_ts))
+            );
+        }
+        // resending changes nothing: the next packet continues as before
+        assert_eq!(
+            r.rewrite(9, 60_000u16.wrapping_add(10_000), 30_000).0,
+            65_530u16.wrapping_add(10_000)
+        );
+        // after a source change the old source's packets are not resent
+        r.rewrite(10, 5, 0);
+        assert_eq!(r.resend(9, 60_000, 0), None);
     }
 
     #[test]

@@ -19,7 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::MediaError;
 use crate::batch::{self, RecvBatch, SendBatch};
-use crate::peer::{ForwardDrop, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec};
+use crate::history::History;
+use crate::peer::{
+    ForwardDrop, MediaPacket, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec, ntp_time,
+};
 use crate::stun;
 use crate::tcp::{self, TcpEvent};
 use crate::token::{random_token, random_u64};
@@ -31,6 +34,11 @@ pub const WORKER_COMMAND_QUEUE: usize = 1024;
 /// Minimum spacing of keyframe requests sent to one publisher track. Requests inside the
 /// window are merged into one sent when it ends.
 pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+
+/// How often every subscription sends a sender report (RFC 3550 suggests about every 5 s
+/// at these rates; browsers line audio and video up from them, and 1 s lets a late joiner
+/// sync within a second).
+pub const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest the worker sleeps without looking at its peers' timers.
 const MAX_IDLE: Duration = Duration::from_millis(100);
@@ -126,6 +134,10 @@ pub struct WorkerStats {
     /// Datagrams the kernel would not take (send buffer full).
     pub send_drops: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Packets sent again to answer a subscriber's NACK.
+    pub retransmitted: AtomicU64,
+    /// NACKed packets no longer (or never) in their track's history.
+    pub retransmit_misses: AtomicU64,
 }
 
 /// A handle for sending commands to a running worker.
@@ -164,6 +176,8 @@ struct TrackRoute {
     subscribers: Vec<ParticipantId>,
     last_keyframe_request: Option<Instant>,
     keyframe_pending: bool,
+    /// Video only: the recent packets, to answer NACKs (audio negotiates no NACK).
+    history: Option<History<MediaPacket>>,
 }
 
 struct ParticipantMedia {
@@ -203,6 +217,8 @@ pub struct Worker {
     inbox: Vec<(SocketAddr, BytesMut)>,
     sends: SendBatch,
     touched: Vec<ParticipantId>,
+    /// When the subscriptions next send sender reports.
+    next_reports: Instant,
 }
 
 /// Starts a worker on `socket` (and ICE-TCP on `tcp_listener`, if given) and returns its
@@ -270,6 +286,7 @@ impl Worker {
             inbox: Vec::with_capacity(batch::BATCH),
             sends: SendBatch::default(),
             touched: Vec::new(),
+            next_reports: Instant::now() + SENDER_REPORT_INTERVAL,
         }
     }
 
@@ -400,13 +417,13 @@ impl Worker {
         peer.poll_events(&mut events);
         {
             let participants = &mut self.participants;
-            let tracks = &self.tracks;
+            let tracks = &mut self.tracks;
             let stats = &self.stats;
             let touched = &mut self.touched;
             peer.poll_media(
                 |track, packet| {
                     stats.rtp_in.fetch_add(1, Ordering::Relaxed);
-                    let Some(route) = tracks.get(&track) else {
+                    let Some(route) = tracks.get_mut(&track) else {
                         return;
                     };
                     for subscriber in &route.subscribers {
@@ -416,7 +433,7 @@ impl Worker {
                         else {
                             continue;
                         };
-                        match sub.forward(track, packet, now) {
+                        match sub.forward(track, &packet, now) {
                             Ok(()) => {
                                 stats.rtp_forwarded.fetch_add(1, Ordering::Relaxed);
                                 touched.push(*subscriber);
@@ -429,6 +446,9 @@ impl Worker {
                                 stats.forward_drops.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                    }
+                    if let Some(history) = &mut route.history {
+                        history.store(packet.ssrc(), packet.sequence_number(), packet);
                     }
                 },
                 &mut events,
@@ -464,12 +484,57 @@ impl Worker {
                     }
                 }
                 PeerEvent::KeyframeRequested(track) => self.request_keyframe(track, now),
+                PeerEvent::ResendRequested { track, lost } => {
+                    self.resend(participant, track, &lost, now);
+                }
             }
         }
         self.events = events;
         for track in video {
             self.request_keyframe(track, now);
         }
+    }
+
+    /// Answers a subscriber's NACK from the track's history.
+    fn resend(
+        &mut self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        lost: &[(u32, u16)],
+        now: Instant,
+    ) {
+        let history = self.tracks.get(&track).and_then(|r| r.history.as_ref());
+        let Some(peer) = self
+            .participants
+            .get_mut(&subscriber)
+            .and_then(|m| m.subscriber.as_mut())
+        else {
+            return;
+        };
+        for &(ssrc, seq) in lost {
+            let sent = history
+                .and_then(|h| h.get(ssrc, seq))
+                .is_some_and(|packet| peer.resend(track, packet, now).is_ok());
+            let counter = if sent {
+                &self.stats.retransmitted
+            } else {
+                &self.stats.retransmit_misses
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.touched.push(subscriber);
+    }
+
+    /// Every subscription that has sent media reports it (RTCP sender reports).
+    fn send_reports(&mut self, now: Instant) {
+        let ntp = ntp_time(std::time::SystemTime::now());
+        for (participant, media) in &mut self.participants {
+            if let Some(peer) = &mut media.subscriber {
+                peer.send_reports(now, ntp);
+                self.touched.push(*participant);
+            }
+        }
+        self.next_reports = now + SENDER_REPORT_INTERVAL;
     }
 
     /// Asks a track's publisher for a keyframe, at most once per [`KEYFRAME_THROTTLE`].
@@ -503,7 +568,7 @@ impl Worker {
     }
 
     fn poll_timeouts(&mut self, now: Instant) -> Option<Instant> {
-        let mut earliest: Option<Instant> = None;
+        let mut earliest = Some(self.next_reports);
         for media in self.participants.values_mut() {
             for peer in [&mut media.publisher, &mut media.subscriber]
                 .into_iter()
@@ -526,6 +591,9 @@ impl Worker {
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
+        if now >= self.next_reports {
+            self.send_reports(now);
+        }
         let mut due = Vec::new();
         for (participant, media) in &mut self.participants {
             for (role, peer) in [
@@ -747,6 +815,7 @@ impl Worker {
                             subscribers: Vec::new(),
                             last_keyframe_request: None,
                             keyframe_pending: false,
+                            history: (kind == MediaKind::Video).then(History::default),
                         },
                     );
                     self.stats.tracks.fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,18 @@ test('two pages in a room decode each other\'s video and receive audio', { timeo
     assert.equal((await tileState(a, `#tile-${idB}`)).label, 'Bob');
     assert.equal((await tileState(b, `#tile-${idA}`)).label, 'Ada');
     assert.equal((await tileState(a, '#tile-self')).label, 'Ada (you)');
+    // The server's sender reports reach the browser, which builds remote-outbound-rtp stats
+    // (packets sent, as the server counts them) from them, for both kinds.
+    await poll(
+      () => b.evaluate(async () => {
+        const kinds = new Set();
+        (await window.chorus.client._sub.getStats()).forEach((s) => {
+          if (s.type === 'remote-outbound-rtp' && s.packetsSent > 0 && s.reportsSent > 0) kinds.add(s.kind);
+        });
+        return kinds.has('audio') && kinds.has('video');
+      }),
+      { message: 'remote-outbound-rtp stats for audio and video (the server\'s sender reports)' },
+    );
     for (const p of [a, b]) {
       await poll(async () => (await p.textContent('#conn-text')) === 'Connected', { message: 'the Connected indicator' });
       assert.equal(await p.getAttribute('#conn-indicator', 'data-state'), 'joined');
