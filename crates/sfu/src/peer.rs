@@ -142,12 +142,6 @@ pub struct SourceCodec {
     extensions: Vec<(u8, String)>,
 }
 
-impl SourceCodec {
-    pub fn kind(&self) -> MediaKind {
-        self.kind
-    }
-}
-
 /// What one subscription changes in every packet it forwards.
 #[derive(Debug, Clone)]
 pub struct HeaderRewrite {
@@ -249,11 +243,17 @@ struct SendCounters {
     last: Option<(u32, Instant)>,
 }
 
+/// Whether RTP timestamp `a` is later than `b` (serial arithmetic, RFC 3550 wraps them).
+fn ts_newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
+}
+
 impl SendCounters {
     fn record(&mut self, timestamp: u32, octets: usize, now: Instant, resent: bool) {
         self.packets = self.packets.wrapping_add(1);
         self.octets = self.octets.wrapping_add(octets as u32);
-        if !resent && self.last.is_none_or(|(ts, _)| ts != timestamp) {
+        // A resent or reordered packet is older than the newest frame: it does not move it.
+        if !resent && self.last.is_none_or(|(ts, _)| ts_newer(timestamp, ts)) {
             self.last = Some((timestamp, now));
         }
     }
@@ -1198,6 +1198,43 @@ mod tests {
         let mut rewrite = HeaderRewrite::new(1);
         rewrite.pt.insert(96, 96);
         assert!(rewrite.apply(&browser_packet()).is_none());
+    }
+
+    #[test]
+    fn a_sender_report_counts_what_went_out_and_runs_the_rtp_clock_on() {
+        let t0 = Instant::now();
+        let mut sent = SendCounters::default();
+        assert!(
+            sent.report(7, 90_000, t0, 0).is_none(),
+            "nothing sent, no report"
+        );
+        sent.record(1_000, 1100, t0, false);
+        sent.record(1_000, 900, t0 + Duration::from_millis(1), false);
+        // the next frame, a reordered packet of the first, and a resend of the first
+        sent.record(4_000, 1100, t0 + Duration::from_millis(33), false);
+        sent.record(1_000, 500, t0 + Duration::from_millis(34), false);
+        sent.record(1_000, 1100, t0 + Duration::from_millis(40), true);
+        let report = sent
+            .report(7, 90_000, t0 + Duration::from_millis(133), 42)
+            .expect("a report");
+        assert_eq!(report.ssrc, 7);
+        assert_eq!(report.ntp_time, 42);
+        assert_eq!((report.packet_count, report.octet_count), (5, 4700));
+        // 4 000 plus 100 ms at 90 kHz
+        assert_eq!(report.rtp_time, 4_000 + 9_000);
+    }
+
+    #[test]
+    fn rtp_timestamps_compare_across_the_wrap() {
+        assert!(ts_newer(5, u32::MAX - 5));
+        assert!(!ts_newer(u32::MAX - 5, 5));
+        assert!(!ts_newer(9, 9));
+    }
+
+    #[test]
+    fn ntp_time_counts_from_1900_with_a_binary_fraction() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_500);
+        assert_eq!(ntp_time(t), ((2_208_988_800u64 + 1) << 32) | (1u64 << 31));
     }
 
     #[test]

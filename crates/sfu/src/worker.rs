@@ -35,9 +35,9 @@ pub const WORKER_COMMAND_QUEUE: usize = 1024;
 /// window are merged into one sent when it ends.
 pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 
-/// How often every subscription sends a sender report (RFC 3550 suggests about every 5 s
-/// at these rates; browsers line audio and video up from them, and 1 s lets a late joiner
-/// sync within a second).
+/// How often every subscription sends a sender report. A receiver lines a participant's
+/// audio and video up only once it has one for each, so a late joiner waits up to this
+/// long for lip sync; 1 s is also what webrtc-rs's own sender-report stage used.
 pub const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest the worker sleeps without looking at its peers' timers.
