@@ -22,7 +22,7 @@ use crate::options::{Options, Roster};
 use crate::procfs;
 use crate::report::{Collected, Memory, RunReport};
 use crate::stats::{Arrival, Percentiles, ReceiverStats, SendTally};
-use crate::wire::{WireLinks, WireLog, WireRuntime};
+use crate::wire::{WireLinks, WireLog, wire_runtime};
 
 /// How long joining and negotiating everyone may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -100,7 +100,7 @@ async fn join_one(
     let start = Instant::now();
     let wire = WireLog::new();
     let options = ClientOptions {
-        runtime: Some(WireRuntime::new(Arc::clone(&wire))),
+        runtime: Some(wire_runtime(Arc::clone(&wire))),
     };
     let client = Client::connect_with(http, &name, options).await?;
     client

@@ -25,7 +25,7 @@ use webrtc::peer_connection::{
 use crate::load::{MEASURED, STOP, Sink, WARMUP, send_video};
 use crate::options::Options;
 use crate::stats::{Arrival, Percentiles, ReceiverStats, SendTally, WireUnmatched};
-use crate::wire::{WireLinks, WireLog, WireRuntime};
+use crate::wire::{WireLinks, WireLog, wire_runtime};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -97,7 +97,7 @@ async fn build(counting: Option<Counting>, log: &Arc<WireLog>) -> Result<Built> 
         state,
         counting,
     });
-    let runtime = WireRuntime::new(Arc::clone(log));
+    let runtime = wire_runtime(Arc::clone(log));
     let pc = chorus_tests::peer::build_on(handler, Some(runtime)).await?;
     Ok((pc, candidates_rx, state_rx))
 }

@@ -4,7 +4,7 @@
 //! scheduling of the client's tasks) is inside that span, so what is left is the server plus
 //! the kernel's loopback, which `--calibrate` measures on its own.
 //!
-//! - [`WireRuntime`] is the webrtc-rs runtime the load's peer connections run on. It is
+//! - [`wire_runtime`] is the webrtc-rs runtime the load's peer connections run on. It is
 //!   webrtc-rs's tokio runtime except for the UDP socket, which it wraps in a socket that
 //!   writes every RTP datagram it sends or receives into the client's [`WireLog`].
 //! - Sends are stamped with CLOCK_REALTIME just before the send system call. Receives carry
@@ -19,19 +19,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use webrtc::runtime::{
-    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
-    TokioRuntime, Transmit,
-};
+use chorus_tests::socket::{WrappedRuntime, rtp_header};
+use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Runtime, TokioRuntime, Transmit};
 
 use crate::media::Stamp;
 
@@ -62,13 +58,7 @@ fn duration_ns(d: Duration) -> u64 {
 /// RFC 7983: a first byte of 128..=191 is RTP or RTCP. RFC 5761: RTCP packet types 192..=223
 /// put 64..=95 in the low 7 bits of the second byte, where RTP has its payload type.
 pub fn rtp_key(datagram: &[u8]) -> Option<(u32, u16)> {
-    let header = datagram.get(..12)?;
-    if !(128..=191).contains(&header[0]) || (64..=95).contains(&(header[1] & 0x7f)) {
-        return None;
-    }
-    let seq = u16::from_be_bytes([header[2], header[3]]);
-    let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-    Some((ssrc, seq))
+    rtp_header(datagram).map(|(ssrc, seq, _)| (ssrc, seq))
 }
 
 /// Whether a recorded time is still this lap's (see [`REUSE_AFTER_NS`]).
@@ -228,82 +218,15 @@ impl WireLinks {
     }
 }
 
-/// webrtc-rs's tokio runtime, with every UDP socket wrapped to write into one [`WireLog`].
-#[derive(Debug)]
-pub struct WireRuntime {
-    log: Arc<WireLog>,
-}
-
-impl WireRuntime {
-    pub fn new(log: Arc<WireLog>) -> Arc<Self> {
-        Arc::new(Self { log })
-    }
-}
-
-impl Runtime for WireRuntime {
-    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
-        TokioRuntime.spawn(future)
-    }
-
-    fn spawn_reactor(
-        &self,
-        reactor_pool_size: usize,
-        future: Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Box<dyn JoinHandle> {
-        TokioRuntime.spawn_reactor(reactor_pool_size, future)
-    }
-
-    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        Ok(Arc::new(WireSocket {
-            inner: TokioRuntime.wrap_udp_socket(socket)?,
-            log: Arc::clone(&self.log),
-        }))
-    }
-
-    fn wrap_tcp_listener(
-        &self,
-        listener: std::net::TcpListener,
-    ) -> io::Result<Arc<dyn AsyncTcpListener>> {
-        TokioRuntime.wrap_tcp_listener(listener)
-    }
-
-    fn connect_tcp<'a>(
-        &'a self,
-        remote_addr: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
-        TokioRuntime.connect_tcp(remote_addr)
-    }
-
-    fn resolve_host<'a>(
-        &'a self,
-        host: &'a str,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
-        TokioRuntime.resolve_host(host)
-    }
-
-    fn now(&self) -> Instant {
-        TokioRuntime.now()
-    }
-
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        TokioRuntime.sleep(duration)
-    }
-
-    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
-        TokioRuntime.interval(period)
-    }
-
-    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
-        TokioRuntime.block_on(future);
-    }
-
-    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        TokioRuntime.yield_now()
-    }
-
-    fn name(&self) -> &'static str {
-        "tokio+wire"
-    }
+/// The runtime the load's peer connections run on: webrtc-rs's tokio runtime with every UDP
+/// socket wrapped in a [`WireSocket`] writing into `log`.
+pub fn wire_runtime(log: Arc<WireLog>) -> Arc<WrappedRuntime> {
+    WrappedRuntime::new("tokio+wire", move |inner| {
+        Arc::new(WireSocket {
+            inner,
+            log: Arc::clone(&log),
+        })
+    })
 }
 
 /// webrtc-rs's tokio UDP socket, recording the RTP it sends and receives.

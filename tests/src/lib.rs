@@ -1,6 +1,7 @@
 //! Test support for Chorus: a simulated browser on the async `webrtc` crate ([`Client`]), a
 //! harness that runs the real `chorus` binary ([`Server`]), a bare WebSocket for protocol abuse
-//! ([`RawWs`]), and known media whose every byte a receiver can check ([`media`]).
+//! ([`RawWs`]), known media whose every byte a receiver can check ([`media`]), and sockets
+//! with something in between ([`socket`]: timestamps, loss).
 //!
 //! Logging: set `RUST_LOG` (e.g. `RUST_LOG=chorus_tests=debug`); the default shows only
 //! errors. The server child gets `CHORUS_LOG`, else `RUST_LOG`, else `warn`.
@@ -10,6 +11,7 @@ pub mod harness;
 pub mod media;
 pub mod peer;
 pub mod raw;
+pub mod socket;
 pub mod wait;
 
 pub use client::{

@@ -2,6 +2,8 @@
 //! Each test starts its own server. Build the server first: `cargo build -p chorus`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -9,9 +11,11 @@ use chorus_protocol::{
     ByeReason, ClientMessage, ErrorCode, MediaKind, ParticipantId, ServerMessage, TrackSource,
 };
 use chorus_tests::media::{expected_payload, parse_tag};
+use chorus_tests::peer::VP8_PT;
+use chorus_tests::socket::LossySocket;
 use chorus_tests::{
-    Client, MediaRate, PublishedTracks, RawWs, Server, init_tracing, refusal_code, sequence_breaks,
-    wait,
+    Client, ClientOptions, MediaRate, PublishedTracks, RawWs, Server, init_tracing, refusal_code,
+    sequence_breaks, wait,
 };
 
 /// Generous bound for anything signaling or media related on a loaded 2-core machine.
@@ -914,5 +918,68 @@ async fn a_nacked_packet_comes_again_and_every_subscription_sends_sender_reports
             "SSRC {ssrc}: NTP time {unix} s is not the wall clock {now} s"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_is_recovered_by_the_subscribers_nacks() -> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let publisher = Client::connect_and_join(server.http_addr(), "standup", "ada").await?;
+    let tracks = publisher.publish_and_stream(MediaRate::default()).await?;
+    // The subscriber's socket drops the first arrival of every video packet whose sequence
+    // number is a multiple of 10; its own NACK generator (webrtc-rs's default) asks again.
+    let dropped = Arc::new(AtomicU64::new(0));
+    let lossy = LossySocket::runtime(VP8_PT, 10, Arc::clone(&dropped));
+    let subscriber = Client::connect_with(
+        server.http_addr(),
+        "bob",
+        ClientOptions {
+            runtime: Some(lossy),
+        },
+    )
+    .await?;
+    subscriber.join("standup").await?;
+    let pub_id = publisher.id()?;
+    subscriber
+        .wait_for_packets(pub_id, tracks.video, 100, T)
+        .await?;
+
+    // Every packet from the first received up to a few frames ago has arrived: the holes
+    // were filled from the track's history.
+    let holes = |got: &[chorus_tests::ReceivedPacket]| -> Option<Vec<u16>> {
+        let first = got.first()?.sequence_number;
+        let offsets: HashSet<u16> = got
+            .iter()
+            .map(|p| p.sequence_number.wrapping_sub(first))
+            .filter(|o| *o < 0x8000)
+            .collect();
+        let newest = offsets.iter().copied().max()?;
+        // the newest 30 packets (a few frames) may still be on their way back
+        Some(
+            (0..newest.saturating_sub(30))
+                .filter(|o| !offsets.contains(o))
+                .map(|o| first.wrapping_add(o))
+                .collect(),
+        )
+    };
+    let result = wait::poll_until(T, "every dropped video packet again", || {
+        let got = subscriber.received(pub_id, tracks.video);
+        (dropped.load(Ordering::Relaxed) >= 10 && holes(&got)?.is_empty()).then_some(())
+    })
+    .await;
+    result.with_context(|| {
+        format!(
+            "dropped {}, still missing {:?}",
+            dropped.load(Ordering::Relaxed),
+            holes(&subscriber.received(pub_id, tracks.video))
+        )
+    })?;
+    let (_, stats) = chorus_tests::harness::http_get(server.http_addr(), "/api/stats").await?;
+    let stats: serde_json::Value = serde_json::from_str(&stats)?;
+    ensure!(
+        stats["retransmitted"].as_u64() >= Some(10),
+        "the server's counters show no retransmissions: {stats}"
+    );
     Ok(())
 }

@@ -1,0 +1,270 @@
+//! Simulated browsers with something between their peer connections and their UDP sockets:
+//! [`WrappedRuntime`] is webrtc-rs's tokio runtime with every UDP socket passed through a
+//! wrapper of the caller's. The load generator wraps them to timestamp RTP at the sockets;
+//! [`LossySocket`] drops chosen inbound RTP datagrams, so that tests see loss recovery
+//! (loopback never loses, and this kernel has no `netem`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use webrtc::runtime::{
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
+    TokioRuntime, Transmit,
+};
+
+/// Turns webrtc-rs's socket into the one a peer connection gets.
+pub type SocketWrapper =
+    dyn Fn(Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket> + Send + Sync + 'static;
+
+/// webrtc-rs's tokio runtime, with every UDP socket passed through a wrapper.
+pub struct WrappedRuntime {
+    wrap: Box<SocketWrapper>,
+    name: &'static str,
+}
+
+impl fmt::Debug for WrappedRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WrappedRuntime")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl WrappedRuntime {
+    pub fn new(
+        name: &'static str,
+        wrap: impl Fn(Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            wrap: Box::new(wrap),
+            name,
+        })
+    }
+}
+
+impl Runtime for WrappedRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
+        TokioRuntime.spawn(future)
+    }
+
+    fn spawn_reactor(
+        &self,
+        reactor_pool_size: usize,
+        future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn JoinHandle> {
+        TokioRuntime.spawn_reactor(reactor_pool_size, future)
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        Ok((self.wrap)(TokioRuntime.wrap_udp_socket(socket)?))
+    }
+
+    fn wrap_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Arc<dyn AsyncTcpListener>> {
+        TokioRuntime.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
+        TokioRuntime.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        TokioRuntime.resolve_host(host)
+    }
+
+    fn now(&self) -> Instant {
+        TokioRuntime.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        TokioRuntime.sleep(duration)
+    }
+
+    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
+        TokioRuntime.interval(period)
+    }
+
+    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
+        TokioRuntime.block_on(future);
+    }
+
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        TokioRuntime.yield_now()
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// (SSRC, sequence number, payload type) of an RTP datagram; `None` for STUN, DTLS and RTCP
+/// (RFC 7983 first byte, RFC 5761 payload-type range). SRTP leaves this header in clear.
+pub fn rtp_header(datagram: &[u8]) -> Option<(u32, u16, u8)> {
+    let header = datagram.get(..12)?;
+    if !(128..=191).contains(&header[0]) || (64..=95).contains(&(header[1] & 0x7f)) {
+        return None;
+    }
+    let seq = u16::from_be_bytes([header[2], header[3]]);
+    let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    Some((ssrc, seq, header[1] & 0x7f))
+}
+
+/// A socket that drops the first arrival of every inbound RTP datagram of `payload_type`
+/// whose sequence number is a multiple of `every`: a steady loss the receiver's NACKs must
+/// repair (a retransmission of a dropped packet passes).
+pub struct LossySocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    payload_type: u8,
+    every: u16,
+    dropped: Mutex<HashSet<(u32, u16)>>,
+    count: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for LossySocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LossySocket")
+            .field("payload_type", &self.payload_type)
+            .field("every", &self.every)
+            .field("dropped", &self.count.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl LossySocket {
+    /// A runtime whose sockets are lossy like this; `count` counts the datagrams dropped.
+    pub fn runtime(payload_type: u8, every: u16, count: Arc<AtomicU64>) -> Arc<WrappedRuntime> {
+        WrappedRuntime::new("tokio+lossy", move |inner| {
+            Arc::new(LossySocket {
+                inner,
+                payload_type,
+                every: every.max(1),
+                dropped: Mutex::new(HashSet::new()),
+                count: Arc::clone(&count),
+            })
+        })
+    }
+
+    fn drops(&self, datagram: &[u8]) -> bool {
+        let Some((ssrc, seq, pt)) = rtp_header(datagram) else {
+            return false;
+        };
+        if pt != self.payload_type || !seq.is_multiple_of(self.every) {
+            return false;
+        }
+        let first = self
+            .dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ssrc, seq));
+        if first {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// Removes the dropped datagrams from one received message (several datagrams of
+    /// `stride` bytes when the kernel coalesced them, GRO); returns its new length.
+    fn filter_message(&self, buf: &mut [u8], len: usize, stride: usize) -> usize {
+        let stride = stride.max(1);
+        let mut kept = 0;
+        let mut at = 0;
+        while at < len {
+            let end = (at + stride).min(len);
+            if !self.drops(&buf[at..end]) {
+                buf.copy_within(at..end, kept);
+                kept += end - at;
+            }
+            at = end;
+        }
+        kept
+    }
+}
+
+impl AsyncUdpSocket for LossySocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        self.inner.max_gso_segments()
+    }
+
+    fn max_gro_segments(&self) -> usize {
+        self.inner.max_gro_segments()
+    }
+
+    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
+        self.inner.poll_send(cx, transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            // Filter each message, then close the gaps that emptied messages leave.
+            let mut kept = 0;
+            for i in 0..n {
+                let len = self.filter_message(&mut bufs[i], meta[i].len, meta[i].stride);
+                if len == 0 {
+                    continue;
+                }
+                meta[i].len = len;
+                if kept != i {
+                    let (head, tail) = bufs.split_at_mut(i);
+                    head[kept][..len].copy_from_slice(&tail[0][..len]);
+                    meta[kept] = meta[i];
+                }
+                kept += 1;
+            }
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+            // Everything read was dropped: read again (the socket re-arms the waker when
+            // nothing is ready).
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtp_is_told_from_rtcp_stun_and_dtls() {
+        let mut rtp = vec![0u8; 20];
+        rtp[0] = 0x80;
+        rtp[1] = 0x80 | 96; // marker + PT 96
+        rtp[2..4].copy_from_slice(&7u16.to_be_bytes());
+        rtp[8..12].copy_from_slice(&9u32.to_be_bytes());
+        assert_eq!(rtp_header(&rtp), Some((9, 7, 96)));
+        let mut rtcp = rtp.clone();
+        rtcp[1] = 200; // SR
+        assert_eq!(rtp_header(&rtcp), None);
+        assert_eq!(rtp_header(&[0u8; 20]), None); // STUN
+        assert_eq!(rtp_header(&[22u8; 20]), None); // DTLS
+        assert_eq!(rtp_header(&rtp[..8]), None);
+    }
+}
