@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { poll } from './harness.js';
+import { poll, scenario } from './harness.js';
 
 export const TURN_SECRET = 'north-wind';
 export const TURN_REALM = 'chorus.test';
@@ -121,4 +121,17 @@ export async function startCoturn({ secret = TURN_SECRET } = {}) {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Runs a browser `scenario` against a chorus whose `[ice]` section points at a fresh coturn
+ * (`ice`: options of `iceConfig`; `iceExtra`: more `[ice]` keys), then stops coturn.
+ */
+export async function coturnScenario(t, body, { ice = {}, iceExtra = '' } = {}) {
+  const coturn = await startCoturn();
+  try {
+    await scenario(t, body, { config: `[ice]\n${iceExtra}${coturn.iceConfig(ice)}` });
+  } finally {
+    await coturn.stop();
+  }
 }

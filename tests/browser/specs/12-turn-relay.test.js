@@ -4,51 +4,44 @@
 // credentials are the ones chorus generates from coturn's static-auth-secret.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { scenario, openPage, callUrl, waitJoined, waitMedia, poll, COLORS } from '../lib/harness.js';
-import { startCoturn } from '../lib/coturn.js';
+import { openPage, callUrl, waitJoined, waitMedia, poll, COLORS } from '../lib/harness.js';
+import { coturnScenario } from '../lib/coturn.js';
 import { installIcePaths, withIcePath, selectedPairs } from '../lib/icepath.js';
 
 for (const transport of ['udp', 'tcp']) {
-  test(`a relay-only page calls through coturn (TURN over ${transport.toUpperCase()})`, { timeout: 120000 }, async (t) => {
-    const coturn = await startCoturn();
-    try {
-      const config = `[ice]\ncredential_ttl_secs = 600\n${coturn.iceConfig({ transports: [transport] })}`;
-      await scenario(
-        t,
-        async ({ server, browser }) => {
-          await installIcePaths(browser);
-          const a = await openPage(browser, withIcePath(callUrl(server, 'relay', 'Ada'), 'relay'), { color: COLORS.red, label: 'Ada' });
-          const idA = await waitJoined(a);
-          assert.equal(await a.evaluate(() => window.__icepath), 'relay');
-          const ice = await a.evaluate(() => window.chorus.client.iceServers);
-          assert.equal(ice.length, 1);
-          assert.match(ice[0].username, new RegExp(`^\\d+:p${idA}$`), 'generated username expiry:participant');
+  test(`a relay-only page calls through coturn (TURN over ${transport.toUpperCase()})`, { timeout: 120000 }, (t) =>
+    coturnScenario(
+      t,
+      async ({ server, browser }) => {
+        await installIcePaths(browser);
+        const a = await openPage(browser, withIcePath(callUrl(server, 'relay', 'Ada'), 'relay'), { color: COLORS.red, label: 'Ada' });
+        const idA = await waitJoined(a);
+        assert.equal(await a.evaluate(() => window.__icepath), 'relay');
+        const ice = await a.evaluate(() => window.chorus.client.iceServers);
+        assert.equal(ice.length, 1);
+        assert.match(ice[0].username, new RegExp(`^\\d+:p${idA}$`), 'generated username expiry:participant');
 
-          const b = await openPage(browser, callUrl(server, 'relay', 'Bob'), { color: COLORS.blue, label: 'Bob' });
-          const idB = await waitJoined(b);
+        const b = await openPage(browser, callUrl(server, 'relay', 'Bob'), { color: COLORS.blue, label: 'Bob' });
+        const idB = await waitJoined(b);
 
-          await waitMedia(a, { video: [idB], audio: [idB], timeout: 40000 });
-          await waitMedia(b, { video: [idA], audio: [idA], timeout: 40000 });
+        await waitMedia(a, { video: [idB], audio: [idB], timeout: 40000 });
+        await waitMedia(b, { video: [idA], audio: [idA], timeout: 40000 });
 
-          const pairs = await poll(
-            async () => {
-              const p = await selectedPairs(a);
-              return p.pub && p.sub ? p : null;
-            },
-            { timeout: 10000, message: 'selected candidate pairs on the relay-only page' },
-          );
-          for (const role of ['pub', 'sub']) {
-            assert.equal(pairs[role].local.type, 'relay', `${role}: ${JSON.stringify(pairs[role])}`);
-            assert.equal(pairs[role].local.relayProtocol, transport, `${role}: ${JSON.stringify(pairs[role])}`);
-          }
-          // The unrestricted page is not relayed.
-          const direct = await selectedPairs(b);
-          assert.notEqual(direct.sub?.local.type, 'relay', JSON.stringify(direct));
-        },
-        { config },
-      );
-    } finally {
-      await coturn.stop();
-    }
-  });
+        const pairs = await poll(
+          async () => {
+            const p = await selectedPairs(a);
+            return p.pub && p.sub ? p : null;
+          },
+          { timeout: 10000, message: 'selected candidate pairs on the relay-only page' },
+        );
+        for (const role of ['pub', 'sub']) {
+          assert.equal(pairs[role].local.type, 'relay', `${role}: ${JSON.stringify(pairs[role])}`);
+          assert.equal(pairs[role].local.relayProtocol, transport, `${role}: ${JSON.stringify(pairs[role])}`);
+        }
+        // The unrestricted page is not relayed.
+        const direct = await selectedPairs(b);
+        assert.notEqual(direct.sub?.local.type, 'relay', JSON.stringify(direct));
+      },
+      { ice: { transports: [transport] }, iceExtra: 'credential_ttl_secs = 600\n' },
+    ));
 }
