@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod history;
 pub mod hub;
+pub mod idhash;
 pub mod net;
 pub mod peer;
 pub mod rewrite;

@@ -48,6 +48,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::MediaError;
+use crate::idhash::IdHashMap;
 use crate::rewrite::{IdMap, SeqRewriter};
 
 /// SRTP protection profiles the server accepts, by config name.
@@ -325,7 +326,7 @@ pub struct Peer {
     /// Publisher: rtc's track id string → our track.
     inbound_by_rtc: HashMap<String, TrackId>,
     /// Subscriber: our track → its outgoing copy.
-    outbound: HashMap<TrackId, Outbound>,
+    outbound: IdHashMap<TrackId, Outbound>,
     /// Subscriber: rtc's sender track id string → our track.
     outbound_by_rtc: HashMap<String, TrackId>,
 }
@@ -527,7 +528,7 @@ impl Peer {
             next_timeout: Some(now),
             inbound: HashMap::new(),
             inbound_by_rtc: HashMap::new(),
-            outbound: HashMap::new(),
+            outbound: IdHashMap::default(),
             outbound_by_rtc: HashMap::new(),
         })
     }
@@ -988,10 +989,16 @@ impl Peer {
         }
         .ok_or(ForwardDrop::PayloadType)?;
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());
+        // Straight into the peer connection, not through `RTCRtpSender::write_rtp`: that call
+        // re-checks, per packet, what the rewrite already guarantees (the SSRC is the
+        // sender's, the payload type and every extension id are the subscriber's negotiated
+        // ones) and allocates the track id as a `String` for a message field the write path
+        // ignores. An empty `String` does not allocate.
         self.pc
-            .rtp_sender(out.sender)
-            .ok_or(ForwardDrop::NotSubscribed)?
-            .write_rtp(now, pkt)
+            .handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), pkt),
+            })
             .map_err(|_| ForwardDrop::Rejected)?;
         out.sent.record(timestamp, octets, now, resent);
         Ok(())

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::MediaError;
 use crate::batch::{self, RecvBatch, SendBatch};
 use crate::history::History;
+use crate::idhash::IdHashMap;
 use crate::peer::{
     ForwardDrop, MediaPacket, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec, ntp_time,
 };
@@ -202,13 +203,13 @@ impl ParticipantMedia {
 pub struct Worker {
     socket: UdpSocket,
     settings: PeerSettings,
-    participants: HashMap<ParticipantId, ParticipantMedia>,
+    participants: IdHashMap<ParticipantId, ParticipantMedia>,
     by_ufrag: HashMap<String, (ParticipantId, PeerRole)>,
     /// (remote address, over ICE-TCP) → peer, learned from the first STUN check.
     by_addr: HashMap<(SocketAddr, bool), (ParticipantId, PeerRole)>,
     /// Writers of the open ICE-TCP connections, by remote address.
     tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    tracks: HashMap<TrackId, TrackRoute>,
+    tracks: IdHashMap<TrackId, TrackRoute>,
     next_track: Arc<AtomicU64>,
     stats: Arc<WorkerStats>,
     /// Scratch space reused for every batch.
@@ -274,11 +275,11 @@ impl Worker {
         Self {
             socket,
             settings,
-            participants: HashMap::new(),
+            participants: IdHashMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             tcp_writers: HashMap::new(),
-            tracks: HashMap::new(),
+            tracks: IdHashMap::default(),
             next_track,
             stats,
             events: Vec::new(),
