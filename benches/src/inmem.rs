@@ -464,7 +464,6 @@ impl Parts {
             .map(|i| {
                 let mut rewrite = HeaderRewrite::new(0x5000_0000 + i as u32);
                 rewrite.pt.insert(VP8_PT, 98);
-                rewrite.ext.insert(2, 3);
                 Ok(PartsSubscription {
                     rewrite,
                     srtp: srtp_context(10 + i as u8)?,

@@ -39,7 +39,7 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
@@ -65,16 +65,6 @@ const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(4);
 /// Further silence after which it has failed and its participant is removed: 8 s in all,
 /// inside the 10 s within which the others must hear that it left.
 const ICE_FAILED_AFTER: Duration = Duration::from_secs(4);
-
-/// Header extensions whose values name the publisher's own m-line or encoding. Forwarded
-/// as they are, they would name the wrong m-line on the subscriber's side (Chromium routes
-/// by MID before SSRC), so they are dropped; the subscriber routes by the SSRCs in the
-/// server's offer.
-const PER_LEG_EXTENSIONS: &[&str] = &[
-    rtc::sdp::extmap::SDES_MID_URI,
-    rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
-    rtc::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI,
-];
 
 /// Settings shared by every peer of a worker.
 #[derive(Debug, Clone)]
@@ -139,8 +129,6 @@ pub struct SourceCodec {
     kind: MediaKind,
     codec: RTCRtpCodec,
     payload_type: u8,
-    /// extension id → URI on the publisher peer
-    extensions: Vec<(u8, String)>,
 }
 
 /// What one subscription changes in every packet it forwards.
@@ -151,8 +139,6 @@ pub struct HeaderRewrite {
     pub seq: SeqRewriter,
     /// Publisher payload type → the subscriber's.
     pub pt: IdMap,
-    /// Publisher extension id → the subscriber's; unmapped extensions are dropped.
-    pub ext: IdMap,
 }
 
 impl HeaderRewrite {
@@ -162,14 +148,12 @@ impl HeaderRewrite {
             ssrc,
             seq: SeqRewriter::new((ssrc >> 16) as u16),
             pt: IdMap::default(),
-            ext: IdMap::default(),
         }
     }
 
     /// The packet as this subscription sends it; `None` when its payload type is not
-    /// negotiated with the subscriber. The payload and extension values are shared, not
-    /// copied. The only allocation is the extension list, and only when an extension
-    /// survives the translation: webrtc-rs's header owns that list in a `Vec`.
+    /// negotiated with the subscriber. The payload is shared, not copied, and nothing is
+    /// allocated.
     pub fn apply(&mut self, src: &rtc::rtp::packet::Packet) -> Option<rtc::rtp::packet::Packet> {
         let pt = self.pt.get(src.header.payload_type)?;
         let (seq, ts) = self.seq.rewrite(
@@ -200,33 +184,24 @@ impl HeaderRewrite {
         sequence_number: u16,
         timestamp: u32,
     ) -> rtc::rtp::packet::Packet {
-        use rtc::rtp::header::{Extension, Header};
-        let extensions: Vec<Extension> = src
-            .header
-            .extensions
-            .iter()
-            .filter_map(|e| {
-                Some(Extension {
-                    id: self.ext.get(e.id)?,
-                    payload: e.payload.clone(),
-                })
-            })
-            .collect();
+        // No header extension goes through: each leg negotiates its own (MID, RID and
+        // transport-cc are per leg, and the subscriber leg forwards none; see
+        // `media_engine`). An empty list is what keeps the copy free of allocations, since
+        // webrtc-rs's header owns its extensions in a `Vec`.
+        use rtc::rtp::header::Header;
         rtc::rtp::packet::Packet {
             header: Header {
                 version: src.header.version,
                 padding: src.header.padding,
-                extension: !extensions.is_empty(),
+                extension: false,
                 marker: src.header.marker,
                 payload_type,
                 sequence_number,
                 timestamp,
                 ssrc: self.ssrc,
                 csrc: src.header.csrc.clone(),
-                extension_profile: src.header.extension_profile,
-                extensions,
-                // The source's padding belonged to its own extension block; kept, it would
-                // make the marshalled size disagree with the announced one.
+                extension_profile: 0,
+                extensions: Vec::new(),
                 extensions_padding: 0,
             },
             payload: src.payload.clone(),
@@ -405,28 +380,17 @@ fn media_engine() -> Result<MediaEngine, MediaError> {
             .register_codec(c, RtpCodecKind::Video)
             .map_err(internal)?;
     }
-    // Only extensions whose values mean the same on the subscriber's leg as on the
-    // publisher's. Not abs-send-time: it serves a receive-side bandwidth estimate whose
-    // feedback (goog-remb) Chorus never negotiates, the publisher's bandwidth estimate runs
-    // on transport-cc, and forwarding it would cost a header-extension list per forwarded
-    // video packet (webrtc-rs's packet owns one in a Vec).
-    for (uri, kind) in [
-        (
-            "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-            RtpCodecKind::Audio,
-        ),
-        ("urn:3gpp:video-orientation", RtpCodecKind::Video),
-    ] {
-        engine
-            .register_header_extension(
-                RTCRtpHeaderExtensionCapability {
-                    uri: uri.to_owned(),
-                },
-                kind,
-                None,
-            )
-            .map_err(internal)?;
-    }
+    // No header extension of the codec's own: the engine has only what `interceptors`
+    // adds per leg (MID and RID, and transport-cc on the publisher leg), none of which is
+    // forwarded, so a forwarded copy carries no extension and costs no allocation
+    // (webrtc-rs's header owns its extensions in a `Vec`). What that leaves out, on purpose:
+    // - the audio level (ssrc-audio-level): a browser computes the `audioLevel` of its
+    //   `inbound-rtp` stats from the audio it decodes, which is what the client's speaker
+    //   detection reads;
+    // - the video orientation (urn:3gpp:video-orientation): without it a browser rotates
+    //   the frames itself before encoding, so a turned phone's video arrives upright;
+    // - abs-send-time: it serves a receive-side bandwidth estimate whose feedback
+    //   (goog-remb) Chorus never negotiates.
     Ok(engine)
 }
 
@@ -614,7 +578,7 @@ impl Peer {
         self.inbound_by_rtc.retain(|_, t| *t != track);
     }
 
-    /// Publisher: the negotiated codec and extensions of an m-line.
+    /// Publisher: the negotiated codec of an m-line.
     pub fn source_codec(&mut self, mid: &str) -> Option<SourceCodec> {
         let receiver = self.inbound.get(mid)?.receiver;
         let mut r = self.pc.rtp_receiver(receiver)?;
@@ -629,12 +593,6 @@ impl Peer {
             kind,
             codec: primary.rtp_codec.clone(),
             payload_type: primary.payload_type,
-            extensions: params
-                .rtp_parameters
-                .header_extensions
-                .iter()
-                .filter_map(|e| Some((u8::try_from(e.id).ok()?, e.uri.clone())))
-                .collect(),
         })
     }
 
@@ -787,7 +745,6 @@ impl Peer {
             };
             let params = s.get_parameters();
             let mut pt = IdMap::default();
-            let mut ext = IdMap::default();
             let Some(out) = self.outbound.get_mut(&track) else {
                 continue;
             };
@@ -798,23 +755,8 @@ impl Peer {
             }) {
                 pt.insert(out.source.payload_type, dst.payload_type);
             }
-            for (src_id, uri) in &out.source.extensions {
-                if PER_LEG_EXTENSIONS.contains(&uri.as_str()) {
-                    continue;
-                }
-                if let Some(dst) = params
-                    .rtp_parameters
-                    .header_extensions
-                    .iter()
-                    .find(|e| &e.uri == uri)
-                    && let Ok(dst_id) = u8::try_from(dst.id)
-                {
-                    ext.insert(*src_id, dst_id);
-                }
-            }
             out.ready = !pt.is_empty();
             out.rewrite.pt = pt;
-            out.rewrite.ext = ext;
         }
         Ok(())
     }
@@ -1181,23 +1123,21 @@ mod tests {
     }
 
     #[test]
-    fn a_rewritten_packet_marshals_to_its_announced_size() {
+    fn a_rewritten_packet_carries_the_subscription_s_numbers_and_no_extension() {
         let mut rewrite = HeaderRewrite::new(0x1234_5678);
         rewrite.pt.insert(111, 109);
-        rewrite.ext.insert(1, 10);
-        rewrite.ext.insert(2, 2);
-        // 3 is not negotiated with the subscriber: dropped, leaving 4 bytes of elements
-        let out = rewrite
-            .apply(&browser_packet())
-            .expect("payload type is mapped");
+        let src = browser_packet();
+        let out = rewrite.apply(&src).expect("payload type is mapped");
         assert_eq!(out.header.ssrc, 0x1234_5678);
         assert_eq!(out.header.payload_type, 109);
         assert_eq!(out.header.sequence_number, (0x1234_5678u32 >> 16) as u16);
-        let ids: Vec<u8> = out.header.extensions.iter().map(|e| e.id).collect();
-        assert_eq!(ids, [10, 2]);
+        assert_eq!(out.header.marker, src.header.marker);
+        assert!(!out.header.extension && out.header.extensions.is_empty());
         let wire = out.marshal().expect("marshals");
         assert_eq!(wire.len(), out.marshal_size());
-        assert_eq!(&wire[wire.len() - 4..], &[0xfc, 1, 2, 3]);
+        assert_eq!(wire.len(), 12 + 4);
+        assert_eq!(&wire[12..], &[0xfc, 1, 2, 3]);
+        assert_eq!(wire[0] & 0x10, 0, "no X bit");
     }
 
     #[test]
@@ -1242,14 +1182,5 @@ mod tests {
     fn ntp_time_counts_from_1900_with_a_binary_fraction() {
         let t = std::time::UNIX_EPOCH + Duration::from_millis(1_500);
         assert_eq!(ntp_time(t), ((2_208_988_800u64 + 1) << 32) | (1u64 << 31));
-    }
-
-    #[test]
-    fn dropping_every_extension_clears_the_extension_bit() {
-        let mut rewrite = HeaderRewrite::new(1);
-        rewrite.pt.insert(111, 111);
-        let out = rewrite.apply(&browser_packet()).expect("mapped");
-        assert!(!out.header.extension);
-        assert_eq!(out.marshal().expect("marshals").len(), 12 + 4);
     }
 }

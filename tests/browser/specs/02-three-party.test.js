@@ -51,6 +51,16 @@ test('three pages joined by the invite link see and hear each other', { timeout:
       await poll(() => page.evaluate(() => [...document.querySelectorAll('#audio-sink audio')].filter((el) => !el.paused).length === 2), { message: 'two playing audio elements' });
     }
 
+    // The server forwards no audio-level header extension: the levels come from the audio
+    // each browser decodes. Both remote microphones register on Ada's page.
+    await a.evaluate(() => {
+      window.loudest = {};
+      window.chorus.client.on('audioLevels', ({ levels }) => {
+        for (const [id, level] of Object.entries(levels)) window.loudest[id] = Math.max(window.loudest[id] ?? 0, level);
+      });
+    });
+    await poll(() => a.evaluate((remote) => remote.every((id) => (window.loudest[id] ?? 0) > 0.01), [ids[1], ids[2]]), { timeout: 15000, message: 'audio levels of both remote microphones' });
+
     // The fake microphones beep: someone is highlighted as the active speaker.
     await poll(() => a.evaluate(() => document.querySelectorAll('#grid .tile[data-speaking="true"]').length === 1), { timeout: 15000, message: 'an active speaker highlight' });
 
