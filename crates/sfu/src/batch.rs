@@ -19,8 +19,10 @@ pub const BATCH: usize = 32;
 pub const SLOT: usize = 2048;
 
 /// Reusable state for `recvmmsg`. Calls read into a block of `BATCH * SLOT` bytes and
-/// split each datagram off it without copying, so a block costs one allocation for many
-/// datagrams, not one each.
+/// split each datagram off it without copying. Once every datagram of a used-up block has
+/// been dropped (webrtc-rs decrypts into buffers of its own), the block is taken back as it
+/// is, so steady-state receiving allocates nothing; a block some datagram still holds is
+/// left to it and a new one allocated.
 pub struct RecvBatch {
     block: BytesMut,
     addrs: [libc::sockaddr_storage; BATCH],
@@ -54,10 +56,12 @@ impl RecvBatch {
         fd: RawFd,
         mut each: impl FnMut(SocketAddr, BytesMut),
     ) -> io::Result<usize> {
-        // Read into what is left of the current block; start a new block only when fewer
-        // than a quarter of the slots remain, so even one datagram per call is amortized.
+        // Read into what is left of the current block; only when fewer than a quarter of
+        // the slots remain, start over: in the same block when it is ours alone again (no
+        // allocation), else in a new one, so even one datagram per call is amortized.
         if self.block.capacity() / SLOT < BATCH / 4 {
-            self.block = BytesMut::with_capacity(BATCH * SLOT);
+            self.block.clear();
+            self.block.reserve(BATCH * SLOT);
         }
         let slots = (self.block.capacity() / SLOT).min(BATCH);
         self.block.resize(slots * SLOT, 0);
@@ -398,6 +402,41 @@ mod tests {
             });
         }
         got
+    }
+
+    #[test]
+    fn a_used_up_block_is_taken_back_once_its_datagrams_are_dropped() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = rx.local_addr().expect("addr");
+        let mut batch = RecvBatch::default();
+        // One full batch of datagrams, read at once: the block is used up.
+        let round = |batch: &mut RecvBatch| {
+            for i in 0..BATCH {
+                tx.send_to(&[i as u8; 100], to).expect("send");
+            }
+            let mut got = Vec::new();
+            let n = batch
+                .recv(rx.as_raw_fd(), |_, d| got.push(d))
+                .expect("recvmmsg");
+            assert_eq!(n, BATCH);
+            assert!(got.iter().enumerate().all(|(i, d)| d[..] == [i as u8; 100]));
+            got
+        };
+        let first = round(&mut batch);
+        let block = first[0].as_ptr();
+        drop(first);
+        let second = round(&mut batch);
+        assert_eq!(
+            second[0].as_ptr(),
+            block,
+            "the dropped block is read into again"
+        );
+        // A datagram still held keeps its block: the next one is new.
+        let held = second.into_iter().last();
+        let third = round(&mut batch);
+        assert_ne!(third[0].as_ptr(), block);
+        drop(held);
     }
 
     #[test]
