@@ -218,6 +218,8 @@ pub struct Worker {
     inbox: Vec<(SocketAddr, BytesMut)>,
     sends: SendBatch,
     touched: Vec<ParticipantId>,
+    /// Peers whose timers are due, kept between passes so that timer ticks allocate nothing.
+    due: Vec<(ParticipantId, PeerRole)>,
     /// When the subscriptions next send sender reports.
     next_reports: Instant,
 }
@@ -287,6 +289,7 @@ impl Worker {
             inbox: Vec::with_capacity(batch::BATCH),
             sends: SendBatch::default(),
             touched: Vec::new(),
+            due: Vec::new(),
             next_reports: Instant::now() + SENDER_REPORT_INTERVAL,
         }
     }
@@ -595,7 +598,7 @@ impl Worker {
         if now >= self.next_reports {
             self.send_reports(now);
         }
-        let mut due = Vec::new();
+        let mut due = std::mem::take(&mut self.due);
         for (participant, media) in &mut self.participants {
             for (role, peer) in [
                 (PeerRole::Publisher, &mut media.publisher),
@@ -609,10 +612,11 @@ impl Worker {
                 }
             }
         }
-        for key in due {
+        for key in due.drain(..) {
             self.touched.push(key.0);
             self.drain_peer(key, now);
         }
+        self.due = due;
         let pending: Vec<TrackId> = self
             .tracks
             .iter()
