@@ -636,12 +636,14 @@ impl Worker {
     /// as soon as that peer is drained (one `sendmmsg`, its run to one address as one GSO
     /// message), so the first subscribers of a burst do not wait for the last ones'
     /// SRTP work: the extra system call per peer costs far less than the wait it saves.
+    /// Their timers are re-read only once everything has been sent: asking webrtc-rs walks
+    /// its whole stack, which no datagram should wait for.
     fn flush(&mut self) {
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
-        for participant in touched.drain(..) {
-            let Some(media) = self.participants.get_mut(&participant) else {
+        for participant in &touched {
+            let Some(media) = self.participants.get_mut(participant) else {
                 continue;
             };
             for peer in [&mut media.publisher, &mut media.subscriber]
@@ -654,8 +656,17 @@ impl Worker {
                     stats: &self.stats,
                 };
                 peer.poll_transmit(|to, tcp, datagram| out.send(to, tcp, datagram));
-                peer.refresh_timeout();
                 Self::send_queued(&mut self.sends, &self.socket, &self.stats);
+            }
+        }
+        for participant in touched.drain(..) {
+            if let Some(media) = self.participants.get_mut(&participant) {
+                for peer in [&mut media.publisher, &mut media.subscriber]
+                    .into_iter()
+                    .flatten()
+                {
+                    peer.refresh_timeout();
+                }
             }
         }
         self.touched = touched;
