@@ -933,9 +933,9 @@ impl Peer {
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());
         // Straight into the peer connection, not through `RTCRtpSender::write_rtp`: that call
         // re-checks, per packet, what the rewrite already guarantees (the SSRC is the
-        // sender's, the payload type and every extension id are the subscriber's negotiated
-        // ones) and allocates the track id as a `String` for a message field the write path
-        // ignores. An empty `String` does not allocate.
+        // sender's, the payload type the subscriber's negotiated one, and no extension goes
+        // through) and allocates the track id as a `String` for a message field the write
+        // path ignores. An empty `String` does not allocate.
         self.pc
             .handle_write(TaggedRTCMessage {
                 now,
