@@ -85,9 +85,8 @@ pub fn seq_newer(a: u16, b: u16) -> bool {
 /// Sentinel for "not negotiated" in [`IdMap`].
 const UNMAPPED: u8 = 0;
 
-/// A translation table for small ids (payload types, header-extension ids). An id with no
-/// entry is not negotiated on the destination, so the packet (payload type) or the extension
-/// (extension id) is dropped.
+/// A translation table for payload types. A payload type with no entry is not negotiated on
+/// the destination, so its packets are dropped.
 #[derive(Clone)]
 pub struct IdMap {
     table: [u8; 256],
