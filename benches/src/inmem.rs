@@ -423,6 +423,22 @@ impl Rig {
         publisher.refresh_timeout();
         sent
     }
+
+    /// Lets every subscriber's timers run and collects all its peer connection still holds,
+    /// as the worker does after a timer; returns how many of those datagrams are RTP.
+    pub fn drain_subscribers(&mut self, now: Instant) -> usize {
+        let mut rtp = 0;
+        for sub in &mut self.subscribers {
+            sub.server.handle_timeout(now);
+            sub.server.poll_transmit(|_, _, d| {
+                if !(200..=206).contains(&d.get(1).copied().unwrap_or(0)) {
+                    rtp += 1;
+                }
+            });
+            sub.server.refresh_timeout();
+        }
+        rtp
+    }
 }
 
 /// Copies datagrams into one buffer and splits them off it (no allocation per datagram).

@@ -296,6 +296,10 @@ pub struct Peer {
     failed: bool,
     /// Cached `poll_timeout` (see [`Peer::next_timeout`]).
     next_timeout: Option<Instant>,
+    /// What the peer connection was given since the last [`Peer::poll_transmit`].
+    queued: Queued,
+    /// Whether [`Peer::refresh_timeout`] has to ask the peer connection again.
+    timeout_stale: bool,
     /// Publisher: mid → incoming track.
     inbound: HashMap<String, Inbound>,
     /// Publisher: rtc's track id string → our track.
@@ -304,6 +308,24 @@ pub struct Peer {
     outbound: IdHashMap<TrackId, Outbound>,
     /// Subscriber: rtc's sender track id string → our track.
     outbound_by_rtc: HashMap<String, TrackId>,
+}
+
+/// What a peer connection has been given since its datagrams were last collected, which
+/// says how much collecting them takes. webrtc-rs runs everything queued down its whole
+/// pipeline on the first `poll_write`, then hands the results out one per call, and every
+/// call sweeps the pipeline again, the final empty one included; reading its timeout walks
+/// every handler once more. Together a few tenths of a microsecond per peer and pass,
+/// against the 1.4 us a copy costs inside webrtc-rs (docs/performance.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// Only this many forwarded copies. Each is one SRTP datagram (the pipeline drops a copy
+    /// it cannot send, and a subscriber's interceptors generate nothing on a write), so
+    /// collecting takes this many calls and no final empty one. Nor can such writes bring a
+    /// timer forward: the timeout need not be read again.
+    Copies(usize),
+    /// Anything else (a datagram read, a timer, a negotiation, an RTCP write): collect until
+    /// the pipeline is empty, and read the timeout again.
+    Anything,
 }
 
 fn sdp_error(err: impl std::fmt::Display) -> MediaError {
@@ -490,11 +512,19 @@ impl Peer {
             connected: false,
             failed: false,
             next_timeout: Some(now),
+            queued: Queued::Anything,
+            timeout_stale: true,
             inbound: HashMap::new(),
             inbound_by_rtc: HashMap::new(),
             outbound: IdHashMap::default(),
             outbound_by_rtc: HashMap::new(),
         })
+    }
+
+    /// The peer connection, for anything but a forwarded copy (see [`Queued`]).
+    fn pc(&mut self) -> &mut RTCPeerConnection {
+        self.queued = Queued::Anything;
+        &mut self.pc
     }
 
     pub fn is_connected(&self) -> bool {
@@ -509,23 +539,23 @@ impl Peer {
         now: Instant,
     ) -> Result<(String, Vec<OfferedTrack>), MediaError> {
         let offer = RTCSessionDescription::offer(sdp).map_err(sdp_error)?;
-        self.pc
+        self.pc()
             .set_remote_description(now, offer)
             .map_err(sdp_error)?;
-        let answer = self.pc.create_answer(None).map_err(sdp_error)?;
-        self.pc
+        let answer = self.pc().create_answer(None).map_err(sdp_error)?;
+        self.pc()
             .set_local_description(now, answer)
             .map_err(sdp_error)?;
         let answer = self
-            .pc
+            .pc()
             .local_description()
             .ok_or_else(|| MediaError::Internal("no local description".into()))?
             .sdp
             .clone();
         let mut offered = Vec::new();
-        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        let ids: Vec<_> = self.pc().get_transceivers().collect();
         for id in ids {
-            let Some(t) = self.pc.rtp_transceiver(id) else {
+            let Some(t) = self.pc().rtp_transceiver(id) else {
                 continue;
             };
             let Some(mid) = t.mid().clone() else { continue };
@@ -534,7 +564,7 @@ impl Peer {
                 continue;
             };
             let Some(kind) = self
-                .pc
+                .pc()
                 .rtp_receiver(receiver)
                 .and_then(|r| kind_of(r.track().kind()))
             else {
@@ -551,9 +581,9 @@ impl Peer {
 
     /// Publisher: names the track an m-line carries, so that its packets are forwarded.
     pub fn bind_inbound(&mut self, mid: &str, track: TrackId) {
-        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        let ids: Vec<_> = self.pc().get_transceivers().collect();
         for id in ids {
-            let Some(t) = self.pc.rtp_transceiver(id) else {
+            let Some(t) = self.pc().rtp_transceiver(id) else {
                 continue;
             };
             if t.mid().as_deref() != Some(mid) {
@@ -581,7 +611,7 @@ impl Peer {
     /// Publisher: the negotiated codec of an m-line.
     pub fn source_codec(&mut self, mid: &str) -> Option<SourceCodec> {
         let receiver = self.inbound.get(mid)?.receiver;
-        let mut r = self.pc.rtp_receiver(receiver)?;
+        let mut r = self.pc().rtp_receiver(receiver)?;
         let kind = kind_of(r.track().kind())?;
         let params = r.get_parameters();
         let primary = params
@@ -605,6 +635,7 @@ impl Peer {
         let Some(media_ssrc) = inbound.ssrc else {
             return Ok(false);
         };
+        self.queued = Queued::Anything;
         let mut receiver = self
             .pc
             .rtp_receiver(inbound.receiver)
@@ -649,7 +680,7 @@ impl Peer {
             }],
         );
         let transceiver = self
-            .pc
+            .pc()
             .add_transceiver_from_track(
                 media,
                 Some(RTCRtpTransceiverInit {
@@ -680,7 +711,7 @@ impl Peer {
     pub fn remove_outbound(&mut self, track: TrackId) {
         if let Some(out) = self.outbound.remove(&track) {
             self.outbound_by_rtc.remove(&out.rtc_track_id);
-            if let Err(err) = self.pc.remove_track(out.sender) {
+            if let Err(err) = self.pc().remove_track(out.sender) {
                 tracing::debug!(%track, %err, "remove_track failed");
             }
         }
@@ -696,20 +727,20 @@ impl Peer {
         &mut self,
         now: Instant,
     ) -> Result<(String, Vec<(String, TrackId)>), MediaError> {
-        let offer = self.pc.create_offer(None).map_err(internal)?;
-        self.pc
+        let offer = self.pc().create_offer(None).map_err(internal)?;
+        self.pc()
             .set_local_description(now, offer)
             .map_err(internal)?;
         let sdp = self
-            .pc
+            .pc()
             .local_description()
             .ok_or_else(|| MediaError::Internal("no local description".into()))?
             .sdp
             .clone();
         let mut mids = Vec::new();
-        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        let ids: Vec<_> = self.pc().get_transceivers().collect();
         for id in ids {
-            let Some(t) = self.pc.rtp_transceiver(id) else {
+            let Some(t) = self.pc().rtp_transceiver(id) else {
                 continue;
             };
             let (Some(mid), Some(sender)) = (t.mid().clone(), t.sender()) else {
@@ -731,7 +762,7 @@ impl Peer {
     /// Subscriber: applies the client's answer and readies every negotiated sender.
     pub fn apply_answer(&mut self, sdp: String, now: Instant) -> Result<(), MediaError> {
         let answer = RTCSessionDescription::answer(sdp).map_err(sdp_error)?;
-        self.pc
+        self.pc()
             .set_remote_description(now, answer)
             .map_err(sdp_error)?;
         let tracks: Vec<TrackId> = self.outbound.keys().copied().collect();
@@ -766,7 +797,7 @@ impl Peer {
         if candidate.candidate.is_empty() {
             return Ok(()); // end of candidates
         }
-        self.pc
+        self.pc()
             .add_remote_candidate(RTCIceCandidateInit {
                 candidate: candidate.candidate,
                 sdp_mid: candidate.sdp_mid,
@@ -788,7 +819,7 @@ impl Peer {
             (true, Some(tag)) => (tag, TransportProtocol::TCP),
             _ => (self.local_tag, TransportProtocol::UDP),
         };
-        let result = self.pc.handle_read(TaggedBytesMut {
+        let result = self.pc().handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
                 local_addr,
@@ -810,7 +841,7 @@ impl Peer {
         mut on_rtp: impl FnMut(TrackId, MediaPacket),
         events: &mut Vec<PeerEvent>,
     ) {
-        while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
+        while let Some(TaggedRTCMessage { message, .. }) = self.pc().poll_read() {
             match message {
                 RTCMessage::RtpPacket(rtc_track, packet) => {
                     let Some(track) = self.inbound_by_rtc.get(&rtc_track).copied() else {
@@ -855,7 +886,7 @@ impl Peer {
 
     /// Drains connection-state and track events.
     pub fn poll_events(&mut self, events: &mut Vec<PeerEvent>) {
-        while let Some(event) = self.pc.poll_event() {
+        while let Some(event) = self.pc().poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
                     RTCPeerConnectionState::Connected if !self.connected => {
@@ -942,6 +973,9 @@ impl Peer {
                 message: RTCMessage::RtpPacket(String::new(), pkt),
             })
             .map_err(|_| ForwardDrop::Rejected)?;
+        if let Queued::Copies(n) = &mut self.queued {
+            *n += 1;
+        }
         out.sent.record(timestamp, octets, now, resent);
         Ok(())
     }
@@ -952,6 +986,7 @@ impl Peer {
         if !self.connected {
             return;
         }
+        self.queued = Queued::Anything;
         for out in self.outbound.values().filter(|o| o.ready) {
             let clock_rate = out.source.codec.clock_rate;
             let Some(report) = out.sent.report(out.rewrite.ssrc, clock_rate, now, ntp) else {
@@ -975,7 +1010,7 @@ impl Peer {
 
     /// Lets timers run.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Err(err) = self.pc.handle_timeout(now) {
+        if let Err(err) = self.pc().handle_timeout(now) {
             tracing::trace!(%err, "handle_timeout");
         }
     }
@@ -987,14 +1022,28 @@ impl Peer {
         self.next_timeout
     }
 
-    /// Re-reads the peer's next deadline; call after anything that touched the peer.
+    /// Re-reads the peer's next deadline; call after [`Peer::poll_transmit`] on anything
+    /// that touched the peer. Free when only forwarded copies did (see [`Queued`]).
     pub fn refresh_timeout(&mut self) {
-        self.next_timeout = self.pc.poll_timeout();
+        if self.timeout_stale {
+            self.next_timeout = self.pc.poll_timeout();
+            self.timeout_stale = false;
+        }
     }
 
     /// Drains outgoing datagrams: `send(to, over_tcp, datagram)`.
     pub fn poll_transmit(&mut self, mut send: impl FnMut(SocketAddr, bool, BytesMut)) {
-        while let Some(msg) = self.pc.poll_write() {
+        let limit = match std::mem::replace(&mut self.queued, Queued::Copies(0)) {
+            Queued::Copies(n) => n,
+            Queued::Anything => {
+                self.timeout_stale = true;
+                usize::MAX
+            }
+        };
+        for _ in 0..limit {
+            let Some(msg) = self.pc.poll_write() else {
+                break;
+            };
             let tcp = msg.transport.transport_protocol == TransportProtocol::TCP;
             send(msg.transport.peer_addr, tcp, msg.message);
         }
@@ -1002,7 +1051,7 @@ impl Peer {
 
     /// Closes the peer connection (sends DTLS close_notify where it can).
     pub fn close(&mut self) {
-        if let Err(err) = self.pc.close() {
+        if let Err(err) = self.pc().close() {
             tracing::trace!(%err, "close");
         }
     }
