@@ -222,6 +222,11 @@ pub struct Worker {
     due: Vec<(ParticipantId, PeerRole)>,
     /// When the subscriptions next send sender reports.
     next_reports: Instant,
+    /// No peer's timer is due before this: the earliest deadline seen since the last walk
+    /// over every peer's deadline, or [`MAX_IDLE`] after it. Passes before it skip that
+    /// walk, which at hundreds of peers and thousands of passes a second cost 2 % of the
+    /// forwarder.
+    timers_from: Instant,
 }
 
 /// Starts a worker on `socket` (and ICE-TCP on `tcp_listener`, if given) and returns its
@@ -291,6 +296,7 @@ impl Worker {
             touched: Vec::new(),
             due: Vec::new(),
             next_reports: Instant::now() + SENDER_REPORT_INTERVAL,
+            timers_from: Instant::now(),
         }
     }
 
@@ -301,10 +307,7 @@ impl Worker {
     ) {
         loop {
             let now = Instant::now();
-            let deadline = self
-                .poll_timeouts(now)
-                .unwrap_or(now + MAX_IDLE)
-                .min(now + MAX_IDLE);
+            let deadline = self.poll_timeouts(now).min(now + MAX_IDLE);
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { break };
@@ -571,52 +574,25 @@ impl Worker {
         }
     }
 
-    fn poll_timeouts(&mut self, now: Instant) -> Option<Instant> {
-        let mut earliest = Some(self.next_reports);
-        for media in self.participants.values_mut() {
-            for peer in [&mut media.publisher, &mut media.subscriber]
-                .into_iter()
-                .flatten()
-            {
-                if let Some(t) = peer.next_timeout() {
-                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
-                }
-            }
-        }
+    fn poll_timeouts(&mut self, now: Instant) -> Instant {
+        let mut earliest = self.next_reports.min(self.timers_from);
         for route in self.tracks.values() {
             if route.keyframe_pending
                 && let Some(last) = route.last_keyframe_request
             {
-                let t = last + KEYFRAME_THROTTLE;
-                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                earliest = earliest.min(last + KEYFRAME_THROTTLE);
             }
         }
-        earliest.map(|e| e.max(now))
+        earliest.max(now)
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
         if now >= self.next_reports {
             self.send_reports(now);
         }
-        let mut due = std::mem::take(&mut self.due);
-        for (participant, media) in &mut self.participants {
-            for (role, peer) in [
-                (PeerRole::Publisher, &mut media.publisher),
-                (PeerRole::Subscriber, &mut media.subscriber),
-            ] {
-                if let Some(peer) = peer
-                    && peer.next_timeout().is_some_and(|t| t <= now)
-                {
-                    peer.handle_timeout(now);
-                    due.push((*participant, role));
-                }
-            }
+        if now >= self.timers_from {
+            self.run_due_timers(now);
         }
-        for key in due.drain(..) {
-            self.touched.push(key.0);
-            self.drain_peer(key, now);
-        }
-        self.due = due;
         let pending: Vec<TrackId> = self
             .tracks
             .iter()
@@ -630,6 +606,34 @@ impl Worker {
         for track in pending {
             self.request_keyframe(track, now);
         }
+    }
+
+    /// Lets every peer whose deadline has come run its timers, and finds the next deadline
+    /// of the others (the ones run now are touched: flush reads theirs).
+    fn run_due_timers(&mut self, now: Instant) {
+        self.timers_from = now + MAX_IDLE;
+        let mut due = std::mem::take(&mut self.due);
+        for (participant, media) in &mut self.participants {
+            for (role, peer) in [
+                (PeerRole::Publisher, &mut media.publisher),
+                (PeerRole::Subscriber, &mut media.subscriber),
+            ] {
+                let Some(peer) = peer else { continue };
+                match peer.next_timeout() {
+                    Some(t) if t <= now => {
+                        peer.handle_timeout(now);
+                        due.push((*participant, role));
+                    }
+                    Some(t) => self.timers_from = self.timers_from.min(t),
+                    None => {}
+                }
+            }
+        }
+        for key in due.drain(..) {
+            self.touched.push(key.0);
+            self.drain_peer(key, now);
+        }
+        self.due = due;
     }
 
     /// Sends everything the touched peers queued. Each peer's datagrams go to the kernel
@@ -666,6 +670,9 @@ impl Worker {
                     .flatten()
                 {
                     peer.refresh_timeout();
+                    if let Some(t) = peer.next_timeout() {
+                        self.timers_from = self.timers_from.min(t);
+                    }
                 }
             }
         }
@@ -710,6 +717,7 @@ impl Worker {
             )?);
             self.by_ufrag.insert(ufrag, (participant, role));
             self.stats.peers.fetch_add(1, Ordering::Relaxed);
+            self.timers_from = Instant::now();
         }
         Ok(())
     }
