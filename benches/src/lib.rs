@@ -80,6 +80,6 @@ pub async fn run(opts: &Options) -> Result<Report> {
         report.loopback_wire_latency_ms = Some(direct.wire);
         report.loopback_wire_unmatched = Some(direct.wire_unmatched);
     }
-    report.compute_ratio();
+    report.finish();
     Ok(report)
 }

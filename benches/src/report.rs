@@ -110,6 +110,10 @@ pub struct RunReport {
     pub generator_cpu_pct: Option<f64>,
     /// Busy share of the whole machine in the window, %.
     pub machine_busy_pct: Option<f64>,
+    /// CPU the machine spent on anything but the forwarder and this generator in the window
+    /// (other processes, the kernel's own threads, time the hypervisor took), % of one core.
+    /// Near 0 in a clean run; see [`DISTURBED_PCT`].
+    pub other_load_pct: Option<f64>,
     /// Extra forwarder counters (Chorus: forward_drops, send_drops, unrouted).
     pub forwarder_counters: serde_json::Map<String, serde_json::Value>,
     pub subscriptions: Vec<SubscriptionReport>,
@@ -250,13 +254,33 @@ impl Collected<'_> {
             memory: None,
             generator_cpu_pct: None,
             machine_busy_pct: None,
+            other_load_pct: None,
             forwarder_counters: serde_json::Map::new(),
             subscriptions,
         }
     }
 }
 
+/// Other load (see [`RunReport::other_load_pct`]) above which a run is reported as
+/// disturbed: a fifth of a core is far beyond what the kernel's housekeeping takes, and on
+/// this 2-core VM such a run showed three times the usual latency at less forwarder CPU.
+pub const DISTURBED_PCT: f64 = 20.0;
+
 impl RunReport {
+    /// Fills [`RunReport::other_load_pct`] from the machine's busy share over `cores`.
+    pub fn set_other_load(&mut self, cores: usize) {
+        if let (Some(busy), Some(forwarder), Some(generator)) =
+            (self.machine_busy_pct, self.cpu_pct, self.generator_cpu_pct)
+        {
+            self.other_load_pct = Some((busy * cores as f64 - forwarder - generator).max(0.0));
+        }
+    }
+
+    /// Whether something else on the machine took enough CPU to skew this run.
+    pub fn disturbed(&self) -> bool {
+        self.other_load_pct.is_some_and(|p| p > DISTURBED_PCT)
+    }
+
     /// Fills the CPU figures from the forwarder's CPU time and packet count in the window.
     pub fn set_cpu(&mut self, cpu: Duration, forwarded: u64) {
         let cpu_s = cpu.as_secs_f64();
@@ -273,7 +297,16 @@ impl RunReport {
 }
 
 impl Report {
-    pub fn compute_ratio(&mut self) {
+    /// Derives what needs more than one run's figures: each run's other load, and the ratios.
+    pub fn finish(&mut self) {
+        let cores = self.machine.cores;
+        for run in [&mut self.chorus, &mut self.baseline].into_iter().flatten() {
+            run.set_other_load(cores);
+        }
+        self.compute_ratio();
+    }
+
+    fn compute_ratio(&mut self) {
         let (Some(c), Some(b)) = (&self.chorus, &self.baseline) else {
             return;
         };
@@ -462,6 +495,7 @@ impl Report {
             ),
             ("load generator CPU % of a core", |r| r.generator_cpu_pct, 1),
             ("machine busy %", |r| r.machine_busy_pct, 1),
+            ("other load % of a core", |r| r.other_load_pct, 1),
         ];
         for (label, get, prec) in rows {
             let _ = write!(out, "{label:<34}");
@@ -480,6 +514,13 @@ impl Report {
             out.push('\n');
         }
         for r in &runs {
+            if let Some(other) = r.other_load_pct.filter(|_| r.disturbed()) {
+                let _ = writeln!(
+                    out,
+                    "{}: DISTURBED: {other:.0} % of a core went to something else on the machine during the window; repeat the run",
+                    r.target
+                );
+            }
             if !r.forwarder_counters.is_empty() {
                 let counters: Vec<String> = r
                     .forwarder_counters

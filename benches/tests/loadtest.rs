@@ -76,6 +76,11 @@ async fn tiny_scenario_report_is_consistent() {
         assert!(run.cpu_s.is_some(), "{}: no CPU figure", run.target);
         assert!(run.cpu_us_per_packet.is_some_and(|us| us > 0.0));
         assert!(run.pps_per_core.is_some());
+        assert!(
+            run.other_load_pct.is_some_and(|p| p >= 0.0),
+            "{}: no figure for the machine's other load",
+            run.target
+        );
     }
     let chorus = report.chorus.as_ref().expect("chorus ran");
     assert!(
