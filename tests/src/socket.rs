@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -244,6 +244,75 @@ impl AsyncUdpSocket for LossySocket {
             }
             // Everything read was dropped: read again (the socket re-arms the waker when
             // nothing is ready).
+        }
+    }
+}
+
+/// A socket that goes silent on demand: once its switch is on, everything sent is dropped
+/// (reported as sent) and everything received is discarded. The peer stops answering
+/// without any goodbye, the way a laptop that loses its network does.
+pub struct SilenceSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    silent: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for SilenceSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SilenceSocket")
+            .field("silent", &self.silent.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl SilenceSocket {
+    /// A runtime whose sockets fall silent once `silent` is set.
+    pub fn runtime(silent: Arc<AtomicBool>) -> Arc<WrappedRuntime> {
+        WrappedRuntime::new("tokio+silence", move |inner| {
+            Arc::new(SilenceSocket {
+                inner,
+                silent: Arc::clone(&silent),
+            })
+        })
+    }
+
+    fn is_silent(&self) -> bool {
+        self.silent.load(Ordering::Relaxed)
+    }
+}
+
+impl AsyncUdpSocket for SilenceSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        self.inner.max_gso_segments()
+    }
+
+    fn max_gro_segments(&self) -> usize {
+        self.inner.max_gro_segments()
+    }
+
+    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
+        if self.is_silent() {
+            return Poll::Ready(Ok(transmit.contents.len()));
+        }
+        self.inner.poll_send(cx, transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match self.inner.poll_recv(cx, bufs, meta) {
+                // Read and thrown away; read again (the socket re-arms the waker when
+                // nothing is ready).
+                Poll::Ready(Ok(_)) if self.is_silent() => continue,
+                other => return other,
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -12,7 +12,7 @@ use chorus_protocol::{
 };
 use chorus_tests::media::{expected_payload, parse_tag};
 use chorus_tests::peer::VP8_PT;
-use chorus_tests::socket::LossySocket;
+use chorus_tests::socket::{LossySocket, SilenceSocket};
 use chorus_tests::{
     Client, ClientOptions, MediaRate, PublishedTracks, RawWs, Server, init_tracing, refusal_code,
     sequence_breaks, wait,
@@ -548,6 +548,9 @@ enum Departure {
     AbruptDisconnect,
     /// The peers close (DTLS close_notify); the WebSocket stays open.
     MediaFailure,
+    /// The media goes silent with no goodbye at all (the UDP socket neither sends nor
+    /// receives); the WebSocket stays open. Only the ICE consent timeouts can tell.
+    MediaSilence,
 }
 
 /// One participant publishes, then goes away as `how` says: the other hears
@@ -557,7 +560,12 @@ async fn departure_is_noticed(how: Departure) -> Result<(Client, usize)> {
     init_tracing();
     let server = Server::start().await?;
     let stayer = Client::connect_and_join(server.http_addr(), "standup", "ada").await?;
-    let leaver = Client::connect_and_join(server.http_addr(), "standup", "bob").await?;
+    let silent = Arc::new(AtomicBool::new(false));
+    let options = ClientOptions {
+        runtime: Some(SilenceSocket::runtime(Arc::clone(&silent))),
+    };
+    let leaver = Client::connect_with(server.http_addr(), "bob", options).await?;
+    leaver.join("standup").await?;
     let tracks = leaver.publish_and_stream(MediaRate::default()).await?;
     let leaver_id = leaver.id()?;
     stayer
@@ -570,6 +578,7 @@ async fn departure_is_noticed(how: Departure) -> Result<(Client, usize)> {
     match how {
         Departure::AbruptDisconnect => leaver.disconnect_abruptly().await,
         Departure::MediaFailure => leaver.drop_media().await,
+        Departure::MediaSilence => silent.store(true, Ordering::Relaxed),
     }
     stayer
         .wait_for_after(mark, Duration::from_secs(10), &format!("participantLeft after {how:?}"), |m| {
@@ -599,6 +608,18 @@ async fn abrupt_disconnect_is_noticed_by_the_others() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_whose_media_fails_is_removed_and_told_why() -> Result<()> {
     let (failed, mark) = departure_is_noticed(Departure::MediaFailure).await?;
+    expect_media_failed(&failed, mark).await
+}
+
+/// No DTLS close, no ICE message, nothing: the server's ICE-lite consent timeouts notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_media_goes_silent_is_removed_and_told_why() -> Result<()> {
+    let (failed, mark) = departure_is_noticed(Departure::MediaSilence).await?;
+    expect_media_failed(&failed, mark).await
+}
+
+/// The participant whose media failed hears why, on the WebSocket that stayed open.
+async fn expect_media_failed(failed: &Client, mark: usize) -> Result<()> {
     failed
         .wait_for_after(mark, T, "bye mediaFailed", |m| {
             matches!(
