@@ -1,5 +1,6 @@
 // A real coturn (`turnserver`, Debian package coturn) on 127.0.0.1 for the TURN tests:
-// `use-auth-secret` with a known secret, loopback peers allowed, no TLS.
+// `use-auth-secret` with a known secret (or, with `user`, `lt-cred-mech` with one static
+// user), loopback peers allowed, no TLS.
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import net from 'node:net';
@@ -11,6 +12,8 @@ import { poll, scenario } from './harness.js';
 
 export const TURN_SECRET = 'north-wind';
 export const TURN_REALM = 'chorus.test';
+/** The one user of a static-credential coturn (`startCoturn({ user: TURN_USER })`). */
+export const TURN_USER = { username: 'chorus', credential: 'south-wind' };
 
 function bindUdp(port) {
   return new Promise((resolve, reject) => {
@@ -60,8 +63,11 @@ async function answersStun(port) {
   }
 }
 
-/** Starts coturn; resolves once it answers STUN. Call `stop()` when done. */
-export async function startCoturn({ secret = TURN_SECRET } = {}) {
+/**
+ * Starts coturn; resolves once it answers STUN. Call `stop()` when done. With `user`
+ * ({ username, credential }) it knows that one user and no shared secret.
+ */
+export async function startCoturn({ secret = TURN_SECRET, user = null } = {}) {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'chorus-coturn-'));
   const args = [
@@ -69,8 +75,7 @@ export async function startCoturn({ secret = TURN_SECRET } = {}) {
     '--listening-ip=127.0.0.1',
     '--relay-ip=127.0.0.1',
     `--listening-port=${port}`,
-    '--use-auth-secret',
-    `--static-auth-secret=${secret}`,
+    ...(user ? ['--lt-cred-mech', `--user=${user.username}:${user.credential}`] : ['--use-auth-secret', `--static-auth-secret=${secret}`]),
     `--realm=${TURN_REALM}`,
     '--allow-loopback-peers',
     '--no-cli',
@@ -109,7 +114,8 @@ export async function startCoturn({ secret = TURN_SECRET } = {}) {
     /** The `[[ice.servers]]` TOML for a chorus config pointing at this coturn. */
     iceConfig({ transports = ['udp', 'tcp'], authSecret = secret } = {}) {
       const urls = transports.map((t) => `"turn:127.0.0.1:${port}?transport=${t}"`).join(', ');
-      return `[[ice.servers]]\nurls = [${urls}]\nauth_secret = "${authSecret}"\n`;
+      const auth = user ? `username = "${user.username}"\ncredential = "${user.credential}"` : `auth_secret = "${authSecret}"`;
+      return `[[ice.servers]]\nurls = [${urls}]\n${auth}\n`;
     },
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
@@ -125,10 +131,11 @@ export async function startCoturn({ secret = TURN_SECRET } = {}) {
 
 /**
  * Runs a browser `scenario` against a chorus whose `[ice]` section points at a fresh coturn
- * (`ice`: options of `iceConfig`; `iceExtra`: more `[ice]` keys), then stops coturn.
+ * (`ice`: options of `iceConfig`; `iceExtra`: more `[ice]` keys; `user`: static credentials
+ * instead of the shared secret), then stops coturn.
  */
-export async function coturnScenario(t, body, { ice = {}, iceExtra = '' } = {}) {
-  const coturn = await startCoturn();
+export async function coturnScenario(t, body, { ice = {}, iceExtra = '', user = null } = {}) {
+  const coturn = await startCoturn({ user });
   try {
     await scenario(t, body, { config: `[ice]\n${iceExtra}${coturn.iceConfig(ice)}` });
   } finally {
