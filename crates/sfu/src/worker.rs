@@ -574,7 +574,7 @@ impl Worker {
         }
     }
 
-    fn poll_timeouts(&mut self, now: Instant) -> Instant {
+    fn poll_timeouts(&self, now: Instant) -> Instant {
         let mut earliest = self.next_reports.min(self.timers_from);
         for route in self.tracks.values() {
             if route.keyframe_pending
