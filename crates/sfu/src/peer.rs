@@ -479,13 +479,19 @@ impl Peer {
             .map_err(internal)?;
         let udp = settings.candidates.iter().map(|a| (a, false));
         let tcp = settings.tcp_candidates.iter().map(|a| (a, true));
-        for (addr, is_tcp) in udp.chain(tcp) {
+        for (index, (addr, is_tcp)) in udp.chain(tcp).enumerate() {
             let candidate = CandidateHostConfig {
                 base_config: CandidateConfig {
                     network: if is_tcp { "tcp" } else { "udp" }.to_owned(),
                     address: addr.ip().to_string(),
                     port: addr.port(),
                     component: 1,
+                    // Short, and unique within the peer, which is all an id has to be.
+                    // webrtc-rs's default is 42 random characters, and for every packet in
+                    // and out it looks the selected pair's statistics up by the String
+                    // "RTCIceCandidatePair_<local id>_<remote id>" (SipHash, then compare):
+                    // 3.8 % of the forwarder at half load, 3.4 % with this id.
+                    candidate_id: format!("c{index}"),
                     ..Default::default()
                 },
                 tcp_type: if is_tcp {
