@@ -275,17 +275,7 @@ impl WireSocket {
 }
 
 impl AsyncUdpSocket for WireSocket {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn max_gso_segments(&self) -> usize {
-        self.inner.max_gso_segments()
-    }
-
-    fn max_gro_segments(&self) -> usize {
-        self.inner.max_gro_segments()
-    }
+    chorus_tests::delegate_socket_basics!();
 
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
         // Recorded just before the inner socket's send system call, and taken back if the

@@ -113,6 +113,25 @@ impl Runtime for WrappedRuntime {
     }
 }
 
+/// Inside `impl AsyncUdpSocket for W`, where `W` wraps another socket in a field `inner`:
+/// the methods every wrapper passes straight through (address and batching limits).
+#[macro_export]
+macro_rules! delegate_socket_basics {
+    () => {
+        fn local_addr(&self) -> ::std::io::Result<::std::net::SocketAddr> {
+            self.inner.local_addr()
+        }
+
+        fn max_gso_segments(&self) -> usize {
+            self.inner.max_gso_segments()
+        }
+
+        fn max_gro_segments(&self) -> usize {
+            self.inner.max_gro_segments()
+        }
+    };
+}
+
 /// (SSRC, sequence number, payload type) of an RTP datagram; `None` for STUN, DTLS and RTCP
 /// (RFC 7983 first byte, RFC 5761 payload-type range). SRTP leaves this header in clear.
 pub fn rtp_header(datagram: &[u8]) -> Option<(u32, u16, u8)> {
@@ -197,17 +216,7 @@ impl LossySocket {
 }
 
 impl AsyncUdpSocket for LossySocket {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn max_gso_segments(&self) -> usize {
-        self.inner.max_gso_segments()
-    }
-
-    fn max_gro_segments(&self) -> usize {
-        self.inner.max_gro_segments()
-    }
+    crate::delegate_socket_basics!();
 
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
         self.inner.poll_send(cx, transmit)
@@ -281,17 +290,7 @@ impl SilenceSocket {
 }
 
 impl AsyncUdpSocket for SilenceSocket {
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn max_gso_segments(&self) -> usize {
-        self.inner.max_gso_segments()
-    }
-
-    fn max_gro_segments(&self) -> usize {
-        self.inner.max_gro_segments()
-    }
+    crate::delegate_socket_basics!();
 
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
         if self.is_silent() {
