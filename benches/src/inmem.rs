@@ -19,6 +19,7 @@ use chorus_protocol::{IceCandidate, PeerRole, TrackId};
 use chorus_sfu::PeerSettings;
 use chorus_sfu::history::History;
 use chorus_sfu::peer::{HeaderRewrite, MediaPacket, Peer, PeerEvent};
+use chorus_tests::socket::rtp_header;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -377,8 +378,7 @@ impl Rig {
                 .write_rtp(now, packet)
                 .map_err(err)?;
             while let Some(msg) = self.publisher.client.poll_write() {
-                // RTP only (RTCP packet types are 200..=206 in the second byte)
-                if !(200..=206).contains(&msg.message.get(1).copied().unwrap_or(0)) {
+                if rtp_header(&msg.message).is_some() {
                     raw.push(msg.message);
                 }
             }
@@ -431,7 +431,7 @@ impl Rig {
         for sub in &mut self.subscribers {
             sub.server.handle_timeout(now);
             sub.server.poll_transmit(|_, _, d| {
-                if !(200..=206).contains(&d.get(1).copied().unwrap_or(0)) {
+                if rtp_header(&d).is_some() {
                     rtp += 1;
                 }
             });

@@ -909,7 +909,6 @@ impl Client {
             .context("writing a PLI")
     }
 
-    /// Sends a FIR for a received track.
     /// Reports packets of a subscribed track lost (RTCP generic NACK), by the sequence
     /// numbers this client received them under.
     pub async fn send_nack(
@@ -934,6 +933,7 @@ impl Client {
         lock(&self.inner.subscriber.sender_reports).clone()
     }
 
+    /// Sends a FIR for a received track.
     pub async fn send_fir(
         &self,
         participant: ParticipantId,

@@ -1,7 +1,8 @@
 //! Test support for Chorus: a simulated browser on the async `webrtc` crate ([`Client`]), a
 //! harness that runs the real `chorus` binary ([`Server`]), a bare WebSocket for protocol abuse
 //! ([`RawWs`]), known media whose every byte a receiver can check ([`media`]), and sockets
-//! with something in between ([`socket`]: timestamps, loss).
+//! with something in between ([`socket`]: loss, silence, and the wrapping the load
+//! generator's timestamps use).
 //!
 //! Logging: set `RUST_LOG` (e.g. `RUST_LOG=chorus_tests=debug`); the default shows only
 //! errors. The server child gets `CHORUS_LOG`, else `RUST_LOG`, else `warn`.

@@ -2,7 +2,8 @@
 //! [`WrappedRuntime`] is webrtc-rs's tokio runtime with every UDP socket passed through a
 //! wrapper of the caller's. The load generator wraps them to timestamp RTP at the sockets;
 //! [`LossySocket`] drops chosen inbound RTP datagrams, so that tests see loss recovery
-//! (loopback never loses, and this kernel has no `netem`).
+//! (loopback never loses, and this kernel has no `netem`); [`SilenceSocket`] stops all
+//! traffic on demand, a peer that vanishes without a goodbye.
 
 use std::collections::HashSet;
 use std::fmt;
