@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use chorus_protocol::{IceCandidate, MediaKind, PeerRole, TrackId};
 use rtc::ice::tcp_type::TcpType;
-use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, Packet as ChainPacket, ReceiverReportBuilder,
-    Registry, Slot, StreamInfo, TaggedPacket,
-};
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -46,6 +43,8 @@ use rtc::rtp_transceiver::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+mod tap;
 
 use crate::MediaError;
 use crate::idhash::IdHashMap;
@@ -432,7 +431,9 @@ fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, Me
             .map_err(internal)?
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
-        PeerRole::Subscriber => Registry::new().with(FEEDBACK_TAP_SLOT, FeedbackTap::default()),
+        PeerRole::Subscriber => {
+            Registry::new().with(tap::FEEDBACK_TAP_SLOT, tap::FeedbackTap::default())
+        }
     })
 }
 
@@ -1061,64 +1062,6 @@ impl Peer {
             tracing::trace!(%err, "close");
         }
     }
-}
-
-/// Where [`FeedbackTap`] sits in the subscriber's interceptor chain (alone there).
-const FEEDBACK_TAP_SLOT: Slot = Slot::Custom(11_500);
-
-/// Lets keyframe requests (PLI, FIR) and NACKs through to the worker. webrtc-rs ends inbound
-/// RTCP at the end of its interceptor chain unless an interceptor marks a packet for
-/// delivery; both are about a stream the SFU only relays, so only the SFU can act on them.
-/// Other RTCP (receiver reports) ends here.
-#[derive(Default)]
-struct FeedbackTap {
-    reads: std::collections::VecDeque<TaggedPacket>,
-    writes: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let ChainPacket::Rtcp(packets) = &mut msg.message.packet {
-            packets.retain(|p| {
-                let any = p.as_any();
-                any.is::<PictureLossIndication>()
-                    || any.is::<FullIntraRequest>()
-                    || any.is::<TransportLayerNack>()
-            });
-            if packets.is_empty() {
-                return Ok(());
-            }
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.reads.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.reads.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.writes.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.writes.pop_front()
-    }
-}
-
-impl Interceptor for FeedbackTap {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 /// Why one forwarded packet was not sent to one subscription (counted, never fatal).
