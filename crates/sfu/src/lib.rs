@@ -5,11 +5,15 @@
 //! - [`worker`]: the media worker: demultiplexing, forwarding, keyframe requests.
 //! - [`peer`]: the only module that names webrtc-rs types.
 //! - [`hub`]: the registry of rooms that signaling sessions talk to.
+//! - [`layer`]: simulcast layer switching of one subscription (sans-IO).
+//! - [`allocate`]: which layer each of a subscriber's subscriptions gets (sans-IO).
 
+pub mod allocate;
 pub mod batch;
 pub mod history;
 pub mod hub;
 pub mod idhash;
+pub mod layer;
 pub mod net;
 pub mod peer;
 pub mod rewrite;

@@ -1,0 +1,509 @@
+//! Allocation: which simulcast layer each of one subscriber's video subscriptions gets,
+//! sharing that subscriber's downlink estimate among them. Sans-IO: estimates, tile sizes
+//! and instants go in, choices come out; nothing here knows about sockets or webrtc-rs.
+//!
+//! The order of claims on the estimate:
+//! 1. audio, always (a call without video is still a call; without audio it is not);
+//! 2. screen shares, then the active speaker, then everyone else, each first at its lowest
+//!    layer, so that as many participants as possible are seen at all;
+//! 3. then upgrades in the same order, each capped by the size at which the subscriber
+//!    shows the tile (a 320 px tile gains nothing from a 1280 px layer).
+//!
+//! A video whose lowest layer does not fit is paused, and so is a hidden tile. Downgrades
+//! happen at once (congestion costs frames now); upgrades wait [`UPGRADE_HOLD`] after the
+//! last downgrade and then climb one layer per [`UPGRADE_STEP`], because an estimate that
+//! has just recovered is the least trustworthy one, and a layer switch costs a keyframe.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chorus_protocol::TrackId;
+
+/// How long after a downgrade no subscription of the subscriber moves up again: long enough
+/// that a congested link's estimate has settled, short enough that a lifted cap is noticed
+/// within the 10 s a user forgives.
+pub const UPGRADE_HOLD: Duration = Duration::from_secs(3);
+
+/// The least time between two upward steps of one subscriber's allocation. Each step adds
+/// at most one layer per subscription, so the estimate sees the new rate before the next.
+pub const UPGRADE_STEP: Duration = Duration::from_secs(1);
+
+/// One simulcast layer of a video track, as the allocator weighs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerCost {
+    /// What the layer costs on the wire, in bits per second (measured, or the publisher's
+    /// declared maximum while it is not being sent).
+    pub bitrate: u32,
+    pub width: u16,
+    pub height: u16,
+}
+
+/// How much a video matters to this subscriber, most important first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Importance {
+    Screen,
+    Speaker,
+    Other,
+}
+
+/// How the subscriber shows a video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tile {
+    /// The client has not said: no cap.
+    Unknown,
+    /// Off-screen or hidden: the video is paused.
+    Hidden,
+    /// Shown at this many CSS pixels (times the device pixel ratio).
+    Size { width: u16, height: u16 },
+}
+
+/// One subscription, as the allocator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    Audio {
+        bitrate: u32,
+    },
+    Video {
+        importance: Importance,
+        /// Lowest first. A track without simulcast has one.
+        layers: Vec<LayerCost>,
+        tile: Tile,
+    },
+}
+
+/// Why a video gets no layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// Not even its lowest layer fits the estimate.
+    LowBandwidth,
+    /// The subscriber does not show it.
+    NotVisible,
+}
+
+/// What one subscription gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Audio is always forwarded.
+    Audio,
+    /// This layer (0 is the lowest).
+    Layer(u8),
+    Paused(PauseReason),
+}
+
+impl Choice {
+    /// The layer a video is on, or none.
+    pub fn layer(self) -> Option<u8> {
+        match self {
+            Choice::Layer(layer) => Some(layer),
+            _ => None,
+        }
+    }
+}
+
+/// The allocation state of one subscriber: what it got last time, and when it last moved.
+#[derive(Debug, Default)]
+pub struct Allocator {
+    previous: HashMap<TrackId, Choice>,
+    last_downgrade: Option<Instant>,
+    last_upgrade: Option<Instant>,
+}
+
+/// The highest layer worth sending into `tile`: the lowest one that covers it, or the top
+/// layer when none does.
+fn cap(layers: &[LayerCost], tile: Tile) -> usize {
+    let top = layers.len().saturating_sub(1);
+    match tile {
+        Tile::Unknown | Tile::Hidden => top,
+        Tile::Size { width, height } => layers
+            .iter()
+            .position(|l| l.width >= width && l.height >= height)
+            .unwrap_or(top),
+    }
+}
+
+/// A rank that orders choices by how much they send: paused < layer 0 < layer 1 ...
+fn rank(choice: Option<Choice>) -> i16 {
+    match choice {
+        Some(Choice::Layer(layer)) => i16::from(layer),
+        _ => -1,
+    }
+}
+
+impl Allocator {
+    /// Shares `estimate` (bits per second) among `claims` at `now`. Returns one choice per
+    /// claim, in the order given. Subscriptions no longer claimed are forgotten.
+    pub fn allocate(
+        &mut self,
+        estimate: u32,
+        claims: &[(TrackId, Claim)],
+        now: Instant,
+    ) -> Vec<(TrackId, Choice)> {
+        let ideal = ideal(estimate, claims);
+        let downgraded = ideal
+            .iter()
+            .any(|(track, choice)| rank(Some(*choice)) < rank(self.previous.get(track).copied()));
+        if downgraded {
+            self.last_downgrade = Some(now);
+        }
+        let may_step_up = self
+            .last_downgrade
+            .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD)
+            && self
+                .last_upgrade
+                .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP);
+        let mut stepped = false;
+        let out: Vec<(TrackId, Choice)> = ideal
+            .into_iter()
+            .map(|(track, choice)| {
+                let before = self.previous.get(&track).copied();
+                let Choice::Layer(want) = choice else {
+                    return (track, choice);
+                };
+                let now_on = match before {
+                    Some(Choice::Layer(layer)) => Some(layer),
+                    // A new subscription, or one coming back into view, starts at its
+                    // lowest layer; a video paused for bandwidth waits for a step.
+                    None | Some(Choice::Paused(PauseReason::NotVisible)) => {
+                        return (track, Choice::Layer(0));
+                    }
+                    _ => None,
+                };
+                match now_on {
+                    Some(layer) if want <= layer => (track, choice),
+                    _ if !may_step_up => (
+                        track,
+                        before.unwrap_or(Choice::Paused(PauseReason::LowBandwidth)),
+                    ),
+                    next => {
+                        stepped = true;
+                        (track, Choice::Layer(next.map_or(0, |l| l + 1)))
+                    }
+                }
+            })
+            .collect();
+        if stepped {
+            self.last_upgrade = Some(now);
+        }
+        self.previous = out.iter().copied().collect();
+        out
+    }
+}
+
+/// The best allocation for `estimate`, ignoring history: audio first, then every visible
+/// video at its lowest layer in order of importance, then upgrades in the same order.
+fn ideal(estimate: u32, claims: &[(TrackId, Claim)]) -> Vec<(TrackId, Choice)> {
+    let mut budget = i64::from(estimate);
+    for (_, claim) in claims {
+        if let Claim::Audio { bitrate } = claim {
+            budget -= i64::from(*bitrate);
+        }
+    }
+    let mut videos: Vec<(usize, Importance, &[LayerCost], Tile)> = claims
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, claim))| match claim {
+            Claim::Video {
+                importance,
+                layers,
+                tile,
+            } if !layers.is_empty() && *tile != Tile::Hidden => {
+                Some((i, *importance, layers.as_slice(), *tile))
+            }
+            _ => None,
+        })
+        .collect();
+    videos.sort_by_key(|(i, importance, _, _)| (*importance, claims[*i].0));
+    let mut layer: Vec<Option<usize>> = vec![None; claims.len()];
+    for (i, _, layers, _) in &videos {
+        let cost = i64::from(layers[0].bitrate);
+        if cost <= budget {
+            budget -= cost;
+            layer[*i] = Some(0);
+        }
+    }
+    for (i, _, layers, tile) in &videos {
+        let Some(mut on) = layer[*i] else { continue };
+        while on < cap(layers, *tile) {
+            let extra = i64::from(layers[on + 1].bitrate) - i64::from(layers[on].bitrate);
+            if extra > budget {
+                break;
+            }
+            budget -= extra;
+            on += 1;
+        }
+        layer[*i] = Some(on);
+    }
+    claims
+        .iter()
+        .zip(layer)
+        .map(|((track, claim), on)| {
+            let choice = match (claim, on) {
+                (Claim::Audio { .. }, _) => Choice::Audio,
+                (_, Some(on)) => Choice::Layer(on as u8),
+                (
+                    Claim::Video {
+                        tile: Tile::Hidden, ..
+                    },
+                    None,
+                ) => Choice::Paused(PauseReason::NotVisible),
+                (Claim::Video { .. }, None) => Choice::Paused(PauseReason::LowBandwidth),
+            };
+            (*track, choice)
+        })
+        .collect()
+}
+
+/// Dynacast: the highest layer any subscriber gets of a track, given every subscriber's
+/// choice for it. Layers above it need not be sent by the publisher; `None` means no
+/// layer at all is needed.
+pub fn highest_needed(choices: impl IntoIterator<Item = Choice>) -> Option<u8> {
+    choices.into_iter().filter_map(Choice::layer).max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chromium's three camera layers as the client publishes them.
+    fn camera() -> Vec<LayerCost> {
+        vec![
+            LayerCost {
+                bitrate: 150_000,
+                width: 320,
+                height: 180,
+            },
+            LayerCost {
+                bitrate: 500_000,
+                width: 640,
+                height: 360,
+            },
+            LayerCost {
+                bitrate: 2_500_000,
+                width: 1280,
+                height: 720,
+            },
+        ]
+    }
+
+    fn video(importance: Importance, tile: Tile) -> Claim {
+        Claim::Video {
+            importance,
+            layers: camera(),
+            tile,
+        }
+    }
+
+    const AUDIO: Claim = Claim::Audio { bitrate: 40_000 };
+
+    fn choices(out: &[(TrackId, Choice)]) -> Vec<Choice> {
+        out.iter().map(|(_, c)| *c).collect()
+    }
+
+    /// A subscriber that has been on `claims` at a steady `estimate` long enough to have
+    /// climbed to its ideal.
+    fn settled(estimate: u32, claims: &[(TrackId, Claim)], t0: Instant) -> (Allocator, Instant) {
+        let mut alloc = Allocator::default();
+        let mut t = t0;
+        for _ in 0..6 {
+            alloc.allocate(estimate, claims, t);
+            t += UPGRADE_STEP;
+        }
+        (alloc, t)
+    }
+
+    #[test]
+    fn audio_goes_first_and_a_video_that_does_not_fit_is_paused() {
+        let claims = [
+            (TrackId(1), AUDIO),
+            (TrackId(2), video(Importance::Other, Tile::Unknown)),
+        ];
+        let mut alloc = Allocator::default();
+        let out = alloc.allocate(100_000, &claims, Instant::now());
+        assert_eq!(
+            choices(&out),
+            [Choice::Audio, Choice::Paused(PauseReason::LowBandwidth)]
+        );
+    }
+
+    #[test]
+    fn screen_then_speaker_then_the_others_get_the_estimate() {
+        let claims = [
+            (TrackId(1), video(Importance::Other, Tile::Unknown)),
+            (TrackId(2), video(Importance::Speaker, Tile::Unknown)),
+            (TrackId(3), video(Importance::Screen, Tile::Unknown)),
+        ];
+        // Room for three low layers and one step up (150 * 3 + 350 = 800 k): the screen
+        // takes the step.
+        let out = ideal(800_000, &claims);
+        assert_eq!(
+            choices(&out),
+            [Choice::Layer(0), Choice::Layer(0), Choice::Layer(1)]
+        );
+        // Room for two low layers only: the least important video is the one paused.
+        let out = ideal(300_000, &claims);
+        assert_eq!(
+            choices(&out),
+            [
+                Choice::Paused(PauseReason::LowBandwidth),
+                Choice::Layer(0),
+                Choice::Layer(0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_small_tile_caps_the_layer_and_a_hidden_one_pauses() {
+        let claims = [
+            (
+                TrackId(1),
+                video(
+                    Importance::Other,
+                    Tile::Size {
+                        width: 300,
+                        height: 170,
+                    },
+                ),
+            ),
+            (
+                TrackId(2),
+                video(
+                    Importance::Other,
+                    Tile::Size {
+                        width: 600,
+                        height: 340,
+                    },
+                ),
+            ),
+            (TrackId(3), video(Importance::Other, Tile::Hidden)),
+            (
+                TrackId(4),
+                video(
+                    Importance::Other,
+                    Tile::Size {
+                        width: 1920,
+                        height: 1080,
+                    },
+                ),
+            ),
+        ];
+        let out = ideal(10_000_000, &claims);
+        assert_eq!(
+            choices(&out),
+            [
+                Choice::Layer(0),
+                Choice::Layer(1),
+                Choice::Paused(PauseReason::NotVisible),
+                Choice::Layer(2)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_drop_in_the_estimate_downgrades_at_once() {
+        let t0 = Instant::now();
+        let claims = [
+            (TrackId(1), AUDIO),
+            (TrackId(2), video(Importance::Other, Tile::Unknown)),
+        ];
+        let (mut alloc, t) = settled(5_000_000, &claims, t0);
+        assert_eq!(
+            choices(&alloc.allocate(5_000_000, &claims, t)),
+            [Choice::Audio, Choice::Layer(2)]
+        );
+        // The link is capped at 300 kbit/s: the very next allocation is on the low layer.
+        let t = t + Duration::from_millis(100);
+        assert_eq!(
+            choices(&alloc.allocate(300_000, &claims, t)),
+            [Choice::Audio, Choice::Layer(0)]
+        );
+        let t = t + Duration::from_millis(100);
+        assert_eq!(
+            choices(&alloc.allocate(120_000, &claims, t)),
+            [Choice::Audio, Choice::Paused(PauseReason::LowBandwidth)]
+        );
+    }
+
+    #[test]
+    fn recovery_waits_for_the_hold_then_climbs_one_layer_per_step() {
+        let t0 = Instant::now();
+        let claims = [(TrackId(2), video(Importance::Other, Tile::Unknown))];
+        let (mut alloc, t) = settled(5_000_000, &claims, t0);
+        alloc.allocate(100_000, &claims, t);
+        // The cap is lifted 100 ms later: nothing moves until the hold has passed.
+        let mut at = t + Duration::from_millis(100);
+        let mut seen = Vec::new();
+        while at < t + Duration::from_secs(10) {
+            let choice = alloc.allocate(5_000_000, &claims, at)[0].1;
+            if seen.last() != Some(&(choice)) {
+                seen.push(choice);
+                if choice == Choice::Layer(0) {
+                    assert!(at - t >= UPGRADE_HOLD, "no step before the hold ends");
+                }
+            }
+            at += Duration::from_millis(100);
+        }
+        assert_eq!(
+            seen,
+            [
+                Choice::Paused(PauseReason::LowBandwidth),
+                Choice::Layer(0),
+                Choice::Layer(1),
+                Choice::Layer(2)
+            ],
+            "one layer per step, back on the top layer within 10 s"
+        );
+    }
+
+    #[test]
+    fn a_tile_coming_into_view_starts_low_without_waiting() {
+        let t0 = Instant::now();
+        let hidden = [(TrackId(1), video(Importance::Other, Tile::Hidden))];
+        let (mut alloc, t) = settled(5_000_000, &hidden, t0);
+        assert_eq!(
+            alloc.allocate(5_000_000, &hidden, t)[0].1,
+            Choice::Paused(PauseReason::NotVisible)
+        );
+        let shown = [(TrackId(1), video(Importance::Other, Tile::Unknown))];
+        assert_eq!(
+            alloc.allocate(5_000_000, &shown, t + Duration::from_millis(10))[0].1,
+            Choice::Layer(0)
+        );
+    }
+
+    #[test]
+    fn a_track_without_simulcast_has_one_layer() {
+        let claims = [(
+            TrackId(1),
+            Claim::Video {
+                importance: Importance::Screen,
+                layers: vec![LayerCost {
+                    bitrate: 1_000_000,
+                    width: 1920,
+                    height: 1080,
+                }],
+                tile: Tile::Unknown,
+            },
+        )];
+        assert_eq!(choices(&ideal(2_000_000, &claims)), [Choice::Layer(0)]);
+        assert_eq!(
+            choices(&ideal(900_000, &claims)),
+            [Choice::Paused(PauseReason::LowBandwidth)]
+        );
+    }
+
+    #[test]
+    fn dynacast_needs_only_the_highest_layer_anyone_gets() {
+        assert_eq!(
+            highest_needed([Choice::Layer(0), Choice::Paused(PauseReason::NotVisible)]),
+            Some(0)
+        );
+        assert_eq!(
+            highest_needed([Choice::Layer(1), Choice::Layer(0), Choice::Layer(1)]),
+            Some(1)
+        );
+        assert_eq!(
+            highest_needed([Choice::Paused(PauseReason::LowBandwidth)]),
+            None
+        );
+    }
+}
