@@ -186,6 +186,46 @@ impl LayerSwitch {
     }
 }
 
+/// The rids a publisher may use for its simulcast layers, lowest first: `q`uarter, `h`alf
+/// and `f`ull resolution, as `chorus.js` names them. Layer `i` is `RIDS[i]`.
+pub const RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// Why a publisher's simulcast offer for one m-line is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimulcastError {
+    /// More encodings than Chorus forwards layers.
+    #[error("{0} simulcast encodings offered; at most 3 (rids q, h, f) are accepted")]
+    TooManyLayers(usize),
+    /// A rid other than `q`, `h` and `f`: the server could not tell which layer it is.
+    #[error("unknown simulcast rid {0:?}; the rids are q, h and f")]
+    UnknownRid(String),
+    /// The same rid twice.
+    #[error("simulcast rid {0:?} offered twice")]
+    DuplicateRid(String),
+}
+
+/// The layer index of each rid a publisher offers on one m-line, in the order offered.
+/// Refuses more than three, unknown and repeated rids, so that every layer index the
+/// switch and the allocator see names one known resolution.
+pub fn layers_of_rids<S: AsRef<str>>(rids: &[S]) -> Result<Vec<u8>, SimulcastError> {
+    if rids.len() > RIDS.len() {
+        return Err(SimulcastError::TooManyLayers(rids.len()));
+    }
+    let mut layers = Vec::with_capacity(rids.len());
+    for rid in rids {
+        let rid = rid.as_ref();
+        let Some(layer) = RIDS.iter().position(|known| *known == rid) else {
+            return Err(SimulcastError::UnknownRid(rid.to_owned()));
+        };
+        let layer = layer as u8;
+        if layers.contains(&layer) {
+            return Err(SimulcastError::DuplicateRid(rid.to_owned()));
+        }
+        layers.push(layer);
+    }
+    Ok(layers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,5 +494,24 @@ mod tests {
         assert_eq!(switch.target(), Some(MAX_LAYER));
         assert_eq!(switch.on_packet(7, true), Forward::Drop);
         assert_eq!(switch.on_packet(2, true), Forward::SwitchAndSend);
+    }
+
+    #[test]
+    fn rids_name_layers_and_bad_offers_are_refused() {
+        assert_eq!(layers_of_rids(&["q", "h", "f"]), Ok(vec![0, 1, 2]));
+        assert_eq!(layers_of_rids(&["f", "q"]), Ok(vec![2, 0]));
+        assert_eq!(layers_of_rids::<&str>(&[]), Ok(vec![]));
+        assert_eq!(
+            layers_of_rids(&["q", "h", "f", "x"]),
+            Err(SimulcastError::TooManyLayers(4))
+        );
+        assert_eq!(
+            layers_of_rids(&["q", "hi"]),
+            Err(SimulcastError::UnknownRid("hi".into()))
+        );
+        assert_eq!(
+            layers_of_rids(&["h", "h"]),
+            Err(SimulcastError::DuplicateRid("h".into()))
+        );
     }
 }
