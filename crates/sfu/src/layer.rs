@@ -10,11 +10,16 @@
 //! The VP8 helpers parse just enough of the RFC 7741 payload descriptor and the VP8 key
 //! frame header to tell whether a packet starts a keyframe, and of what size.
 
-/// The highest layer index a simulcast track has: three layers, 0, 1 and 2.
+/// The highest layer index a simulcast track has: one per rid of [`RIDS`], 0, 1 and 2.
 ///
 /// Browsers never send more than three simulcast encodings, so a larger target can only be
 /// a caller's mistake; [`LayerSwitch::set_target`] clamps to this.
-pub const MAX_LAYER: u8 = 2;
+pub const MAX_LAYER: u8 = (RIDS.len() - 1) as u8;
+
+/// The rids a publisher may use for its simulcast layers, lowest first: quarter, half and
+/// full resolution (`chorus.js` does not publish simulcast yet; it is to use these).
+/// Layer `i` is `RIDS[i]`.
+pub const RIDS: [&str; 3] = ["q", "h", "f"];
 
 /// The X bit of the first descriptor byte: an extension byte follows.
 const X_BIT: u8 = 0x80;
@@ -185,10 +190,6 @@ impl LayerSwitch {
         }
     }
 }
-
-/// The rids a publisher may use for its simulcast layers, lowest first: `q`uarter, `h`alf
-/// and `f`ull resolution, as `chorus.js` names them. Layer `i` is `RIDS[i]`.
-pub const RIDS: [&str; 3] = ["q", "h", "f"];
 
 /// Why a publisher's simulcast offer for one m-line is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -44,11 +44,11 @@ use rtc::rtp_transceiver::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-mod tap;
-
 use crate::MediaError;
 use crate::idhash::IdHashMap;
 use crate::rewrite::{IdMap, SeqRewriter};
+
+mod tap;
 
 /// SRTP protection profiles the server accepts, by config name.
 pub const SRTP_PROFILE_NAMES: &[&str] = &[
