@@ -179,7 +179,7 @@ impl Pair {
             }
         }
         self.server.poll_events(events);
-        self.server.poll_media(|_, _| {}, events);
+        self.server.poll_media(|_, _, _| {}, events);
         for e in events.drain(..) {
             if matches!(e, PeerEvent::Connected) {
                 self.server_connected = true;
@@ -278,7 +278,7 @@ impl Rig {
             .first()
             .map(|o| o.mid.clone())
             .ok_or_else(|| anyhow!("the offer carried no m-line"))?;
-        server.bind_inbound(&mid, track);
+        server.bind_inbound(&mid, track, false);
         let codec = server
             .source_codec(&mid)
             .ok_or_else(|| anyhow!("no source codec"))?;
@@ -399,7 +399,7 @@ impl Rig {
             let subscribers = &mut self.subscribers;
             let history = &mut self.history;
             publisher.poll_media(
-                |track, packet| {
+                |track, _layer, packet| {
                     for sub in subscribers.iter_mut() {
                         let _ = sub.server.forward(track, &packet, now);
                     }

@@ -658,10 +658,12 @@ impl Client {
                 PublishTrack {
                     mid: audio_mid.clone(),
                     source: TrackSource::Microphone,
+                    layers: Vec::new(),
                 },
                 PublishTrack {
                     mid: video_mid.clone(),
                     source: TrackSource::Camera,
+                    layers: Vec::new(),
                 },
             ],
         })?;

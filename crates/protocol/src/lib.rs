@@ -78,6 +78,34 @@ pub struct PublishTrack {
     /// The transceiver's `mid` in the offer.
     pub mid: String,
     pub source: TrackSource,
+    /// The simulcast layers the client sends on this m-line, as it configured them. The
+    /// server weighs layers by these until it has measured them. Empty for a single layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<PublishLayer>,
+}
+
+/// One simulcast encoding a client sends, as its `sendEncodings` configure it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishLayer {
+    /// `q`, `h` or `f` (quarter, half, full resolution): layers 0, 1 and 2.
+    pub rid: String,
+    /// The encoding's `maxBitrate`, in bits per second.
+    pub max_bitrate: u32,
+    /// The resolution it is scaled to, in pixels.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Why the server forwards no video of a subscribed track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PauseReason {
+    /// Not even the track's lowest layer fits the subscriber's downlink estimate.
+    LowBandwidth,
+    /// The subscriber said it does not show the track (`trackSettings` with
+    /// `visible: false`).
+    NotVisible,
 }
 
 /// A published track as others see it.
@@ -185,6 +213,18 @@ pub enum ClientMessage {
     /// Ask for the room list. A session that has not joined keeps receiving `roomList`
     /// whenever the list changes.
     ListRooms,
+    /// How the client shows one subscribed video: the server forwards the lowest layer
+    /// that covers the tile, and none while it is hidden.
+    TrackSettings {
+        track_id: TrackId,
+        /// False while the tile is off-screen or hidden: the video is paused.
+        visible: bool,
+        /// The tile's rendered size in device pixels; 0 when unknown (no cap).
+        #[serde(default)]
+        width: u32,
+        #[serde(default)]
+        height: u32,
+    },
 }
 
 /// Server to client.
@@ -254,6 +294,24 @@ pub enum ServerMessage {
     Bye {
         reason: ByeReason,
     },
+    /// What the server now forwards of one subscribed video: a layer, or nothing and why.
+    /// Sent when it changes.
+    StreamState {
+        track_id: TrackId,
+        /// The simulcast layer (0 is the lowest); absent while paused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<u8>,
+        /// Why nothing is forwarded; absent while a layer is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        paused: Option<PauseReason>,
+    },
+    /// Dynacast: the simulcast layers of one of the client's own tracks that some
+    /// subscriber needs, by rid. The client sends these and sets `active: false` on the
+    /// others. Sent when it changes.
+    PublishLayers {
+        track_id: TrackId,
+        rids: Vec<String>,
+    },
 }
 
 /// The code of an `error` message. The session stays open after every one of them.
@@ -287,6 +345,9 @@ pub enum ErrorCode {
     UnknownTrack,
     /// A chat message that is empty or too long.
     InvalidChat,
+    /// A simulcast offer the server does not forward: more than three encodings, or rids
+    /// other than `q`, `h` and `f`, or one twice.
+    InvalidSimulcast,
     /// Something failed inside the server; the call goes on.
     Internal,
 }
@@ -329,6 +390,7 @@ const CLIENT_TYPES: &[&str] = &[
     "setMute",
     "chat",
     "listRooms",
+    "trackSettings",
 ];
 
 impl ClientMessage {

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+pub use chorus_protocol::PauseReason;
 use chorus_protocol::TrackId;
 
 /// How long after a downgrade no subscription of the subscriber moves up again: long enough
@@ -57,6 +58,24 @@ pub enum Tile {
     Size { width: u16, height: u16 },
 }
 
+impl Tile {
+    /// The tile a client's `trackSettings` describe: sizes in device pixels, 0 for unknown.
+    /// Sizes beyond 16 bits are far beyond any layer, which is what they mean.
+    pub fn from_settings(visible: bool, width: u32, height: u32) -> Self {
+        if !visible {
+            return Tile::Hidden;
+        }
+        if width == 0 || height == 0 {
+            return Tile::Unknown;
+        }
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        Tile::Size {
+            width: clamp(width),
+            height: clamp(height),
+        }
+    }
+}
+
 /// One subscription, as the allocator sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
@@ -69,15 +88,6 @@ pub enum Claim {
         layers: Vec<LayerCost>,
         tile: Tile,
     },
-}
-
-/// Why a video gets no layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PauseReason {
-    /// Not even its lowest layer fits the estimate.
-    LowBandwidth,
-    /// The subscriber does not show it.
-    NotVisible,
 }
 
 /// What one subscription gets.

@@ -227,6 +227,80 @@ pub fn layers_of_rids<S: AsRef<str>>(rids: &[S]) -> Result<Vec<u8>, SimulcastErr
     Ok(layers)
 }
 
+/// The send rids of each m-line of an offer, by mid, in the order offered: what a
+/// simulcast offer's `a=rid:<id> send` lines say. m-lines without rids are left out. Read
+/// before the offer is applied, so that a bad simulcast offer is refused whole.
+pub fn offered_rids(sdp: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut section: Option<(Option<String>, Vec<String>)> = None;
+    let mut flush = |section: Option<(Option<String>, Vec<String>)>| {
+        if let Some((Some(mid), rids)) = section
+            && !rids.is_empty()
+        {
+            out.push((mid, rids));
+        }
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("m=") {
+            flush(section.take());
+            section = Some((None, Vec::new()));
+        } else if let Some((mid, rids)) = section.as_mut() {
+            if let Some(value) = line.strip_prefix("a=mid:") {
+                *mid = Some(value.trim().to_owned());
+            } else if let Some(value) = line.strip_prefix("a=rid:") {
+                let mut parts = value.split_whitespace();
+                if let (Some(id), Some("send")) = (parts.next(), parts.next()) {
+                    rids.push(id.to_owned());
+                }
+            }
+        }
+    }
+    flush(section);
+    out
+}
+
+/// The layers of each simulcast m-line of an offer, by mid: [`offered_rids`] checked with
+/// [`layers_of_rids`].
+pub fn offered_layers(sdp: &str) -> Result<Vec<(String, Vec<u8>)>, SimulcastError> {
+    offered_rids(sdp)
+        .into_iter()
+        .map(|(mid, rids)| Ok((mid, layers_of_rids(&rids)?)))
+        .collect()
+}
+
+/// Whether this H.264 RTP payload (RFC 6184) starts an IDR picture, or carries the
+/// parameter sets that precede one: a single NAL unit of type 5 or 7, a STAP-A holding
+/// one, or the first fragment of an FU-A of type 5.
+pub fn h264_is_keyframe(payload: &[u8]) -> bool {
+    const IDR: u8 = 5;
+    const SPS: u8 = 7;
+    const STAP_A: u8 = 24;
+    const FU_A: u8 = 28;
+    let Some(&first) = payload.first() else {
+        return false;
+    };
+    match first & 0x1f {
+        IDR | SPS => true,
+        STAP_A => {
+            let mut rest = &payload[1..];
+            while rest.len() > 2 {
+                let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                let Some(&nal) = rest.get(2) else { break };
+                if matches!(nal & 0x1f, IDR | SPS) {
+                    return true;
+                }
+                rest = rest.get(2 + size..).unwrap_or_default();
+            }
+            false
+        }
+        FU_A => payload
+            .get(1)
+            .is_some_and(|&fu| fu & 0x80 != 0 && fu & 0x1f == IDR),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,5 +588,42 @@ mod tests {
             layers_of_rids(&["h", "h"]),
             Err(SimulcastError::DuplicateRid("h".into()))
         );
+    }
+
+    #[test]
+    fn an_offer_s_send_rids_are_read_per_mid() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=rid:q send\r\n\
+            a=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=rid:x recv\r\n";
+        assert_eq!(
+            offered_rids(sdp),
+            vec![("1".to_owned(), vec!["q".into(), "h".into(), "f".into()])]
+        );
+        assert_eq!(
+            offered_layers(sdp),
+            Ok(vec![("1".to_owned(), vec![0, 1, 2])])
+        );
+        let bad = "m=video 9 X 96\r\na=mid:1\r\na=rid:q send\r\na=rid:z send\r\n";
+        assert_eq!(
+            offered_layers(bad),
+            Err(SimulcastError::UnknownRid("z".into()))
+        );
+    }
+
+    #[test]
+    fn h264_keyframes_are_found_in_single_stap_a_and_fu_a_packets() {
+        assert!(h264_is_keyframe(&[0x65, 1, 2]));
+        assert!(h264_is_keyframe(&[0x67, 1, 2]));
+        assert!(!h264_is_keyframe(&[0x41, 1, 2]));
+        // STAP-A: a 2-byte SEI (type 6), then an SPS
+        assert!(h264_is_keyframe(&[0x18, 0, 2, 0x06, 0, 0, 1, 0x67]));
+        assert!(!h264_is_keyframe(&[0x18, 0, 2, 0x06, 0, 0, 9]));
+        // FU-A start of an IDR, and its continuation
+        assert!(h264_is_keyframe(&[0x7c, 0x85, 1]));
+        assert!(!h264_is_keyframe(&[0x7c, 0x05, 1]));
+        for len in 0..3 {
+            let _ = h264_is_keyframe(&[0x18, 0xff, 0xff][..len]);
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`hub`]: the registry of rooms that signaling sessions talk to.
 //! - [`layer`]: simulcast layer switching of one subscription (sans-IO).
 //! - [`allocate`]: which layer each of a subscriber's subscriptions gets (sans-IO).
+//! - [`source`]: a published track's layers: rates, sizes, keyframe requests (sans-IO).
 
 pub mod allocate;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod peer;
 pub mod rewrite;
 pub mod room;
 mod room_task;
+pub mod source;
 pub mod stun;
 pub mod tcp;
 mod token;
@@ -47,6 +49,9 @@ pub enum MediaError {
     /// The track is not known.
     #[error("unknown track")]
     UnknownTrack,
+    /// A simulcast offer Chorus does not forward.
+    #[error("invalid simulcast: {0}")]
+    InvalidSimulcast(#[from] crate::layer::SimulcastError),
     /// The media worker has stopped (server shutting down).
     #[error("the media worker has stopped")]
     WorkerGone,
@@ -63,6 +68,7 @@ impl MediaError {
             MediaError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
             MediaError::NoOffer => ErrorCode::OutOfOrder,
             MediaError::UnknownTrack => ErrorCode::UnknownTrack,
+            MediaError::InvalidSimulcast(_) => ErrorCode::InvalidSimulcast,
             MediaError::UnknownParticipant | MediaError::WorkerGone | MediaError::Internal(_) => {
                 ErrorCode::Internal
             }

@@ -85,9 +85,11 @@ pub enum Effect {
     /// The join was refused with this error.
     Refused(ParticipantId, ErrorCode, String),
     /// Apply a publisher offer in the worker, then feed back [`Input::PublishApplied`].
+    /// `tracks` is what the client declared of its m-lines (sources, simulcast layers).
     Publish {
         participant: ParticipantId,
         sdp: String,
+        tracks: Vec<PublishTrack>,
     },
     /// Make the subscriber peer carry exactly these tracks, then feed back
     /// [`Input::SubscriptionsSynced`].
@@ -174,8 +176,12 @@ impl Room {
                 tracks,
             } => {
                 if let Some(member) = self.members.get_mut(&participant) {
-                    member.pending_sources = tracks;
-                    out.push(Effect::Publish { participant, sdp });
+                    member.pending_sources = tracks.clone();
+                    out.push(Effect::Publish {
+                        participant,
+                        sdp,
+                        tracks,
+                    });
                 }
             }
             Input::PublishApplied {

@@ -10,13 +10,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chorus_protocol::{ByeReason, ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::allocate::Tile;
 use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
 use crate::room::{Effect, Input, Room};
 use crate::worker::{MediaNotice, WorkerCommand};
 
-/// Notices from the media worker to one room (peer failures). Bounded: the worker
-/// `try_send`s and logs when full; the WebSocket close path still removes the participant.
-const MEDIA_NOTICE_QUEUE: usize = 64;
+/// Notices from the media worker to one room: peer failures, and the `streamState` and
+/// `publishLayers` messages of allocation, which change at most once per allocation pass
+/// (200 ms) per subscription. Bounded: the worker `try_send`s and counts what does not
+/// fit (`notice_drops`; a lost `streamState` is corrected by the next change); the
+/// WebSocket close path still removes a participant whose failure notice was lost.
+const MEDIA_NOTICE_QUEUE: usize = 256;
 
 pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
     let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
@@ -75,6 +79,10 @@ impl RoomTask {
                         participant,
                         reason: Some(ByeReason::MediaFailed),
                     }),
+                    MediaNotice::Deliver(participant, message) => {
+                        self.deliver(participant, message);
+                        None
+                    }
                 },
             };
             if let Some(input) = input {
@@ -199,6 +207,33 @@ impl RoomTask {
                 }
                 None
             }
+            ClientMessage::TrackSettings {
+                track_id,
+                visible,
+                width,
+                height,
+            } => {
+                // A subscriber's view of one video needs no room decision: the worker's
+                // allocator reads it.
+                let result = self
+                    .hub
+                    .inner
+                    .worker
+                    .call(|reply| WorkerCommand::TrackSettings {
+                        participant,
+                        track: track_id,
+                        tile: Tile::from_settings(visible, width, height),
+                        reply,
+                    })
+                    .await;
+                if let Err(err) = result {
+                    self.deliver(
+                        participant,
+                        ServerMessage::error(err.code(), err.to_string()),
+                    );
+                }
+                None
+            }
             // Handled by the session before it reaches a room.
             ClientMessage::Join { .. } | ClientMessage::ListRooms => None,
         }
@@ -228,11 +263,16 @@ impl RoomTask {
                     }
                     None
                 }
-                Effect::Publish { participant, sdp } => {
+                Effect::Publish {
+                    participant,
+                    sdp,
+                    tracks,
+                } => {
                     let result = worker
                         .call(|reply| WorkerCommand::Publish {
                             participant,
                             sdp,
+                            tracks,
                             reply,
                         })
                         .await;

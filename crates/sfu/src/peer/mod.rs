@@ -81,6 +81,11 @@ pub struct PeerSettings {
 pub struct MediaPacket(rtc::rtp::packet::Packet);
 
 impl MediaPacket {
+    /// The packet's size on the wire, less SRTP: what a layer's rate meter counts.
+    pub fn wire_len(&self) -> usize {
+        12 + 4 * self.0.header.csrc.len() + self.0.payload.len()
+    }
+
     pub fn payload(&self) -> &[u8] {
         &self.0.payload
     }
@@ -105,6 +110,8 @@ pub enum PeerEvent {
     Failed,
     /// A subscriber asked for a keyframe (PLI or FIR) on this track.
     KeyframeRequested(TrackId),
+    /// A packet of a simulcast track came from an SSRC no layer has (dropped, counted).
+    UnknownLayer,
     /// A subscriber reported these packets of this track lost (a NACK), named by the
     /// source's (SSRC, sequence number). Allocates, but only when packets are lost.
     ResendRequested {
@@ -128,6 +135,13 @@ pub struct SourceCodec {
     kind: MediaKind,
     codec: RTCRtpCodec,
     payload_type: u8,
+}
+
+impl SourceCodec {
+    /// The codec's MIME type, such as `video/VP8`.
+    pub fn mime_type(&self) -> &str {
+        &self.codec.mime_type
+    }
 }
 
 /// What one subscription changes in every packet it forwards.
@@ -277,10 +291,33 @@ struct Outbound {
 
 /// One incoming track on a publisher peer.
 struct Inbound {
+    mid: String,
     track: TrackId,
     receiver: RTCRtpReceiverId,
-    /// The media SSRC, once the first packet arrived.
-    ssrc: Option<u32>,
+    /// rtc's id of the receiver's track, once it opened.
+    rtc_track: Option<String>,
+    /// The media SSRC of each layer (index = layer, 0 without simulcast), once known.
+    ssrcs: [Option<u32>; LAYERS],
+    simulcast: bool,
+}
+
+/// Layers a track can have (simulcast rids q, h and f).
+const LAYERS: usize = crate::layer::MAX_LAYER as usize + 1;
+
+impl Inbound {
+    /// The layer of a packet from `ssrc`. Without simulcast there is one layer, and a new
+    /// SSRC (the browser restarted its encoder) simply replaces the old one. With
+    /// simulcast, an SSRC no layer has is `None`.
+    fn layer_of(&mut self, ssrc: u32) -> Option<u8> {
+        if let Some(layer) = self.ssrcs.iter().position(|s| *s == Some(ssrc)) {
+            return Some(layer as u8);
+        }
+        if self.simulcast {
+            return None;
+        }
+        self.ssrcs[0] = Some(ssrc);
+        Some(0)
+    }
 }
 
 /// One WebRTC peer connection.
@@ -299,10 +336,8 @@ pub struct Peer {
     queued: Queued,
     /// Whether [`Peer::refresh_timeout`] has to ask the peer connection again.
     timeout_stale: bool,
-    /// Publisher: mid → incoming track.
-    inbound: HashMap<String, Inbound>,
-    /// Publisher: rtc's track id string → our track.
-    inbound_by_rtc: HashMap<String, TrackId>,
+    /// Publisher: the incoming tracks (a handful: a linear search beats hashing).
+    inbound: Vec<Inbound>,
     /// Subscriber: our track → its outgoing copy.
     outbound: IdHashMap<TrackId, Outbound>,
     /// Subscriber: rtc's sender track id string → our track.
@@ -343,7 +378,12 @@ fn kind_of(kind: RtpCodecKind) -> Option<MediaKind> {
     }
 }
 
-fn media_engine() -> Result<MediaEngine, MediaError> {
+/// The codecs of one leg. The publisher leg offers no RTX for video: webrtc-rs drops a
+/// simulcast layer's retransmissions (they carry a repaired-rid it cannot bind), so
+/// without RTX the browser resends lost packets on the media SSRC, which every layer
+/// binds. The subscriber leg keeps RTX negotiated, which browsers expect of video; Chorus
+/// itself resends on the media SSRC there too.
+fn media_engine(role: PeerRole) -> Result<MediaEngine, MediaError> {
     let mut engine = MediaEngine::default();
     let video_feedback = vec![
         RTCPFeedback {
@@ -384,9 +424,8 @@ fn media_engine() -> Result<MediaEngine, MediaError> {
             RtpCodecKind::Audio,
         )
         .map_err(internal)?;
-    for c in [
+    let mut video = vec![
         codec(MIME_TYPE_VP8, 90000, 0, "", &video_feedback, 96),
-        codec(MIME_TYPE_RTX, 90000, 0, "apt=96", &[], 97),
         codec(
             MIME_TYPE_H264,
             90000,
@@ -395,8 +434,12 @@ fn media_engine() -> Result<MediaEngine, MediaError> {
             &video_feedback,
             102,
         ),
-        codec(MIME_TYPE_RTX, 90000, 0, "apt=102", &[], 103),
-    ] {
+    ];
+    if role == PeerRole::Subscriber {
+        video.push(codec(MIME_TYPE_RTX, 90000, 0, "apt=96", &[], 97));
+        video.push(codec(MIME_TYPE_RTX, 90000, 0, "apt=102", &[], 103));
+    }
+    for c in video {
         engine
             .register_codec(c, RtpCodecKind::Video)
             .map_err(internal)?;
@@ -462,7 +505,7 @@ impl Peer {
         pwd: &str,
         now: Instant,
     ) -> Result<Self, MediaError> {
-        let mut engine = media_engine()?;
+        let mut engine = media_engine(role)?;
         let registry = interceptors(role, &mut engine)?;
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)
@@ -521,8 +564,7 @@ impl Peer {
             next_timeout: Some(now),
             queued: Queued::Anything,
             timeout_stale: true,
-            inbound: HashMap::new(),
-            inbound_by_rtc: HashMap::new(),
+            inbound: Vec::new(),
             outbound: IdHashMap::default(),
             outbound_by_rtc: HashMap::new(),
         })
@@ -587,7 +629,8 @@ impl Peer {
     }
 
     /// Publisher: names the track an m-line carries, so that its packets are forwarded.
-    pub fn bind_inbound(&mut self, mid: &str, track: TrackId) {
+    /// `simulcast` says whether the m-line offered rids (its layers are told apart by SSRC).
+    pub fn bind_inbound(&mut self, mid: &str, track: TrackId, simulcast: bool) {
         let ids: Vec<_> = self.pc().get_transceivers().collect();
         for id in ids {
             let Some(t) = self.pc().rtp_transceiver(id) else {
@@ -597,27 +640,27 @@ impl Peer {
                 continue;
             }
             if let Some(receiver) = t.receiver() {
-                self.inbound.insert(
-                    mid.to_owned(),
-                    Inbound {
-                        track,
-                        receiver,
-                        ssrc: None,
-                    },
-                );
+                self.inbound.retain(|i| i.mid != mid);
+                self.inbound.push(Inbound {
+                    mid: mid.to_owned(),
+                    track,
+                    receiver,
+                    rtc_track: None,
+                    ssrcs: [None; LAYERS],
+                    simulcast,
+                });
             }
         }
     }
 
     /// Publisher: forgets a track that is no longer sent.
     pub fn unbind_inbound(&mut self, track: TrackId) {
-        self.inbound.retain(|_, i| i.track != track);
-        self.inbound_by_rtc.retain(|_, t| *t != track);
+        self.inbound.retain(|i| i.track != track);
     }
 
     /// Publisher: the negotiated codec of an m-line.
     pub fn source_codec(&mut self, mid: &str) -> Option<SourceCodec> {
-        let receiver = self.inbound.get(mid)?.receiver;
+        let receiver = self.inbound.iter().find(|i| i.mid == mid)?.receiver;
         let mut r = self.pc().rtp_receiver(receiver)?;
         let kind = kind_of(r.track().kind())?;
         let params = r.get_parameters();
@@ -633,13 +676,19 @@ impl Peer {
         })
     }
 
-    /// Publisher: asks the client for a keyframe on a track. False when nothing was sent
-    /// because no packet has arrived yet (the first frame is a keyframe anyway).
-    pub fn request_keyframe(&mut self, track: TrackId, now: Instant) -> Result<bool, MediaError> {
-        let Some(inbound) = self.inbound.values().find(|i| i.track == track) else {
+    /// Publisher: asks the client for a keyframe on one layer of a track. False when
+    /// nothing was sent because no packet of that layer has arrived yet (its first frame
+    /// is a keyframe anyway).
+    pub fn request_keyframe(
+        &mut self,
+        track: TrackId,
+        layer: u8,
+        now: Instant,
+    ) -> Result<bool, MediaError> {
+        let Some(inbound) = self.inbound.iter().find(|i| i.track == track) else {
             return Err(MediaError::UnknownTrack);
         };
-        let Some(media_ssrc) = inbound.ssrc else {
+        let Some(media_ssrc) = inbound.ssrcs.get(usize::from(layer)).copied().flatten() else {
             return Ok(false);
         };
         self.queued = Queued::Anything;
@@ -841,23 +890,28 @@ impl Peer {
         }
     }
 
-    /// Drains media read from the peer: forwarded RTP goes to `on_rtp`, keyframe requests
-    /// and NACKs become events.
+    /// Drains media read from the peer: forwarded RTP goes to `on_rtp` with its track and
+    /// layer, keyframe requests and NACKs become events.
     pub fn poll_media(
         &mut self,
-        mut on_rtp: impl FnMut(TrackId, MediaPacket),
+        mut on_rtp: impl FnMut(TrackId, u8, MediaPacket),
         events: &mut Vec<PeerEvent>,
     ) {
         while let Some(TaggedRTCMessage { message, .. }) = self.pc().poll_read() {
             match message {
                 RTCMessage::RtpPacket(rtc_track, packet) => {
-                    let Some(track) = self.inbound_by_rtc.get(&rtc_track).copied() else {
+                    let Some(inbound) = self
+                        .inbound
+                        .iter_mut()
+                        .find(|i| i.rtc_track.as_deref() == Some(rtc_track.as_str()))
+                    else {
                         continue;
                     };
-                    if let Some(inbound) = self.inbound.values_mut().find(|i| i.track == track) {
-                        inbound.ssrc = Some(packet.header.ssrc);
-                    }
-                    on_rtp(track, MediaPacket(packet));
+                    let Some(layer) = inbound.layer_of(packet.header.ssrc) else {
+                        events.push(PeerEvent::UnknownLayer);
+                        continue;
+                    };
+                    on_rtp(inbound.track, layer, MediaPacket(packet));
                 }
                 RTCMessage::RtcpPacket(rtc_track, packets) => {
                     let Some(track) = self.outbound_by_rtc.get(&rtc_track).copied() else {
@@ -911,13 +965,19 @@ impl Peer {
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                     let Some(inbound) = self
                         .inbound
-                        .values_mut()
+                        .iter_mut()
                         .find(|i| i.receiver == init.receiver_id)
                     else {
                         continue;
                     };
-                    inbound.ssrc = Some(init.ssrc);
-                    self.inbound_by_rtc.insert(init.track_id, inbound.track);
+                    // rids were checked against `layer::RIDS` before the offer was applied.
+                    let layer = init
+                        .rid
+                        .as_deref()
+                        .and_then(|rid| crate::layer::RIDS.iter().position(|r| *r == rid))
+                        .unwrap_or(0);
+                    inbound.ssrcs[layer] = Some(init.ssrc);
+                    inbound.rtc_track = Some(init.track_id);
                 }
                 _ => {}
             }
@@ -1005,14 +1065,6 @@ impl Peer {
                 tracing::trace!(%err, "sender report");
             }
         }
-    }
-
-    /// Subscriber: the video tracks it sends, to ask their publishers for keyframes.
-    pub fn video_outbound(&self) -> impl Iterator<Item = TrackId> + '_ {
-        self.outbound
-            .iter()
-            .filter(|(_, o)| o.source.kind == MediaKind::Video)
-            .map(|(t, _)| *t)
     }
 
     /// Lets timers run.

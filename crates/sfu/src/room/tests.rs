@@ -48,19 +48,22 @@ fn syncs(effects: &[Effect]) -> Vec<(u64, Vec<u64>)> {
 /// Publishes audio (track 10*id) and video (10*id+1) for participant `id`.
 fn publish(room: &mut Room, id: u64) -> Vec<Effect> {
     let p = ParticipantId(id);
+    let tracks = vec![PublishTrack {
+        mid: "1".into(),
+        source: TrackSource::Screen,
+        layers: Vec::new(),
+    }];
     let fx = room.handle(Input::PublishOffer {
         participant: p,
         sdp: "offer".into(),
-        tracks: vec![PublishTrack {
-            mid: "1".into(),
-            source: TrackSource::Screen,
-        }],
+        tracks: tracks.clone(),
     });
     assert_eq!(
         fx,
         vec![Effect::Publish {
             participant: p,
-            sdp: "offer".into()
+            sdp: "offer".into(),
+            tracks,
         }]
     );
     room.handle(Input::PublishApplied {

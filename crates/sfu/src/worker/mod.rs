@@ -12,29 +12,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use chorus_protocol::{IceCandidate, MediaKind, ParticipantId, PeerRole, TrackId};
+use chorus_protocol::{
+    IceCandidate, MediaKind, ParticipantId, PeerRole, PublishTrack, ServerMessage, TrackId,
+    TrackSource,
+};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::MediaError;
+use crate::allocate::{Importance, LayerCost, Tile};
 use crate::batch::{self, RecvBatch, SendBatch};
 use crate::history::History;
 use crate::idhash::IdHashMap;
+use crate::layer::{self, Forward, LayerSwitch};
 use crate::peer::{
     ForwardDrop, MediaPacket, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec, ntp_time,
 };
+use crate::source::SourceLayers;
 use crate::stun;
 use crate::tcp::{self, TcpEvent};
 use crate::token::{random_token, random_u64};
 
+mod allocation;
+
+pub use crate::source::KEYFRAME_THROTTLE;
+use allocation::{ALLOCATION_INTERVAL, Downlink};
+
 /// Commands from rooms to the worker. Bounded: a room awaits room for its command, which
 /// slows that room's signaling, never the media path.
 pub const WORKER_COMMAND_QUEUE: usize = 1024;
-
-/// Minimum spacing of keyframe requests sent to one publisher track. Requests inside the
-/// window are merged into one sent when it ends.
-pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 
 /// How often every subscription sends a sender report. A receiver lines a participant's
 /// audio and video up only once it has one for each, so a late joiner waits up to this
@@ -49,10 +56,13 @@ const MAX_IDLE: Duration = Duration::from_millis(100);
 const RECV_BATCHES_PER_PASS: usize = 8;
 
 /// Something the worker tells a room about one of its participants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaNotice {
     /// A peer of this participant failed ICE or DTLS, or closed.
     PeerFailed(ParticipantId),
+    /// A message for this participant that the room only delivers (`streamState`,
+    /// `publishLayers`).
+    Deliver(ParticipantId, ServerMessage),
 }
 
 /// A track the publisher now sends or stopped sending, as a publish offer left it.
@@ -89,11 +99,20 @@ pub enum WorkerCommand {
         participant: ParticipantId,
         notices: mpsc::Sender<MediaNotice>,
     },
-    /// Apply a publisher offer (the publisher peer is created on the first one).
+    /// Apply a publisher offer (the publisher peer is created on the first one). `tracks`
+    /// is what the client declared of its m-lines.
     Publish {
         participant: ParticipantId,
         sdp: String,
+        tracks: Vec<PublishTrack>,
         reply: Reply<PublishOutcome>,
+    },
+    /// How the subscriber shows one of its subscribed tracks.
+    TrackSettings {
+        participant: ParticipantId,
+        track: TrackId,
+        tile: Tile,
+        reply: Reply<()>,
     },
     /// Make the subscriber peer send exactly `tracks`, and offer the change if there is one.
     SyncSubscriptions {
@@ -139,6 +158,12 @@ pub struct WorkerStats {
     pub retransmitted: AtomicU64,
     /// NACKed packets no longer (or never) in their track's history.
     pub retransmit_misses: AtomicU64,
+    /// Packets of a simulcast track from an SSRC that no layer has.
+    pub unknown_layer: AtomicU64,
+    /// Layer switches completed (each on a keyframe of the new layer).
+    pub layer_switches: AtomicU64,
+    /// Notices to rooms that did not fit their queue.
+    pub notice_drops: AtomicU64,
 }
 
 /// A handle for sending commands to a running worker.
@@ -171,14 +196,62 @@ impl WorkerHandle {
     }
 }
 
+/// How the forwarder finds keyframes in a track's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keyframes {
+    /// Audio: every packet can start a stream.
+    Always,
+    Vp8,
+    H264,
+    /// A video codec Chorus cannot parse: every packet counts as one, so switches are
+    /// immediate (such a track has one layer; resuming it may show a broken frame until
+    /// the keyframe that is requested at the same time arrives).
+    Unknown,
+}
+
+impl Keyframes {
+    fn of(kind: MediaKind, codec: Option<&SourceCodec>) -> Self {
+        match (kind, codec.map(SourceCodec::mime_type)) {
+            (MediaKind::Audio, _) => Keyframes::Always,
+            (_, Some(mime)) if mime.eq_ignore_ascii_case("video/vp8") => Keyframes::Vp8,
+            (_, Some(mime)) if mime.eq_ignore_ascii_case("video/h264") => Keyframes::H264,
+            _ => Keyframes::Unknown,
+        }
+    }
+
+    /// Whether this packet starts a keyframe, and the frame's size where the codec says.
+    fn detect(self, payload: &[u8]) -> (bool, Option<(u16, u16)>) {
+        match self {
+            Keyframes::Always | Keyframes::Unknown => (true, None),
+            Keyframes::Vp8 => match layer::vp8_keyframe_size(payload) {
+                Some(size) => (true, Some(size)),
+                None => (layer::vp8_is_keyframe(payload), None),
+            },
+            Keyframes::H264 => (layer::h264_is_keyframe(payload), None),
+        }
+    }
+}
+
+/// One subscriber of a track, with the layer it is switched to.
+struct Subscription {
+    participant: ParticipantId,
+    switch: LayerSwitch,
+}
+
 struct TrackRoute {
     publisher: ParticipantId,
+    kind: MediaKind,
+    importance: Importance,
     codec: Option<SourceCodec>,
-    subscribers: Vec<ParticipantId>,
-    last_keyframe_request: Option<Instant>,
-    keyframe_pending: bool,
-    /// Video only: the recent packets, to answer NACKs (audio negotiates no NACK).
-    history: Option<History<MediaPacket>>,
+    keyframes: Keyframes,
+    subscribers: Vec<Subscription>,
+    layers: SourceLayers,
+    /// Video only, one per layer: the recent packets, to answer NACKs (audio negotiates no
+    /// NACK).
+    history: Vec<History<MediaPacket>>,
+    /// Dynacast: the highest layer the publisher was last told to send (`None`: none),
+    /// and whether it was told at all. Tracks with one layer are never told.
+    announced: Option<Option<u8>>,
 }
 
 struct ParticipantMedia {
@@ -187,6 +260,8 @@ struct ParticipantMedia {
     notices: mpsc::Sender<MediaNotice>,
     /// mid → track, for the tracks this participant publishes.
     published: HashMap<String, TrackId>,
+    /// What this participant receives: its allocation.
+    downlink: Downlink,
     failed: bool,
 }
 
@@ -222,6 +297,8 @@ pub struct Worker {
     due: Vec<(ParticipantId, PeerRole)>,
     /// When the subscriptions next send sender reports.
     next_reports: Instant,
+    /// When the subscribers' allocations next run.
+    next_allocation: Instant,
     /// No peer's timer is due before this: the earliest deadline seen since the last walk
     /// over every peer's deadline, or [`MAX_IDLE`] after it. Passes before it skip that
     /// walk, which at hundreds of peers and thousands of passes a second cost 2 % of the
@@ -296,6 +373,7 @@ impl Worker {
             touched: Vec::new(),
             due: Vec::new(),
             next_reports: Instant::now() + SENDER_REPORT_INTERVAL,
+            next_allocation: Instant::now(),
             timers_from: Instant::now(),
         }
     }
@@ -428,22 +506,38 @@ impl Worker {
             let stats = &self.stats;
             let touched = &mut self.touched;
             peer.poll_media(
-                |track, packet| {
+                |track, layer, packet| {
                     stats.rtp_in.fetch_add(1, Ordering::Relaxed);
                     let Some(route) = tracks.get_mut(&track) else {
                         return;
                     };
-                    for subscriber in &route.subscribers {
+                    let (keyframe, size) = route.keyframes.detect(packet.payload());
+                    route.layers.on_packet(layer, packet.wire_len(), size, now);
+                    for subscription in &mut route.subscribers {
+                        let before = subscription.switch.clone();
+                        let forward = subscription.switch.on_packet(layer, keyframe);
+                        if forward == Forward::Drop {
+                            continue;
+                        }
+                        let subscriber = subscription.participant;
                         let Some(sub) = participants
-                            .get_mut(subscriber)
+                            .get_mut(&subscriber)
                             .and_then(|m| m.subscriber.as_mut())
                         else {
                             continue;
                         };
-                        match sub.forward(track, &packet, now) {
+                        let sent = sub.forward(track, &packet, now);
+                        if sent.is_err() {
+                            // The keyframe did not reach the subscriber: the switch waits
+                            // for the next one.
+                            subscription.switch = before;
+                        } else if forward == Forward::SwitchAndSend {
+                            stats.layer_switches.fetch_add(1, Ordering::Relaxed);
+                        }
+                        match sent {
                             Ok(()) => {
                                 stats.rtp_forwarded.fetch_add(1, Ordering::Relaxed);
-                                touched.push(*subscriber);
+                                touched.push(subscriber);
                             }
                             Err(ForwardDrop::NotConnected | ForwardDrop::NotNegotiated) => {
                                 stats.forward_drops.fetch_add(1, Ordering::Relaxed);
@@ -454,19 +548,13 @@ impl Worker {
                             }
                         }
                     }
-                    if let Some(history) = &mut route.history {
+                    if let Some(history) = route.history.get_mut(usize::from(layer)) {
                         history.store(packet.ssrc(), packet.sequence_number(), packet);
                     }
                 },
                 &mut events,
             );
         }
-        let connected_now = events.iter().any(|e| matches!(e, PeerEvent::Connected));
-        let video: Vec<TrackId> = if connected_now && role == PeerRole::Subscriber {
-            peer.video_outbound().collect()
-        } else {
-            Vec::new()
-        };
         if let Some(media) = self.participants.get_mut(&participant) {
             *media.slot(role) = Some(peer);
         }
@@ -474,6 +562,11 @@ impl Worker {
             match event {
                 PeerEvent::Connected => {
                     tracing::debug!(%participant, ?role, "peer connected");
+                    // its subscriptions start now, each on a keyframe
+                    self.next_allocation = now;
+                }
+                PeerEvent::UnknownLayer => {
+                    self.stats.unknown_layer.fetch_add(1, Ordering::Relaxed);
                 }
                 PeerEvent::Failed => {
                     tracing::info!(%participant, ?role, "peer failed");
@@ -490,16 +583,25 @@ impl Worker {
                         }
                     }
                 }
-                PeerEvent::KeyframeRequested(track) => self.request_keyframe(track, now),
+                PeerEvent::KeyframeRequested(track) => {
+                    // the layer this subscriber gets, or is about to
+                    let layer = self.tracks.get(&track).and_then(|route| {
+                        let sub = route
+                            .subscribers
+                            .iter()
+                            .find(|s| s.participant == participant)?;
+                        sub.switch.current().or(sub.switch.target())
+                    });
+                    if let Some(layer) = layer {
+                        self.request_keyframe(track, layer, now);
+                    }
+                }
                 PeerEvent::ResendRequested { track, lost } => {
                     self.resend(participant, track, &lost, now);
                 }
             }
         }
         self.events = events;
-        for track in video {
-            self.request_keyframe(track, now);
-        }
     }
 
     /// Answers a subscriber's NACK from the track's history.
@@ -510,7 +612,7 @@ impl Worker {
         lost: &[(u32, u16)],
         now: Instant,
     ) {
-        let history = self.tracks.get(&track).and_then(|r| r.history.as_ref());
+        let history = self.tracks.get(&track).map(|r| r.history.as_slice());
         let Some(peer) = self
             .participants
             .get_mut(&subscriber)
@@ -520,7 +622,7 @@ impl Worker {
         };
         for &(ssrc, seq) in lost {
             let sent = history
-                .and_then(|h| h.get(ssrc, seq))
+                .and_then(|layers| layers.iter().find_map(|h| h.get(ssrc, seq)))
                 .is_some_and(|packet| peer.resend(track, packet, now).is_ok());
             let counter = if sent {
                 &self.stats.retransmitted
@@ -544,26 +646,25 @@ impl Worker {
         self.next_reports = now + SENDER_REPORT_INTERVAL;
     }
 
-    /// Asks a track's publisher for a keyframe, at most once per [`KEYFRAME_THROTTLE`].
-    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
+    /// Asks a track's publisher for a keyframe on one layer, at most once per
+    /// [`KEYFRAME_THROTTLE`] per layer.
+    fn request_keyframe(&mut self, track: TrackId, layer: u8, now: Instant) {
         let Some(route) = self.tracks.get_mut(&track) else {
             return;
         };
-        if let Some(last) = route.last_keyframe_request
-            && now < last + KEYFRAME_THROTTLE
-        {
-            route.keyframe_pending = true;
+        let Some(state) = route.layers.layer_mut(layer) else {
+            return;
+        };
+        if !state.keyframes.try_request(now) {
             return;
         }
-        route.last_keyframe_request = Some(now);
-        route.keyframe_pending = false;
         let publisher = route.publisher;
         if let Some(peer) = self
             .participants
             .get_mut(&publisher)
             .and_then(|m| m.publisher.as_mut())
         {
-            match peer.request_keyframe(track, now) {
+            match peer.request_keyframe(track, layer, now) {
                 Ok(true) => {
                     self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
                     self.touched.push(publisher);
@@ -575,12 +676,13 @@ impl Worker {
     }
 
     fn poll_timeouts(&self, now: Instant) -> Instant {
-        let mut earliest = self.next_reports.min(self.timers_from);
+        let mut earliest = self
+            .next_reports
+            .min(self.timers_from)
+            .min(self.next_allocation);
         for route in self.tracks.values() {
-            if route.keyframe_pending
-                && let Some(last) = route.last_keyframe_request
-            {
-                earliest = earliest.min(last + KEYFRAME_THROTTLE);
+            if let Some(due) = route.layers.keyframe_due() {
+                earliest = earliest.min(due);
             }
         }
         earliest.max(now)
@@ -593,18 +695,17 @@ impl Worker {
         if now >= self.timers_from {
             self.run_due_timers(now);
         }
-        let pending: Vec<TrackId> = self
+        if now >= self.next_allocation {
+            self.allocate(now);
+            self.next_allocation = now + ALLOCATION_INTERVAL;
+        }
+        let pending: Vec<(TrackId, u8)> = self
             .tracks
             .iter()
-            .filter(|(_, r)| {
-                r.keyframe_pending
-                    && r.last_keyframe_request
-                        .is_some_and(|last| now >= last + KEYFRAME_THROTTLE)
-            })
-            .map(|(t, _)| *t)
+            .flat_map(|(t, r)| r.layers.keyframes_due(now).map(move |layer| (*t, layer)))
             .collect();
-        for track in pending {
-            self.request_keyframe(track, now);
+        for (track, layer) in pending {
+            self.request_keyframe(track, layer, now);
         }
     }
 
@@ -736,6 +837,7 @@ impl Worker {
                         subscriber: None,
                         notices,
                         published: HashMap::new(),
+                        downlink: Downlink::default(),
                         failed: false,
                     },
                 );
@@ -743,9 +845,20 @@ impl Worker {
             WorkerCommand::Publish {
                 participant,
                 sdp,
+                tracks,
                 reply,
             } => {
-                let result = self.publish(participant, sdp, now);
+                let result = self.publish(participant, sdp, &tracks, now);
+                let _ = reply.send(result);
+            }
+            WorkerCommand::TrackSettings {
+                participant,
+                track,
+                tile,
+                reply,
+            } => {
+                let result = self.set_tile(participant, track, tile);
+                self.next_allocation = now;
                 let _ = reply.send(result);
             }
             WorkerCommand::SyncSubscriptions {
@@ -766,20 +879,8 @@ impl Worker {
                     None => Err(MediaError::NoOffer),
                 };
                 if result.is_ok() {
-                    // newly negotiated video starts with a keyframe
-                    let video: Vec<TrackId> = self
-                        .peer_mut((participant, PeerRole::Subscriber))
-                        .map(|p| {
-                            if p.is_connected() {
-                                p.video_outbound().collect()
-                            } else {
-                                Vec::new()
-                            }
-                        })
-                        .unwrap_or_default();
-                    for track in video {
-                        self.request_keyframe(track, now);
-                    }
+                    // newly negotiated video starts on a keyframe, which allocation asks for
+                    self.next_allocation = now;
                 }
                 self.touched.push(participant);
                 let _ = reply.send(result);
@@ -804,8 +905,11 @@ impl Worker {
         &mut self,
         participant: ParticipantId,
         sdp: String,
+        declared: &[PublishTrack],
         now: Instant,
     ) -> Result<PublishOutcome, MediaError> {
+        // Refused before anything is applied, so that a bad offer changes nothing.
+        let simulcast = layer::offered_layers(&sdp)?;
         self.ensure_peer(participant, PeerRole::Publisher)?;
         let media = self
             .participants
@@ -828,18 +932,49 @@ impl Worker {
                 }
                 (None, true) => {
                     let track = TrackId(self.next_track.fetch_add(1, Ordering::Relaxed));
-                    peer.bind_inbound(&mid, track);
+                    let layers = simulcast
+                        .iter()
+                        .find(|(m, _)| *m == mid)
+                        .map(|(_, layers)| layers.as_slice());
+                    peer.bind_inbound(&mid, track, layers.is_some());
                     let codec = peer.source_codec(&mid);
                     media.published.insert(mid.clone(), track);
+                    let declaration = declared.iter().find(|t| t.mid == mid);
+                    let count = layers
+                        .and_then(|l| l.iter().max())
+                        .map_or(1, |top| usize::from(*top) + 1);
+                    let costs: Vec<Option<LayerCost>> = layer::RIDS[..count]
+                        .iter()
+                        .map(|rid| {
+                            let l = declaration?.layers.iter().find(|l| l.rid == *rid)?;
+                            Some(LayerCost {
+                                bitrate: l.max_bitrate,
+                                width: u16::try_from(l.width).unwrap_or(u16::MAX),
+                                height: u16::try_from(l.height).unwrap_or(u16::MAX),
+                            })
+                        })
+                        .collect();
+                    let importance = match declaration.map(|t| t.source) {
+                        Some(TrackSource::Screen) => Importance::Screen,
+                        _ => Importance::Other,
+                    };
+                    let history = if kind == MediaKind::Video {
+                        (0..count).map(|_| History::default()).collect()
+                    } else {
+                        Vec::new()
+                    };
                     self.tracks.insert(
                         track,
                         TrackRoute {
                             publisher: participant,
+                            kind,
+                            importance,
+                            keyframes: Keyframes::of(kind, codec.as_ref()),
                             codec,
                             subscribers: Vec::new(),
-                            last_keyframe_request: None,
-                            keyframe_pending: false,
-                            history: (kind == MediaKind::Video).then(History::default),
+                            layers: SourceLayers::new(count, &costs, now),
+                            history,
+                            announced: None,
                         },
                     );
                     self.stats.tracks.fetch_add(1, Ordering::Relaxed);
@@ -884,7 +1019,7 @@ impl Worker {
             if !wanted.contains(track) {
                 peer.remove_outbound(*track);
                 if let Some(route) = self.tracks.get_mut(track) {
-                    route.subscribers.retain(|s| *s != participant);
+                    route.subscribers.retain(|s| s.participant != participant);
                     self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 }
                 changed = true;
@@ -902,7 +1037,12 @@ impl Worker {
             };
             let ssrc = random_ssrc();
             peer.add_outbound(*track, codec, ssrc)?;
-            route.subscribers.push(participant);
+            // Nothing flows until allocation picks a layer, on the next pass.
+            route.subscribers.push(Subscription {
+                participant,
+                switch: LayerSwitch::new(),
+            });
+            self.next_allocation = now;
             self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
             changed = true;
         }
@@ -937,7 +1077,7 @@ impl Worker {
         let mut removed_subs = 0;
         for route in self.tracks.values_mut() {
             let before = route.subscribers.len();
-            route.subscribers.retain(|s| *s != participant);
+            route.subscribers.retain(|s| s.participant != participant);
             removed_subs += (before - route.subscribers.len()) as u64;
         }
         self.stats

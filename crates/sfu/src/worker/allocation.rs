@@ -1,0 +1,183 @@
+//! The allocation pass of the worker: every [`ALLOCATION_INTERVAL`], each subscriber's
+//! [`Allocator`] shares its downlink estimate among its subscriptions, the choices become
+//! the targets of the subscriptions' layer switches, keyframes are asked for where a
+//! switch waits for one, the subscriber hears of what changed (`streamState`), and each
+//! simulcast publisher hears which layers anyone still needs (`publishLayers`, dynacast).
+//!
+//! The decisions are the sans-IO [`Allocator`] and [`SourceLayers`](crate::source)'s; this
+//! module only gathers their inputs from the worker's tables and applies their outputs.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chorus_protocol::{MediaKind, ParticipantId, ServerMessage, TrackId};
+
+use super::{MediaNotice, Worker};
+use crate::MediaError;
+use crate::allocate::{Allocator, Choice, Claim, Tile, highest_needed};
+use crate::layer::RIDS;
+
+/// How often every subscriber's allocation runs, besides right after anything it depends
+/// on changed (a subscription, a tile, a connection). Fast enough that a congested link is
+/// relieved within the 2 s a user notices, slow enough to cost nothing next to forwarding.
+pub(super) const ALLOCATION_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What an audio subscription is reserved: Opus at its usual voice rate plus packet
+/// overhead. Audio is always forwarded; this only keeps video from counting on it.
+const AUDIO_RESERVE: u32 = 40_000;
+
+/// The allocation state of one subscriber.
+#[derive(Debug, Default)]
+pub(super) struct Downlink {
+    allocator: Allocator,
+    /// How the subscriber shows each subscribed track, as it last said.
+    tiles: HashMap<TrackId, Tile>,
+    /// What the subscriber was last told of each video (`streamState`).
+    reported: HashMap<TrackId, Choice>,
+    /// The downlink estimate in bits per second; `None` while there is none (no cap).
+    pub(super) estimate: Option<u32>,
+}
+
+impl Worker {
+    /// Records how `participant` shows `track`; an error if it does not subscribe to it.
+    pub(super) fn set_tile(
+        &mut self,
+        participant: ParticipantId,
+        track: TrackId,
+        tile: Tile,
+    ) -> Result<(), MediaError> {
+        let media = self
+            .participants
+            .get_mut(&participant)
+            .ok_or(MediaError::UnknownParticipant)?;
+        let subscribed = media
+            .subscriber
+            .as_ref()
+            .is_some_and(|peer| peer.outbound_tracks().any(|t| t == track));
+        if !subscribed {
+            return Err(MediaError::UnknownTrack);
+        }
+        media.downlink.tiles.insert(track, tile);
+        Ok(())
+    }
+
+    /// One allocation pass over every subscriber, then dynacast over every track.
+    pub(super) fn allocate(&mut self, now: Instant) {
+        let mut keyframes: Vec<(TrackId, u8)> = Vec::new();
+        for (participant, media) in &mut self.participants {
+            let Some(peer) = media.subscriber.as_ref().filter(|p| p.is_connected()) else {
+                continue;
+            };
+            let subscribed: Vec<TrackId> = peer.outbound_tracks().collect();
+            let downlink = &mut media.downlink;
+            downlink.tiles.retain(|t, _| subscribed.contains(t));
+            downlink.reported.retain(|t, _| subscribed.contains(t));
+            let mut claims = Vec::with_capacity(subscribed.len());
+            for track in subscribed {
+                let Some(route) = self.tracks.get_mut(&track) else {
+                    continue;
+                };
+                let claim = match route.kind {
+                    MediaKind::Audio => Claim::Audio {
+                        bitrate: AUDIO_RESERVE,
+                    },
+                    MediaKind::Video => Claim::Video {
+                        importance: route.importance,
+                        layers: route.layers.costs(now),
+                        tile: downlink.tiles.get(&track).copied().unwrap_or(Tile::Unknown),
+                    },
+                };
+                claims.push((track, claim));
+            }
+            let estimate = downlink.estimate.unwrap_or(u32::MAX);
+            for (track, choice) in downlink.allocator.allocate(estimate, &claims, now) {
+                let Some(route) = self.tracks.get_mut(&track) else {
+                    continue;
+                };
+                let Some(sub) = route
+                    .subscribers
+                    .iter_mut()
+                    .find(|s| s.participant == *participant)
+                else {
+                    continue;
+                };
+                let target = match choice {
+                    Choice::Audio => Some(0),
+                    Choice::Layer(layer) => Some(layer),
+                    Choice::Paused(_) => None,
+                };
+                sub.switch.set_target(target);
+                if let Some(layer) = sub.switch.needs_keyframe() {
+                    keyframes.push((track, layer));
+                }
+                if route.kind == MediaKind::Video
+                    && downlink.reported.insert(track, choice) != Some(choice)
+                {
+                    let message = ServerMessage::StreamState {
+                        track_id: track,
+                        layer: choice.layer(),
+                        paused: match choice {
+                            Choice::Paused(reason) => Some(reason),
+                            _ => None,
+                        },
+                    };
+                    notify(&media.notices, *participant, message, &self.stats);
+                }
+            }
+        }
+        self.dynacast(now);
+        for (track, layer) in keyframes {
+            self.request_keyframe(track, layer, now);
+        }
+    }
+
+    /// Tells each simulcast publisher which of its layers some subscriber needs, when
+    /// that changed; layers above it are not sent until someone needs them again.
+    fn dynacast(&mut self, now: Instant) {
+        for (track, route) in &mut self.tracks {
+            if route.layers.count() < 2 {
+                continue;
+            }
+            let highest = highest_needed(
+                route
+                    .subscribers
+                    .iter()
+                    .filter_map(|s| s.switch.target().map(Choice::Layer)),
+            );
+            if route.announced == Some(highest) {
+                continue;
+            }
+            route.announced = Some(highest);
+            route.layers.set_wanted(highest, now);
+            let rids = match highest {
+                Some(top) => RIDS[..=usize::from(top)]
+                    .iter()
+                    .map(|r| (*r).to_owned())
+                    .collect(),
+                None => Vec::new(),
+            };
+            if let Some(media) = self.participants.get(&route.publisher) {
+                let message = ServerMessage::PublishLayers {
+                    track_id: *track,
+                    rids,
+                };
+                notify(&media.notices, route.publisher, message, &self.stats);
+            }
+        }
+    }
+}
+
+fn notify(
+    notices: &tokio::sync::mpsc::Sender<MediaNotice>,
+    participant: ParticipantId,
+    message: ServerMessage,
+    stats: &super::WorkerStats,
+) {
+    if notices
+        .try_send(MediaNotice::Deliver(participant, message))
+        .is_err()
+    {
+        stats.notice_drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
