@@ -30,14 +30,36 @@ export const messages = Object.freeze({
   publishOffer: (sdp, tracks) => ({
     type: 'publishOffer',
     sdp,
-    tracks: tracks.map((t) => ({ mid: String(t.mid), source: t.source })),
+    tracks: tracks.map(publishTrack),
   }),
   subscribeAnswer: (sdp) => ({ type: 'subscribeAnswer', sdp }),
   candidate: (peer, candidate) => ({ type: 'candidate', peer, candidate: candidateInit(candidate) }),
   setMute: (trackId, muted) => ({ type: 'setMute', trackId, muted: Boolean(muted) }),
   chat: (text) => ({ type: 'chat', text }),
   listRooms: () => ({ type: 'listRooms' }),
+  trackSettings: (trackId, visible, width = 0, height = 0) => ({
+    type: 'trackSettings',
+    trackId,
+    visible: Boolean(visible),
+    width: pixels(width),
+    height: pixels(height),
+  }),
 });
+
+// The server reads these as u32: whole, non-negative, finite.
+function pixels(n) {
+  const v = Math.round(Number(n));
+  return Number.isFinite(v) && v > 0 ? Math.min(v, 0xffff_ffff) : 0;
+}
+
+/** One `publishOffer.tracks` entry. `layers` only for a simulcast m-line (the server omits it empty). */
+function publishTrack(t) {
+  const out = { mid: String(t.mid), source: t.source };
+  if (t.layers?.length) {
+    out.layers = t.layers.map((l) => ({ rid: String(l.rid), maxBitrate: pixels(l.maxBitrate), width: pixels(l.width), height: pixels(l.height) }));
+  }
+  return out;
+}
 
 /** A message from the server that does not match the protocol. */
 export class ProtocolError extends Error {
@@ -74,6 +96,8 @@ const SERVER_FIELDS = {
   roomList: { rooms: 'array' },
   error: { code: 'string', message: 'string' },
   bye: { reason: 'string' },
+  streamState: { trackId: 'id' },
+  publishLayers: { trackId: 'id', rids: 'array' },
 };
 
 /** Every `type` the server may send. */
@@ -125,6 +149,12 @@ export function parseServerMessage(data) {
       msg.participants.forEach((p, i) => checkField('participant', p, `joined.participants[${i}]`));
       msg.chatHistory.forEach((l, i) => checkField('chatLine', l, `joined.chatHistory[${i}]`));
     }
+    if (msg.type === 'streamState') {
+      if (msg.layer !== undefined && !(Number.isInteger(msg.layer) && msg.layer >= 0)) throw new ProtocolError('streamState.layer: expected a layer number');
+      if (msg.paused !== undefined) checkField('string', msg.paused, 'streamState.paused');
+      if (msg.layer === undefined && msg.paused === undefined) throw new ProtocolError('streamState: expected layer or paused');
+    }
+    if (msg.type === 'publishLayers') msg.rids.forEach((r, i) => checkField('string', r, `publishLayers.rids[${i}]`));
     for (const p of msg.type === 'joined' ? msg.participants : msg.type === 'participantJoined' ? [msg.participant] : []) {
       p.tracks.forEach((t, i) => checkField('track', t, `participant ${p.id}.tracks[${i}]`));
     }

@@ -22,6 +22,7 @@ const build = {
   setMute: (f) => messages.setMute(f.trackId, f.muted),
   chat: (f) => messages.chat(f.text),
   listRooms: () => messages.listRooms(),
+  trackSettings: (f) => messages.trackSettings(f.trackId, f.visible, f.width, f.height),
 };
 
 test('there is a builder for every client fixture and a fixture for every builder', () => {
