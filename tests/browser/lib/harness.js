@@ -44,15 +44,18 @@ export async function poll(fn, { timeout = 15000, interval = 200, message = 'con
 
 /**
  * Starts `chorus` on ephemeral loopback ports. Resolves once it printed its ready line.
- * `config` is the TOML text of its config file.
+ * `config` is the TOML text of its config file. `ip` is the address it listens on (HTTP,
+ * media UDP and ICE-TCP, ephemeral ports) and announces; `wrap` is a command prefix that
+ * runs it, such as `['ip', 'netns', 'exec', NS]` (it must exec, so the child is chorus).
  */
-export async function startServer({ config = '', name = 'server' } = {}) {
+export async function startServer({ config = '', name = 'server', ip = '127.0.0.1', wrap = [] } = {}) {
   if (!existsSync(CHORUS_BIN)) throw new Error(`no chorus binary at ${CHORUS_BIN} (cargo build -p chorus, or set CHORUS_BIN)`);
   const dir = mkdtempSync(path.join(tmpdir(), 'chorus-test-'));
   const cfg = path.join(dir, 'chorus.toml');
   writeFileSync(cfg, config);
-  const args = ['--config', cfg, '--http', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--announce', '127.0.0.1', '--frontend', path.join(REPO, 'frontend')];
-  const child = spawn(CHORUS_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { RUST_LOG: process.env.RUST_LOG ?? 'info', ...process.env } });
+  const args = ['--config', cfg, '--http', `${ip}:0`, '--udp', `${ip}:0`, '--announce', ip, '--frontend', path.join(REPO, 'frontend')];
+  const cmd = [...wrap, CHORUS_BIN, ...args];
+  const child = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { RUST_LOG: process.env.RUST_LOG ?? 'info', ...process.env } });
   let stdout = '';
   let stderr = '';
   child.stderr.setEncoding('utf8');
@@ -118,10 +121,10 @@ export const CHROMIUM_ARGS = [
 ];
 
 /** One headless chromium (a persistent context in a fresh profile). */
-export async function launchBrowser({ permissions = ['camera', 'microphone'], viewport = { width: 1280, height: 720 }, args = [] } = {}) {
+export async function launchBrowser({ permissions = ['camera', 'microphone'], viewport = { width: 1280, height: 720 }, args = [], executablePath = CHROMIUM } = {}) {
   const profile = mkdtempSync(path.join(tmpdir(), 'chorus-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
+    executablePath,
     headless: true,
     permissions,
     viewport,
@@ -307,7 +310,7 @@ async function rtpStats(page) {
       const r = await pc.getStats();
       r.forEach((s) => {
         if (s.type !== 'outbound-rtp' && s.type !== 'inbound-rtp') return;
-        const keys = ['mid', 'kind', 'ssrc', 'packetsSent', 'packetsReceived', 'framesEncoded', 'framesDecoded', 'keyFramesEncoded', 'keyFramesDecoded', 'pliCount', 'firCount', 'nackCount'];
+        const keys = ['mid', 'rid', 'active', 'kind', 'ssrc', 'frameWidth', 'bytesSent', 'bytesReceived', 'packetsSent', 'packetsReceived', 'framesEncoded', 'framesDecoded', 'keyFramesEncoded', 'keyFramesDecoded', 'pliCount', 'firCount', 'nackCount'];
         lines.push(`  ${s.type} ${keys.filter((k) => s[k] !== undefined).map((k) => `${k}=${s[k]}`).join(' ')}`);
       });
     }
@@ -315,25 +318,34 @@ async function rtpStats(page) {
   });
 }
 
+/**
+ * Writes the failure report of test `t` (each page's console, RTP counters and screenshot,
+ * the server's stderr) to the artifacts and stderr.
+ */
+export async function reportFailure(t, err, { server, pages = [] }) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const slug = t.name.replace(/[^a-z0-9]+/gi, '-').toLowerCase().slice(0, 60);
+  const report = [`=== ${t.name} failed: ${err.stack ?? err}`];
+  for (const [i, page] of pages.entries()) {
+    report.push(`--- page ${i} (${page.url()}) console:`, ...(page.logs ?? []).slice(-150));
+    report.push(`--- page ${i} rtp stats: ${await rtpStats(page).catch((e) => e.message)}`);
+    await page.screenshot({ path: path.join(ARTIFACTS, `${slug}-page${i}.png`) }).catch(() => {});
+  }
+  report.push('--- server stderr (tail):', server.stderr().slice(-6000));
+  writeFileSync(path.join(ARTIFACTS, `${slug}-failure.log`), `${report.join('\n')}\n${server.stderr()}`);
+  console.error(report.join('\n'));
+}
+
 /** Runs `body` with a fresh server and browser; on failure attaches logs and screenshots. */
 export async function scenario(t, body, { config = '', browserOptions } = {}) {
   mkdirSync(ARTIFACTS, { recursive: true });
   const server = await startServer({ config });
   let browser;
-  const slug = t.name.replace(/[^a-z0-9]+/gi, '-').toLowerCase().slice(0, 60);
   try {
     browser = await launchBrowser(browserOptions);
     await body({ server, browser });
   } catch (err) {
-    const report = [`=== ${t.name} failed: ${err.stack ?? err}`];
-    for (const [i, page] of (browser?.pages ?? []).entries()) {
-      report.push(`--- page ${i} (${page.url()}) console:`, ...(page.logs ?? []).slice(-150));
-      report.push(`--- page ${i} rtp stats: ${await rtpStats(page).catch((e) => e.message)}`);
-      await page.screenshot({ path: path.join(ARTIFACTS, `${slug}-page${i}.png`) }).catch(() => {});
-    }
-    report.push('--- server stderr (tail):', server.stderr().slice(-6000));
-    writeFileSync(path.join(ARTIFACTS, `${slug}-failure.log`), `${report.join('\n')}\n${server.stderr()}`);
-    console.error(report.join('\n'));
+    await reportFailure(t, err, { server, pages: browser?.pages ?? [] });
     throw err;
   } finally {
     await browser?.close();
