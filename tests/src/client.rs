@@ -21,8 +21,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use chorus_protocol::{
     ChatLine, ClientMessage, ErrorCode, IceCandidate, MediaKind, PROTOCOL_VERSION, ParticipantId,
-    ParticipantInfo, PeerRole, PublishTrack, RoomId, RoomSummary, ServerMessage, SubscribedMid,
-    TrackId, TrackSource,
+    ParticipantInfo, PeerRole, PublishTrack, PublishedMid, RoomId, RoomSummary, ServerMessage,
+    SubscribedMid, TrackId, TrackSource,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -52,6 +52,7 @@ use webrtc::peer_connection::{
 use webrtc::rtp_transceiver::RtpTransceiver;
 use webrtc::runtime::Runtime;
 
+use crate::layered::{self, LayeredVideo};
 use crate::media::{MediaTag, expected_payload};
 use crate::peer::{self, CandidateGate, OPUS_PT, VP8_PT};
 use crate::wait;
@@ -104,6 +105,10 @@ pub struct SentPacket {
     pub keyframe: bool,
     pub payload: Bytes,
     pub at: Instant,
+    /// The publisher m-line it went out on.
+    pub mid: String,
+    /// The simulcast layer, `None` for a track sent as one encoding.
+    pub layer: Option<u8>,
 }
 
 /// Writes RTP on one of the publisher's tracks (see [`Client::rtp_writer`]). The packet's
@@ -120,6 +125,37 @@ impl RtpWriter {
     /// Hands one packet to the peer connection.
     pub async fn write_rtp(&self, packet: rtc::rtp::Packet) -> Result<()> {
         self.track.write_rtp(packet).await.context("write_rtp")
+    }
+}
+
+/// How [`Client::publish_with`] publishes. The default is what [`Client::publish`] does: a
+/// microphone and a camera sent as one encoding each.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// The camera's simulcast rids, lowest layer first (`q`, `h`, `f` for Chorus); empty for
+    /// one encoding. Anything may be listed, to see what the server makes of bad offers.
+    pub camera_rids: Vec<String>,
+    /// How many packets of each simulcast layer carry the mid and rid header extensions
+    /// before the sender stops writing them, as Chromium does once an SSRC is acknowledged.
+    pub mid_rid_packets: u32,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        Self {
+            camera_rids: Vec::new(),
+            mid_rid_packets: layered::DEFAULT_MID_RID_PACKETS,
+        }
+    }
+}
+
+impl PublishOptions {
+    /// A camera simulcast as `chorus.js` would configure it: rids q, h and f.
+    pub fn simulcast() -> Self {
+        Self {
+            camera_rids: layered::RIDS.iter().map(|r| (*r).to_owned()).collect(),
+            ..Self::default()
+        }
     }
 }
 
@@ -233,6 +269,9 @@ struct Inner {
     failures: Mutex<Vec<String>>,
     subscriber: Arc<SubscriberState>,
     publisher: Mutex<Option<Arc<Publisher>>>,
+    /// The latest `publishLayers` per own track. Kept apart from the publisher because the
+    /// first one can arrive before [`Client::publish`] has finished.
+    publish_layers: Mutex<HashMap<TrackId, Vec<String>>>,
     options: ClientOptions,
 }
 
@@ -432,11 +471,23 @@ async fn record_track(subscriber: Arc<SubscriberState>, track: Arc<dyn TrackRemo
     }
 }
 
-/// The publisher peer connection and its two tracks.
+/// The publisher peer connection and its tracks.
 struct Publisher {
     pc: Arc<dyn PeerConnection>,
     audio: Arc<TrackLocalStaticRTP>,
     video: Arc<TrackLocalStaticRTP>,
+    audio_mid: String,
+    video_mid: String,
+    /// What the last `publishOffer` declared, one entry per m-line (renegotiations repeat it).
+    declared: Mutex<Vec<PublishTrack>>,
+    /// The camera when it simulcasts; it is then sent by its own loop, not `send_media`.
+    camera: Option<Arc<LayeredVideo>>,
+    /// Screen shares added by [`Client::publish_screen`].
+    screens: Mutex<Vec<Arc<LayeredVideo>>>,
+    /// The rate [`Client::start_media`] was last given, for tracks added later.
+    rate: Mutex<MediaRate>,
+    /// Keyframe-request readers of the screen shares.
+    screen_rtcp: Mutex<Vec<JoinHandle<()>>>,
     audio_ssrc: u32,
     video_ssrc: u32,
     audio_pt: u8,
@@ -460,9 +511,25 @@ impl Publisher {
         }
     }
 
+    fn abort_rtcp(&self) {
+        self.rtcp_task.abort();
+        for task in lock(&self.screen_rtcp).drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Every video sent as layers: the simulcast camera, then the screen shares.
+    fn layered(&self) -> Vec<Arc<LayeredVideo>> {
+        self.camera
+            .iter()
+            .cloned()
+            .chain(lock(&self.screens).iter().cloned())
+            .collect()
+    }
+
     async fn close(&self) {
         self.stop_media();
-        self.rtcp_task.abort();
+        self.abort_rtcp();
         if let Err(err) = self.pc.close().await {
             tracing::debug!("closing publisher peer: {err}");
         }
@@ -508,6 +575,7 @@ impl Client {
             failures: Mutex::new(Vec::new()),
             subscriber: Arc::new(SubscriberState::new()),
             publisher: Mutex::new(None),
+            publish_layers: Mutex::new(HashMap::new()),
             options,
         });
         let writer = tokio::spawn(write_loop(sink, out_rx));
@@ -596,6 +664,12 @@ impl Client {
     /// `publishOffer`/`publishAnswer`, and waits until it is connected. Media does not flow
     /// until [`start_media`](Client::start_media).
     pub async fn publish(&self) -> Result<PublishedTracks> {
+        self.publish_with(PublishOptions::default()).await
+    }
+
+    /// [`publish`](Client::publish), with the camera shaped by `options` (e.g. simulcast).
+    /// A refused offer is a [`ServerRefused`] and leaves the client without a publisher.
+    pub async fn publish_with(&self, options: PublishOptions) -> Result<PublishedTracks> {
         if self.inner.publisher().is_some() {
             bail!("{} already publishes", self.inner.name);
         }
@@ -612,7 +686,12 @@ impl Client {
         let pc = peer::build_on(handler, self.inner.options.runtime.clone()).await?;
 
         let audio_ssrc = random_u32();
-        let video_ssrc = random_u32();
+        let video_encodings =
+            layered::encodings(&options.camera_rids, &peer::vp8_codec(), random_u32);
+        let video_ssrc = video_encodings
+            .first()
+            .and_then(|e| e.rtp_coding_parameters.ssrc)
+            .unwrap_or_else(random_u32);
         let audio = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
             format!("{name}-stream"),
             format!("{name}-audio"),
@@ -625,7 +704,7 @@ impl Client {
             format!("{name}-video"),
             format!("{name} camera"),
             RtpCodecKind::Video,
-            vec![encoding(video_ssrc, peer::vp8_codec())],
+            video_encodings,
         )));
         let sendonly = || {
             Some(RTCRtpTransceiverInit {
@@ -651,55 +730,32 @@ impl Client {
         let audio_mid = mid_of(&audio_tr).await?;
         let video_mid = mid_of(&video_tr).await?;
 
+        let declared = vec![
+            PublishTrack {
+                mid: audio_mid.clone(),
+                source: TrackSource::Microphone,
+                layers: Vec::new(),
+            },
+            layered::declaration(&video_mid, TrackSource::Camera, &options.camera_rids),
+        ];
         let mark = self.mark();
         self.send(&ClientMessage::PublishOffer {
             sdp: sdp.clone(),
-            tracks: vec![
-                PublishTrack {
-                    mid: audio_mid.clone(),
-                    source: TrackSource::Microphone,
-                    layers: Vec::new(),
-                },
-                PublishTrack {
-                    mid: video_mid.clone(),
-                    source: TrackSource::Camera,
-                    layers: Vec::new(),
-                },
-            ],
+            tracks: declared.clone(),
         })?;
         let (held, mid) = gate.open(peer::first_mid(&sdp));
         for candidate in held {
             send_candidate(&self.inner.out, PeerRole::Publisher, candidate, mid.clone());
         }
 
-        let reply = self
-            .wait_for_after(mark, SIGNALING_TIMEOUT, "publishAnswer or error", |m| {
-                matches!(
-                    m,
-                    ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
-                )
-            })
-            .await?;
-        let (answer_sdp, mapping) = match reply {
-            ServerMessage::PublishAnswer { sdp, tracks } => (sdp, tracks),
-            ServerMessage::Error { code, message } => {
+        let mapping = match self.await_publish_answer(&pc, mark).await {
+            Ok(mapping) => mapping,
+            Err(err) => {
                 let _ = pc.close().await;
-                return Err(ServerRefused { code, message }.into());
+                return Err(err);
             }
-            other => bail!("unexpected reply to publishOffer: {other:?}"),
         };
-        pc.set_remote_description(
-            RTCSessionDescription::answer(answer_sdp).context("publishAnswer SDP")?,
-        )
-        .await
-        .context("set_remote_description(publishAnswer)")?;
-        let track_for = |mid: &str| {
-            mapping
-                .iter()
-                .find(|m| m.mid == mid)
-                .map(|m| m.track_id)
-                .ok_or_else(|| anyhow!("publishAnswer maps no track to mid {mid}: {mapping:?}"))
-        };
+        let track_for = |mid: &str| track_of_mid(&mapping, mid);
         let tracks = PublishedTracks {
             audio: track_for(&audio_mid)?,
             video: track_for(&video_mid)?,
@@ -709,17 +765,38 @@ impl Client {
         let audio_pt = negotiated_pt(&audio_tr).await.unwrap_or(OPUS_PT);
         let video_pt = negotiated_pt(&video_tr).await.unwrap_or(VP8_PT);
 
+        let camera = if options.camera_rids.is_empty() {
+            None
+        } else {
+            let camera = LayeredVideo::new(
+                name.clone(),
+                Arc::clone(&video),
+                &video_tr,
+                tracks.video,
+                options.mid_rid_packets,
+            )
+            .await?;
+            Some(Arc::new(camera))
+        };
         let keyframe_requests = Arc::new(Mutex::new(Vec::new()));
         let want_keyframe = Arc::new(AtomicBool::new(true));
         let rtcp_task = tokio::spawn(count_keyframe_requests(
             Arc::clone(&video),
             Arc::clone(&keyframe_requests),
             Arc::clone(&want_keyframe),
+            camera.clone(),
         ));
         let publisher = Arc::new(Publisher {
             pc,
             audio,
             video,
+            audio_mid,
+            video_mid,
+            declared: Mutex::new(declared),
+            camera,
+            screens: Mutex::new(Vec::new()),
+            rate: Mutex::new(MediaRate::default()),
+            screen_rtcp: Mutex::new(Vec::new()),
             audio_ssrc,
             video_ssrc,
             audio_pt,
@@ -733,8 +810,169 @@ impl Client {
             tasks: Mutex::new(Vec::new()),
             rtcp_task,
         });
+        if let Some(camera) = &publisher.camera {
+            self.apply_publish_layers(camera);
+        }
         *lock(&self.inner.publisher) = Some(publisher);
         Ok(tracks)
+    }
+
+    /// Waits for the answer to the `publishOffer` sent after `mark` and applies it; returns
+    /// the server's mid → track map. An `error` reply is a [`ServerRefused`].
+    async fn await_publish_answer(
+        &self,
+        pc: &Arc<dyn PeerConnection>,
+        mark: usize,
+    ) -> Result<Vec<PublishedMid>> {
+        let reply = self
+            .wait_for_after(mark, SIGNALING_TIMEOUT, "publishAnswer or error", |m| {
+                matches!(
+                    m,
+                    ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
+                )
+            })
+            .await?;
+        let (answer_sdp, mapping) = match reply {
+            ServerMessage::PublishAnswer { sdp, tracks } => (sdp, tracks),
+            ServerMessage::Error { code, message } => {
+                return Err(ServerRefused { code, message }.into());
+            }
+            other => bail!("unexpected reply to publishOffer: {other:?}"),
+        };
+        pc.set_remote_description(
+            RTCSessionDescription::answer(answer_sdp).context("publishAnswer SDP")?,
+        )
+        .await
+        .context("set_remote_description(publishAnswer)")?;
+        Ok(mapping)
+    }
+
+    /// Applies the last `publishLayers` the server sent for `video`'s track, if any.
+    fn apply_publish_layers(&self, video: &LayeredVideo) {
+        if let Some(rids) = lock(&self.inner.publish_layers).get(&video.track_id) {
+            video.set_active(rids);
+        }
+    }
+
+    /// Renegotiates the publisher peer with one more video m-line, a screen share sent as
+    /// `rids` (one encoding when empty), as a browser does when sharing starts while the
+    /// camera is on. Its media starts at once, at the rate of the last
+    /// [`start_media`](Client::start_media). Returns the screen's track id.
+    pub async fn publish_screen(&self, rids: &[&str]) -> Result<TrackId> {
+        let publisher = self
+            .inner
+            .publisher()
+            .ok_or_else(|| anyhow!("{} has not published", self.inner.name))?;
+        let name = &self.inner.name;
+        let index = lock(&publisher.screens).len();
+        let rids: Vec<String> = rids.iter().map(|r| (*r).to_owned()).collect();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("{name}-screen-stream-{index}"),
+            format!("{name}-screen-{index}"),
+            format!("{name} screen {index}"),
+            RtpCodecKind::Video,
+            layered::encodings(&rids, &peer::vp8_codec(), random_u32),
+        )));
+        let pc = &publisher.pc;
+        let transceiver = pc
+            .add_transceiver_from_track(
+                Arc::clone(&track) as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![format!("{name}-screen-stream-{index}")],
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .context("adding the screen transceiver")?;
+        let offer = pc.create_offer(None).await.context("create_offer")?;
+        pc.set_local_description(offer.clone())
+            .await
+            .context("set_local_description(re-offer)")?;
+        let sdp = pc.local_description().await.map_or(offer.sdp, |d| d.sdp);
+        let mid = mid_of(&transceiver).await?;
+        let mut declared = lock(&publisher.declared).clone();
+        declared.push(layered::declaration(&mid, TrackSource::Screen, &rids));
+        let mark = self.mark();
+        self.send(&ClientMessage::PublishOffer {
+            sdp,
+            tracks: declared.clone(),
+        })?;
+        let mapping = self.await_publish_answer(pc, mark).await?;
+        *lock(&publisher.declared) = declared;
+        let track_id = track_of_mid(&mapping, &mid)?;
+        let mid_rid_packets = publisher
+            .camera
+            .as_ref()
+            .map_or(layered::DEFAULT_MID_RID_PACKETS, |c| c.mid_rid_packets());
+        let screen = Arc::new(
+            LayeredVideo::new(
+                format!("{name}.screen{index}"),
+                Arc::clone(&track),
+                &transceiver,
+                track_id,
+                mid_rid_packets,
+            )
+            .await?,
+        );
+        self.apply_publish_layers(&screen);
+        lock(&publisher.screen_rtcp).push(tokio::spawn(count_keyframe_requests(
+            track,
+            Arc::clone(&publisher.keyframe_requests),
+            Arc::new(AtomicBool::new(false)),
+            Some(Arc::clone(&screen)),
+        )));
+        lock(&publisher.screens).push(Arc::clone(&screen));
+        let rate = *lock(&publisher.rate);
+        lock(&publisher.tasks).push(tokio::spawn(Arc::clone(&screen).send_loop(
+            rate,
+            Arc::clone(&publisher.sent),
+            Arc::clone(&publisher.write_errors),
+        )));
+        Ok(track_id)
+    }
+
+    /// The SSRC of each layer of the camera, lowest first, with its rid (one entry with an
+    /// empty rid without simulcast).
+    pub fn camera_layers(&self) -> Vec<(String, u32)> {
+        let Some(publisher) = self.inner.publisher() else {
+            return Vec::new();
+        };
+        match &publisher.camera {
+            Some(camera) => camera
+                .layers
+                .iter()
+                .map(|l| (l.rid.clone(), l.ssrc))
+                .collect(),
+            None => vec![(String::new(), publisher.video_ssrc)],
+        }
+    }
+
+    /// The rids one of this client's layered videos (simulcast camera, screen share) sends
+    /// now, after `publishLayers`; `None` for another track.
+    pub fn sending_rids(&self, track: TrackId) -> Option<Vec<String>> {
+        let publisher = self.inner.publisher()?;
+        publisher
+            .layered()
+            .into_iter()
+            .find(|v| v.track_id == track)
+            .map(|v| v.active_rids())
+    }
+
+    /// Sends `trackSettings` for a subscribed video: how this client shows it.
+    pub fn track_settings(
+        &self,
+        track: TrackId,
+        visible: bool,
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        self.send(&ClientMessage::TrackSettings {
+            track_id: track,
+            visible,
+            width,
+            height,
+        })
     }
 
     /// Starts sending known audio and video RTP at `rate` (restarting if already sending).
@@ -744,13 +982,24 @@ impl Client {
             .publisher()
             .ok_or_else(|| anyhow!("{} has not published", self.inner.name))?;
         publisher.stop_media();
+        *lock(&publisher.rate) = rate;
         let mut tasks = lock(&publisher.tasks);
         for kind in [MediaKind::Audio, MediaKind::Video] {
+            if kind == MediaKind::Video && publisher.camera.is_some() {
+                continue;
+            }
             tasks.push(tokio::spawn(send_media(
                 self.inner.name.clone(),
                 kind,
                 Arc::clone(&publisher),
                 rate,
+            )));
+        }
+        for video in publisher.layered() {
+            tasks.push(tokio::spawn(video.send_loop(
+                rate,
+                Arc::clone(&publisher.sent),
+                Arc::clone(&publisher.write_errors),
             )));
         }
         Ok(())
@@ -1175,7 +1424,7 @@ impl Drop for Client {
         self.writer.abort();
         if let Some(publisher) = lock(&self.inner.publisher).take() {
             publisher.stop_media();
-            publisher.rtcp_task.abort();
+            publisher.abort_rtcp();
             let pc = Arc::clone(&publisher.pc);
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
@@ -1226,7 +1475,7 @@ fn encoding(
 }
 
 /// A random-enough u32 without a rand dependency.
-fn random_u32() -> u32 {
+pub(crate) fn random_u32() -> u32 {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -1239,6 +1488,15 @@ fn random_u32() -> u32 {
     );
     // Never 0: some stacks treat SSRC 0 as "unset".
     (h.finish() as u32).max(1)
+}
+
+/// The track the server gave `mid`, from a `publishAnswer`'s map.
+fn track_of_mid(mapping: &[PublishedMid], mid: &str) -> Result<TrackId> {
+    mapping
+        .iter()
+        .find(|m| m.mid == mid)
+        .map(|m| m.track_id)
+        .ok_or_else(|| anyhow!("publishAnswer maps no track to mid {mid}: {mapping:?}"))
 }
 
 async fn mid_of(transceiver: &Arc<dyn RtpTransceiver>) -> Result<String> {
@@ -1280,13 +1538,14 @@ async fn wait_connected(
 
 /// Sends tagged packets of one kind until aborted.
 async fn send_media(name: String, kind: MediaKind, publisher: Arc<Publisher>, rate: MediaRate) {
-    let (track, ssrc, pt, interval, clock) = match kind {
+    let (track, ssrc, pt, interval, clock, mid) = match kind {
         MediaKind::Audio => (
             Arc::clone(&publisher.audio),
             publisher.audio_ssrc,
             publisher.audio_pt,
             rate.audio_interval,
             48_000u64,
+            publisher.audio_mid.clone(),
         ),
         MediaKind::Video => (
             Arc::clone(&publisher.video),
@@ -1294,6 +1553,7 @@ async fn send_media(name: String, kind: MediaKind, publisher: Arc<Publisher>, ra
             publisher.video_pt,
             rate.video_interval,
             90_000u64,
+            publisher.video_mid.clone(),
         ),
     };
     let ts_step = (clock * interval.as_micros() as u64 / 1_000_000) as u32;
@@ -1314,6 +1574,7 @@ async fn send_media(name: String, kind: MediaKind, publisher: Arc<Publisher>, ra
             kind,
             counter,
             keyframe,
+            layer: None,
         });
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
@@ -1337,6 +1598,8 @@ async fn send_media(name: String, kind: MediaKind, publisher: Arc<Publisher>, ra
             keyframe,
             payload,
             at: Instant::now(),
+            mid: mid.clone(),
+            layer: None,
         });
         if let Err(err) = track.write_rtp(packet).await {
             lock(&publisher.sent).retain(|p| !(p.kind == kind && p.counter == counter));
@@ -1349,12 +1612,14 @@ async fn send_media(name: String, kind: MediaKind, publisher: Arc<Publisher>, ra
     }
 }
 
-/// Counts PLI/FIR arriving on the video sender (marked for the application by
-/// `peer::KeyframeRequestTap`) and asks the video sender for a keyframe.
+/// Counts PLI/FIR arriving on a video sender (marked for the application by
+/// `peer::KeyframeRequestTap`) and asks the video sender for a keyframe: `want_keyframe`
+/// for the one-encoding camera, else the requested layer of `layered`.
 async fn count_keyframe_requests(
     video: Arc<TrackLocalStaticRTP>,
     requests: Arc<Mutex<Vec<KeyframeRequest>>>,
     want_keyframe: Arc<AtomicBool>,
+    layered: Option<Arc<LayeredVideo>>,
 ) {
     while let Some(event) = video.poll().await {
         let TrackLocalEvent::OnRtcpPacket(packets) = event else {
@@ -1375,7 +1640,12 @@ async fn count_keyframe_requests(
                     kind,
                     media_ssrc,
                 });
-                want_keyframe.store(true, Ordering::Relaxed);
+                match &layered {
+                    Some(layered) => {
+                        layered.keyframe_requested(media_ssrc);
+                    }
+                    None => want_keyframe.store(true, Ordering::Relaxed),
+                }
             }
         }
     }
@@ -1454,6 +1724,18 @@ async fn read_loop(inner: Arc<Inner>, mut stream: SplitStream<WsStream>) {
                 if let Err(err) = add_remote_candidate(&inner, peer, candidate).await {
                     inner.fail(format!("adding a server candidate: {err:#}"));
                 }
+            }
+            ServerMessage::PublishLayers { track_id, rids } => {
+                // Dynacast, obeyed as chorus.js would: stop the layers not listed.
+                if let Some(publisher) = inner.publisher()
+                    && let Some(video) = publisher
+                        .layered()
+                        .into_iter()
+                        .find(|v| v.track_id == track_id)
+                {
+                    video.set_active(&rids);
+                }
+                lock(&inner.publish_layers).insert(track_id, rids);
             }
             _ => {}
         }
@@ -1677,6 +1959,7 @@ mod tests {
                         kind: MediaKind::Video,
                         counter: counter.into(),
                         keyframe: counter % 10 == 0,
+                        layer: None,
                     });
                     let _ = video
                         .write_rtp(rtc::rtp::Packet {
@@ -1721,6 +2004,7 @@ mod tests {
             Arc::clone(&video),
             Arc::clone(&requests),
             Arc::clone(&want),
+            None,
         ));
         let remote = lock(&subscriber.remotes)
             .get(&mid)

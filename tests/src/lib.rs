@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod harness;
+pub mod layered;
 pub mod media;
 pub mod peer;
 pub mod raw;
@@ -17,8 +18,8 @@ pub mod wait;
 
 pub use client::{
     Client, ClientOptions, JoinedInfo, KeyframeRequest, KeyframeRequestKind, Logged, MediaRate,
-    PublishedTracks, ReceivedPacket, RtpWriter, SenderReportSeen, SentPacket, ServerRefused,
-    refusal_code,
+    PublishOptions, PublishedTracks, ReceivedPacket, RtpWriter, SenderReportSeen, SentPacket,
+    ServerRefused, refusal_code,
 };
 pub use harness::{Server, Stats};
 pub use raw::{RawEvent, RawWs};

@@ -1,7 +1,8 @@
 //! Known media: RTP payloads whose every byte a receiver can predict.
 //!
-//! Each payload carries a readable tag, `CHORUS/<sender>/<kind>/<counter>/<K|D>/`, after a
-//! codec-shaped prefix, followed by filler bytes derived from the counter. A receiver parses the
+//! Each payload carries a readable tag, `CHORUS/<sender>/<kind>/<counter>/<K|D>/` (with an
+//! `L<layer>/` segment after the kind for a simulcast layer), after a codec-shaped prefix,
+//! followed by filler bytes derived from the counter. A receiver parses the
 //! tag, rebuilds the payload with [`expected_payload`] and compares byte for byte, so a test can
 //! tell "arrived intact" from "arrived" without sharing state with the sender.
 //!
@@ -33,6 +34,10 @@ pub struct MediaTag {
     pub counter: u32,
     /// For video: whether this frame is a keyframe. Always `false` for audio.
     pub keyframe: bool,
+    /// The simulcast layer (0 lowest) the packet belongs to; `None` for a track sent as one
+    /// encoding. Part of the payload so that a subscriber sees which layer the server
+    /// forwarded, packet by packet.
+    pub layer: Option<u8>,
 }
 
 fn kind_str(kind: MediaKind) -> &'static str {
@@ -42,9 +47,21 @@ fn kind_str(kind: MediaKind) -> &'static str {
     }
 }
 
-/// The VP8 frame header (RFC 6386 §9.1): 3-byte frame tag, plus start code and a 320x240 size
-/// on keyframes.
-fn vp8_frame_header(keyframe: bool, out: &mut BytesMut) {
+/// The frame size a keyframe announces: 320x240 for a single encoding, and for simulcast
+/// layers 0, 1 and 2 the quarter, half and full sizes of a 1280x720 camera, so that a server
+/// that learns layer sizes from keyframes sees three distinct ones.
+pub fn frame_size(layer: Option<u8>) -> (u16, u16) {
+    match layer {
+        None => (320, 240),
+        Some(0) => (320, 180),
+        Some(1) => (640, 360),
+        Some(_) => (1280, 720),
+    }
+}
+
+/// The VP8 frame header (RFC 6386 §9.1): 3-byte frame tag, plus start code and the size on
+/// keyframes.
+fn vp8_frame_header(keyframe: bool, (width, height): (u16, u16), out: &mut BytesMut) {
     // The first partition size is not meaningful here; any small value parses.
     let first_part_size: u32 = 10;
     let inverse_key = if keyframe { 0 } else { 1 };
@@ -55,8 +72,8 @@ fn vp8_frame_header(keyframe: bool, out: &mut BytesMut) {
     out.put_u8(((first_part_size >> 11) & 0xff) as u8);
     if keyframe {
         out.put_slice(&[0x9d, 0x01, 0x2a]);
-        out.put_u16_le(320);
-        out.put_u16_le(240);
+        out.put_u16_le(width);
+        out.put_u16_le(height);
     }
 }
 
@@ -78,14 +95,15 @@ pub fn expected_payload(tag: &MediaTag) -> Bytes {
         MediaKind::Video => {
             let mut out = BytesMut::with_capacity(VIDEO_PAYLOAD_LEN);
             out.put_u8(VP8_DESCRIPTOR);
-            vp8_frame_header(tag.keyframe, &mut out);
+            vp8_frame_header(tag.keyframe, frame_size(tag.layer), &mut out);
             (VIDEO_PAYLOAD_LEN, out)
         }
     };
     out.put_slice(TAG_MAGIC);
+    let layer = tag.layer.map(|l| format!("L{l}/")).unwrap_or_default();
     out.put_slice(
         format!(
-            "{}/{}/{}/{}/",
+            "{}/{}/{layer}{}/{}/",
             tag.sender,
             kind_str(tag.kind),
             tag.counter,
@@ -110,14 +128,24 @@ pub fn parse_tag(payload: &[u8]) -> Option<MediaTag> {
         .position(|w| w == TAG_MAGIC)?
         + TAG_MAGIC.len();
     let rest = &payload[start..];
-    let mut fields = rest.splitn(5, |&b| b == b'/');
+    let mut fields = rest.splitn(6, |&b| b == b'/');
     let sender = std::str::from_utf8(fields.next()?).ok()?.to_owned();
     let kind = match fields.next()? {
         b"audio" => MediaKind::Audio,
         b"video" => MediaKind::Video,
         _ => return None,
     };
-    let counter = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    // A counter is all digits, so a field starting with `L` can only be the layer.
+    let mut next = fields.next()?;
+    let layer = match next.strip_prefix(b"L") {
+        Some(digits) => {
+            let layer = std::str::from_utf8(digits).ok()?.parse().ok()?;
+            next = fields.next()?;
+            Some(layer)
+        }
+        None => None,
+    };
+    let counter = std::str::from_utf8(next).ok()?.parse().ok()?;
     let keyframe = match fields.next()? {
         b"K" => true,
         b"D" => false,
@@ -128,6 +156,7 @@ pub fn parse_tag(payload: &[u8]) -> Option<MediaTag> {
         kind,
         counter,
         keyframe,
+        layer,
     })
 }
 
@@ -155,6 +184,7 @@ mod tests {
                     kind,
                     counter: 4711,
                     keyframe: keyframe && kind == MediaKind::Video,
+                    layer: None,
                 };
                 let payload = expected_payload(&tag);
                 let want = match kind {
@@ -179,10 +209,38 @@ mod tests {
                 kind: MediaKind::Audio,
                 counter,
                 keyframe: false,
+                layer: None,
             })
         };
         assert_ne!(a("ada", 1), a("ada", 2));
         assert_ne!(a("ada", 1), a("bob", 1));
         assert_eq!(parse_tag(b"garbage"), None);
+    }
+
+    #[test]
+    fn layered_tags_round_trip_and_keyframes_announce_the_layer_size() {
+        for layer in 0..3u8 {
+            let tag = MediaTag {
+                sender: "ada".into(),
+                kind: MediaKind::Video,
+                counter: 12,
+                keyframe: true,
+                layer: Some(layer),
+            };
+            let payload = expected_payload(&tag);
+            assert_eq!(payload.len(), VIDEO_PAYLOAD_LEN);
+            assert_eq!(parse_tag(&payload).as_ref(), Some(&tag));
+            assert!(is_vp8_keyframe(&payload));
+            // descriptor, frame tag, start code, then the size
+            let (w, h) = frame_size(Some(layer));
+            assert_eq!(&payload[4..7], &[0x9d, 0x01, 0x2a]);
+            assert_eq!(u16::from_le_bytes([payload[7], payload[8]]), w);
+            assert_eq!(u16::from_le_bytes([payload[9], payload[10]]), h);
+            let other = MediaTag {
+                layer: Some((layer + 1) % 3),
+                ..tag
+            };
+            assert_ne!(expected_payload(&other), payload);
+        }
     }
 }

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chorus_protocol::{
-    ByeReason, ClientMessage, ErrorCode, MediaKind, ParticipantId, ServerMessage, TrackSource,
+    ByeReason, ClientMessage, ErrorCode, MediaKind, ParticipantId, PauseReason, ServerMessage,
+    TrackId, TrackSource,
 };
-use chorus_tests::media::{expected_payload, parse_tag};
+use chorus_tests::media::{MediaTag, expected_payload, is_vp8_keyframe, parse_tag};
 use chorus_tests::peer::VP8_PT;
 use chorus_tests::socket::{LossySocket, SilenceSocket};
 use chorus_tests::{
-    Client, ClientOptions, MediaRate, PublishedTracks, RawWs, Server, init_tracing, refusal_code,
-    sequence_breaks, wait,
+    Client, ClientOptions, MediaRate, PublishOptions, PublishedTracks, RawWs, ReceivedPacket,
+    SentPacket, Server, init_tracing, refusal_code, sequence_breaks, wait,
 };
 
 /// Generous bound for anything signaling or media related on a loaded 2-core machine.
@@ -1011,4 +1012,368 @@ async fn lost_video_is_recovered_by_the_subscribers_nacks() -> Result<()> {
         "{recovered} dropped packets arrived again, but the server counted: {stats}"
     );
     Ok(())
+}
+
+// ---- Simulcast -------------------------------------------------------------------------
+
+/// A tile that layer 0 (320x180) covers.
+const SMALL_TILE: (u32, u32) = (160, 90);
+/// A tile only layer 2 (1280x720) covers.
+const LARGE_TILE: (u32, u32) = (1280, 720);
+
+/// The layer in a received packet's tag; an error for a payload without one.
+fn layer_of(packet: &ReceivedPacket) -> Result<u8> {
+    parse_tag(&packet.payload)
+        .and_then(|t| t.layer)
+        .with_context(|| format!("packet {} carries no layer", packet.sequence_number))
+}
+
+/// The latest `streamState` `client` got for `track`: (layer, paused).
+fn latest_stream_state(
+    client: &Client,
+    track: TrackId,
+) -> Option<(Option<u8>, Option<PauseReason>)> {
+    stream_states(client, track).last().copied()
+}
+
+/// Every `streamState` `client` got for `track`, in order.
+fn stream_states(client: &Client, track: TrackId) -> Vec<(Option<u8>, Option<PauseReason>)> {
+    client
+        .messages()
+        .into_iter()
+        .filter_map(|l| match l.message {
+            ServerMessage::StreamState {
+                track_id,
+                layer,
+                paused,
+            } if track_id == track => Some((layer, paused)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until the latest `streamState` for `track` says `want`.
+async fn wait_stream_state(
+    client: &Client,
+    track: TrackId,
+    want: (Option<u8>, Option<PauseReason>),
+    within: Duration,
+) -> Result<()> {
+    wait::poll_until(within, &format!("streamState {want:?} for {track}"), || {
+        (latest_stream_state(client, track) == Some(want)).then_some(())
+    })
+    .await
+    .with_context(|| format!("streamStates so far: {:?}", stream_states(client, track)))
+}
+
+/// Waits until `count` packets of `layer` of `from`'s `track` arrived at `client` after
+/// `since`.
+async fn wait_layer_packets(
+    client: &Client,
+    from: ParticipantId,
+    track: TrackId,
+    layer: u8,
+    since: Instant,
+    count: usize,
+) -> Result<()> {
+    let result = wait::poll_until(
+        T,
+        &format!("{count} packets of layer {layer} of {track}"),
+        || {
+            let n = client
+                .received(from, track)
+                .iter()
+                .filter(|p| p.at > since && layer_of(p).ok() == Some(layer))
+                .count();
+            (n >= count).then_some(())
+        },
+    )
+    .await;
+    result.with_context(|| {
+        let recent: Vec<Option<u8>> = client
+            .received(from, track)
+            .iter()
+            .rev()
+            .take(10)
+            .map(|p| parse_tag(&p.payload).and_then(|t| t.layer))
+            .collect();
+        format!(
+            "newest layers received {recent:?}; streamStates {:?}",
+            stream_states(client, track)
+        )
+    })
+}
+
+/// Waits until nothing of `track` has arrived for `quiet`.
+async fn wait_track_quiet(
+    client: &Client,
+    from: ParticipantId,
+    track: TrackId,
+    quiet: Duration,
+) -> Result<()> {
+    wait::poll_until(T, &format!("{track} to stop arriving"), || {
+        let last = client.received(from, track).last().map(|p| p.at);
+        last.is_none_or(|at| at.elapsed() >= quiet).then_some(())
+    })
+    .await
+}
+
+/// Checks a subscriber's copy of a layered video, packet by packet, against what the
+/// publisher sent, and returns the layers it was forwarded in, one entry per switch:
+/// - every payload is byte-identical to the one sent for its (layer, frame) by `tag_sender`;
+/// - one SSRC and one payload type throughout;
+/// - sequence numbers rise by exactly 1 from each packet to the next, across switches too;
+/// - timestamps always rise, and within a run of one layer keep the sender's spacing;
+/// - wherever the stream changes layer or skips frames (a switch, a resume after a pause),
+///   the first packet is a keyframe of the layer that follows.
+fn check_layered_stream(
+    label: &str,
+    got: &[ReceivedPacket],
+    sent: &[SentPacket],
+    tag_sender: &str,
+) -> Result<Vec<u8>> {
+    ensure!(!got.is_empty(), "{label}: nothing received");
+    let mut layers_seen = Vec::new();
+    let mut previous: Option<(&ReceivedPacket, MediaTag, &SentPacket)> = None;
+    for packet in got {
+        let tag = parse_tag(&packet.payload)
+            .with_context(|| format!("{label}: untagged payload {:?}", packet.payload))?;
+        ensure!(
+            tag.sender == tag_sender && tag.kind == MediaKind::Video,
+            "{label}: packet of {}/{:?}",
+            tag.sender,
+            tag.kind
+        );
+        let layer = tag
+            .layer
+            .with_context(|| format!("{label}: no layer in {tag:?}"))?;
+        ensure!(
+            packet.payload == expected_payload(&tag),
+            "{label}: payload of {tag:?} differs from what was built"
+        );
+        let original = sent
+            .iter()
+            .find(|s| {
+                s.layer == Some(layer) && s.counter == tag.counter && s.payload == packet.payload
+            })
+            .with_context(|| format!("{label}: {tag:?} was never sent"))?;
+        let starts = match &previous {
+            None => true,
+            Some((_, before, _)) => before.layer != tag.layer || tag.counter != before.counter + 1,
+        };
+        if starts {
+            ensure!(
+                tag.keyframe && is_vp8_keyframe(&packet.payload),
+                "{label}: the stream {} on a delta frame: {tag:?} after {:?}",
+                if previous.is_none() {
+                    "starts"
+                } else {
+                    "switches or resumes"
+                },
+                previous.as_ref().map(|(_, t, _)| t)
+            );
+            if layers_seen.last() != Some(&layer) {
+                layers_seen.push(layer);
+            }
+        }
+        if let Some((before, before_tag, before_sent)) = &previous {
+            let step = packet.timestamp.wrapping_sub(before.timestamp);
+            ensure!(
+                step != 0 && step < 0x8000_0000,
+                "{label}: timestamp does not rise from {before_tag:?} ({}) to {tag:?} ({})",
+                before.timestamp,
+                packet.timestamp
+            );
+            if !starts {
+                ensure!(
+                    step == original.timestamp.wrapping_sub(before_sent.timestamp),
+                    "{label}: timestamp spacing changed at {tag:?}"
+                );
+            }
+        }
+        previous = Some((packet, tag, original));
+    }
+    let ssrcs: HashSet<u32> = got.iter().map(|p| p.ssrc).collect();
+    ensure!(ssrcs.len() == 1, "{label}: several SSRCs {ssrcs:?}");
+    let pts: HashSet<u8> = got.iter().map(|p| p.payload_type).collect();
+    ensure!(pts.len() == 1, "{label}: several payload types {pts:?}");
+    let breaks = sequence_breaks(got);
+    ensure!(
+        breaks.is_empty(),
+        "{label}: {} sequence breaks in {} packets: {:?}",
+        breaks.len(),
+        got.len(),
+        &breaks[..breaks.len().min(10)]
+    );
+    Ok(layers_seen)
+}
+
+/// A simulcast publisher streaming in `room`, and a subscriber that has its camera.
+async fn simulcast_pair(server: &Server, room: &str) -> Result<(Client, Client, PublishedTracks)> {
+    let ada = Client::connect_and_join(server.http_addr(), room, "ada").await?;
+    let tracks = ada.publish_with(PublishOptions::simulcast()).await?;
+    ada.start_media(MediaRate::default())?;
+    let bob = Client::connect_and_join(server.http_addr(), room, "bob").await?;
+    let ada_id = ada.id()?;
+    wait::poll_until(T, "bob to be offered ada's camera", || {
+        bob.subscribed()
+            .iter()
+            .any(|s| s.track_id == tracks.video && s.participant_id == ada_id)
+            .then_some(())
+    })
+    .await?;
+    Ok((ada, bob, tracks))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_moves_between_simulcast_layers_only_on_keyframes() -> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let (ada, bob, tracks) = simulcast_pair(&server, "standup").await?;
+    let ada_id = ada.id()?;
+    let video = tracks.video;
+    let tile = |visible: bool, (w, h): (u32, u32)| bob.track_settings(video, visible, w, h);
+
+    // A small tile: the lowest layer.
+    tile(true, SMALL_TILE)?;
+    wait_stream_state(&bob, video, (Some(0), None), T).await?;
+    wait_layer_packets(&bob, ada_id, video, 0, Instant::now(), 20).await?;
+
+    // A large tile: up, one layer per step, to the top.
+    tile(true, LARGE_TILE)?;
+    wait_stream_state(&bob, video, (Some(2), None), T).await?;
+    wait_layer_packets(&bob, ada_id, video, 2, Instant::now(), 20).await?;
+
+    // Small again: straight down.
+    tile(true, SMALL_TILE)?;
+    wait_stream_state(&bob, video, (Some(0), None), T).await?;
+    wait_layer_packets(&bob, ada_id, video, 0, Instant::now(), 20).await?;
+
+    // Hidden: paused, and nothing arrives.
+    tile(false, (0, 0))?;
+    wait_stream_state(&bob, video, (None, Some(PauseReason::NotVisible)), T).await?;
+    wait_track_quiet(&bob, ada_id, video, Duration::from_millis(600)).await?;
+
+    // Shown again: back on the lowest layer.
+    tile(true, SMALL_TILE)?;
+    wait_stream_state(&bob, video, (Some(0), None), T).await?;
+    wait_layer_packets(&bob, ada_id, video, 0, Instant::now(), 20).await?;
+
+    let got = bob.received(ada_id, video);
+    let layers = check_layered_stream("bob receiving ada's camera", &got, &ada.sent(), "ada")?;
+    ensure!(
+        layers.first() == Some(&0) && layers.contains(&2) && layers.last() == Some(&0),
+        "layers forwarded {layers:?}"
+    );
+    // What bob was told, in order (extra steps in between are fine).
+    let told = stream_states(&bob, video);
+    let wanted = [
+        (Some(0), None),
+        (Some(2), None),
+        (Some(0), None),
+        (None, Some(PauseReason::NotVisible)),
+        (Some(0), None),
+    ];
+    let mut rest = told.iter();
+    for want in &wanted {
+        ensure!(
+            rest.any(|s| s == want),
+            "streamStates {told:?} do not contain {wanted:?} in order"
+        );
+    }
+    ensure!(bob.unmapped().is_empty(), "packets on unmapped mids");
+    assert_no_failures(&[&ada, &bob])
+}
+
+/// The rids of the latest `publishLayers` `client` got for `track`.
+fn latest_publish_layers(client: &Client, track: TrackId) -> Option<Vec<String>> {
+    client
+        .messages()
+        .into_iter()
+        .rev()
+        .find_map(|l| match l.message {
+            ServerMessage::PublishLayers { track_id, rids } if track_id == track => Some(rids),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynacast_stops_the_top_layer_while_every_tile_is_small() -> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let (ada, bob, tracks) = simulcast_pair(&server, "standup").await?;
+    let cy = Client::connect_and_join(server.http_addr(), "standup", "cy").await?;
+    let (ada_id, video) = (ada.id()?, tracks.video);
+    wait::poll_until(T, "cy to be offered ada's camera", || {
+        cy.subscribed()
+            .iter()
+            .any(|s| s.track_id == video)
+            .then_some(())
+    })
+    .await?;
+
+    // Every subscriber shows ada small: the publisher hears that only q is needed.
+    bob.track_settings(video, true, SMALL_TILE.0, SMALL_TILE.1)?;
+    cy.track_settings(video, true, SMALL_TILE.0, SMALL_TILE.1)?;
+    let small = Instant::now();
+    wait::poll_until(T, "publishLayers [q]", || {
+        (latest_publish_layers(&ada, video)? == ["q"]).then_some(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "publishLayers so far: {:?}",
+            latest_publish_layers(&ada, video)
+        )
+    })?;
+    wait_layer_packets(&bob, ada_id, video, 0, small, 20).await?;
+    wait_layer_packets(&cy, ada_id, video, 0, small, 20).await?;
+    ensure!(
+        ada.sending_rids(video) == Some(vec!["q".to_owned()]),
+        "ada sends {:?}",
+        ada.sending_rids(video)
+    );
+
+    // One large tile: f is asked for again, and it reaches that subscriber.
+    cy.track_settings(video, true, LARGE_TILE.0, LARGE_TILE.1)?;
+    let large = Instant::now();
+    wait::poll_until(T, "publishLayers with f", || {
+        latest_publish_layers(&ada, video)?
+            .iter()
+            .any(|r| r == "f")
+            .then_some(())
+    })
+    .await?;
+    wait_stream_state(&cy, video, (Some(2), None), T).await?;
+    wait_layer_packets(&cy, ada_id, video, 2, large, 20).await?;
+    // bob stays small on q meanwhile.
+    ensure!(
+        latest_stream_state(&bob, video) == Some((Some(0), None)),
+        "bob's stream state {:?}",
+        latest_stream_state(&bob, video)
+    );
+
+    // The large tile goes away: f is dropped again.
+    cy.track_settings(video, false, 0, 0)?;
+    wait::poll_until(T, "publishLayers [q] again", || {
+        (latest_publish_layers(&ada, video)? == ["q"]).then_some(())
+    })
+    .await?;
+
+    // Every publishLayers named a prefix of q, h, f, and none was sent for a track of
+    // another participant.
+    for l in ada.messages() {
+        if let ServerMessage::PublishLayers { track_id, rids } = l.message {
+            ensure!(track_id == video, "publishLayers for {track_id}");
+            ensure!(
+                ["q", "h", "f"][..rids.len()] == rids[..],
+                "publishLayers {rids:?} is not a prefix of q, h, f"
+            );
+        }
+    }
+    for (client, label) in [(&bob, "bob"), (&cy, "cy")] {
+        let got = client.received(ada_id, video);
+        check_layered_stream(&format!("{label} receiving ada"), &got, &ada.sent(), "ada")?;
+    }
+    assert_no_failures(&[&ada, &bob, &cy])
 }
