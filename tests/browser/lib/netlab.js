@@ -12,9 +12,10 @@
 // namespace files go under /run/netns of the current mount namespace).
 //
 // Names are unique per process and lab (`chorus-<pid>-<n>-srv`, veths `ch<pid>-<k>s|c`).
-// `lab.destroy()` (or the process exit handler, or the next run's sweep of namespaces
-// whose process is gone) kills what still runs inside and deletes the namespaces, which
-// removes their veths.
+// `lab.destroy()` (or the process exit/signal handlers) kills what still runs inside and
+// deletes the namespaces, which removes their veths. The server and the browsers carry a
+// parent-death signal, so a SIGKILLed test leaves no process behind; the next lab deletes
+// the namespace names of runs whose process is gone.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync, chmodSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -39,6 +40,16 @@ function run(cmd, args, { allowFail = false } = {}) {
   }
 }
 const ip = (...args) => run('ip', args);
+
+/**
+ * `setpriv --pdeathsig KILL` (util-linux) when it exists: the server and the browsers die
+ * with this process even when it is killed before its exit handlers run (SIGKILL).
+ */
+let deathPrefix;
+function diesWithUs() {
+  deathPrefix ??= /pdeathsig/.test(run('setpriv', ['--help'], { allowFail: true }) ?? '') ? ['setpriv', '--pdeathsig', 'KILL', '--'] : [];
+  return deathPrefix;
+}
 
 /** Pids of the processes inside namespace `ns` (empty if none or gone). */
 function nsPids(ns) {
@@ -159,7 +170,7 @@ export function createLab() {
 
     /** Starts chorus inside the server namespace, on SERVER_IP (see harness.startServer). */
     async startServer(options = {}) {
-      const server = await startServer({ ...options, ip: SERVER_IP, wrap: ['ip', 'netns', 'exec', srvNs] });
+      const server = await startServer({ ...options, ip: SERVER_IP, wrap: ['ip', 'netns', 'exec', srvNs, ...diesWithUs()] });
       servers.push(server);
       return server;
     },
@@ -172,7 +183,8 @@ export function createLab() {
      */
     async launchBrowser(host, server, options = {}) {
       const wrapper = path.join(dir, `chromium-${host.label}`);
-      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${host.ns} ${options.executablePath ?? CHROMIUM} "$@"\n`);
+      const cmd = ['ip', 'netns', 'exec', host.ns, ...diesWithUs(), options.executablePath ?? CHROMIUM].join(' ');
+      writeFileSync(wrapper, `#!/bin/sh\nexec ${cmd} "$@"\n`);
       chmodSync(wrapper, 0o755);
       const browser = await launchBrowser({
         ...options,
