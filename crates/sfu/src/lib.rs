@@ -8,9 +8,11 @@
 //! - [`layer`]: simulcast layer switching of one subscription (sans-IO).
 //! - [`allocate`]: which layer each of a subscriber's subscriptions gets (sans-IO).
 //! - [`source`]: a published track's layers: rates, sizes, keyframe requests (sans-IO).
+//! - [`estimate`]: a subscriber's downlink estimate from its TWCC feedback (sans-IO).
 
 pub mod allocate;
 pub mod batch;
+pub mod estimate;
 pub mod history;
 pub mod hub;
 pub mod idhash;
