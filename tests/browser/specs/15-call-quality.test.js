@@ -357,9 +357,25 @@ test('dynacast: while every subscriber shows a camera in a tile at most 320 px w
         return f.active === false || y.rid.f.bytes === x.rid.f.bytes;
       },
       { timeout: 30000, interval: 0, message: "Ada's rid f inactive or silent while every tile of her camera is small" },
-    ).catch((err) => {
+    ).catch(async (err) => {
       note(`Ada's encodings: ${seen.slice(-5).join(' | ')}`);
-      saveFigures('dynacast', { ...figures, seen, error: err.message });
+      // Diagnosis only (the test fails either way): does the server's dynacast work when
+      // the viewers' clients are told the tile sizes through the API, bypassing the app?
+      const told = await Promise.all(viewers.map((p) => p.evaluate(({ id, w }) => {
+        const c = window.chorus.client;
+        const track = [...(c.participants.get(id)?.tracks.values() ?? [])].find((x) => x.kind === 'video' && x.source === 'camera');
+        return track ? c.setTrackView(track.id, { visible: true, width: Math.round(w), height: Math.round((w * 9) / 16) }) : false;
+      }, { id: idA, w: tileWidths[0].w })));
+      let probe = null;
+      for (let i = 0; i < 5 && !probe; i++) {
+        const x = await outbound(a);
+        await sleep(2000);
+        const y = await outbound(a);
+        if (y.rid.f && (y.rid.f.active === false || y.rid.f.bytes === x.rid.f.bytes)) probe = describeOut(x, y);
+      }
+      const diagnosis = `client.setTrackView told on both viewers: ${JSON.stringify(told)}; f then ${probe ? `off: ${probe}` : 'still on after 10 s'}`;
+      note(`diagnosis: ${diagnosis}`);
+      saveFigures('dynacast', { ...figures, seen, diagnosis, error: err.message });
       throw err;
     });
     figures.offAfterMs = Date.now() - start;
