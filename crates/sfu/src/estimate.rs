@@ -54,6 +54,12 @@ pub const MIN_BPS: u32 = 50_000;
 /// so a higher figure could not change any allocation.
 pub const MAX_BPS: u32 = 20_000_000;
 
+/// A starting estimate for [`Estimator::new`] when the caller knows nothing better: audio,
+/// the lowest layer of a few videos and one middle layer fit, so a new subscriber sees
+/// video at once; if the link carries less, the first overuse (within about half a
+/// second of feedback) cuts it to what arrives.
+pub const INITIAL_BPS: u32 = 1_000_000;
+
 /// Sends remembered, by sequence number modulo this (a power of two, so the index is a
 /// mask). 1024 covers 0.5 s at 20 Mbit/s of 1200-byte packets, well over a feedback round
 /// trip (feedback comes every 50–250 ms); 16 bytes each, 16 KiB per subscriber.
@@ -903,14 +909,16 @@ mod tests {
     }
 
     /// A bottleneck: a FIFO drained at `capacity_bps`, tail-dropping packets that would wait
-    /// longer than `max_queue_us` (like tc tbf's latency), plus random loss and a fixed
-    /// propagation delay.
+    /// longer than `max_queue_us` (like tc tbf's latency), plus random loss, a propagation
+    /// delay and random jitter up to `jitter_us` (in order: a packet never overtakes).
     struct Link {
         capacity_bps: f64,
         max_queue_us: i64,
         prop_us: i64,
         loss: f64,
+        jitter_us: f64,
         busy_until_us: i64,
+        last_arrival_us: i64,
         rng: Rng,
     }
 
@@ -921,7 +929,9 @@ mod tests {
                 max_queue_us: 300_000,
                 prop_us: 20_000,
                 loss: 0.0,
+                jitter_us: 0.0,
                 busy_until_us: 0,
+                last_arrival_us: 0,
                 rng: Rng(0x2545_f491_4f6c_dd1d),
             }
         }
@@ -936,7 +946,10 @@ mod tests {
                 return None;
             }
             self.busy_until_us = start + (bytes as f64 * 8.0 * 1e6 / self.capacity_bps) as i64;
-            Some(self.busy_until_us + self.prop_us)
+            let jitter = (self.rng.unit() * self.jitter_us) as i64;
+            let arrival = (self.busy_until_us + self.prop_us + jitter).max(self.last_arrival_us);
+            self.last_arrival_us = arrival;
+            Some(arrival)
         }
     }
 
@@ -1156,6 +1169,23 @@ mod tests {
         assert!(hi <= 450_000, "overshoots to {hi}");
     }
 
+    /// A 300 kbit/s policer (a 5 ms buffer): congestion shows as loss more than as delay.
+    #[test]
+    fn a_300k_policer_is_found_by_loss() {
+        let mut sim = Sim::new(2_500_000, Link::new(20e6), Sender::Follow(2.5e6));
+        sim.run_for(5.0);
+        sim.link.capacity_bps = 300e3;
+        sim.link.max_queue_us = 5_000;
+        sim.run_for(15.0);
+        let took = sim
+            .first_after(5.0, |e| e < 300_000)
+            .expect("never under the cap");
+        let (lo, hi) = sim.range(10.0, 20.0);
+        eprintln!("300k policer: under it after {took:.2} s; from 5 s after: {lo}..{hi}");
+        assert!(took <= 2.0, "took {took} s");
+        assert!(lo >= 100_000, "collapsed to {lo}");
+    }
+
     /// After 10 s at a 300 kbit/s cap the cap lifts: a sender that follows the estimate sees
     /// it reach 3 Mbit/s within 8 s.
     #[test]
@@ -1194,6 +1224,11 @@ mod tests {
         let Sender::Layers { current, .. } = sim.sender else {
             unreachable!()
         };
+        for s in [
+            10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 18.0, 19.0, 20.0,
+        ] {
+            eprintln!("  {s} s: {:?}", sim.range(s, s + 1.0));
+        }
         eprintln!("lifted cap, ladder: 3 Mbit/s after {took:.2} s, layer {current}");
         assert!(took <= 10.0, "took {took} s");
         assert_eq!(current, 3, "the ladder did not reach its top");
@@ -1231,6 +1266,20 @@ mod tests {
         );
         assert!(lo >= 900_000, "dropped to {lo}");
         assert!(end >= 3_000_000, "ended at {end}");
+    }
+
+    /// Up to 30 ms of jitter on a fast link is not mistaken for a queue.
+    #[test]
+    fn jitter_is_not_congestion() {
+        let mut link = Link::new(20e6);
+        link.jitter_us = 30_000.0;
+        let mut sim = Sim::new(1_000_000, link, Sender::Follow(3e6));
+        sim.run_for(15.0);
+        let (lo, _) = sim.range(0.0, 15.0);
+        let (lo_late, _) = sim.range(8.0, 15.0);
+        eprintln!("30 ms jitter: min {lo}, from 8 s on at least {lo_late}");
+        assert!(lo >= 900_000, "dropped to {lo}");
+        assert!(lo_late >= 3_000_000, "from 8 s on as low as {lo_late}");
     }
 
     /// 20 % random loss: the loss-based limit pulls the estimate down.
