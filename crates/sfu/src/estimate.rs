@@ -24,7 +24,8 @@
 //!   (the queue is draining; the rate that drains it says nothing about capacity). Normal
 //!   increases: multiplicatively ([`INCREASE_PER_SECOND`]) far from the last congestion
 //!   point, additively (about one packet per response time) near it.
-//! - **Loss-based.** Over windows of at least [`LOSS_WINDOW_PACKETS`] packets: above
+//! - **Loss-based.** Over windows of at least [`LOSS_WINDOW_PACKETS`] packets and
+//!   [`LOSS_WINDOW_US`] of feedback: above
 //!   [`LOSS_HIGH`] loss the loss-based limit is cut to × (1 − loss / 2); below [`LOSS_LOW`] it
 //!   is lifted (and dropped once it no longer binds); in between it holds. With no loss
 //!   episode there is no loss-based limit at all, so steady random loss below
