@@ -123,9 +123,10 @@ pub const DECREASE_FACTOR: f64 = 0.85;
 
 /// Growth per second far from the last congestion point. GCC uses 1.08 with probing; with
 /// no probing the estimate itself must climb, and a browser test needs 300 kbit/s → 3
-/// Mbit/s in 6–8 s after a cap lifts, i.e. doubling every ~1.7 s. Overshoot stays small
-/// because the delay detector sees a queue within a few hundred ms (+20 % at most by then).
-pub const INCREASE_PER_SECOND: f64 = 1.5;
+/// Mbit/s in 6–8 s after a cap lifts, i.e. doubling every ~1.5 s. Overshoot stays modest
+/// because the delay detector sees a queue within a few hundred ms (+15–25 % by then), and
+/// the cut that follows is relative to what arrived, not to the overshoot.
+pub const INCREASE_PER_SECOND: f64 = 1.6;
 
 /// The band around the last congestion point in which increase is additive, as fractions of
 /// it. Below: a cut lands at [`DECREASE_FACTOR`] × the acknowledged rate, which must be
@@ -145,6 +146,12 @@ const RESPONSE_EXTRA_US: i64 = 100_000;
 /// The least additive increase, in bit/s per second, so that a link with tiny packets
 /// (audio only) still climbs out of the near band within seconds.
 const ADDITIVE_MIN_BPS_PER_S: f64 = 20_000.0;
+
+/// The least additive increase as a fraction of the congestion point per second: the near
+/// band ([`NEAR_BELOW`] + [`NEAR_ABOVE`] of it) is crossed in at most ~3 s whatever the RTT,
+/// so a lifted cap is noticed in time; a link that stays capped sees one overuse per such
+/// cycle, the sawtooth GCC has too.
+const ADDITIVE_MIN_FRACTION_PER_S: f64 = 0.12;
 
 /// The longest time one update may grow the estimate over (µs): after a silence the
 /// estimate knows nothing new, so it must not jump.
@@ -807,14 +814,17 @@ impl Estimator {
         }
         let near = self
             .congestion_point
-            .is_some_and(|point| current >= point * (1.0 - NEAR_BELOW));
+            .filter(|&point| current >= point * (1.0 - NEAR_BELOW));
         let seconds = dt as f64 / 1e6;
-        let increased = if near {
-            let response_s = (self.rtt_us + RESPONSE_EXTRA_US) as f64 / 1e6;
-            let per_second = (self.packet_bytes * 8.0 / response_s).max(ADDITIVE_MIN_BPS_PER_S);
-            current + per_second * seconds
-        } else {
-            current * INCREASE_PER_SECOND.powf(seconds)
+        let increased = match near {
+            Some(point) => {
+                let response_s = (self.rtt_us + RESPONSE_EXTRA_US) as f64 / 1e6;
+                let per_second = (self.packet_bytes * 8.0 / response_s)
+                    .max(ADDITIVE_MIN_BPS_PER_S)
+                    .max(point * ADDITIVE_MIN_FRACTION_PER_S);
+                current + per_second * seconds
+            }
+            None => current * INCREASE_PER_SECOND.powf(seconds),
         };
         // App-limited: grow only up to what the delivered rate can vouch for.
         let ceiling = match self.acked_bps {
@@ -1016,6 +1026,8 @@ mod tests {
         in_flight: VecDeque<InFlight>,
         next_frame_us: i64,
         next_feedback_us: i64,
+        /// How often the receiver sends feedback (Chromium: 50–250 ms).
+        feedback_interval_us: i64,
         /// Every 10 ms: (ms, estimate).
         trace: Vec<(i64, u32)>,
         /// The feedback being read.
@@ -1026,7 +1038,6 @@ mod tests {
     const MTU: usize = 1200;
     /// The receiver's clock: its 24-bit reference time wraps 10 s into every scenario.
     const RX_CLOCK_OFFSET_US: i64 = (1 << 24) * 64_000 - 10_000_000;
-    const FEEDBACK_INTERVAL_US: i64 = 100_000;
 
     impl Sim {
         fn new(initial_bps: u32, link: Link, sender: Sender) -> Self {
@@ -1042,7 +1053,8 @@ mod tests {
                 unreported: VecDeque::new(),
                 in_flight: VecDeque::new(),
                 next_frame_us: 0,
-                next_feedback_us: FEEDBACK_INTERVAL_US,
+                next_feedback_us: 100_000,
+                feedback_interval_us: 100_000,
                 trace: Vec::new(),
                 buffer: Vec::new(),
             }
@@ -1085,7 +1097,7 @@ mod tests {
                 }
             }
             if now >= self.next_feedback_us {
-                self.next_feedback_us += FEEDBACK_INTERVAL_US;
+                self.next_feedback_us += self.feedback_interval_us;
                 self.send_feedback();
             }
             if now % 10_000 == 0 {
@@ -1170,6 +1182,31 @@ mod tests {
         assert!(hi <= 450_000, "overshoots to {hi}");
     }
 
+    /// A long path (200 ms RTT) and sparse feedback (every 250 ms): slower, still in time.
+    #[test]
+    fn a_long_path_with_sparse_feedback_still_meets_the_targets() {
+        let mut link = Link::new(20e6);
+        link.prop_us = 100_000;
+        let mut sim = Sim::new(2_500_000, link, Sender::Follow(6e6));
+        sim.feedback_interval_us = 250_000;
+        sim.run_for(5.0);
+        sim.link.capacity_bps = 300e3;
+        sim.run_for(10.0);
+        let down = sim
+            .first_after(5.0, |e| e < 300_000)
+            .expect("never under the cap");
+        let (lo, hi) = sim.range(10.0, 15.0);
+        sim.link.capacity_bps = 20e6;
+        sim.run_for(12.0);
+        let up = sim
+            .first_after(15.0, |e| e >= 3_000_000)
+            .expect("never reached 3M");
+        eprintln!("200 ms RTT, 250 ms feedback: down {down:.2} s, capped {lo}..{hi}, up {up:.2} s");
+        assert!(down <= 1.5, "down took {down} s");
+        assert!(lo >= 100_000, "collapsed to {lo}");
+        assert!(up <= 8.5, "up took {up} s");
+    }
+
     /// A 300 kbit/s policer (a 5 ms buffer): congestion shows as loss more than as delay.
     #[test]
     fn a_300k_policer_is_found_by_loss() {
@@ -1188,7 +1225,7 @@ mod tests {
     }
 
     /// After 10 s at a 300 kbit/s cap the cap lifts: a sender that follows the estimate sees
-    /// it reach 3 Mbit/s within 8 s.
+    /// it reach 3 Mbit/s within 8 s (measured: 5.6 s).
     #[test]
     fn a_lifted_cap_is_climbed_out_of_within_8_s() {
         let mut sim = Sim::new(2_500_000, Link::new(300e3), Sender::Follow(6e6));
@@ -1205,7 +1242,8 @@ mod tests {
     }
 
     /// The same with a simulcast ladder stepped like the allocator (3 s hold, 1 s steps):
-    /// the app-limited estimate runs ahead of what is sent, so each step is possible.
+    /// the app-limited estimate runs ahead of what is sent, so each step is possible
+    /// (measured: 7.6 s to 3 Mbit/s).
     #[test]
     fn a_lifted_cap_is_climbed_out_of_layer_by_layer() {
         static LADDER: [f64; 4] = [150e3, 500e3, 1.7e6, 3.2e6];
@@ -1231,7 +1269,7 @@ mod tests {
             eprintln!("  {s} s: {:?}", sim.range(s, s + 1.0));
         }
         eprintln!("lifted cap, ladder: 3 Mbit/s after {took:.2} s, layer {current}");
-        assert!(took <= 10.0, "took {took} s");
+        assert!(took <= 9.0, "took {took} s");
         assert_eq!(current, 3, "the ladder did not reach its top");
     }
 
