@@ -1263,11 +1263,6 @@ mod tests {
         let Sender::Layers { current, .. } = sim.sender else {
             unreachable!()
         };
-        for s in [
-            10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 18.0, 19.0, 20.0,
-        ] {
-            eprintln!("  {s} s: {:?}", sim.range(s, s + 1.0));
-        }
         eprintln!("lifted cap, ladder: 3 Mbit/s after {took:.2} s, layer {current}");
         assert!(took <= 9.0, "took {took} s");
         assert_eq!(current, 3, "the ladder did not reach its top");
