@@ -33,6 +33,7 @@ use rtc::peer_connection::transport::{
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
@@ -49,6 +50,7 @@ use crate::idhash::IdHashMap;
 use crate::rewrite::{IdMap, SeqRewriter};
 
 mod tap;
+mod twcc;
 
 /// SRTP protection profiles the server accepts, by config name.
 pub const SRTP_PROFILE_NAMES: &[&str] = &[
@@ -197,10 +199,9 @@ impl HeaderRewrite {
         sequence_number: u16,
         timestamp: u32,
     ) -> rtc::rtp::packet::Packet {
-        // No header extension goes through: each leg negotiates its own (MID, RID and
-        // transport-cc are per leg, and the subscriber leg forwards none; see
-        // `media_engine`). An empty list is what keeps the copy free of allocations, since
-        // webrtc-rs's header owns its extensions in a `Vec`.
+        // No header extension of the source goes through: each leg negotiates its own (MID,
+        // RID and transport-cc are per leg; see `media_engine`). The subscriber leg's own
+        // transport-cc number is added by the peer as the copy goes out (`twcc`).
         use rtc::rtp::header::Header;
         rtc::rtp::packet::Packet {
             header: Header {
@@ -287,6 +288,9 @@ struct Outbound {
     sent: SendCounters,
     /// Set once the subscriber's answer negotiated this sender.
     ready: bool,
+    /// The id under which the subscriber negotiated the transport-cc extension on this
+    /// m-line, if it did: every packet sent on it then carries a transport-wide number.
+    twcc: Option<u8>,
 }
 
 /// One incoming track on a publisher peer.
@@ -342,6 +346,9 @@ pub struct Peer {
     outbound: IdHashMap<TrackId, Outbound>,
     /// Subscriber: rtc's sender track id string → our track.
     outbound_by_rtc: HashMap<String, TrackId>,
+    /// Subscriber: the transport-wide numbering of what it sends, and the downlink
+    /// estimate the browser's feedback on it gives.
+    send_side: twcc::SendSide,
 }
 
 /// What a peer connection has been given since its datagrams were last collected, which
@@ -445,9 +452,9 @@ fn media_engine(role: PeerRole) -> Result<MediaEngine, MediaError> {
             .map_err(internal)?;
     }
     // No header extension of the codec's own: the engine has only what `interceptors`
-    // adds per leg (MID and RID, and transport-cc on the publisher leg), none of which is
-    // forwarded, so a forwarded copy carries no extension and costs no allocation
-    // (webrtc-rs's header owns its extensions in a `Vec`). What that leaves out, on purpose:
+    // adds per leg (MID and RID, and transport-cc on both legs), none of which is
+    // forwarded: a forwarded copy carries only the subscriber leg's own transport-cc
+    // number. What that leaves out, on purpose:
     // - the audio level (ssrc-audio-level): a browser computes the `audioLevel` of its
     //   `inbound-rtp` stats from the audio it decodes, which is what the client's speaker
     //   detection reads;
@@ -462,8 +469,9 @@ fn media_engine(role: PeerRole) -> Result<MediaEngine, MediaError> {
 /// forwarded packet, so each peer gets only what its direction uses:
 /// - publisher (receives media): NACK generator, TWCC feedback (the browser's send-side
 ///   bandwidth estimate needs it), receiver reports;
-/// - subscriber (sends media): only the tap that lets keyframe requests and NACKs through
-///   to the worker. Chorus answers NACKs from one history per track and writes the sender
+/// - subscriber (sends media): only the tap that lets keyframe requests, NACKs and
+///   transport-cc feedback through to the worker (Chorus numbers the packets itself, see
+///   `twcc`, rather than through webrtc-rs's TWCC sender stage). Chorus answers NACKs from one history per track and writes the sender
 ///   reports itself: webrtc-rs's NACK responder and sender-report stages cost about 15 % of
 ///   the server's CPU per forwarded copy (a move through each stage, and a clone into a
 ///   history per subscription).
@@ -475,6 +483,7 @@ fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, Me
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
         PeerRole::Subscriber => {
+            twcc::negotiate(engine).map_err(internal)?;
             Registry::new().with(tap::FEEDBACK_TAP_SLOT, tap::FeedbackTap::default())
         }
     })
@@ -567,6 +576,7 @@ impl Peer {
             inbound: Vec::new(),
             outbound: IdHashMap::default(),
             outbound_by_rtc: HashMap::new(),
+            send_side: twcc::SendSide::new(now),
         })
     }
 
@@ -758,6 +768,7 @@ impl Peer {
                 rewrite: HeaderRewrite::new(ssrc),
                 sent: SendCounters::default(),
                 ready: false,
+                twcc: None,
             },
         );
         Ok(())
@@ -771,6 +782,12 @@ impl Peer {
                 tracing::debug!(%track, %err, "remove_track failed");
             }
         }
+    }
+
+    /// Subscriber: the estimate of its downlink in bits per second, from the browser's
+    /// transport-cc feedback; `None` until feedback has come.
+    pub fn downlink_estimate(&self) -> Option<u32> {
+        self.send_side.estimate()
     }
 
     /// Subscriber: the tracks it currently sends.
@@ -844,6 +861,12 @@ impl Peer {
             }
             out.ready = !pt.is_empty();
             out.rewrite.pt = pt;
+            out.twcc = params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == twcc::URI)
+                .and_then(|e| u8::try_from(e.id).ok());
         }
         Ok(())
     }
@@ -897,7 +920,7 @@ impl Peer {
         mut on_rtp: impl FnMut(TrackId, u8, MediaPacket),
         events: &mut Vec<PeerEvent>,
     ) {
-        while let Some(TaggedRTCMessage { message, .. }) = self.pc().poll_read() {
+        while let Some(TaggedRTCMessage { now, message }) = self.pc().poll_read() {
             match message {
                 RTCMessage::RtpPacket(rtc_track, packet) => {
                     let Some(inbound) = self
@@ -914,6 +937,13 @@ impl Peer {
                     on_rtp(inbound.track, layer, MediaPacket(packet));
                 }
                 RTCMessage::RtcpPacket(rtc_track, packets) => {
+                    // Transport-wide feedback is about the whole peer, whichever of its
+                    // streams webrtc-rs filed it under.
+                    for packet in &packets {
+                        if let Some(cc) = packet.as_any().downcast_ref::<TransportLayerCc>() {
+                            self.send_side.on_feedback(cc, now);
+                        }
+                    }
                     let Some(track) = self.outbound_by_rtc.get(&rtc_track).copied() else {
                         continue;
                     };
@@ -1022,17 +1052,20 @@ impl Peer {
         if !out.ready {
             return Err(ForwardDrop::NotNegotiated);
         }
-        let pkt = if resent {
+        let mut pkt = if resent {
             out.rewrite.resend(&packet.0)
         } else {
             out.rewrite.apply(&packet.0)
         }
         .ok_or(ForwardDrop::PayloadType)?;
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());
+        if let Some(id) = out.twcc {
+            self.send_side.stamp(&mut pkt, id, now);
+        }
         // Straight into the peer connection, not through `RTCRtpSender::write_rtp`: that call
         // re-checks, per packet, what the rewrite already guarantees (the SSRC is the
-        // sender's, the payload type the subscriber's negotiated one, and no extension goes
-        // through) and allocates the track id as a `String` for a message field the write
+        // sender's, the payload type the subscriber's negotiated one, and the only extension
+        // is the negotiated transport-cc) and allocates the track id as a `String` for a message field the write
         // path ignores. An empty `String` does not allocate.
         self.pc
             .handle_write(TaggedRTCMessage {

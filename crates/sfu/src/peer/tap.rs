@@ -8,16 +8,19 @@ use rtc::interceptor::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 
 /// Where [`FeedbackTap`] sits in the subscriber's interceptor chain (alone there).
 pub(super) const FEEDBACK_TAP_SLOT: Slot = Slot::Custom(11_500);
 
-/// Lets keyframe requests (PLI, FIR) and NACKs through to the worker. webrtc-rs ends inbound
-/// RTCP at the end of its interceptor chain unless an interceptor marks a packet for
-/// delivery; both are about a stream the SFU only relays, so only the SFU can act on them.
-/// Other RTCP (receiver reports) ends here.
+/// Lets keyframe requests (PLI, FIR), NACKs and transport-cc feedback through to the
+/// worker. webrtc-rs ends inbound RTCP at the end of its interceptor chain unless an
+/// interceptor marks a packet for delivery. The first two are about a stream the SFU only
+/// relays, so only the SFU can act on them; the feedback is about the packets Chorus
+/// numbered itself (see `twcc`), and feeds the subscriber's downlink estimate. Other RTCP
+/// (receiver reports) ends here.
 #[derive(Default)]
 pub(super) struct FeedbackTap {
     reads: std::collections::VecDeque<TaggedPacket>,
@@ -38,6 +41,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
                 any.is::<PictureLossIndication>()
                     || any.is::<FullIntraRequest>()
                     || any.is::<TransportLayerNack>()
+                    || any.is::<TransportLayerCc>()
             });
             if packets.is_empty() {
                 return Ok(());

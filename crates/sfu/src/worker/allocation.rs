@@ -35,8 +35,6 @@ pub(super) struct Downlink {
     tiles: HashMap<TrackId, Tile>,
     /// What the subscriber was last told of each video (`streamState`).
     reported: HashMap<TrackId, Choice>,
-    /// The downlink estimate in bits per second; `None` while there is none (no cap).
-    pub(super) estimate: Option<u32>,
 }
 
 impl Worker {
@@ -90,7 +88,8 @@ impl Worker {
                 };
                 claims.push((track, claim));
             }
-            let estimate = downlink.estimate.unwrap_or(u32::MAX);
+            // A subscriber that gives no transport-cc feedback has no estimate: no cap.
+            let estimate = peer.downlink_estimate().unwrap_or(u32::MAX);
             for (track, choice) in downlink.allocator.allocate(estimate, &claims, now) {
                 let Some(route) = self.tracks.get_mut(&track) else {
                     continue;
