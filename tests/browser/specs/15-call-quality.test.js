@@ -162,6 +162,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
 
     // Cap the server→Cyd direction.
     let prev = await sample(c);
+    const atCap = prev;
     lab.cap(c, CAP_RATE);
     const capAt = prev.t;
     const downAt = {};
@@ -229,7 +230,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     // included: reported, not asserted.
     const whole = {};
     for (const id of [idA, idB]) {
-      const x = before.s1[2].audio[id];
+      const x = atCap.audio[id];
       const y = w1[2].audio[id];
       whole[names[ids.indexOf(id)]] = { recv: y.recv - x.recv, lost: y.lost - x.lost };
     }
