@@ -166,8 +166,57 @@ export function parseServerMessage(data) {
 // Local media
 // ---------------------------------------------------------------------------------------
 
-/** Default capture constraints: modest, because an SFU call sends one stream per person. */
+/** Default capture constraints without simulcast: modest, because the one stream sent is what every receiver gets. */
 export const DEFAULT_VIDEO = Object.freeze({ width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } });
+
+/**
+ * Default capture constraints with simulcast: the full layer can be large, because each
+ * receiver gets only the layer its tile and downlink need.
+ */
+export const DEFAULT_SIMULCAST_VIDEO = Object.freeze({ width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24 } });
+
+/** The rids the server knows, lowest layer first: quarter, half and full resolution. */
+export const SIMULCAST_RIDS = Object.freeze(['q', 'h', 'f']);
+
+/**
+ * The camera's simulcast layers, lowest first, as `sendEncodings` take them. The quarter
+ * layer is small and cheap enough for a thumbnail on a weak link; the full layer is only
+ * forwarded to someone who shows the camera large.
+ */
+export const SIMULCAST_LAYERS = Object.freeze([
+  Object.freeze({ rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 }),
+  Object.freeze({ rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 }),
+  Object.freeze({ rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2_500_000 }),
+]);
+
+// What the camera and a screen send without simulcast: one encoding each.
+const SINGLE_CAMERA_BITRATE = 900_000;
+const SCREEN_BITRATE = 1_500_000;
+
+/**
+ * Checks a simulcast layer list: the server forwards at most three layers, named by the
+ * rids `q`, `h`, `f` in that order (a rid's position is its layer number), so a list it
+ * would refuse (`invalidSimulcast`) fails here, when the client is made, not mid-call.
+ */
+function checkSimulcastLayers(layers) {
+  if (!Array.isArray(layers) || layers.length < 1 || layers.length > SIMULCAST_RIDS.length) {
+    throw new ChorusError('invalid', `simulcastLayers: expected 1 to ${SIMULCAST_RIDS.length} layers`);
+  }
+  let last = -1;
+  return Object.freeze(
+    layers.map((l, i) => {
+      const at = SIMULCAST_RIDS.indexOf(l?.rid);
+      if (at <= last) throw new ChorusError('invalid', `simulcastLayers[${i}]: rid must be one of ${SIMULCAST_RIDS.join(', ')}, lowest first, each once`);
+      last = at;
+      const scale = l.scaleResolutionDownBy ?? 1;
+      if (!(Number.isFinite(scale) && scale >= 1)) throw new ChorusError('invalid', `simulcastLayers[${i}]: scaleResolutionDownBy must be at least 1`);
+      if (!(Number.isFinite(l.maxBitrate) && l.maxBitrate > 0)) throw new ChorusError('invalid', `simulcastLayers[${i}]: maxBitrate must be positive`);
+      const out = { rid: l.rid, scaleResolutionDownBy: scale, maxBitrate: Math.round(l.maxBitrate) };
+      if (l.maxFramerate !== undefined) out.maxFramerate = l.maxFramerate;
+      return Object.freeze(out);
+    }),
+  );
+}
 
 function videoConstraints(base, deviceId) {
   const c = { ...(base || DEFAULT_VIDEO) };
@@ -235,7 +284,10 @@ const STATS_INTERVAL_MS = 500;
 const SPEAKER_THRESHOLD = 0.02; // audioLevel (0..1) below which nobody is speaking
 const SPEAKER_HOLD_MS = 1200; // keep the last speaker this long after they go quiet
 const FATAL_JOIN_ERRORS = new Set(['roomFull', 'invalidName', 'unsupportedVersion', 'tooManyRooms']);
-const PUBLISH_ERRORS = new Set(['invalidSdp', 'outOfOrder', 'invalidMessage', 'internal']);
+const PUBLISH_ERRORS = new Set(['invalidSdp', 'outOfOrder', 'invalidMessage', 'internal', 'invalidSimulcast']);
+// At most one trackSettings per track this often: a tile being resized fires many size
+// changes, and the server's allocation runs every 200 ms anyway.
+const TRACK_SETTINGS_INTERVAL_MS = 300;
 
 function defaultUrl() {
   const loc = globalThis.location;
@@ -259,8 +311,9 @@ function defaultSourceFor(kind) {
  *
  * Events (subscribe with `on(type, fn)`; every handler receives one detail object):
  * `connectionState`, `roomList`, `joined`, `participantJoined`, `participantLeft`,
- * `trackPublished`, `trackAdded`, `trackRemoved`, `muteChanged`, `chat`, `activeSpeaker`,
- * `audioLevels`, `quality`, `localTracks`, `screenShare`, `serverError`, `bye`, `warning`.
+ * `trackPublished`, `trackAdded`, `trackRemoved`, `muteChanged`, `streamState`, `chat`,
+ * `activeSpeaker`, `audioLevels`, `quality`, `localTracks`, `screenShare`, `published`,
+ * `publishLayers`, `serverError`, `bye`, `warning`.
  */
 export class ChorusClient {
   constructor(options = {}) {
@@ -269,7 +322,12 @@ export class ChorusClient {
     this.joinTimeoutMs = options.joinTimeoutMs ?? 10000;
     this.statsIntervalMs = options.statsIntervalMs ?? STATS_INTERVAL_MS;
     this.iceServersOverride = options.iceServers; // undefined: use what `joined` says
-    this.videoConstraints = options.videoConstraints ?? DEFAULT_VIDEO;
+    /** Whether the camera is sent as simulcast layers (screen share never is). */
+    this.simulcast = options.simulcast ?? true;
+    this.simulcastLayers = checkSimulcastLayers(options.simulcastLayers ?? SIMULCAST_LAYERS);
+    this.videoConstraints = options.videoConstraints ?? (this.simulcast ? DEFAULT_SIMULCAST_VIDEO : DEFAULT_VIDEO);
+    this.trackSettingsIntervalMs = options.trackSettingsIntervalMs ?? TRACK_SETTINGS_INTERVAL_MS;
+    this._now = options.now ?? (() => Date.now());
     this.screenStopMode = options.screenStopMode ?? 'stop'; // 'stop' | 'inactive'
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._RTCPeerConnection = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
@@ -614,11 +672,18 @@ export class ChorusClient {
     this._prevStats = new Map();
     this._peerStates = { publisher: 'new', subscriber: 'new' };
     this.activeSpeaker = null;
+    // trackId -> {want, sent, timer, lastSent}: how the UI shows each subscribed video,
+    // and what the server was last told (trackSettings). A new session starts untold.
+    this._views = new Map();
+    // trackId -> {layer, paused}: the last streamState, kept also for a track whose
+    // trackPublished has not come yet.
+    this._streamStates = new Map();
   }
 
   _teardownCall({ reconnecting = false } = {}) {
     this._clearTimeout(this._statsTimer);
     this._statsTimer = null;
+    for (const v of this._views.values()) this._clearTimeout(v.timer);
     for (const p of [...this.participants.values()]) this._removeParticipant(p, { reconnecting });
     for (const pc of [this._pub, this._sub]) {
       try {
@@ -650,7 +715,7 @@ export class ChorusClient {
     this.participants.set(p.id, p);
     for (const t of info.tracks) {
       const prev = p.tracks.get(t.id);
-      p.tracks.set(t.id, prev ? Object.assign(prev, t, { guessed: false }) : { ...t, mid: null, mediaTrack: null, stream: null });
+      p.tracks.set(t.id, prev ? Object.assign(prev, t, { guessed: false }) : this._newTrack(t));
     }
     this._emit('participantJoined', { participant: p, existing });
     return p;
@@ -665,6 +730,9 @@ export class ChorusClient {
 
   _removeTrack(p, t, extra = {}) {
     p.tracks.delete(t.id);
+    this._clearTimeout(this._views.get(t.id)?.timer);
+    this._views.delete(t.id);
+    this._streamStates.delete(t.id);
     for (const [mid, e] of this._midMap) if (e.trackId === t.id) this._midMap.delete(mid);
     if (t.mediaTrack) this._emit('trackRemoved', { participant: p, track: t, ...extra });
   }
@@ -684,7 +752,7 @@ export class ChorusClient {
       const mediaTrack = tr.receiver.track;
       if (!t) {
         // The offer came before `trackPublished`: guess the source from the kind until then.
-        t = { id: entry.trackId, kind: mediaTrack.kind, source: defaultSourceFor(mediaTrack.kind), muted: false, guessed: true };
+        t = this._newTrack({ id: entry.trackId, kind: mediaTrack.kind, source: defaultSourceFor(mediaTrack.kind), muted: false, guessed: true });
         p.tracks.set(t.id, t);
       }
       if (t.mediaTrack === mediaTrack && t.mid === mid) continue;
@@ -692,7 +760,24 @@ export class ChorusClient {
       t.mediaTrack = mediaTrack;
       t.stream = new this._MediaStream([mediaTrack]);
       this._emit('trackAdded', { participant: p, track: t });
+      // A view set before the track was subscribed can be told now.
+      this._flushView(t.id);
     }
+  }
+
+  /** A remote track's model, from the server's track info. */
+  _newTrack(info) {
+    const state = this._streamStates.get(info.id);
+    return { ...info, mid: null, mediaTrack: null, stream: null, layer: state?.layer ?? null, paused: state?.paused ?? null };
+  }
+
+  /** The participant and track model of a remote track id, or null. */
+  _findTrack(trackId) {
+    for (const p of this.participants.values()) {
+      const t = p.tracks.get(trackId);
+      if (t) return { participant: p, track: t };
+    }
+    return null;
   }
 
   // ----- message handling (one at a time, in arrival order) ------------------------------
@@ -723,7 +808,7 @@ export class ChorusClient {
         const p = this.participants.get(msg.participantId);
         if (!p) break;
         const prev = p.tracks.get(msg.track.id);
-        const t = prev ? Object.assign(prev, msg.track, { guessed: false }) : { ...msg.track, mid: null, mediaTrack: null, stream: null };
+        const t = prev ? Object.assign(prev, msg.track, { guessed: false }) : this._newTrack(msg.track);
         p.tracks.set(t.id, t);
         this._emit('trackPublished', { participant: p, track: t });
         this._bindSubscriber();
@@ -755,6 +840,12 @@ export class ChorusClient {
         break;
       case 'chat':
         this._onChat(msg.line);
+        break;
+      case 'streamState':
+        this._onStreamState(msg);
+        break;
+      case 'publishLayers':
+        await this._onPublishLayers(msg);
         break;
       case 'roomList':
         this.rooms = msg.rooms;
@@ -911,12 +1002,36 @@ export class ChorusClient {
 
   _addPublication(source, track, stream) {
     const init = { direction: 'sendonly', streams: stream ? [stream] : [] };
-    if (source === 'camera') init.sendEncodings = [{ maxBitrate: 900_000 }];
-    if (source === 'screen') init.sendEncodings = [{ maxBitrate: 1_500_000 }];
+    // Only the camera is simulcast: a screen is read at full size or not at all, and its
+    // one layer keeps text sharp.
+    const simulcast = source === 'camera' && this.simulcast;
+    if (simulcast) init.sendEncodings = this.simulcastLayers.map((l) => ({ ...l }));
+    else if (source === 'camera') init.sendEncodings = [{ maxBitrate: SINGLE_CAMERA_BITRATE }];
+    else if (source === 'screen') init.sendEncodings = [{ maxBitrate: SCREEN_BITRATE }];
     const transceiver = this._pub.addTransceiver(track, init);
-    const pub = { source, transceiver, trackId: null };
+    // wantedRids: what the server last said (publishLayers) it needs; null until it says.
+    const pub = { source, transceiver, trackId: null, simulcast, captureSize: null, wantedRids: null, layersChain: Promise.resolve() };
     this._publications.set(source, pub);
     return pub;
+  }
+
+  /**
+   * A simulcast publication's `publishOffer` layers: each rid with its bit rate and the
+   * size it is scaled to from the capture. While the camera is off the last capture size
+   * stands in; 0 means unknown (the server then measures the size from keyframes).
+   */
+  _layersOf(pub) {
+    if (!pub.simulcast) return undefined;
+    const settings = (pub.transceiver.sender.track ?? this.local.tracks[pub.source])?.getSettings?.() ?? {};
+    if (settings.width > 0 && settings.height > 0) pub.captureSize = { width: settings.width, height: settings.height };
+    const size = pub.captureSize ?? { width: 0, height: 0 };
+    return this.simulcastLayers.map((l) => ({
+      rid: l.rid,
+      maxBitrate: l.maxBitrate,
+      // libwebrtc scales by integer division, rounding down.
+      width: Math.floor(size.width / l.scaleResolutionDownBy),
+      height: Math.floor(size.height / l.scaleResolutionDownBy),
+    }));
   }
 
   /** Sends a publisher offer and applies the answer; serialized, one at a time. */
@@ -929,7 +1044,7 @@ export class ChorusClient {
       const tracks = [];
       for (const pub of this._publications.values()) {
         const mid = pub.transceiver.mid;
-        if (mid !== null && mid !== undefined && !pub.transceiver.stopped) tracks.push({ mid, source: pub.source });
+        if (mid !== null && mid !== undefined && !pub.transceiver.stopped) tracks.push({ mid, source: pub.source, layers: this._layersOf(pub) });
       }
       const answered = this._waitFor(
         (m) => m.type === 'publishAnswer',
@@ -962,7 +1077,119 @@ export class ChorusClient {
         }
       }
     }
+    // Dynacast's choice survives renegotiation: a browser may rebuild the encodings when
+    // it applies an answer, so the server's last publishLayers is applied again.
+    for (const pub of this._publications.values()) if (pub.wantedRids) this._applyLayers(pub);
     this._emit('published', { tracks: [...this._publications.values()].map((p) => ({ source: p.source, trackId: p.trackId, mid: p.transceiver.mid })) });
+  }
+
+  /**
+   * Dynacast: the server says which layers of one of our tracks anyone needs. The others
+   * are switched off (`active: false`), which saves our uplink and CPU; listed ones are
+   * switched on again.
+   */
+  async _onPublishLayers(msg) {
+    const rids = msg.rids.map(String);
+    const pub = [...this._publications.values()].find((p) => p.trackId === msg.trackId);
+    if (!pub) {
+      this._log('publishLayers for a track we do not publish', msg.trackId);
+      return;
+    }
+    pub.wantedRids = rids;
+    this._emit('publishLayers', { source: pub.source, trackId: msg.trackId, rids: [...rids] });
+    await this._applyLayers(pub);
+  }
+
+  /**
+   * Sets each encoding's `active` to whether the server wants its rid. Calls are chained
+   * per publication, because two overlapping setParameters calls fail (the second one's
+   * transaction id is stale). An encoding without a rid (a single-layer track) is left on.
+   */
+  _applyLayers(pub) {
+    const run = async () => {
+      const sender = pub.transceiver.sender;
+      if (!pub.wantedRids || pub.transceiver.stopped || !sender.getParameters || !sender.setParameters) return;
+      const params = sender.getParameters();
+      const want = new Set(pub.wantedRids);
+      let changed = false;
+      for (const enc of params.encodings ?? []) {
+        if (!enc.rid) continue;
+        const active = want.has(enc.rid);
+        if (enc.active !== active) {
+          enc.active = active;
+          changed = true;
+        }
+      }
+      if (changed) await sender.setParameters(params);
+    };
+    const p = pub.layersChain.then(run).catch((err) => {
+      this._log('setParameters failed', err);
+      this._emit('warning', { error: err, during: 'publishLayers' });
+    });
+    pub.layersChain = p;
+    return p;
+  }
+
+  /** streamState: what the server now forwards of a video we receive. */
+  _onStreamState(msg) {
+    const state = { layer: msg.layer ?? null, paused: msg.paused ?? null };
+    this._streamStates.set(msg.trackId, state);
+    const hit = this._findTrack(msg.trackId);
+    if (!hit) return;
+    Object.assign(hit.track, state);
+    this._emit('streamState', { participant: hit.participant, track: hit.track, trackId: msg.trackId, ...state });
+  }
+
+  /**
+   * Tells the server how this page shows a subscribed video: `visible: false` while it is
+   * off-screen or hidden (the server pauses it), and its size in device pixels (the server
+   * forwards the lowest layer that covers it; 0 = unknown). Call it whenever the tile
+   * changes; the client sends only changes, at most once per `trackSettingsIntervalMs`
+   * per track, and (again) once the track is subscribed. Returns false outside a call.
+   */
+  setTrackView(trackId, { visible = true, width = 0, height = 0 } = {}) {
+    if (this.participantId === null) return false;
+    const want = { visible: Boolean(visible), width: pixels(width), height: pixels(height) };
+    let v = this._views.get(trackId);
+    if (!v) {
+      v = { want, sent: null, timer: null, lastSent: -Infinity };
+      this._views.set(trackId, v);
+    }
+    v.want = want;
+    this._flushView(trackId);
+    return true;
+  }
+
+  /** The view the server was last told of `trackId`, or null. */
+  trackView(trackId) {
+    const sent = this._views.get(trackId)?.sent;
+    return sent ? { ...sent } : null;
+  }
+
+  _flushView(trackId, fromTimer = false) {
+    const v = this._views.get(trackId);
+    if (!v) return;
+    if (fromTimer) v.timer = null;
+    const { want, sent } = v;
+    if (sent && sent.visible === want.visible && sent.width === want.width && sent.height === want.height) {
+      // Changed and changed back within the interval: nothing to say.
+      this._clearTimeout(v.timer);
+      v.timer = null;
+      return;
+    }
+    // The server refuses settings for a track it has not subscribed us to yet;
+    // _bindSubscriber flushes once it has.
+    if (!this._findTrack(trackId)?.track.mediaTrack) return;
+    if (v.timer) return; // the pending send will carry the latest view
+    const wait = v.lastSent + this.trackSettingsIntervalMs - this._now();
+    if (!fromTimer && wait > 0) {
+      v.timer = this._setTimeout(() => this._flushView(trackId, true), wait);
+      return;
+    }
+    if (this._send(messages.trackSettings(trackId, want.visible, want.width, want.height))) {
+      v.sent = { ...want };
+      v.lastSent = this._now();
+    }
   }
 
   _sendMute(source, muted) {

@@ -5,11 +5,18 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { ChorusClient, ChorusError } from '../../../frontend/chorus.js';
+import { ChorusClient, ChorusError, SIMULCAST_LAYERS } from '../../../frontend/chorus.js';
 import { fakeEnv, FakeWebSocket, FakePeerConnection, FakeTrack, FakeMediaStream, until } from './fakes.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const fixture = (name) => JSON.parse(readFileSync(path.resolve(here, '../../../crates/protocol/fixtures/server', `${name}.json`), 'utf8'));
+
+// The publishOffer layers of the fakes' 640x360 camera with the default simulcast layers.
+const CAMERA_LAYERS = [
+  { rid: 'q', maxBitrate: 150000, width: 160, height: 90 },
+  { rid: 'h', maxBitrate: 500000, width: 320, height: 180 },
+  { rid: 'f', maxBitrate: 2500000, width: 640, height: 360 },
+];
 
 function localStream() {
   return new FakeMediaStream([new FakeTrack('audio', 'mic'), new FakeTrack('video', 'cam')]);
@@ -56,7 +63,7 @@ test('the publisher offers microphone and camera with their mids and learns the 
   const offer = await until(() => ws.sent.find((m) => m.type === 'publishOffer'), 1000, 'publishOffer');
   assert.deepEqual(offer.tracks, [
     { mid: '0', source: 'microphone' },
-    { mid: '1', source: 'camera' },
+    { mid: '1', source: 'camera', layers: CAMERA_LAYERS },
   ]);
   assert.match(offer.sdp, /fake-offer/);
   // Candidates gathered go out after the offer, tagged with the peer.
@@ -155,7 +162,7 @@ test('screen share adds a transceiver with source screen, and the track ending s
   const offer2 = await until(() => ws.sent.filter((m) => m.type === 'publishOffer')[1], 1000, 'second offer');
   assert.deepEqual(offer2.tracks, [
     { mid: '0', source: 'microphone' },
-    { mid: '1', source: 'camera' },
+    { mid: '1', source: 'camera', layers: CAMERA_LAYERS },
     { mid: '2', source: 'screen' },
   ]);
   ws.receive({ type: 'publishAnswer', sdp: 'x', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: 2 }, { mid: '2', trackId: 9 }] });

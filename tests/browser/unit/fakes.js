@@ -41,9 +41,11 @@ export class FakeWebSocket {
 }
 
 export class FakeTrack {
-  constructor(kind, label = kind) {
+  /** A video track reports a capture size (`getSettings`), as a camera's does. */
+  constructor(kind, label = kind, { width = 640, height = 360 } = {}) {
     this.kind = kind;
     this.label = label;
+    this.size = kind === 'video' ? { width, height } : null;
     this.enabled = true;
     this.readyState = 'live';
     this.listeners = {};
@@ -61,7 +63,7 @@ export class FakeTrack {
     for (const fn of this.listeners[t] ?? []) fn({ type: t });
   }
   getSettings() {
-    return { deviceId: this.label };
+    return { deviceId: this.label, ...this.size };
   }
 }
 
@@ -93,11 +95,27 @@ class FakeTransceiver {
     this.direction = init.direction ?? 'sendrecv';
     this.stopped = false;
     const track = typeof trackOrKind === 'string' ? null : trackOrKind;
+    this.init = init;
+    // The encodings as RTCRtpSender keeps them: one per sendEncodings entry, all active
+    // unless said otherwise, or one default encoding.
+    const encodings = (init.sendEncodings ?? [{}]).map((e) => ({ active: true, ...e }));
+    let transaction = 0;
     this.sender = {
       track,
+      encodings,
+      /** Every successful setParameters, as the encodings' active flags by rid. */
+      setCalls: [],
       replaceTrack: async (t) => {
         this.sender.track = t;
         pc.replaced.push(t);
+      },
+      getParameters: () => ({ transactionId: String(++transaction), encodings: this.sender.encodings.map((e) => ({ ...e })) }),
+      setParameters: async (params) => {
+        // Like the browser: only the parameters of the latest getParameters are accepted.
+        if (params.transactionId !== String(transaction)) throw new DOMException('stale transactionId', 'InvalidModificationError');
+        await Promise.resolve();
+        this.sender.encodings = params.encodings.map((e) => ({ ...e }));
+        this.sender.setCalls.push(Object.fromEntries(params.encodings.map((e) => [e.rid ?? '', e.active])));
       },
     };
     this.receiver = { track: new FakeTrack(typeof trackOrKind === 'string' ? trackOrKind : trackOrKind.kind, 'remote') };
