@@ -1015,6 +1015,12 @@ export class ChorusClient {
     return pub;
   }
 
+  /** Remembers the capture size of a simulcast publication's track, for offers made while the camera is off. */
+  _noteCaptureSize(pub, track) {
+    const settings = track?.getSettings?.() ?? {};
+    if (settings.width > 0 && settings.height > 0) pub.captureSize = { width: settings.width, height: settings.height };
+  }
+
   /**
    * A simulcast publication's `publishOffer` layers: each rid with its bit rate and the
    * size it is scaled to from the capture. While the camera is off the last capture size
@@ -1022,8 +1028,7 @@ export class ChorusClient {
    */
   _layersOf(pub) {
     if (!pub.simulcast) return undefined;
-    const settings = (pub.transceiver.sender.track ?? this.local.tracks[pub.source])?.getSettings?.() ?? {};
-    if (settings.width > 0 && settings.height > 0) pub.captureSize = { width: settings.width, height: settings.height };
+    this._noteCaptureSize(pub, pub.transceiver.sender.track ?? this.local.tracks[pub.source]);
     const size = pub.captureSize ?? { width: 0, height: 0 };
     return this.simulcastLayers.map((l) => ({
       rid: l.rid,
@@ -1262,7 +1267,10 @@ export class ChorusClient {
     if (source === 'microphone') track.enabled = !this.local.muted.microphone;
     const pub = this._publications.get(source);
     let done;
-    if (pub) done = pub.transceiver.sender.replaceTrack(track);
+    if (pub) {
+      if (pub.simulcast) this._noteCaptureSize(pub, track);
+      done = pub.transceiver.sender.replaceTrack(track);
+    }
     else if (this._pub && this._wantJoined) {
       this._addPublication(source, track, this.local.stream);
       done = this._negotiate();

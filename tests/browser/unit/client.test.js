@@ -263,3 +263,199 @@ test('bye removed ends the call without reconnecting', async () => {
   assert.equal(FakeWebSocket.instances.length, 1);
   client.close();
 });
+
+// ----- simulcast, tiles, stream state, dynacast --------------------------------------
+
+/** A joined client whose publish was answered: our camera is track `cameraId`. */
+async function publishedClient(opts = {}, cameraId = 3) {
+  const c = await joinedClient(opts);
+  await until(() => c.ws.sent.find((m) => m.type === 'publishOffer'), 1000, 'offer');
+  c.ws.receive({ type: 'publishAnswer', sdp: 'a', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: cameraId }] });
+  await until(() => c.client.trackIdOf('camera') === cameraId, 1000, 'track ids');
+  c.pub = FakePeerConnection.instances[0];
+  c.camera = c.pub.transceivers[1];
+  return c;
+}
+
+test('the camera is sent as three simulcast layers, lowest first; a screen as one', async () => {
+  const { client, ws, camera, pub } = await publishedClient();
+  assert.deepEqual(camera.init.sendEncodings, [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+    { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2500000 },
+  ]);
+  assert.equal(camera.init.direction, 'sendonly');
+  assert.deepEqual(SIMULCAST_LAYERS.map((l) => l.rid), ['q', 'h', 'f']);
+  assert.ok(Object.isFrozen(SIMULCAST_LAYERS) && Object.isFrozen(SIMULCAST_LAYERS[0]));
+  // The microphone has no encodings of its own.
+  assert.equal(pub.transceivers[0].init.sendEncodings, undefined);
+
+  // A screen share: one encoding without rid, and no layers in the offer.
+  const sharing = client.startScreenShare({ stream: new FakeMediaStream([new FakeTrack('video', 'screen', { width: 1920, height: 1080 })]) });
+  const offer2 = await until(() => ws.sent.filter((m) => m.type === 'publishOffer')[1], 1000, 'second offer');
+  assert.deepEqual(pub.transceivers[2].init.sendEncodings, [{ maxBitrate: 1500000 }]);
+  assert.deepEqual(offer2.tracks[2], { mid: '2', source: 'screen' });
+  ws.receive({ type: 'publishAnswer', sdp: 'b', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: 3 }, { mid: '2', trackId: 9 }] });
+  await sharing;
+  client.close();
+});
+
+test('simulcast can be turned off, and its layers configured', async () => {
+  {
+    const { client, ws, camera } = await publishedClient({ simulcast: false });
+    assert.deepEqual(camera.init.sendEncodings, [{ maxBitrate: 900000 }]);
+    assert.deepEqual(ws.sent.find((m) => m.type === 'publishOffer').tracks[1], { mid: '1', source: 'camera' });
+    client.close();
+  }
+  {
+    const layers = [
+      { rid: 'q', scaleResolutionDownBy: 3, maxBitrate: 200000 },
+      { rid: 'f', maxBitrate: 1200000, maxFramerate: 30 },
+    ];
+    const { client, ws, camera } = await publishedClient({ simulcastLayers: layers });
+    assert.deepEqual(camera.init.sendEncodings, [
+      { rid: 'q', scaleResolutionDownBy: 3, maxBitrate: 200000 },
+      { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1200000, maxFramerate: 30 },
+    ]);
+    assert.deepEqual(ws.sent.find((m) => m.type === 'publishOffer').tracks[1].layers, [
+      { rid: 'q', maxBitrate: 200000, width: 213, height: 120 },
+      { rid: 'f', maxBitrate: 1200000, width: 640, height: 360 },
+    ]);
+    client.close();
+  }
+  // Lists the server would refuse fail when the client is made.
+  for (const bad of [[], [{ rid: 'x', maxBitrate: 1 }], [{ rid: 'h', maxBitrate: 1 }, { rid: 'q', maxBitrate: 1 }], [{ rid: 'q', maxBitrate: 0 }], [{ rid: 'q', maxBitrate: 1, scaleResolutionDownBy: 0.5 }]]) {
+    assert.throws(() => new ChorusClient({ ...fakeEnv(), simulcastLayers: bad }), (e) => e instanceof ChorusError && e.code === 'invalid');
+  }
+});
+
+test('camera off and on, device switch and replaceTrack keep the simulcast transceiver', async () => {
+  const { client, ws, pub, camera } = await publishedClient();
+  const offers = () => ws.sent.filter((m) => m.type === 'publishOffer').length;
+  const before = offers();
+  await client.setCameraOff(true);
+  assert.equal(camera.sender.track, null);
+  await client.setCameraOff(false);
+  assert.equal(camera.sender.track.kind, 'video');
+  await client.switchDevice('video', 'cam2');
+  await client.replaceTrack('camera', new FakeTrack('video', 'cam3', { width: 1280, height: 720 }));
+  assert.equal(camera.sender.track.label, 'cam3');
+  assert.equal(offers(), before, 'no renegotiation');
+  assert.equal(pub.transceivers.length, 2, 'the same transceivers');
+  assert.deepEqual(camera.sender.encodings.map((e) => [e.rid, e.active]), [['q', true], ['h', true], ['f', true]]);
+
+  // A renegotiation while the camera is off declares the layers of the last capture.
+  await client.setCameraOff(true);
+  const sharing = client.startScreenShare({ stream: new FakeMediaStream([new FakeTrack('video', 'screen')]) });
+  const offer = await until(() => ws.sent.filter((m) => m.type === 'publishOffer')[before], 1000, 'offer');
+  assert.deepEqual(offer.tracks[1].layers.map((l) => [l.rid, l.width, l.height]), [['q', 320, 180], ['h', 640, 360], ['f', 1280, 720]]);
+  ws.receive({ type: 'publishAnswer', sdp: 'b', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: 3 }, { mid: '2', trackId: 9 }] });
+  await sharing;
+  client.close();
+});
+
+test('publishLayers switches off the encodings nobody needs, in order, and survives renegotiation', async () => {
+  const { client, ws, camera } = await publishedClient();
+  const seen = [];
+  client.on('publishLayers', (d) => seen.push(d));
+  const active = () => Object.fromEntries(camera.sender.encodings.map((e) => [e.rid, e.active]));
+
+  ws.receive(fixture('publishLayers')); // track 3: q and h
+  await until(() => camera.sender.setCalls.length === 1, 1000, 'setParameters');
+  assert.deepEqual(active(), { q: true, h: true, f: false });
+  assert.deepEqual(seen, [{ source: 'camera', trackId: 3, rids: ['q', 'h'] }]);
+
+  // Back-to-back changes are applied one after the other (no stale transaction), the last wins.
+  ws.receive({ type: 'publishLayers', trackId: 3, rids: [] });
+  ws.receive({ type: 'publishLayers', trackId: 3, rids: ['q'] });
+  await until(() => camera.sender.setCalls.length === 3, 1000, 'two more setParameters');
+  assert.deepEqual(camera.sender.setCalls.slice(1), [{ q: false, h: false, f: false }, { q: true, h: false, f: false }]);
+  // Nothing to change: no call.
+  ws.receive({ type: 'publishLayers', trackId: 3, rids: ['q'] });
+  await until(() => seen.length === 4, 1000, 'event');
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(camera.sender.setCalls.length, 3);
+  // A track that is not ours is ignored.
+  ws.receive({ type: 'publishLayers', trackId: 77, rids: [] });
+
+  // A renegotiation that rebuilt the encodings gets the server's choice back.
+  const sharing = client.startScreenShare({ stream: new FakeMediaStream([new FakeTrack('video', 'screen')]) });
+  await until(() => ws.sent.filter((m) => m.type === 'publishOffer').length === 2, 1000, 'offer');
+  camera.sender.encodings = camera.sender.encodings.map((e) => ({ ...e, active: true }));
+  ws.receive({ type: 'publishAnswer', sdp: 'b', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: 3 }, { mid: '2', trackId: 9 }] });
+  await sharing;
+  await until(() => camera.sender.setCalls.length === 4, 1000, 're-applied');
+  assert.deepEqual(active(), { q: true, h: false, f: false });
+  client.close();
+});
+
+test('streamState goes on the track model and out as an event', async () => {
+  const { client, ws } = await joinedClient();
+  const seen = [];
+  client.on('streamState', (d) => seen.push(d));
+  const ada = client.participants.get(1);
+  const cam = ChorusClient.trackOf(ada, 'camera');
+  assert.equal(cam.layer, null);
+  assert.equal(cam.paused, null);
+
+  ws.receive({ type: 'streamState', trackId: 2, paused: 'lowBandwidth' });
+  await until(() => seen.length === 1, 1000, 'streamState');
+  assert.equal(seen[0].participant, ada);
+  assert.equal(seen[0].track, cam);
+  assert.deepEqual([seen[0].trackId, seen[0].layer, seen[0].paused], [2, null, 'lowBandwidth']);
+  assert.equal(cam.paused, 'lowBandwidth');
+
+  ws.receive({ type: 'streamState', trackId: 2, layer: 1 });
+  await until(() => seen.length === 2, 1000, 'second streamState');
+  assert.deepEqual([cam.layer, cam.paused], [1, null]);
+
+  // One for a track not announced yet is kept for it.
+  ws.receive({ type: 'streamState', trackId: 8, paused: 'notVisible' });
+  ws.receive({ type: 'trackPublished', participantId: 1, track: { id: 8, kind: 'video', source: 'screen', muted: false } });
+  await until(() => ada.tracks.get(8), 1000, 'trackPublished');
+  assert.equal(ada.tracks.get(8).paused, 'notVisible');
+  assert.equal(seen.length, 2);
+  client.close();
+});
+
+test('setTrackView sends trackSettings once the track is subscribed, only changes, throttled per track', async () => {
+  const { client, ws } = await joinedClient({ trackSettingsIntervalMs: 100 });
+  const settings = () => ws.sent.filter((m) => m.type === 'trackSettings');
+
+  // Before the server subscribed us to Ada's camera: kept, not sent.
+  assert.equal(client.setTrackView(2, { visible: true, width: 639.6, height: 360 }), true);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(settings().length, 0);
+  ws.receive({ type: 'subscribeOffer', sdp: 'a=mid:0/audio\r\na=mid:1/video\r\n', tracks: [{ mid: '0', trackId: 1, participantId: 1 }, { mid: '1', trackId: 2, participantId: 1 }] });
+  await until(() => settings().length === 1, 1000, 'trackSettings after subscription');
+  assert.deepEqual(settings()[0], { type: 'trackSettings', trackId: 2, visible: true, width: 640, height: 360 });
+  assert.deepEqual(client.trackView(2), { visible: true, width: 640, height: 360 });
+
+  // The same view again: nothing.
+  client.setTrackView(2, { visible: true, width: 640, height: 360 });
+  // A burst of changes within the interval: one message, with the last one.
+  client.setTrackView(2, { visible: true, width: 500, height: 280 });
+  client.setTrackView(2, { visible: true, width: 400, height: 225 });
+  client.setTrackView(2, { visible: false, width: 400, height: 225 });
+  assert.equal(settings().length, 1);
+  await until(() => settings().length === 2, 1000, 'trailing trackSettings');
+  assert.deepEqual(settings()[1], { type: 'trackSettings', trackId: 2, visible: false, width: 400, height: 225 });
+  // Changed and changed back before the interval is over: nothing to say.
+  client.setTrackView(2, { visible: true, width: 400, height: 225 });
+  client.setTrackView(2, { visible: false, width: 400, height: 225 });
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(settings().length, 2, 'a change undone is not sent');
+
+  // Tracks are throttled separately; an unknown size is 0.
+  client.setTrackView(1, { visible: true });
+  await until(() => settings().length === 3, 1000, 'other track');
+  assert.deepEqual(settings()[2], { type: 'trackSettings', trackId: 1, visible: true, width: 0, height: 0 });
+
+  // A track that goes away forgets its view; outside a call nothing is kept.
+  ws.receive({ type: 'trackUnpublished', participantId: 1, trackId: 2 });
+  await until(() => !client.participants.get(1).tracks.has(2), 1000, 'unpublished');
+  assert.equal(client.trackView(2), null);
+  await client.leave();
+  assert.equal(client.setTrackView(1, { visible: true }), false);
+  client.close();
+});
