@@ -30,7 +30,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::rtp_transceiver::RtpTransceiver;
 
 use crate::client::{MediaRate, SentPacket};
-use crate::media::{MediaTag, expected_payload};
+use crate::media::{MediaTag, expected_payload, frame_size, video_payload_len};
 
 /// The rids Chorus names simulcast layers by, lowest first (the server's `layer::RIDS`).
 pub const RIDS: [&str; 3] = ["q", "h", "f"];
@@ -40,19 +40,21 @@ pub const RIDS: [&str; 3] = ["q", "h", "f"];
 /// while the test still covers the long stretch after it, when Chromium sends neither.
 pub const DEFAULT_MID_RID_PACKETS: u32 = 30;
 
-/// The declared shape of layer `index` of a simulcast track: what `chorus.js` configures
-/// for rids q, h and f (a layer past the third is declared like the third).
+/// The declared shape of layer `index` of a simulcast track (a layer past the third is
+/// declared like the third): the size its keyframes announce, and the rate it really sends
+/// at 30 fps, headers included. Not `chorus.js`'s 150k/500k/2.5M: the server weighs a layer
+/// it is not receiving by its declared rate, and a declaration far above what the layers
+/// send would keep the top layer out of reach of an estimate that grows from what is sent.
 pub fn declared_layer(rid: &str, index: usize) -> PublishLayer {
-    let (max_bitrate, width, height) = match index {
-        0 => (150_000, 320, 180),
-        1 => (500_000, 640, 360),
-        _ => (2_500_000, 1280, 720),
-    };
+    let layer = Some(index.min(2) as u8);
+    let (width, height) = frame_size(layer);
+    // payload plus RTP header, extensions and the SRTP tag, 30 times a second
+    let max_bitrate = ((video_payload_len(layer) + 60) * 8 * 30) as u32;
     PublishLayer {
         rid: rid.to_owned(),
         max_bitrate,
-        width,
-        height,
+        width: u32::from(width),
+        height: u32::from(height),
     }
 }
 

@@ -18,8 +18,20 @@ const TAG_MAGIC: &[u8] = b"CHORUS/";
 
 /// Total payload length of an audio packet: about a 32 kbit/s Opus frame of 20 ms.
 pub const AUDIO_PAYLOAD_LEN: usize = 80;
-/// Total payload length of a video packet (one packet per frame).
+/// Total payload length of a video packet (one packet per frame) of a track sent as one
+/// encoding, and of simulcast layer 0.
 pub const VIDEO_PAYLOAD_LEN: usize = 300;
+
+/// The payload length of a video packet of `layer`: higher layers are larger, so that
+/// their measured rates differ as real layers' do (at 30 fps about 72, 144 and 264 kbit/s
+/// of payload), while each frame still fits one packet.
+pub fn video_payload_len(layer: Option<u8>) -> usize {
+    match layer {
+        None | Some(0) => VIDEO_PAYLOAD_LEN,
+        Some(1) => 2 * VIDEO_PAYLOAD_LEN,
+        Some(_) => 1100,
+    }
+}
 
 /// VP8 payload descriptor byte: X=0, R=0, N=0, S=1 (start of partition), PID=0.
 pub const VP8_DESCRIPTOR: u8 = 0x10;
@@ -93,10 +105,11 @@ pub fn expected_payload(tag: &MediaTag) -> Bytes {
             BytesMut::with_capacity(AUDIO_PAYLOAD_LEN),
         ),
         MediaKind::Video => {
-            let mut out = BytesMut::with_capacity(VIDEO_PAYLOAD_LEN);
+            let len = video_payload_len(tag.layer);
+            let mut out = BytesMut::with_capacity(len);
             out.put_u8(VP8_DESCRIPTOR);
             vp8_frame_header(tag.keyframe, frame_size(tag.layer), &mut out);
-            (VIDEO_PAYLOAD_LEN, out)
+            (len, out)
         }
     };
     out.put_slice(TAG_MAGIC);
@@ -228,7 +241,7 @@ mod tests {
                 layer: Some(layer),
             };
             let payload = expected_payload(&tag);
-            assert_eq!(payload.len(), VIDEO_PAYLOAD_LEN);
+            assert_eq!(payload.len(), video_payload_len(Some(layer)));
             assert_eq!(parse_tag(&payload).as_ref(), Some(&tag));
             assert!(is_vp8_keyframe(&payload));
             // descriptor, frame tag, start code, then the size
