@@ -189,6 +189,17 @@ export const SIMULCAST_LAYERS = Object.freeze([
   Object.freeze({ rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2_500_000 }),
 ]);
 
+/**
+ * How many simulcast layers Chromium encodes of a capture of `size`: its resolution-based
+ * layer limit keeps only the lowest encodings of a small capture (three from 960×540, two
+ * from 480×270, else one). Unknown size: all of them.
+ */
+function layerBudget(size, count) {
+  if (!size) return count;
+  const px = size.width * size.height;
+  return Math.min(count, px >= 960 * 540 ? 3 : px >= 480 * 270 ? 2 : 1);
+}
+
 // What the camera and a screen send without simulcast: one encoding each.
 const SINGLE_CAMERA_BITRATE = 900_000;
 const SCREEN_BITRATE = 1_500_000;
@@ -222,6 +233,12 @@ function videoConstraints(base, deviceId) {
   const c = { ...(base || DEFAULT_VIDEO) };
   if (deviceId) c.deviceId = { exact: deviceId };
   return c;
+}
+
+/** A video track's capture size from its settings, or null when it does not say. */
+function sizeOf(track) {
+  const s = track?.getSettings?.() ?? {};
+  return s.width > 0 && s.height > 0 ? { width: s.width, height: s.height } : null;
 }
 
 function audioConstraints(deviceId) {
@@ -1005,20 +1022,45 @@ export class ChorusClient {
     // Only the camera is simulcast: a screen is read at full size or not at all, and its
     // one layer keeps text sharp.
     const simulcast = source === 'camera' && this.simulcast;
-    if (simulcast) init.sendEncodings = this.simulcastLayers.map((l) => ({ ...l }));
+    const captureSize = simulcast ? sizeOf(track) : null;
+    if (simulcast) init.sendEncodings = this._ladder(captureSize).map(({ usable, ...e }) => ({ ...e, active: usable }));
     else if (source === 'camera') init.sendEncodings = [{ maxBitrate: SINGLE_CAMERA_BITRATE }];
     else if (source === 'screen') init.sendEncodings = [{ maxBitrate: SCREEN_BITRATE }];
     const transceiver = this._pub.addTransceiver(track, init);
     // wantedRids: what the server last said (publishLayers) it needs; null until it says.
-    const pub = { source, transceiver, trackId: null, simulcast, captureSize: null, wantedRids: null, layersChain: Promise.resolve() };
+    const pub = { source, transceiver, trackId: null, simulcast, captureSize, wantedRids: null, layersChain: Promise.resolve() };
     this._publications.set(source, pub);
     return pub;
   }
 
-  /** Remembers the capture size of a simulcast publication's track, for offers made while the camera is off. */
+  /**
+   * Remembers the capture size of a simulcast publication's track (offers made while the
+   * camera is off use the last one). Returns whether it changed.
+   */
   _noteCaptureSize(pub, track) {
-    const settings = track?.getSettings?.() ?? {};
-    if (settings.width > 0 && settings.height > 0) pub.captureSize = { width: settings.width, height: settings.height };
+    const size = sizeOf(track);
+    if (!size || (pub.captureSize?.width === size.width && pub.captureSize?.height === size.height)) return false;
+    pub.captureSize = size;
+    return true;
+  }
+
+  /**
+   * The camera's encodings for a capture of `size`, one per configured layer. A capture
+   * too small for all layers (see layerBudget) sends the configured TOP layers, under the
+   * lowest rids: otherwise Chromium would send only the smallest scale-downs (a 320×180
+   * camera would reach everyone at 80×45), and the server numbers layers by rid, so the
+   * layers sent must be q, then h. Encodings left over are `usable: false` and stay off,
+   * so no browser sends a duplicate.
+   */
+  _ladder(size) {
+    const layers = this.simulcastLayers;
+    const n = layerBudget(size, layers.length);
+    return layers.map((l, i) => {
+      const src = i < n ? layers[layers.length - n + i] : l;
+      const e = { rid: l.rid, scaleResolutionDownBy: src.scaleResolutionDownBy, maxBitrate: src.maxBitrate };
+      if (src.maxFramerate !== undefined) e.maxFramerate = src.maxFramerate;
+      return { ...e, usable: i < n };
+    });
   }
 
   /**
@@ -1028,15 +1070,16 @@ export class ChorusClient {
    */
   _layersOf(pub) {
     if (!pub.simulcast) return undefined;
-    this._noteCaptureSize(pub, pub.transceiver.sender.track ?? this.local.tracks[pub.source]);
     const size = pub.captureSize ?? { width: 0, height: 0 };
-    return this.simulcastLayers.map((l) => ({
-      rid: l.rid,
-      maxBitrate: l.maxBitrate,
-      // libwebrtc scales by integer division, rounding down.
-      width: Math.floor(size.width / l.scaleResolutionDownBy),
-      height: Math.floor(size.height / l.scaleResolutionDownBy),
-    }));
+    return this._ladder(pub.captureSize)
+      .filter((e) => e.usable)
+      .map((e) => ({
+        rid: e.rid,
+        maxBitrate: e.maxBitrate,
+        // libwebrtc scales by integer division, rounding down.
+        width: Math.floor(size.width / e.scaleResolutionDownBy),
+        height: Math.floor(size.height / e.scaleResolutionDownBy),
+      }));
   }
 
   /** Sends a publisher offer and applies the answer; serialized, one at a time. */
@@ -1084,7 +1127,7 @@ export class ChorusClient {
     }
     // Dynacast's choice survives renegotiation: a browser may rebuild the encodings when
     // it applies an answer, so the server's last publishLayers is applied again.
-    for (const pub of this._publications.values()) if (pub.wantedRids) this._applyLayers(pub);
+    for (const pub of this._publications.values()) if (pub.simulcast || pub.wantedRids) this._applyLayers(pub);
     this._emit('published', { tracks: [...this._publications.values()].map((p) => ({ source: p.source, trackId: p.trackId, mid: p.transceiver.mid })) });
   }
 
@@ -1106,23 +1149,34 @@ export class ChorusClient {
   }
 
   /**
-   * Sets each encoding's `active` to whether the server wants its rid. Calls are chained
-   * per publication, because two overlapping setParameters calls fail (the second one's
-   * transaction id is stale). An encoding without a rid (a single-layer track) is left on.
+   * Sets each encoding as the capture size (the ladder) and the server (publishLayers)
+   * want it: on only if it is usable and the server wants its rid (or has not said yet).
+   * Calls are chained per publication, because two overlapping setParameters calls fail
+   * (the second one's transaction id is stale). An encoding without a rid (a single-layer
+   * track) is left alone.
    */
   _applyLayers(pub) {
     const run = async () => {
       const sender = pub.transceiver.sender;
-      if (!pub.wantedRids || pub.transceiver.stopped || !sender.getParameters || !sender.setParameters) return;
+      if (pub.transceiver.stopped || !sender.getParameters || !sender.setParameters) return;
       const params = sender.getParameters();
-      const want = new Set(pub.wantedRids);
+      const want = pub.wantedRids ? new Set(pub.wantedRids) : null;
+      const ladder = pub.simulcast ? new Map(this._ladder(pub.captureSize).map((e) => [e.rid, e])) : new Map();
       let changed = false;
+      const set = (enc, key, value) => {
+        if (value !== undefined && enc[key] !== value) {
+          enc[key] = value;
+          changed = true;
+        }
+      };
       for (const enc of params.encodings ?? []) {
         if (!enc.rid) continue;
-        const active = want.has(enc.rid);
-        if (enc.active !== active) {
-          enc.active = active;
-          changed = true;
+        const rung = ladder.get(enc.rid);
+        set(enc, 'active', (rung?.usable ?? true) && (!want || want.has(enc.rid)));
+        if (rung) {
+          set(enc, 'scaleResolutionDownBy', rung.scaleResolutionDownBy);
+          set(enc, 'maxBitrate', rung.maxBitrate);
+          set(enc, 'maxFramerate', rung.maxFramerate);
         }
       }
       if (changed) await sender.setParameters(params);
@@ -1268,8 +1322,9 @@ export class ChorusClient {
     const pub = this._publications.get(source);
     let done;
     if (pub) {
-      if (pub.simulcast) this._noteCaptureSize(pub, track);
       done = pub.transceiver.sender.replaceTrack(track);
+      // Another capture size may allow more or fewer layers: set the encodings to match.
+      if (pub.simulcast && this._noteCaptureSize(pub, track)) done = Promise.all([done, this._applyLayers(pub)]);
     }
     else if (this._pub && this._wantJoined) {
       this._addPublication(source, track, this.local.stream);

@@ -11,11 +11,11 @@ import { fakeEnv, FakeWebSocket, FakePeerConnection, FakeTrack, FakeMediaStream,
 const here = path.dirname(fileURLToPath(import.meta.url));
 const fixture = (name) => JSON.parse(readFileSync(path.resolve(here, '../../../crates/protocol/fixtures/server', `${name}.json`), 'utf8'));
 
-// The publishOffer layers of the fakes' 640x360 camera with the default simulcast layers.
+// The publishOffer layers of the fakes' 1280x720 camera with the default simulcast layers.
 const CAMERA_LAYERS = [
-  { rid: 'q', maxBitrate: 150000, width: 160, height: 90 },
-  { rid: 'h', maxBitrate: 500000, width: 320, height: 180 },
-  { rid: 'f', maxBitrate: 2500000, width: 640, height: 360 },
+  { rid: 'q', maxBitrate: 150000, width: 320, height: 180 },
+  { rid: 'h', maxBitrate: 500000, width: 640, height: 360 },
+  { rid: 'f', maxBitrate: 2500000, width: 1280, height: 720 },
 ];
 
 function localStream() {
@@ -280,9 +280,9 @@ async function publishedClient(opts = {}, cameraId = 3) {
 test('the camera is sent as three simulcast layers, lowest first; a screen as one', async () => {
   const { client, ws, camera, pub } = await publishedClient();
   assert.deepEqual(camera.init.sendEncodings, [
-    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
-    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
-    { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2500000 },
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000, active: true },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000, active: true },
+    { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2500000, active: true },
   ]);
   assert.equal(camera.init.direction, 'sendonly');
   assert.deepEqual(SIMULCAST_LAYERS.map((l) => l.rid), ['q', 'h', 'f']);
@@ -300,6 +300,24 @@ test('the camera is sent as three simulcast layers, lowest first; a screen as on
   client.close();
 });
 
+test('a small capture sends its top layers under the lowest rids, and the rest stay off', async () => {
+  const small = new FakeMediaStream([new FakeTrack('audio', 'mic'), new FakeTrack('video', 'cam', { width: 320, height: 180 })]);
+  const { client, ws, camera } = await publishedClient({ stream: small });
+  assert.deepEqual(camera.init.sendEncodings, [
+    { rid: 'q', scaleResolutionDownBy: 1, maxBitrate: 2500000, active: true },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000, active: false },
+    { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2500000, active: false },
+  ]);
+  assert.deepEqual(ws.sent.find((m) => m.type === 'publishOffer').tracks[1].layers, [{ rid: 'q', maxBitrate: 2500000, width: 320, height: 180 }]);
+  // The server asking for all of them does not switch on what the capture cannot fill.
+  ws.receive({ type: 'publishLayers', trackId: 3, rids: ['q', 'h', 'f'] });
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(camera.sender.encodings.map((e) => e.active), [true, false, false]);
+  ws.receive({ type: 'publishLayers', trackId: 3, rids: [] });
+  await until(() => camera.sender.encodings[0].active === false, 1000, 'q off');
+  client.close();
+});
+
 test('simulcast can be turned off, and its layers configured', async () => {
   {
     const { client, ws, camera } = await publishedClient({ simulcast: false });
@@ -314,12 +332,12 @@ test('simulcast can be turned off, and its layers configured', async () => {
     ];
     const { client, ws, camera } = await publishedClient({ simulcastLayers: layers });
     assert.deepEqual(camera.init.sendEncodings, [
-      { rid: 'q', scaleResolutionDownBy: 3, maxBitrate: 200000 },
-      { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1200000, maxFramerate: 30 },
+      { rid: 'q', scaleResolutionDownBy: 3, maxBitrate: 200000, active: true },
+      { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1200000, maxFramerate: 30, active: true },
     ]);
     assert.deepEqual(ws.sent.find((m) => m.type === 'publishOffer').tracks[1].layers, [
-      { rid: 'q', maxBitrate: 200000, width: 213, height: 120 },
-      { rid: 'f', maxBitrate: 1200000, width: 640, height: 360 },
+      { rid: 'q', maxBitrate: 200000, width: 426, height: 240 },
+      { rid: 'f', maxBitrate: 1200000, width: 1280, height: 720 },
     ]);
     client.close();
   }
@@ -338,17 +356,26 @@ test('camera off and on, device switch and replaceTrack keep the simulcast trans
   await client.setCameraOff(false);
   assert.equal(camera.sender.track.kind, 'video');
   await client.switchDevice('video', 'cam2');
-  await client.replaceTrack('camera', new FakeTrack('video', 'cam3', { width: 1280, height: 720 }));
+  assert.equal(camera.sender.setCalls.length, 0, 'same capture size: encodings untouched');
+  // A smaller camera: Chromium would encode two layers of it, so the top two are sent as q and h.
+  await client.replaceTrack('camera', new FakeTrack('video', 'cam3', { width: 640, height: 360 }));
   assert.equal(camera.sender.track.label, 'cam3');
   assert.equal(offers(), before, 'no renegotiation');
   assert.equal(pub.transceivers.length, 2, 'the same transceivers');
-  assert.deepEqual(camera.sender.encodings.map((e) => [e.rid, e.active]), [['q', true], ['h', true], ['f', true]]);
+  assert.deepEqual(camera.sender.encodings.map((e) => [e.rid, e.scaleResolutionDownBy, e.maxBitrate, e.active]), [
+    ['q', 2, 500000, true],
+    ['h', 1, 2500000, true],
+    ['f', 1, 2500000, false],
+  ]);
 
   // A renegotiation while the camera is off declares the layers of the last capture.
   await client.setCameraOff(true);
   const sharing = client.startScreenShare({ stream: new FakeMediaStream([new FakeTrack('video', 'screen')]) });
   const offer = await until(() => ws.sent.filter((m) => m.type === 'publishOffer')[before], 1000, 'offer');
-  assert.deepEqual(offer.tracks[1].layers.map((l) => [l.rid, l.width, l.height]), [['q', 320, 180], ['h', 640, 360], ['f', 1280, 720]]);
+  assert.deepEqual(offer.tracks[1].layers, [
+    { rid: 'q', maxBitrate: 500000, width: 320, height: 180 },
+    { rid: 'h', maxBitrate: 2500000, width: 640, height: 360 },
+  ]);
   ws.receive({ type: 'publishAnswer', sdp: 'b', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: 3 }, { mid: '2', trackId: 9 }] });
   await sharing;
   client.close();

@@ -42,7 +42,7 @@ export class FakeWebSocket {
 
 export class FakeTrack {
   /** A video track reports a capture size (`getSettings`), as a camera's does. */
-  constructor(kind, label = kind, { width = 640, height = 360 } = {}) {
+  constructor(kind, label = kind, { width = 1280, height = 720 } = {}) {
     this.kind = kind;
     this.label = label;
     this.size = kind === 'video' ? { width, height } : null;
