@@ -6,7 +6,7 @@
 //   .tile[data-participant-id][data-self][data-source=camera|screen][data-muted][data-camera-off][data-speaking]
 //   #room-list li[data-room][data-count], #chat-log li[data-from], #banners .banner[data-banner]
 
-import { ChorusClient, ChorusError, getLocalMedia, DEFAULT_VIDEO } from './chorus.js';
+import { ChorusClient, ChorusError, getLocalMedia, DEFAULT_SIMULCAST_VIDEO } from './chorus.js';
 
 const $ = (sel) => document.querySelector(sel);
 const params = new URLSearchParams(location.search);
@@ -70,7 +70,7 @@ function inviteLink(room) {
 function videoConstraintsFromParams() {
   // `?res=WxH` picks the capture size (small sizes help tests and slow machines).
   const m = /^(\d{2,4})x(\d{2,4})$/.exec(params.get('res') ?? '');
-  if (!m) return DEFAULT_VIDEO;
+  if (!m) return DEFAULT_SIMULCAST_VIDEO; // the camera is sent as simulcast layers
   return { width: { ideal: Number(m[1]) }, height: { ideal: Number(m[2]) }, frameRate: { ideal: 15 } };
 }
 
@@ -332,6 +332,7 @@ async function leaveCall() {
   $('#grid').replaceChildren();
   $('#stage').replaceChildren();
   $('#audio-sink').replaceChildren();
+  for (const tile of tiles.values()) unwatchTile(tile);
   tiles.clear();
   history.replaceState(null, '', location.pathname + (params.has('res') ? `?res=${params.get('res')}` : ''));
   document.title = 'Chorus';
@@ -367,6 +368,14 @@ function makeTile(key, { participantId, self, source }) {
     avatar.innerHTML = '<span class="initials"></span>';
     tile.append(avatar);
   }
+  if (!self) {
+    // Says why a remote video stopped. A live region: it is announced when text appears.
+    const paused = document.createElement('div');
+    paused.className = 'tile-paused';
+    paused.setAttribute('role', 'status');
+    tile.append(paused);
+    watchTile(tile);
+  }
   const plate = document.createElement('div');
   plate.className = 'nameplate';
   plate.innerHTML = `<span class="mic-state" title="Microphone muted">${icon('micOff')}</span><span class="name"></span>`;
@@ -383,7 +392,72 @@ function setVideo(tile, stream) {
   }
 }
 
-function updateTile(tile, { name, muted, cameraOff, speaking, stream, label }) {
+// ---------------------------------------------------------------------------------------
+// Tile reporting: the server forwards each remote video at the smallest layer that fills
+// its tile, and nothing for a tile nobody can see. So every remote tile tells the client
+// its size in device pixels and whether it is on screen (and the page visible).
+// ---------------------------------------------------------------------------------------
+
+/** tile element -> {trackId, width, height, onScreen} */
+const tileViews = new Map();
+
+const tileResize = new ResizeObserver((entries) => {
+  for (const e of entries) {
+    const v = tileViews.get(e.target);
+    if (!v) continue;
+    // The video covers the tile (object-fit: cover), so the tile's box is what is drawn.
+    const dpr = window.devicePixelRatio || 1;
+    const box = e.devicePixelContentBoxSize?.[0];
+    v.width = Math.round(box ? box.inlineSize : e.contentRect.width * dpr);
+    v.height = Math.round(box ? box.blockSize : e.contentRect.height * dpr);
+    reportTile(e.target);
+  }
+});
+
+const tileOnScreen = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    const v = tileViews.get(e.target);
+    if (!v) continue;
+    v.onScreen = e.isIntersecting;
+    reportTile(e.target);
+  }
+});
+
+function watchTile(tile) {
+  // On screen until the observer says otherwise: a new tile should not start paused.
+  tileViews.set(tile, { trackId: null, width: 0, height: 0, onScreen: true });
+  tileResize.observe(tile);
+  tileOnScreen.observe(tile);
+}
+
+function unwatchTile(tile) {
+  if (!tileViews.delete(tile)) return;
+  tileResize.unobserve(tile);
+  tileOnScreen.unobserve(tile);
+}
+
+/** The tile now shows `trackId` (a remote video's id, or null). */
+function setTileTrack(tile, trackId) {
+  const v = tileViews.get(tile);
+  if (!v || v.trackId === trackId) return;
+  v.trackId = trackId;
+  reportTile(tile);
+}
+
+function reportTile(tile) {
+  const v = tileViews.get(tile);
+  if (!v || v.trackId === null || v.trackId === undefined) return;
+  // The client sends only changes, throttled per track.
+  client.setTrackView(v.trackId, { visible: v.onScreen && document.visibilityState === 'visible', width: v.width, height: v.height });
+}
+
+document.addEventListener('visibilitychange', () => {
+  for (const tile of tileViews.keys()) reportTile(tile);
+});
+
+const PAUSE_TEXT = { lowBandwidth: 'Video paused: low bandwidth' };
+
+function updateTile(tile, { name, muted, cameraOff, speaking, stream, label, trackId = null, paused = null }) {
   const nameEl = tile.querySelector('.name');
   if (nameEl.textContent !== label) nameEl.textContent = label;
   tile.dataset.name = name;
@@ -395,6 +469,14 @@ function updateTile(tile, { name, muted, cameraOff, speaking, stream, label }) {
     ini.style.setProperty('--hue', hue(name));
   }
   tile.dataset.speaking = String(Boolean(speaking));
+  // Paused for the downlink: say so over the tile instead of showing a frozen frame.
+  // (notVisible needs no words: nobody sees that tile.)
+  const pauseText = !cameraOff && stream ? PAUSE_TEXT[paused] ?? '' : '';
+  if (pauseText) tile.dataset.paused = paused;
+  else delete tile.dataset.paused;
+  const pausedEl = tile.querySelector('.tile-paused');
+  if (pausedEl && pausedEl.textContent !== pauseText) pausedEl.textContent = pauseText;
+  setTileTrack(tile, trackId);
   const bits = [label];
   if (tile.dataset.source === 'screen') bits.push('shared screen');
   else {
@@ -402,6 +484,7 @@ function updateTile(tile, { name, muted, cameraOff, speaking, stream, label }) {
     if (cameraOff) bits.push('camera off');
     if (speaking) bits.push('speaking');
   }
+  if (pauseText) bits.push('video paused, low bandwidth');
   tile.setAttribute('aria-label', bits.join(', '));
   setVideo(tile, stream);
 }
@@ -442,6 +525,8 @@ function people() {
       cameraOff: !cam || cam.muted,
       stream: cam?.stream ?? null,
       screen: screen?.stream ?? null,
+      camTrack: cam ?? null,
+      screenTrack: screen ?? null,
       p,
     });
   }
@@ -464,7 +549,7 @@ function render() {
     if (r.self) tile.dataset.participantId = String(r.id ?? '');
     if (tile.parentElement !== grid) grid.append(tile);
     want.add(r.key);
-    updateTile(tile, { name: r.name, label, muted: r.muted, cameraOff: r.cameraOff, speaking, stream: r.stream });
+    updateTile(tile, { name: r.name, label, muted: r.muted, cameraOff: r.cameraOff, speaking, stream: r.stream, trackId: r.camTrack?.id ?? null, paused: r.camTrack?.paused });
 
     if (r.screen) {
       const skey = `s:${r.self ? 'self' : r.id}`;
@@ -473,7 +558,7 @@ function render() {
       if (r.self) st.dataset.participantId = String(r.id ?? '');
       if (st.parentElement !== stage) stage.append(st);
       want.add(skey);
-      updateTile(st, { name: r.name, label: r.self ? 'Your screen' : `${r.name}’s screen`, muted: false, speaking: false, stream: r.screen });
+      updateTile(st, { name: r.name, label: r.self ? 'Your screen' : `${r.name}’s screen`, muted: false, speaking: false, stream: r.screen, trackId: r.screenTrack?.id ?? null, paused: r.screenTrack?.paused });
     }
   });
   // Keep grid order: ourselves first, then join order.
@@ -484,6 +569,7 @@ function render() {
   for (const [key, tile] of tiles) {
     if (!want.has(key)) {
       setVideo(tile, null);
+      unwatchTile(tile);
       tile.remove();
       tiles.delete(key);
     }
@@ -725,7 +811,7 @@ async function refreshDevices() {
 // Client events
 // ---------------------------------------------------------------------------------------
 
-for (const type of ['participantJoined', 'participantLeft', 'trackAdded', 'trackRemoved', 'trackPublished', 'muteChanged', 'localTracks', 'localMute', 'screenShare', 'activeSpeaker']) {
+for (const type of ['participantJoined', 'participantLeft', 'trackAdded', 'trackRemoved', 'trackPublished', 'muteChanged', 'localTracks', 'localMute', 'screenShare', 'activeSpeaker', 'streamState']) {
   client.on(type, () => render());
 }
 

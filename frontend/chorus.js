@@ -1046,19 +1046,22 @@ export class ChorusClient {
 
   /**
    * The camera's encodings for a capture of `size`, one per configured layer. A capture
-   * too small for all layers (see layerBudget) sends the configured TOP layers, under the
-   * lowest rids: otherwise Chromium would send only the smallest scale-downs (a 320×180
-   * camera would reach everyone at 80×45), and the server numbers layers by rid, so the
-   * layers sent must be q, then h. Encodings left over are `usable: false` and stay off,
-   * so no browser sends a duplicate.
+   * too small for all layers (see layerBudget) sends the scales of the configured TOP
+   * layers under the lowest rids: otherwise Chromium would send only the smallest
+   * scale-downs (a 320×180 camera would reach everyone at 80×45), and the server numbers
+   * layers by rid, so the layers sent must be q, then h. Each rid keeps its own bit rate:
+   * a small capture's full size is about what the low layers of a large one are (with
+   * the defaults, 320×180 at 150 kbit/s from a 320×180 or a 1280×720 camera alike), and
+   * the server counts a layer's maxBitrate as its cost until it has measured it.
+   * Encodings left over are `usable: false` and stay off, so no browser sends a duplicate.
    */
   _ladder(size) {
     const layers = this.simulcastLayers;
     const n = layerBudget(size, layers.length);
     return layers.map((l, i) => {
-      const src = i < n ? layers[layers.length - n + i] : l;
-      const e = { rid: l.rid, scaleResolutionDownBy: src.scaleResolutionDownBy, maxBitrate: src.maxBitrate };
-      if (src.maxFramerate !== undefined) e.maxFramerate = src.maxFramerate;
+      const scale = i < n ? layers[layers.length - n + i].scaleResolutionDownBy : l.scaleResolutionDownBy;
+      const e = { rid: l.rid, scaleResolutionDownBy: scale, maxBitrate: l.maxBitrate };
+      if (l.maxFramerate !== undefined) e.maxFramerate = l.maxFramerate;
       return { ...e, usable: i < n };
     });
   }

@@ -304,11 +304,11 @@ test('a small capture sends its top layers under the lowest rids, and the rest s
   const small = new FakeMediaStream([new FakeTrack('audio', 'mic'), new FakeTrack('video', 'cam', { width: 320, height: 180 })]);
   const { client, ws, camera } = await publishedClient({ stream: small });
   assert.deepEqual(camera.init.sendEncodings, [
-    { rid: 'q', scaleResolutionDownBy: 1, maxBitrate: 2500000, active: true },
+    { rid: 'q', scaleResolutionDownBy: 1, maxBitrate: 150000, active: true },
     { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000, active: false },
     { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2500000, active: false },
   ]);
-  assert.deepEqual(ws.sent.find((m) => m.type === 'publishOffer').tracks[1].layers, [{ rid: 'q', maxBitrate: 2500000, width: 320, height: 180 }]);
+  assert.deepEqual(ws.sent.find((m) => m.type === 'publishOffer').tracks[1].layers, [{ rid: 'q', maxBitrate: 150000, width: 320, height: 180 }]);
   // The server asking for all of them does not switch on what the capture cannot fill.
   ws.receive({ type: 'publishLayers', trackId: 3, rids: ['q', 'h', 'f'] });
   await new Promise((r) => setTimeout(r, 20));
@@ -363,8 +363,8 @@ test('camera off and on, device switch and replaceTrack keep the simulcast trans
   assert.equal(offers(), before, 'no renegotiation');
   assert.equal(pub.transceivers.length, 2, 'the same transceivers');
   assert.deepEqual(camera.sender.encodings.map((e) => [e.rid, e.scaleResolutionDownBy, e.maxBitrate, e.active]), [
-    ['q', 2, 500000, true],
-    ['h', 1, 2500000, true],
+    ['q', 2, 150000, true],
+    ['h', 1, 500000, true],
     ['f', 1, 2500000, false],
   ]);
 
@@ -373,8 +373,8 @@ test('camera off and on, device switch and replaceTrack keep the simulcast trans
   const sharing = client.startScreenShare({ stream: new FakeMediaStream([new FakeTrack('video', 'screen')]) });
   const offer = await until(() => ws.sent.filter((m) => m.type === 'publishOffer')[before], 1000, 'offer');
   assert.deepEqual(offer.tracks[1].layers, [
-    { rid: 'q', maxBitrate: 500000, width: 320, height: 180 },
-    { rid: 'h', maxBitrate: 2500000, width: 640, height: 360 },
+    { rid: 'q', maxBitrate: 150000, width: 320, height: 180 },
+    { rid: 'h', maxBitrate: 500000, width: 640, height: 360 },
   ]);
   ws.receive({ type: 'publishAnswer', sdp: 'b', tracks: [{ mid: '0', trackId: 1 }, { mid: '1', trackId: 3 }, { mid: '2', trackId: 9 }] });
   await sharing;
