@@ -42,7 +42,7 @@ function sample(page) {
   return page.evaluate(async () => {
     const c = window.chorus.client;
     const stats = await c.inboundStats();
-    const out = { t: performance.now(), hidden: document.visibilityState, video: {}, audio: {}, tile: {}, told: {} };
+    const out = { t: performance.now(), me: c.participantId, bye: c.lastBye ?? null, video: {}, audio: {}, tile: {}, told: {} };
     for (const s of stats) {
       if (s.participantId === null || s.source === 'screen') continue;
       out[s.kind][s.participantId] = { w: s.frameWidth, h: s.frameHeight, bytes: s.bytesReceived, frames: s.framesDecoded, recv: s.packetsReceived, lost: s.packetsLost };
@@ -59,6 +59,12 @@ function sample(page) {
     }
     return out;
   });
+}
+
+/** Throws when the page of `name` is no longer participant `id` (it left and rejoined). */
+function sameSession(x, id, name) {
+  if (x.me !== id) throw new Error(`${name}'s page is participant ${x.me}, not ${id}: it left and rejoined (last bye: ${JSON.stringify(x.bye)})`);
+  return x;
 }
 
 /** Bit rate (bit/s) of `kind` from `id` between two samples. */
@@ -149,6 +155,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
         await sleep(1000);
         const s1 = await Promise.all(pages.map(sample));
         before = { s0, s1 };
+        s1.forEach((x, i) => sameSession(x, ids[i], names[i]));
         return pages.every((_, i) => ids.every((id, j) => j === i || shown(s0[i], s1[i], id) === 'high'));
       },
       { timeout: 40000, interval: 500, message: `every page receiving every camera at >= ${HIGH_MIN_WIDTH} px` },
@@ -169,7 +176,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     const trace = [];
     await poll(
       async () => {
-        const cur = await sample(c);
+        const cur = sameSession(await sample(c), idC, 'Cyd');
         const row = { ms: Math.round(cur.t - capAt) };
         for (const id of [idA, idB]) {
           const how = shown(prev, cur, id);
@@ -203,6 +210,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     while (Date.now() < windowEnd) {
       await sleep(1000);
       const cur = await Promise.all(pages.map(sample));
+      cur.forEach((x, i) => sameSession(x, ids[i], names[i]));
       for (const id of [idA, idB]) {
         const how = shown(last[2], cur[2], id);
         if (how !== 'low' && how !== 'paused') flaps.push(`${names[ids.indexOf(id)]} ${how} ${cur[2].video[id]?.w}w at +${Math.round(cur[2].t - capAt)} ms`);
@@ -259,7 +267,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     const upTrace = [];
     await poll(
       async () => {
-        const cur = await sample(c);
+        const cur = sameSession(await sample(c), idC, 'Cyd');
         const row = { ms: Math.round(cur.t - upStart) };
         for (const id of [idA, idB]) {
           const how = shown(prev, cur, id);
@@ -385,7 +393,9 @@ test('dynacast: while every subscriber shows a camera in a tile at most 320 px w
 
     // Report only: Bob's window grows, Ada's tile there is large; does f come back?
     await viewers[0].setViewportSize({ width: 1920, height: 1080 });
-    const big = await viewers[0].evaluate((id) => document.querySelector(`#tile-${id}`)?.getBoundingClientRect().width ?? null, idA);
+    const tileWidth = () => viewers[0].evaluate((id) => document.querySelector(`#tile-${id}`)?.getBoundingClientRect().width ?? 0, idA);
+    await poll(async () => (await tileWidth()) > 640, { timeout: 5000, message: "Ada's tile on Bob's page wider than 640 px" }).catch(() => {});
+    const big = await tileWidth();
     const t0 = Date.now();
     let back = null;
     for (let i = 0; i < 10 && back === null; i++) {
