@@ -269,6 +269,9 @@ struct Inner {
     failures: Mutex<Vec<String>>,
     subscriber: Arc<SubscriberState>,
     publisher: Mutex<Option<Arc<Publisher>>>,
+    /// Whether the subscriber peer sends transport-cc feedback (see
+    /// [`Client::without_downlink_estimate`]).
+    transport_cc: AtomicBool,
     /// The latest `publishLayers` per own track. Kept apart from the publisher because the
     /// first one can arrive before [`Client::publish`] has finished.
     publish_layers: Mutex<HashMap<TrackId, Vec<String>>>,
@@ -576,6 +579,7 @@ impl Client {
             subscriber: Arc::new(SubscriberState::new()),
             publisher: Mutex::new(None),
             publish_layers: Mutex::new(HashMap::new()),
+            transport_cc: AtomicBool::new(true),
             options,
         });
         let writer = tokio::spawn(write_loop(sink, out_rx));
@@ -592,6 +596,14 @@ impl Client {
         let client = Self::connect(addr, name).await?;
         client.join(room).await?;
         Ok(client)
+    }
+
+    /// Makes the subscriber peer negotiate no transport-cc, so the server has no downlink
+    /// estimate for this client and caps nothing by bandwidth: what it forwards then
+    /// depends only on tiles and on what publishers send. Call before the first
+    /// `subscribeOffer` arrives (before joining).
+    pub fn without_downlink_estimate(&self) {
+        self.inner.transport_cc.store(false, Ordering::Relaxed);
     }
 
     /// This client's name.
@@ -1763,7 +1775,12 @@ async fn answer_subscribe_offer(
                 state: state_tx,
                 subscriber: Some(Arc::downgrade(sub)),
             });
-            let pc = peer::build_on(handler, inner.options.runtime.clone()).await?;
+            let pc = peer::build_with(
+                handler,
+                inner.options.runtime.clone(),
+                inner.transport_cc.load(Ordering::Relaxed),
+            )
+            .await?;
             let peer = Arc::new(SubscriberPeer {
                 pc,
                 gate,

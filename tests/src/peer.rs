@@ -11,7 +11,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers,
+    configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
@@ -81,6 +84,17 @@ pub async fn build_on(
     handler: Arc<dyn PeerConnectionEventHandler>,
     runtime: Option<Arc<dyn Runtime>>,
 ) -> Result<Arc<dyn PeerConnection>> {
+    build_with(handler, runtime, true).await
+}
+
+/// [`build_on`], with or without the transport-cc receiver. Without it the connection
+/// negotiates no transport-wide sequence numbers and sends no feedback, so a server has no
+/// estimate of the link towards it (as for a browser that lacks transport-cc).
+pub async fn build_with(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    runtime: Option<Arc<dyn Runtime>>,
+    transport_cc: bool,
+) -> Result<Arc<dyn PeerConnection>> {
     let mut media_engine = MediaEngine::default();
     media_engine
         .register_codec(
@@ -100,8 +114,15 @@ pub async fn build_on(
             RtpCodecKind::Video,
         )
         .context("registering VP8")?;
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)
-        .context("default interceptors")?;
+    // webrtc-rs's defaults (`register_default_interceptors`), with transport-cc optional.
+    let registry = configure_nack(Registry::new(), &mut media_engine);
+    configure_simulcast_extension_headers(&mut media_engine).context("mid/rid extensions")?;
+    let registry = if transport_cc {
+        configure_twcc_receiver_only(registry, &mut media_engine).context("transport-cc")?
+    } else {
+        registry
+    };
+    let registry = configure_rtcp_reports(registry);
     // Last on the read walk: every other interceptor has seen the RTCP before this one picks
     // out the keyframe requests and marks them for the application (webrtc-rs pitfall 8).
     let registry = registry.with(Slot::from(14_500), KeyframeRequestTap::default());
