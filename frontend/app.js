@@ -6,7 +6,7 @@
 //   .tile[data-participant-id][data-self][data-source=camera|screen][data-muted][data-camera-off][data-speaking]
 //   #room-list li[data-room][data-count], #chat-log li[data-from], #banners .banner[data-banner]
 
-import { ChorusClient, ChorusError, getLocalMedia, DEFAULT_SIMULCAST_VIDEO } from './chorus.js';
+import { ChorusClient, ChorusError, getLocalMedia, DEFAULT_VIDEO, DEFAULT_SIMULCAST_VIDEO } from './chorus.js';
 
 const $ = (sel) => document.querySelector(sel);
 const params = new URLSearchParams(location.search);
@@ -70,8 +70,17 @@ function inviteLink(room) {
 function videoConstraintsFromParams() {
   // `?res=WxH` picks the capture size (small sizes help tests and slow machines).
   const m = /^(\d{2,4})x(\d{2,4})$/.exec(params.get('res') ?? '');
-  if (!m) return DEFAULT_SIMULCAST_VIDEO; // the camera is sent as simulcast layers
+  // With simulcast the full layer can be large: each receiver gets the layer it needs.
+  if (!m) return simulcast ? DEFAULT_SIMULCAST_VIDEO : DEFAULT_VIDEO;
   return { width: { ideal: Number(m[1]) }, height: { ideal: Number(m[2]) }, frameRate: { ideal: 15 } };
+}
+
+/** The URL parameters that outlive a call (capture size, simulcast), after `lead`, or ''. */
+function keptParams(lead) {
+  const kept = new URLSearchParams();
+  for (const key of ['res', 'simulcast']) if (params.has(key)) kept.set(key, params.get(key));
+  const q = kept.toString();
+  return q ? `${lead}${q}` : '';
 }
 
 function describeMediaError(err) {
@@ -137,7 +146,12 @@ function toast(text) {
 // State
 // ---------------------------------------------------------------------------------------
 
+// `?simulcast=0` sends the camera as one layer: for a weak CPU, or to tell a simulcast
+// problem from another one.
+const simulcast = params.get('simulcast') !== '0';
+
 const client = new ChorusClient({
+  simulcast,
   videoConstraints: videoConstraintsFromParams(),
   log: (...a) => console.debug('[chorus]', ...a),
 });
@@ -256,7 +270,7 @@ async function joinCall(room, name) {
   render();
   try {
     await client.join({ room, name, stream });
-    history.replaceState(null, '', `?room=${encodeURIComponent(room)}${params.has('res') ? `&res=${params.get('res')}` : ''}`);
+    history.replaceState(null, '', `?room=${encodeURIComponent(room)}${keptParams('&')}`);
     document.title = `${room} · Chorus`;
     render();
     renderChat();
@@ -334,7 +348,7 @@ async function leaveCall() {
   $('#audio-sink').replaceChildren();
   for (const tile of tiles.values()) unwatchTile(tile);
   tiles.clear();
-  history.replaceState(null, '', location.pathname + (params.has('res') ? `?res=${params.get('res')}` : ''));
+  history.replaceState(null, '', location.pathname + keptParams('?'));
   document.title = 'Chorus';
   showView('lobby');
   startRoomList();
