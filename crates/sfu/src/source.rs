@@ -116,6 +116,11 @@ pub struct LayerState {
     /// What the client said it configured (`publishOffer` layers).
     declared: Option<LayerCost>,
     meter: RateMeter,
+    /// The rate the layer last had while it flowed: what it will cost when it flows again
+    /// after a pause (dynacast, or a subscriber paused for bandwidth). The client's declared
+    /// `maxBitrate` is a ceiling the encoder rarely reaches, and a layer weighed by it may
+    /// never be given back to anyone.
+    last_rate: Option<u32>,
     /// From the layer's latest keyframe.
     size: Option<(u16, u16)>,
     last_packet: Option<Instant>,
@@ -189,8 +194,8 @@ impl SourceLayers {
     }
 
     /// The layers the allocator may choose from, lowest first, each with its cost: the
-    /// measured rate where the layer is flowing, else what the client declared, else
-    /// [`DEFAULT_COSTS`]. The list stops below the first absent layer (see
+    /// measured rate where the layer is flowing, else the rate it last flowed at, else what
+    /// the client declared, else [`DEFAULT_COSTS`]. The list stops below the first absent layer (see
     /// [`LAYER_ABSENT_AFTER`]); layer 0 is always offered.
     pub fn costs(&mut self, now: Instant) -> Vec<LayerCost> {
         let mut out = Vec::with_capacity(self.layers.len());
@@ -214,9 +219,12 @@ impl SourceLayers {
             } else {
                 state.meter.rate(now).filter(|&r| r > 0)
             };
+            if measured.is_some() {
+                state.last_rate = measured;
+            }
             let (width, height) = state.size.unwrap_or((fallback.width, fallback.height));
             out.push(LayerCost {
-                bitrate: measured.unwrap_or(fallback.bitrate),
+                bitrate: state.last_rate.unwrap_or(fallback.bitrate),
                 width,
                 height,
             });
@@ -331,5 +339,26 @@ mod tests {
         assert_eq!(costs[2], DEFAULT_COSTS[2]);
         layers.set_wanted(None, t0 + ms(5000));
         assert_eq!(layers.costs(t0 + ms(9000)).len(), 3);
+    }
+
+    #[test]
+    fn a_paused_layer_costs_what_it_last_flowed_at() {
+        let t0 = Instant::now();
+        let declared = LayerCost {
+            bitrate: 2_500_000,
+            width: 1280,
+            height: 720,
+        };
+        let mut layers = SourceLayers::new(1, &[Some(declared)], t0);
+        assert_eq!(layers.costs(t0)[0].bitrate, 2_500_000, "nothing measured yet");
+        // 400 bytes every 10 ms: 320 kbit/s
+        for i in 0..100 {
+            layers.on_packet(0, 400, None, t0 + ms(10 * i));
+        }
+        let flowing = layers.costs(t0 + ms(1000))[0].bitrate;
+        assert!((300_000..=340_000).contains(&flowing), "{flowing}");
+        // Dynacast stops it; long after, it is still weighed at what it sent.
+        layers.set_wanted(None, t0 + ms(1000));
+        assert_eq!(layers.costs(t0 + ms(30_000))[0].bitrate, flowing);
     }
 }
