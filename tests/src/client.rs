@@ -8,7 +8,9 @@
 //! - per remote track, a **recorder** that files each RTP packet under the
 //!   `(participant, track)` that the latest `subscribeOffer` maps its mid to;
 //! - while publishing, an audio and a video **sender**, and a task that counts keyframe requests
-//!   arriving on the video sender (answering them with a keyframe, as a browser would).
+//!   arriving on the video sender (answering them with a keyframe, as a browser would). A
+//!   simulcast camera and each screen share are sent by a [`LayeredVideo`] loop instead,
+//!   one RTP stream per rid (see [`crate::layered`]), and obey `publishLayers`.
 
 use std::collections::HashMap;
 use std::fmt;
