@@ -9,7 +9,7 @@
 //!   `(participant, track)` that the latest `subscribeOffer` maps its mid to;
 //! - while publishing, an audio and a video **sender**, and a task that counts keyframe requests
 //!   arriving on the video sender (answering them with a keyframe, as a browser would). A
-//!   simulcast camera and each screen share are sent by a [`LayeredVideo`] loop instead,
+//!   simulcast camera and each screen share are sent by a `LayeredVideo` loop instead,
 //!   one RTP stream per rid (see [`crate::layered`]), and obey `publishLayers`.
 
 use std::collections::HashMap;
