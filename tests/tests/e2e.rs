@@ -1333,6 +1333,14 @@ async fn a_subscriber_moves_between_simulcast_layers_only_on_keyframes() -> Resu
             "streamStates {told:?} do not contain {wanted:?} in order"
         );
     }
+    // Keyframes were asked for layer by layer, by each layer's own SSRC.
+    let ssrcs: HashSet<u32> = ada.camera_layers().iter().map(|(_, s)| *s).collect();
+    let requests = ada.keyframe_requests();
+    ensure!(
+        requests.iter().all(|r| ssrcs.contains(&r.media_ssrc)),
+        "keyframe requests for SSRCs {:?}, the layers are {ssrcs:?}",
+        requests.iter().map(|r| r.media_ssrc).collect::<Vec<_>>()
+    );
     ensure!(bob.unmapped().is_empty(), "packets on unmapped mids");
     assert_no_failures(&[&ada, &bob])
 }
