@@ -41,13 +41,13 @@ export const messages = Object.freeze({
     type: 'trackSettings',
     trackId,
     visible: Boolean(visible),
-    width: pixels(width),
-    height: pixels(height),
+    width: toU32(width),
+    height: toU32(height),
   }),
 });
 
-// The server reads these as u32: whole, non-negative, finite.
-function pixels(n) {
+// Sizes and bit rates: the server reads them as u32, so whole, non-negative and finite.
+function toU32(n) {
   const v = Math.round(Number(n));
   return Number.isFinite(v) && v > 0 ? Math.min(v, 0xffff_ffff) : 0;
 }
@@ -56,7 +56,7 @@ function pixels(n) {
 function publishTrack(t) {
   const out = { mid: String(t.mid), source: t.source };
   if (t.layers?.length) {
-    out.layers = t.layers.map((l) => ({ rid: String(l.rid), maxBitrate: pixels(l.maxBitrate), width: pixels(l.width), height: pixels(l.height) }));
+    out.layers = t.layers.map((l) => ({ rid: String(l.rid), maxBitrate: toU32(l.maxBitrate), width: toU32(l.width), height: toU32(l.height) }));
   }
   return out;
 }
@@ -1079,7 +1079,7 @@ export class ChorusClient {
       .map((e) => ({
         rid: e.rid,
         maxBitrate: e.maxBitrate,
-        // libwebrtc scales by integer division, rounding down.
+        // Rounded down, as the encoder does (it may align sizes further; the server reads the real size from keyframes).
         width: Math.floor(size.width / e.scaleResolutionDownBy),
         height: Math.floor(size.height / e.scaleResolutionDownBy),
       }));
@@ -1211,7 +1211,7 @@ export class ChorusClient {
    */
   setTrackView(trackId, { visible = true, width = 0, height = 0 } = {}) {
     if (this.participantId === null) return false;
-    const want = { visible: Boolean(visible), width: pixels(width), height: pixels(height) };
+    const want = { visible: Boolean(visible), width: toU32(width), height: toU32(height) };
     let v = this._views.get(trackId);
     if (!v) {
       v = { want, sent: null, timer: null, lastSent: -Infinity };
