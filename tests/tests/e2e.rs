@@ -1441,11 +1441,6 @@ async fn dynacast_stops_the_top_layer_while_every_tile_is_small() -> Result<()> 
 /// A subscriber that hides a tile and shows it again while another subscriber keeps the
 /// same layer flowing: its copy must resume on a keyframe with the next sequence number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a subscription resuming on the layer (SSRC) it was paused on is not \
-            rebased, so its sequence numbers jump by the packets dropped while paused, the \
-            subscriber NACKs the hole and the server resends those stale delta frames after \
-            the keyframe (fix in rewrite.rs/peer/mod.rs/worker/mod.rs, proposed in the \
-            simulcast report)"]
 async fn a_subscriber_resumes_a_layer_others_kept_on_without_a_hole() -> Result<()> {
     init_tracing();
     let server = Server::start().await?;

@@ -19,6 +19,12 @@ pub struct SeqRewriter {
     last_seq: u16,
     /// Timestamp of that packet (in output space).
     last_ts: u32,
+    /// The first output sequence number under the current offsets, once they were rebased
+    /// (a source change, a resume). Numbers before it went out under other offsets, so a
+    /// NACK for one is not answered from the current source. `None` under the first
+    /// offsets: numbers before the first packet name the source's own earlier packets,
+    /// which a NACK may still fetch from the history.
+    epoch_start: Option<u16>,
 }
 
 /// Timestamp step inserted between the last packet of an old source and the first of a
@@ -34,6 +40,7 @@ impl SeqRewriter {
             ts_offset: 0,
             last_seq: first_seq.wrapping_sub(1),
             last_ts: 0,
+            epoch_start: None,
         }
     }
 
@@ -43,6 +50,9 @@ impl SeqRewriter {
             let first = self.source_ssrc.is_none();
             self.source_ssrc = Some(source_ssrc);
             self.seq_offset = self.last_seq.wrapping_add(1).wrapping_sub(seq);
+            if !first {
+                self.epoch_start = Some(self.last_seq.wrapping_add(1));
+            }
             self.ts_offset = if first {
                 0
             } else {
@@ -58,21 +68,43 @@ impl SeqRewriter {
         (out_seq, out_ts)
     }
 
+    /// Like [`rewrite`](Self::rewrite), for the first packet after packets of the source
+    /// were dropped for this subscription on purpose (a paused subscription resuming on a
+    /// keyframe of the layer it was paused on): the output goes on from the last packet
+    /// sent, without the hole a plain rewrite would leave and the subscriber would NACK.
+    /// Timestamps keep their offset on the same source: its clock ran on, and so does the
+    /// output's, which keeps lip sync.
+    pub fn rewrite_resuming(&mut self, source_ssrc: u32, seq: u16, ts: u32) -> (u16, u32) {
+        if self.source_ssrc == Some(source_ssrc) {
+            self.seq_offset = self.last_seq.wrapping_add(1).wrapping_sub(seq);
+            self.epoch_start = Some(self.last_seq.wrapping_add(1));
+        }
+        self.rewrite(source_ssrc, seq, ts)
+    }
+
     /// The numbers an earlier packet of the current source was sent with, for sending it
-    /// again; `None` for another source (its offsets are gone). Changes nothing.
+    /// again; `None` for another source (its offsets are gone) or a packet from before the
+    /// current offsets. Changes nothing.
     pub fn resend(&self, source_ssrc: u32, seq: u16, ts: u32) -> Option<(u16, u32)> {
-        (self.source_ssrc == Some(source_ssrc)).then(|| {
-            (
-                seq.wrapping_add(self.seq_offset),
-                ts.wrapping_add(self.ts_offset),
-            )
-        })
+        let out_seq = seq.wrapping_add(self.seq_offset);
+        (self.source_ssrc == Some(source_ssrc) && !self.before_epoch(out_seq))
+            .then(|| (out_seq, ts.wrapping_add(self.ts_offset)))
+    }
+
+    /// Whether `out_seq` went out before the current offsets were rebased.
+    fn before_epoch(&self, out_seq: u16) -> bool {
+        self.epoch_start
+            .is_some_and(|start| seq_newer(start, out_seq))
     }
 
     /// The current source's (SSRC, sequence number) that went out as `out_seq`, to answer a
-    /// NACK; `None` before the first packet.
+    /// NACK; `None` before the first packet, and for numbers from before the current
+    /// offsets.
     pub fn source_of(&self, out_seq: u16) -> Option<(u32, u16)> {
         let ssrc = self.source_ssrc?;
+        if self.before_epoch(out_seq) {
+            return None;
+        }
         Some((ssrc, out_seq.wrapping_sub(self.seq_offset)))
     }
 }
@@ -208,6 +240,25 @@ mod tests {
         // after a source change the old source's packets are not resent
         r.rewrite(10, 5, 0);
         assert_eq!(r.resend(9, 60_000, 0), None);
+    }
+
+    #[test]
+    fn a_resume_on_the_same_source_leaves_no_hole_and_nacks_before_it_go_unanswered() {
+        let mut r = SeqRewriter::new(500);
+        assert_eq!(r.rewrite(4, 10, 9_000), (500, 9_000));
+        assert_eq!(r.rewrite(4, 11, 12_000), (501, 12_000));
+        // packets 12..=40 of the same source were dropped while paused
+        assert_eq!(r.rewrite_resuming(4, 41, 99_000), (502, 99_000));
+        assert_eq!(r.rewrite(4, 42, 102_000), (503, 102_000));
+        assert_eq!(r.source_of(502), Some((4, 41)));
+        // the packet before the resume went out under other offsets
+        assert_eq!(r.source_of(501), None);
+        assert_eq!(r.resend(4, 11, 12_000), None);
+        assert_eq!(r.resend(4, 42, 102_000), Some((503, 102_000)));
+        // resuming on another source is a plain source change
+        let (seq, ts) = r.rewrite_resuming(5, 7, 1);
+        assert_eq!((seq, ts), (504, 102_000 + REBASE_TS_STEP));
+        assert_eq!(r.source_of(503), None);
     }
 
     #[test]

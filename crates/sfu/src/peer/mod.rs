@@ -170,12 +170,34 @@ impl HeaderRewrite {
     /// negotiated with the subscriber. The payload is shared, not copied, and nothing is
     /// allocated.
     pub fn apply(&mut self, src: &rtc::rtp::packet::Packet) -> Option<rtc::rtp::packet::Packet> {
+        self.apply_as(src, false)
+    }
+
+    /// [`apply`](Self::apply) for the first packet of a layer switch or of a resume, which
+    /// continues the output from the last packet sent even when the source is the same.
+    pub fn apply_switching(
+        &mut self,
+        src: &rtc::rtp::packet::Packet,
+    ) -> Option<rtc::rtp::packet::Packet> {
+        self.apply_as(src, true)
+    }
+
+    fn apply_as(
+        &mut self,
+        src: &rtc::rtp::packet::Packet,
+        switching: bool,
+    ) -> Option<rtc::rtp::packet::Packet> {
         let pt = self.pt.get(src.header.payload_type)?;
-        let (seq, ts) = self.seq.rewrite(
+        let (ssrc, seq, ts) = (
             src.header.ssrc,
             src.header.sequence_number,
             src.header.timestamp,
         );
+        let (seq, ts) = if switching {
+            self.seq.rewrite_resuming(ssrc, seq, ts)
+        } else {
+            self.seq.rewrite(ssrc, seq, ts)
+        };
         Some(self.copy(src, pt, seq, ts))
     }
 
@@ -322,6 +344,17 @@ impl Inbound {
         self.ssrcs[0] = Some(ssrc);
         Some(0)
     }
+}
+
+/// Which copy of a packet a subscription sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyKind {
+    /// The next packet of the layer it is on.
+    Next,
+    /// The keyframe that starts a layer, or resumes one.
+    Switch,
+    /// A packet again, with its first numbers.
+    Resend,
 }
 
 /// One WebRTC peer connection.
@@ -1021,7 +1054,19 @@ impl Peer {
         packet: &MediaPacket,
         now: Instant,
     ) -> Result<(), ForwardDrop> {
-        self.send_copy(track, packet, now, false)
+        self.send_copy(track, packet, now, CopyKind::Next)
+    }
+
+    /// Subscriber: [`forward`](Self::forward) for the keyframe that completes a layer
+    /// switch or a resume: the copy continues the subscription's numbers even when the
+    /// source is the one it had before a pause.
+    pub fn forward_switch(
+        &mut self,
+        track: TrackId,
+        packet: &MediaPacket,
+        now: Instant,
+    ) -> Result<(), ForwardDrop> {
+        self.send_copy(track, packet, now, CopyKind::Switch)
     }
 
     /// Subscriber: sends a packet of `track` again, with the numbers it first went out with
@@ -1032,7 +1077,7 @@ impl Peer {
         packet: &MediaPacket,
         now: Instant,
     ) -> Result<(), ForwardDrop> {
-        self.send_copy(track, packet, now, true)
+        self.send_copy(track, packet, now, CopyKind::Resend)
     }
 
     fn send_copy(
@@ -1040,8 +1085,9 @@ impl Peer {
         track: TrackId,
         packet: &MediaPacket,
         now: Instant,
-        resent: bool,
+        kind: CopyKind,
     ) -> Result<(), ForwardDrop> {
+        let resent = kind == CopyKind::Resend;
         if !self.connected {
             return Err(ForwardDrop::NotConnected);
         }
@@ -1052,10 +1098,10 @@ impl Peer {
         if !out.ready {
             return Err(ForwardDrop::NotNegotiated);
         }
-        let mut pkt = if resent {
-            out.rewrite.resend(&packet.0)
-        } else {
-            out.rewrite.apply(&packet.0)
+        let mut pkt = match kind {
+            CopyKind::Resend => out.rewrite.resend(&packet.0),
+            CopyKind::Switch => out.rewrite.apply_switching(&packet.0),
+            CopyKind::Next => out.rewrite.apply(&packet.0),
         }
         .ok_or(ForwardDrop::PayloadType)?;
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());

@@ -526,7 +526,11 @@ impl Worker {
                         else {
                             continue;
                         };
-                        let sent = sub.forward(track, &packet, now);
+                        let sent = if forward == Forward::SwitchAndSend {
+                            sub.forward_switch(track, &packet, now)
+                        } else {
+                            sub.forward(track, &packet, now)
+                        };
                         if sent.is_err() {
                             // The keyframe did not reach the subscriber: the switch waits
                             // for the next one.
