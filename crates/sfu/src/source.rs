@@ -350,7 +350,11 @@ mod tests {
             height: 720,
         };
         let mut layers = SourceLayers::new(1, &[Some(declared)], t0);
-        assert_eq!(layers.costs(t0)[0].bitrate, 2_500_000, "nothing measured yet");
+        assert_eq!(
+            layers.costs(t0)[0].bitrate,
+            2_500_000,
+            "nothing measured yet"
+        );
         // 400 bytes every 10 ms: 320 kbit/s
         for i in 0..100 {
             layers.on_packet(0, 400, None, t0 + ms(10 * i));
