@@ -31,6 +31,7 @@ use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     TransportLayerNack, nack_pairs_from_sequence_numbers,
@@ -137,16 +138,15 @@ pub struct PublishOptions {
     /// The camera's simulcast rids, lowest layer first (`q`, `h`, `f` for Chorus); empty for
     /// one encoding. Anything may be listed, to see what the server makes of bad offers.
     pub camera_rids: Vec<String>,
-    /// How many packets of each simulcast layer carry the mid and rid header extensions
-    /// before the sender stops writing them, as Chromium does once an SSRC is acknowledged.
-    pub mid_rid_packets: u32,
+    /// How long each simulcast layer's packets carry the mid and rid header extensions.
+    pub mid_rid: layered::MidRid,
 }
 
 impl Default for PublishOptions {
     fn default() -> Self {
         Self {
             camera_rids: Vec::new(),
-            mid_rid_packets: layered::DEFAULT_MID_RID_PACKETS,
+            mid_rid: layered::MidRid::default(),
         }
     }
 }
@@ -787,7 +787,7 @@ impl Client {
                 Arc::clone(&video),
                 &video_tr,
                 tracks.video,
-                options.mid_rid_packets,
+                options.mid_rid,
             )
             .await?;
             Some(Arc::new(camera))
@@ -915,17 +915,17 @@ impl Client {
         let mapping = self.await_publish_answer(pc, mark).await?;
         *lock(&publisher.declared) = declared;
         let track_id = track_of_mid(&mapping, &mid)?;
-        let mid_rid_packets = publisher
+        let mid_rid = publisher
             .camera
             .as_ref()
-            .map_or(layered::DEFAULT_MID_RID_PACKETS, |c| c.mid_rid_packets());
+            .map_or(layered::MidRid::default(), |c| c.mid_rid());
         let screen = Arc::new(
             LayeredVideo::new(
                 format!("{name}.screen{index}"),
                 Arc::clone(&track),
                 &transceiver,
                 track_id,
-                mid_rid_packets,
+                mid_rid,
             )
             .await?,
         );
@@ -960,6 +960,15 @@ impl Client {
                 .collect(),
             None => vec![(String::new(), publisher.video_ssrc)],
         }
+    }
+
+    /// Whether a receiver report from the server acknowledged one of the simulcast camera's
+    /// layers (after which a Chromium-like sender stops naming it with mid and rid).
+    pub fn camera_acknowledged(&self) -> bool {
+        self.inner
+            .publisher()
+            .and_then(|p| p.camera.as_ref().map(|c| c.any_acknowledged()))
+            .unwrap_or(false)
     }
 
     /// The rids one of this client's layered videos (simulcast camera, screen share) sends
@@ -1648,6 +1657,12 @@ async fn count_keyframe_requests(
                 any.downcast_ref::<FullIntraRequest>()
                     .map(|fir| (KeyframeRequestKind::Fir, fir.media_ssrc))
             };
+            if let (Some(layered), Some(report)) = (&layered, any.downcast_ref::<ReceiverReport>())
+            {
+                for block in &report.reports {
+                    layered.acknowledged(block.ssrc);
+                }
+            }
             if let Some((kind, media_ssrc)) = request {
                 lock(&requests).push(KeyframeRequest {
                     at,

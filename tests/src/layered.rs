@@ -13,7 +13,7 @@
 //! `publishLayers` (dynacast) as `chorus.js` would: a layer not listed is not sent, and a
 //! layer that comes back starts on a keyframe, as a browser's encoder does.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,10 +35,16 @@ use crate::media::{MediaTag, expected_payload, frame_size, video_payload_len};
 /// The rids Chorus names simulcast layers by, lowest first (the server's `layer::RIDS`).
 pub const RIDS: [&str; 3] = ["q", "h", "f"];
 
-/// How many packets of each layer carry the mid and rid extensions when nothing else is
-/// asked for: about a second of video at 30 fps, enough for the server to bind every layer
-/// while the test still covers the long stretch after it, when Chromium sends neither.
-pub const DEFAULT_MID_RID_PACKETS: u32 = 30;
+/// How long a simulcast layer's packets carry the mid and rid header extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MidRid {
+    /// Until a receiver report block acknowledges the layer's SSRC, then never again: what
+    /// Chromium does.
+    #[default]
+    UntilAcked,
+    /// On every packet.
+    Always,
+}
 
 /// The declared shape of layer `index` of a simulcast track (a layer past the third is
 /// declared like the third): the size its keyframes announce, and the rate it really sends
@@ -69,8 +75,8 @@ pub(crate) struct LayerSender {
     want_keyframe: AtomicBool,
     /// Dynacast: whether the server wants this layer (all are sent until it says).
     active: AtomicBool,
-    /// Packets sent so far carrying the mid and rid extensions.
-    with_mid_rid: AtomicU32,
+    /// A receiver report acknowledged this layer's SSRC.
+    acked: AtomicBool,
 }
 
 /// A video track of the publisher peer sent as one or more RTP streams.
@@ -86,8 +92,7 @@ pub(crate) struct LayeredVideo {
     rid_ext: Option<u8>,
     /// Lowest first: layer `i` is `layers[i]`.
     pub layers: Vec<LayerSender>,
-    /// See [`DEFAULT_MID_RID_PACKETS`].
-    mid_rid_packets: u32,
+    mid_rid: MidRid,
 }
 
 /// The encodings of a track with `rids` (one without a rid when empty), each with a fresh
@@ -121,7 +126,7 @@ impl LayeredVideo {
         track: Arc<TrackLocalStaticRTP>,
         transceiver: &Arc<dyn RtpTransceiver>,
         track_id: TrackId,
-        mid_rid_packets: u32,
+        mid_rid: MidRid,
     ) -> Result<Self> {
         let mid = transceiver
             .mid()
@@ -160,7 +165,7 @@ impl LayeredVideo {
                     starting: AtomicBool::new(true),
                     want_keyframe: AtomicBool::new(false),
                     active: AtomicBool::new(true),
-                    with_mid_rid: AtomicU32::new(0),
+                    acked: AtomicBool::new(false),
                 })
             })
             .collect();
@@ -173,13 +178,25 @@ impl LayeredVideo {
             mid_ext,
             rid_ext,
             layers,
-            mid_rid_packets,
+            mid_rid,
         })
     }
 
-    /// See [`DEFAULT_MID_RID_PACKETS`].
-    pub(crate) fn mid_rid_packets(&self) -> u32 {
-        self.mid_rid_packets
+    pub(crate) fn mid_rid(&self) -> MidRid {
+        self.mid_rid
+    }
+
+    /// A receiver report block about `ssrc` arrived: if it is one of this track's layers,
+    /// that layer stops naming itself (under [`MidRid::UntilAcked`]).
+    pub(crate) fn acknowledged(&self, ssrc: u32) {
+        if let Some(layer) = self.layers.iter().find(|l| l.ssrc == ssrc) {
+            layer.acked.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether any layer's SSRC has been acknowledged by a receiver report.
+    pub fn any_acknowledged(&self) -> bool {
+        self.layers.iter().any(|l| l.acked.load(Ordering::Relaxed))
     }
 
     /// Whether this track is sent as several encodings.
@@ -276,10 +293,11 @@ impl LayeredVideo {
                     ssrc: layer.ssrc,
                     ..Default::default()
                 };
-                if self.is_simulcast()
-                    && layer.with_mid_rid.load(Ordering::Relaxed) < self.mid_rid_packets
-                {
-                    layer.with_mid_rid.fetch_add(1, Ordering::Relaxed);
+                let named = match self.mid_rid {
+                    MidRid::Always => true,
+                    MidRid::UntilAcked => !layer.acked.load(Ordering::Relaxed),
+                };
+                if self.is_simulcast() && named {
                     self.add_mid_rid(&mut header, &layer.rid);
                 }
                 lock(&sent).push(SentPacket {

@@ -21,6 +21,7 @@ use rtc::peer_connection::configuration::media_engine::{
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
@@ -151,14 +152,19 @@ pub async fn build_with(
     Ok(Arc::new(pc))
 }
 
-/// Whether the application wants an inbound RTCP packet: keyframe requests (publisher side)
-/// and sender reports (subscriber side, so that tests can check the server's).
+/// Whether the application wants an inbound RTCP packet: keyframe requests and receiver
+/// reports (publisher side: a simulcast sender names its layers until a report
+/// acknowledges them) and sender reports (subscriber side, so that tests can check the
+/// server's).
 fn is_delivered(packet: &dyn rtc::rtcp::Packet) -> bool {
     let any = packet.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() || any.is::<SenderReport>()
+    any.is::<PictureLossIndication>()
+        || any.is::<FullIntraRequest>()
+        || any.is::<SenderReport>()
+        || any.is::<ReceiverReport>()
 }
 
-/// Marks inbound PLI, FIR and SR for delivery to the application (the sender's `TrackLocal`
+/// Marks inbound PLI, FIR, SR and RR for delivery to the application (the sender's `TrackLocal`
 /// or the receiver's `TrackRemote`) and lets all other inbound RTCP end at the chain as
 /// usual. Outbound traffic passes untouched.
 #[derive(Default)]

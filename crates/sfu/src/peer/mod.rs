@@ -49,6 +49,7 @@ use crate::MediaError;
 use crate::idhash::IdHashMap;
 use crate::rewrite::{IdMap, SeqRewriter};
 
+mod rid_keeper;
 mod tap;
 mod twcc;
 
@@ -382,6 +383,9 @@ pub struct Peer {
     /// Subscriber: the transport-wide numbering of what it sends, and the downlink
     /// estimate the browser's feedback on it gives.
     send_side: twcc::SendSide,
+    /// Publisher: the SSRCs of its simulcast layers, which its receiver reports leave out
+    /// (see `rid_keeper`).
+    layer_ssrcs: rid_keeper::LayerSsrcs,
 }
 
 /// What a peer connection has been given since its datagrams were last collected, which
@@ -501,20 +505,29 @@ fn media_engine(role: PeerRole) -> Result<MediaEngine, MediaError> {
 /// The interceptor chain for one role. Every stage costs a move of the whole packet per
 /// forwarded packet, so each peer gets only what its direction uses:
 /// - publisher (receives media): NACK generator, TWCC feedback (the browser's send-side
-///   bandwidth estimate needs it), receiver reports;
+///   bandwidth estimate needs it), receiver reports, and the rid keeper that leaves the
+///   simulcast layers out of them (see `rid_keeper`);
 /// - subscriber (sends media): only the tap that lets keyframe requests, NACKs and
 ///   transport-cc feedback through to the worker (Chorus numbers the packets itself, see
 ///   `twcc`, rather than through webrtc-rs's TWCC sender stage). Chorus answers NACKs from one history per track and writes the sender
 ///   reports itself: webrtc-rs's NACK responder and sender-report stages cost about 15 % of
 ///   the server's CPU per forwarded copy (a move through each stage, and a clone into a
 ///   history per subscription).
-fn interceptors(role: PeerRole, engine: &mut MediaEngine) -> Result<Registry, MediaError> {
+fn interceptors(
+    role: PeerRole,
+    engine: &mut MediaEngine,
+    layer_ssrcs: &rid_keeper::LayerSsrcs,
+) -> Result<Registry, MediaError> {
     configure_simulcast_extension_headers(engine).map_err(internal)?;
     Ok(match role {
         PeerRole::Publisher => configure_twcc_receiver_only(Registry::new(), engine)
             .map_err(internal)?
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(
+                rid_keeper::RID_KEEPER_SLOT,
+                rid_keeper::RidKeeper::new(layer_ssrcs.clone()),
+            ),
         PeerRole::Subscriber => {
             twcc::negotiate(engine).map_err(internal)?;
             Registry::new().with(tap::FEEDBACK_TAP_SLOT, tap::FeedbackTap::default())
@@ -548,7 +561,8 @@ impl Peer {
         now: Instant,
     ) -> Result<Self, MediaError> {
         let mut engine = media_engine(role)?;
-        let registry = interceptors(role, &mut engine)?;
+        let layer_ssrcs = rid_keeper::LayerSsrcs::default();
+        let registry = interceptors(role, &mut engine, &layer_ssrcs)?;
         let setting_engine = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
@@ -610,6 +624,7 @@ impl Peer {
             outbound: IdHashMap::default(),
             outbound_by_rtc: HashMap::new(),
             send_side: twcc::SendSide::new(now),
+            layer_ssrcs,
         })
     }
 
@@ -1041,6 +1056,9 @@ impl Peer {
                         .unwrap_or(0);
                     inbound.ssrcs[layer] = Some(init.ssrc);
                     inbound.rtc_track = Some(init.track_id);
+                    if init.rid.is_some() {
+                        self.layer_ssrcs.insert(init.ssrc);
+                    }
                 }
                 _ => {}
             }
