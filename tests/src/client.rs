@@ -133,22 +133,13 @@ impl RtpWriter {
 
 /// How [`Client::publish_with`] publishes. The default is what [`Client::publish`] does: a
 /// microphone and a camera sent as one encoding each.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PublishOptions {
     /// The camera's simulcast rids, lowest layer first (`q`, `h`, `f` for Chorus); empty for
     /// one encoding. Anything may be listed, to see what the server makes of bad offers.
     pub camera_rids: Vec<String>,
     /// How long each simulcast layer's packets carry the mid and rid header extensions.
     pub mid_rid: layered::MidRid,
-}
-
-impl Default for PublishOptions {
-    fn default() -> Self {
-        Self {
-            camera_rids: Vec::new(),
-            mid_rid: layered::MidRid::default(),
-        }
-    }
 }
 
 impl PublishOptions {
