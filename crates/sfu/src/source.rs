@@ -25,6 +25,12 @@ pub const RATE_WINDOW: Duration = Duration::from_millis(500);
 /// sends.
 pub const LAYER_ABSENT_AFTER: Duration = Duration::from_secs(2);
 
+/// How long an absent layer stays off offer before it is tried again: the browser may
+/// start sending it by then (its own uplink estimate grew, or the capture did), and a try
+/// costs at most [`LAYER_ABSENT_AFTER`] on an old layer. Long enough that a layer the
+/// browser never sends is not asked for in a loop.
+pub const LAYER_RETRY_AFTER: Duration = Duration::from_secs(10);
+
 /// What a layer costs while nothing about it is known: the rates `chorus.js` configures.
 const DEFAULT_COSTS: [LayerCost; 3] = [
     LayerCost {
@@ -126,8 +132,10 @@ pub struct LayerState {
     last_packet: Option<Instant>,
     /// Since when the publisher was asked to send it; `None` while dynacast paused it.
     wanted_since: Option<Instant>,
-    /// It was wanted for [`LAYER_ABSENT_AFTER`] and sent nothing; cleared by a packet.
-    absent: bool,
+    /// Since when it is absent: wanted for [`LAYER_ABSENT_AFTER`] and sent nothing, or not
+    /// declared by a client that declared others. Cleared by a packet, and tried again
+    /// after [`LAYER_RETRY_AFTER`].
+    absent_since: Option<Instant>,
     pub keyframes: KeyframeThrottle,
 }
 
@@ -139,14 +147,23 @@ pub struct SourceLayers {
 
 impl SourceLayers {
     /// A track of `count` layers (1 without simulcast, at most 3), with what the client
-    /// declared for each, lowest first, and every layer wanted from `now`.
+    /// declared for each, lowest first, and every layer wanted from `now`. When the client
+    /// declared some layers, those it did not declare are absent from the start: it
+    /// offered their rids but does not send them (`chorus.js` leaves the top encodings of
+    /// a small capture off), and offering them to the allocator would only delay a
+    /// subscriber's first frame by [`LAYER_ABSENT_AFTER`].
     pub fn new(count: usize, declared: &[Option<LayerCost>], now: Instant) -> Self {
         let count = count.clamp(1, usize::from(MAX_LAYER) + 1);
+        let any_declared = declared.iter().any(Option::is_some);
         let layers = (0..count)
-            .map(|i| LayerState {
-                declared: declared.get(i).copied().flatten(),
-                wanted_since: Some(now),
-                ..Default::default()
+            .map(|i| {
+                let declared = declared.get(i).copied().flatten();
+                LayerState {
+                    declared,
+                    wanted_since: Some(now),
+                    absent_since: (any_declared && declared.is_none()).then_some(now),
+                    ..Default::default()
+                }
             })
             .collect();
         Self { layers }
@@ -174,7 +191,7 @@ impl SourceLayers {
         };
         state.meter.record(bytes, now);
         state.last_packet = Some(now);
-        state.absent = false;
+        state.absent_since = None;
         if keyframe_size.is_some() {
             state.size = keyframe_size;
         }
@@ -195,22 +212,33 @@ impl SourceLayers {
 
     /// The layers the allocator may choose from, lowest first, each with its cost: the
     /// measured rate where the layer is flowing, else the rate it last flowed at, else what
-    /// the client declared, else [`DEFAULT_COSTS`]. The list stops below the first absent layer (see
-    /// [`LAYER_ABSENT_AFTER`]); layer 0 is always offered.
+    /// the client declared, else [`DEFAULT_COSTS`]. The list stops below the first absent
+    /// layer (see [`LAYER_ABSENT_AFTER`] and [`LAYER_RETRY_AFTER`]); layer 0 is always
+    /// offered.
     pub fn costs(&mut self, now: Instant) -> Vec<LayerCost> {
         let mut out = Vec::with_capacity(self.layers.len());
         for (i, state) in self.layers.iter_mut().enumerate() {
             let silent = state
                 .last_packet
                 .is_none_or(|t| now.saturating_duration_since(t) >= LAYER_ABSENT_AFTER);
-            if silent
-                && state
-                    .wanted_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= LAYER_ABSENT_AFTER)
-            {
-                state.absent = true;
+            match state.absent_since {
+                Some(since) if now.saturating_duration_since(since) >= LAYER_RETRY_AFTER => {
+                    // Offered again: dynacast asks for it once someone is given it, and
+                    // it has LAYER_ABSENT_AFTER from then to show up.
+                    state.absent_since = None;
+                    state.wanted_since = None;
+                }
+                Some(_) => {}
+                None if silent
+                    && state.wanted_since.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= LAYER_ABSENT_AFTER
+                    }) =>
+                {
+                    state.absent_since = Some(now);
+                }
+                None => {}
             }
-            if state.absent && i > 0 {
+            if state.absent_since.is_some() && i > 0 {
                 break;
             }
             let fallback = state.declared.unwrap_or(DEFAULT_COSTS[i.min(2)]);
@@ -290,11 +318,10 @@ mod tests {
             width: 160,
             height: 90,
         };
-        let mut layers = SourceLayers::new(3, &[Some(declared)], t0);
-        let costs = layers.costs(t0);
-        assert_eq!(costs[0], declared);
-        assert_eq!(costs[1], DEFAULT_COSTS[1]);
-        assert_eq!(costs[2], DEFAULT_COSTS[2]);
+        let mut one = SourceLayers::new(1, &[Some(declared)], t0);
+        assert_eq!(one.costs(t0), [declared]);
+        let mut layers = SourceLayers::new(3, &[], t0);
+        assert_eq!(layers.costs(t0), DEFAULT_COSTS);
         for i in 0..60 {
             let size = (i == 0).then_some((336, 190));
             layers.on_packet(1, 1000, size, t0 + ms(10 * i));
@@ -324,6 +351,44 @@ mod tests {
         assert_eq!(layers.costs(t0 + ms(4000)).len(), 2);
         layers.on_packet(2, 3000, None, t0 + ms(4010));
         assert_eq!(layers.costs(t0 + ms(4020)).len(), 3);
+    }
+
+    #[test]
+    fn an_absent_layer_is_tried_again_and_drops_out_if_it_still_does_not_come() {
+        let t0 = Instant::now();
+        let mut layers = SourceLayers::new(3, &[], t0);
+        let feed = |layers: &mut SourceLayers, from: u64, to: u64| {
+            for i in from..to {
+                layers.on_packet(0, 200, None, t0 + ms(10 * i));
+                layers.on_packet(1, 800, None, t0 + ms(10 * i));
+            }
+        };
+        feed(&mut layers, 0, 300);
+        assert_eq!(layers.costs(t0 + ms(3000)).len(), 2, "f never came");
+        feed(&mut layers, 300, 1200);
+        assert_eq!(layers.costs(t0 + ms(12_000)).len(), 2, "not yet retried");
+        let retry = t0 + ms(3000) + LAYER_RETRY_AFTER;
+        assert_eq!(layers.costs(retry).len(), 3, "offered again");
+        // Someone is given f: dynacast asks for it; it does not come within the window.
+        layers.set_wanted(Some(2), retry);
+        feed(&mut layers, 1300, 1600);
+        let later = retry + LAYER_ABSENT_AFTER + ms(100);
+        assert_eq!(layers.costs(later).len(), 2, "absent again");
+    }
+
+    #[test]
+    fn layers_a_client_did_not_declare_are_absent_from_the_start() {
+        let t0 = Instant::now();
+        let q = LayerCost {
+            bitrate: 300_000,
+            width: 320,
+            height: 180,
+        };
+        let mut layers = SourceLayers::new(3, &[Some(q), None, None], t0);
+        assert_eq!(layers.costs(t0), [q]);
+        // Without any declaration, every offered rid is on offer until shown absent.
+        let mut undeclared = SourceLayers::new(3, &[], t0);
+        assert_eq!(undeclared.costs(t0).len(), 3);
     }
 
     #[test]
