@@ -13,6 +13,13 @@
 //! happen at once (congestion costs frames now); upgrades wait [`UPGRADE_HOLD`] after the
 //! last downgrade and then climb one layer per [`UPGRADE_STEP`], because an estimate that
 //! has just recovered is the least trustworthy one, and a layer switch costs a keyframe.
+//!
+//! The estimate binds only while congestion is recent ([`CONGESTION_MEMORY`] after the
+//! estimator last cut it). Otherwise the server sends less than the link could carry and
+//! the estimate cannot know how much more fits (webrtc-rs has no probing, and Chorus sends
+//! no padding): the held, one-layer step up is the probe. A step the link cannot carry
+//! shows as congestion within a feedback or two, is undone at once, and doubles the hold
+//! before the next try (up to [`MAX_UPGRADE_HOLD`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,6 +31,23 @@ use chorus_protocol::TrackId;
 /// that a congested link's estimate has settled, short enough that a lifted cap is noticed
 /// within the 10 s a user forgives.
 pub const UPGRADE_HOLD: Duration = Duration::from_secs(3);
+
+/// The longest hold after steps up that the link could not carry: a link that stays
+/// capped is tried at most this often, and a lifted cap is still noticed and climbed to the
+/// top layer within the 10 s a user forgives.
+pub const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(6);
+
+/// How long after the estimator's last cut its estimate limits the allocation: long enough
+/// to span the allocation passes after a cut and the estimator's hold, short enough that a
+/// false alarm (a burst of jitter) costs no more than one downgrade.
+pub const CONGESTION_MEMORY: Duration = Duration::from_secs(3);
+
+/// The share of a video's lowest layer that must fit in what is left of the estimate for
+/// the video to be kept rather than paused. Below one because pausing is the one move that
+/// takes a picture away: an estimate just after a cut (0.85 of what arrived) must not pause
+/// a single-layer video that was flowing, while a link that carries well under its rate
+/// still pauses it.
+pub const LOWEST_LAYER_FIT: f64 = 0.6;
 
 /// The least time between two upward steps of one subscriber's allocation. Each step adds
 /// at most one layer per subscription, so the estimate sees the new rate before the next.
@@ -110,12 +134,25 @@ impl Choice {
     }
 }
 
+/// What the allocator knows of one subscriber's downlink: the estimator's figure and when
+/// it last cut it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// In bits per second.
+    pub bps: u32,
+    /// When the estimator last cut the estimate for congestion (overuse or loss).
+    pub congested_at: Option<Instant>,
+}
+
 /// The allocation state of one subscriber: what it got last time, and when it last moved.
 #[derive(Debug, Default)]
 pub struct Allocator {
     previous: HashMap<TrackId, Choice>,
     last_downgrade: Option<Instant>,
     last_upgrade: Option<Instant>,
+    /// Steps up in a row that were undone by congestion within [`UPGRADE_HOLD`]: each
+    /// doubles the hold before the next.
+    failed_steps: u32,
 }
 
 /// The highest layer worth sending into `tile`: the lowest one that covers it, or the top
@@ -140,24 +177,46 @@ fn rank(choice: Option<Choice>) -> i16 {
 }
 
 impl Allocator {
-    /// Shares `estimate` (bits per second) among `claims` at `now`. Returns one choice per
-    /// claim, in the order given. Subscriptions no longer claimed are forgotten.
+    /// Shares the subscriber's downlink among `claims` at `now` (`estimate` `None`: none, as
+    /// for a client that gives no transport-cc feedback). Returns one choice per claim, in
+    /// the order given. Subscriptions no longer claimed are forgotten.
     pub fn allocate(
         &mut self,
-        estimate: u32,
+        estimate: Option<Estimate>,
         claims: &[(TrackId, Claim)],
         now: Instant,
     ) -> Vec<(TrackId, Choice)> {
-        let ideal = ideal(estimate, claims);
+        let budget = match estimate {
+            Some(estimate)
+                if estimate
+                    .congested_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < CONGESTION_MEMORY) =>
+            {
+                estimate.bps
+            }
+            _ => u32::MAX,
+        };
+        let ideal = ideal(budget, claims);
         let downgraded = ideal
             .iter()
             .any(|(track, choice)| rank(Some(*choice)) < rank(self.previous.get(track).copied()));
+        if let Some(up) = self.last_upgrade {
+            let since_up = now.saturating_duration_since(up);
+            if downgraded && since_up < UPGRADE_HOLD {
+                self.failed_steps = self.failed_steps.saturating_add(1);
+            } else if since_up >= UPGRADE_HOLD && self.last_downgrade.is_none_or(|down| down < up) {
+                self.failed_steps = 0;
+            }
+        }
         if downgraded {
             self.last_downgrade = Some(now);
         }
+        let hold = UPGRADE_HOLD
+            .saturating_mul(1 << self.failed_steps.min(4))
+            .min(MAX_UPGRADE_HOLD);
         let may_step_up = self
             .last_downgrade
-            .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD)
+            .is_none_or(|t| now.saturating_duration_since(t) >= hold)
             && self
                 .last_upgrade
                 .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP);
@@ -226,7 +285,7 @@ fn ideal(estimate: u32, claims: &[(TrackId, Claim)]) -> Vec<(TrackId, Choice)> {
     let mut layer: Vec<Option<usize>> = vec![None; claims.len()];
     for (i, _, layers, _) in &videos {
         let cost = i64::from(layers[0].bitrate);
-        if cost <= budget {
+        if (cost as f64 * LOWEST_LAYER_FIT) as i64 <= budget {
             budget -= cost;
             layer[*i] = Some(0);
         }
@@ -305,6 +364,34 @@ mod tests {
 
     const AUDIO: Claim = Claim::Audio { bitrate: 40_000 };
 
+    /// An estimate the estimator cut at `at`: it binds.
+    fn congested(bps: u32, at: Instant) -> Option<Estimate> {
+        Some(Estimate {
+            bps,
+            congested_at: Some(at),
+        })
+    }
+
+    /// An estimate with no congestion seen: it does not bind.
+    fn calm(bps: u32) -> Option<Estimate> {
+        Some(Estimate {
+            bps,
+            congested_at: None,
+        })
+    }
+
+    fn one_layer(bitrate: u32) -> Claim {
+        Claim::Video {
+            importance: Importance::Other,
+            layers: vec![LayerCost {
+                bitrate,
+                width: 1280,
+                height: 720,
+            }],
+            tile: Tile::Unknown,
+        }
+    }
+
     fn choices(out: &[(TrackId, Choice)]) -> Vec<Choice> {
         out.iter().map(|(_, c)| *c).collect()
     }
@@ -315,7 +402,7 @@ mod tests {
         let mut alloc = Allocator::default();
         let mut t = t0;
         for _ in 0..6 {
-            alloc.allocate(estimate, claims, t);
+            alloc.allocate(calm(estimate), claims, t);
             t += UPGRADE_STEP;
         }
         (alloc, t)
@@ -328,7 +415,8 @@ mod tests {
             (TrackId(2), video(Importance::Other, Tile::Unknown)),
         ];
         let mut alloc = Allocator::default();
-        let out = alloc.allocate(100_000, &claims, Instant::now());
+        let now = Instant::now();
+        let out = alloc.allocate(congested(100_000, now), &claims, now);
         assert_eq!(
             choices(&out),
             [Choice::Audio, Choice::Paused(PauseReason::LowBandwidth)]
@@ -417,18 +505,18 @@ mod tests {
         ];
         let (mut alloc, t) = settled(5_000_000, &claims, t0);
         assert_eq!(
-            choices(&alloc.allocate(5_000_000, &claims, t)),
+            choices(&alloc.allocate(calm(5_000_000), &claims, t)),
             [Choice::Audio, Choice::Layer(2)]
         );
         // The link is capped at 300 kbit/s: the very next allocation is on the low layer.
         let t = t + Duration::from_millis(100);
         assert_eq!(
-            choices(&alloc.allocate(300_000, &claims, t)),
+            choices(&alloc.allocate(congested(300_000, t), &claims, t)),
             [Choice::Audio, Choice::Layer(0)]
         );
         let t = t + Duration::from_millis(100);
         assert_eq!(
-            choices(&alloc.allocate(120_000, &claims, t)),
+            choices(&alloc.allocate(congested(120_000, t), &claims, t)),
             [Choice::Audio, Choice::Paused(PauseReason::LowBandwidth)]
         );
     }
@@ -438,12 +526,12 @@ mod tests {
         let t0 = Instant::now();
         let claims = [(TrackId(2), video(Importance::Other, Tile::Unknown))];
         let (mut alloc, t) = settled(5_000_000, &claims, t0);
-        alloc.allocate(100_000, &claims, t);
+        alloc.allocate(congested(50_000, t), &claims, t);
         // The cap is lifted 100 ms later: nothing moves until the hold has passed.
         let mut at = t + Duration::from_millis(100);
         let mut seen = Vec::new();
         while at < t + Duration::from_secs(10) {
-            let choice = alloc.allocate(5_000_000, &claims, at)[0].1;
+            let choice = alloc.allocate(congested(5_000_000, t), &claims, at)[0].1;
             if seen.last() != Some(&(choice)) {
                 seen.push(choice);
                 if choice == Choice::Layer(0) {
@@ -470,12 +558,12 @@ mod tests {
         let hidden = [(TrackId(1), video(Importance::Other, Tile::Hidden))];
         let (mut alloc, t) = settled(5_000_000, &hidden, t0);
         assert_eq!(
-            alloc.allocate(5_000_000, &hidden, t)[0].1,
+            alloc.allocate(calm(5_000_000), &hidden, t)[0].1,
             Choice::Paused(PauseReason::NotVisible)
         );
         let shown = [(TrackId(1), video(Importance::Other, Tile::Unknown))];
         assert_eq!(
-            alloc.allocate(5_000_000, &shown, t + Duration::from_millis(10))[0].1,
+            alloc.allocate(calm(5_000_000), &shown, t + Duration::from_millis(10))[0].1,
             Choice::Layer(0)
         );
     }
@@ -495,9 +583,83 @@ mod tests {
             },
         )];
         assert_eq!(choices(&ideal(2_000_000, &claims)), [Choice::Layer(0)]);
+        // Kept a little under its rate (see LOWEST_LAYER_FIT), paused well under it.
+        assert_eq!(choices(&ideal(900_000, &claims)), [Choice::Layer(0)]);
         assert_eq!(
-            choices(&ideal(900_000, &claims)),
+            choices(&ideal(500_000, &claims)),
             [Choice::Paused(PauseReason::LowBandwidth)]
+        );
+    }
+
+    #[test]
+    fn an_estimate_with_no_congestion_behind_it_pauses_nothing() {
+        let t0 = Instant::now();
+        // A single-layer 2.5 Mbit/s camera, and an estimate that has not grown to it (the
+        // estimator starts at 1 Mbit/s and only grows from what arrives).
+        let claims = [(TrackId(1), AUDIO), (TrackId(2), one_layer(2_500_000))];
+        let mut alloc = Allocator::default();
+        for step in 0..10 {
+            let t = t0 + Duration::from_millis(200 * step);
+            assert_eq!(
+                choices(&alloc.allocate(calm(1_000_000), &claims, t)),
+                [Choice::Audio, Choice::Layer(0)]
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_just_below_a_single_layer_keeps_it_and_a_deep_one_pauses_it() {
+        let t0 = Instant::now();
+        let claims = [(TrackId(1), AUDIO), (TrackId(2), one_layer(1_000_000))];
+        let mut alloc = Allocator::default();
+        alloc.allocate(calm(5_000_000), &claims, t0);
+        // 0.85 of what arrived: a jitter burst, or a real but shallow squeeze.
+        let t = t0 + Duration::from_millis(200);
+        assert_eq!(
+            choices(&alloc.allocate(congested(890_000, t), &claims, t)),
+            [Choice::Audio, Choice::Layer(0)]
+        );
+        let t = t + Duration::from_millis(200);
+        assert_eq!(
+            choices(&alloc.allocate(congested(400_000, t), &claims, t)),
+            [Choice::Audio, Choice::Paused(PauseReason::LowBandwidth)]
+        );
+    }
+
+    #[test]
+    fn steps_the_link_cannot_carry_double_the_hold_up_to_its_maximum() {
+        let t0 = Instant::now();
+        let claims = [(TrackId(2), video(Importance::Other, Tile::Unknown))];
+        let mut alloc = Allocator::default();
+        let mut t = t0;
+        let mut congested_at = None;
+        let mut tries = Vec::new();
+        let mut on = None;
+        // A link that carries layer 0 and no more: every step up is undone by a cut 400 ms
+        // later.
+        while t < t0 + Duration::from_secs(40) {
+            let estimate = Some(Estimate {
+                bps: 200_000,
+                congested_at,
+            });
+            let choice = alloc.allocate(estimate, &claims, t)[0].1;
+            if choice == Choice::Layer(1) && on != Some(Choice::Layer(1)) {
+                tries.push(t - t0);
+                congested_at = Some(t + Duration::from_millis(400));
+            }
+            on = Some(choice);
+            t += Duration::from_millis(200);
+        }
+        let gaps: Vec<Duration> = tries.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 4, "tries at {tries:?}");
+        assert!(
+            gaps.windows(2).all(|w| w[1] >= w[0]),
+            "the gaps grow: {gaps:?}"
+        );
+        assert!(
+            gaps.iter()
+                .all(|g| *g <= MAX_UPGRADE_HOLD + Duration::from_secs(1)),
+            "never longer than the maximum hold: {gaps:?}"
         );
     }
 

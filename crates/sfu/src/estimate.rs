@@ -665,6 +665,14 @@ impl Estimator {
             .map(|bps| bps.clamp(0.0, f64::from(u32::MAX)) as u32)
     }
 
+    /// When the estimate was last cut, by overuse or by loss; None before any cut. The
+    /// allocator holds a subscriber to the estimate only while a cut is recent: when the
+    /// server sends less than the link could carry, the estimate says little.
+    pub fn last_decrease(&self) -> Option<Instant> {
+        let us = self.last_decrease_us.max(self.last_loss_decrease_us)?;
+        Some(self.epoch + Duration::from_micros(u64::try_from(us).unwrap_or(0)))
+    }
+
     /// The loss fraction of the last complete loss window (0.0..=1.0).
     pub fn loss_fraction(&self) -> f64 {
         self.loss_fraction

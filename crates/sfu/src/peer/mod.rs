@@ -832,9 +832,9 @@ impl Peer {
         }
     }
 
-    /// Subscriber: the estimate of its downlink in bits per second, from the browser's
-    /// transport-cc feedback; `None` until feedback has come.
-    pub fn downlink_estimate(&self) -> Option<u32> {
+    /// Subscriber: the estimate of its downlink, from the browser's transport-cc
+    /// feedback; `None` until feedback has come.
+    pub fn downlink_estimate(&self) -> Option<crate::allocate::Estimate> {
         self.send_side.estimate()
     }
 

@@ -123,9 +123,13 @@ impl SendSide {
         self.fed = true;
     }
 
-    /// The downlink estimate in bits per second, once feedback has come.
-    pub(super) fn estimate(&self) -> Option<u32> {
-        self.fed.then(|| self.estimator.estimate())
+    /// The downlink estimate in bits per second, once feedback has come, and when it was
+    /// last cut for congestion.
+    pub(super) fn estimate(&self) -> Option<crate::allocate::Estimate> {
+        self.fed.then(|| crate::allocate::Estimate {
+            bps: self.estimator.estimate(),
+            congested_at: self.estimator.last_decrease(),
+        })
     }
 }
 

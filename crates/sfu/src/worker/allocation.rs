@@ -89,7 +89,7 @@ impl Worker {
                 claims.push((track, claim));
             }
             // A subscriber that gives no transport-cc feedback has no estimate: no cap.
-            let estimate = peer.downlink_estimate().unwrap_or(u32::MAX);
+            let estimate = peer.downlink_estimate();
             for (track, choice) in downlink.allocator.allocate(estimate, &claims, now) {
                 let Some(route) = self.tracks.get_mut(&track) else {
                     continue;
