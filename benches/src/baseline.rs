@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 use webrtc::runtime::AsyncUdpSocket as _;
 
 use crate::load::{
-    MEASURED, Progress, ReceivedCounter, STOP, Sink, Snapshot, SrtpSender, WARMUP, apply_window,
-    spawn_publisher,
+    MEASURED, Progress, ReceivedCounter, STOP, Sink, Snapshot, SrtpSender, Video, WARMUP,
+    apply_window, spawn_publisher,
 };
 use crate::options::Options;
 use crate::procfs;
@@ -306,7 +306,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         };
         let base = 0x1000_0000 + (participant as u32) * 2;
         senders.extend(spawn_publisher(
-            sink(base + 1, VP8_PT)?,
+            Video::One(sink(base + 1, VP8_PT)?),
             Some(sink(base, OPUS_PT)?),
             shape,
             publisher,

@@ -1,6 +1,7 @@
 //! Loading a real Chorus server with simulated browsers (`chorus_tests::Client`, the async
 //! `webrtc` crate): join, publish, receive, measure.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,20 +9,20 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use chorus_protocol::MediaKind;
-use chorus_tests::{Client, ClientOptions, Server};
+use chorus_protocol::{MediaKind, ServerMessage, TrackId};
+use chorus_tests::{Client, ClientOptions, PublishOptions, Server};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use webrtc::peer_connection::RTCPeerConnectionState::Connected;
 
 use crate::load::{
-    MEASURED, Progress, ReceivedCounter, STOP, Sink, Snapshot, apply_window, spawn_publisher,
+    MEASURED, Progress, ReceivedCounter, STOP, Sink, Snapshot, Video, apply_window, spawn_publisher,
 };
 use crate::options::{Options, Roster};
 use crate::procfs;
 use crate::report::{Collected, Memory, RunReport};
-use crate::stats::{Arrival, Percentiles, ReceiverStats, SendTally};
+use crate::stats::{Arrival, LAYERS, Percentiles, ReceiverStats, SendTally};
 use crate::wire::{WireLinks, WireLog, wire_runtime};
 
 /// How long joining and negotiating everyone may take.
@@ -94,6 +95,7 @@ async fn join_one(
     roster: Roster,
     room_prefix: &str,
     participant: usize,
+    simulcast: bool,
 ) -> Result<Joined> {
     let (room, i) = roster.locate(participant);
     let name = name_of(&roster, participant);
@@ -108,8 +110,13 @@ async fn join_one(
         .await
         .with_context(|| format!("{name} joining"))?;
     if i < roster.publishers {
+        let options = if simulcast {
+            PublishOptions::simulcast()
+        } else {
+            PublishOptions::default()
+        };
         client
-            .publish()
+            .publish_with(options)
             .await
             .with_context(|| format!("{name} publishing"))?;
     } else if roster.receives(participant) {
@@ -173,6 +180,74 @@ fn publisher_logs(roster: &Roster, joined: &[Joined]) -> Arc<[Arc<WireLog>]> {
     logs.into_iter().map(|(_, log)| log).collect()
 }
 
+/// `--simulcast`: every receiver tells the server how it shows each video it receives
+/// (`trackSettings`), a tile the size of its [`Roster::tile_layer`], so that the allocator
+/// caps it at that layer.
+fn show_tiles(roster: &Roster, joined: &[Joined]) -> Result<()> {
+    let cameras: Vec<TrackId> = joined
+        .iter()
+        .filter_map(|j| j.client.published().map(|t| t.video))
+        .collect();
+    for j in joined {
+        let Some(layer) = roster.tile_layer(j.participant) else {
+            continue;
+        };
+        let (width, height) = crate::media::LAYER_SIZES[layer];
+        let videos: Vec<_> = j
+            .client
+            .subscribed()
+            .into_iter()
+            .map(|s| s.track_id)
+            .filter(|t| cameras.contains(t))
+            .collect();
+        for track in videos {
+            j.client
+                .track_settings(track, true, u32::from(width), u32::from(height))
+                .with_context(|| format!("participant {} trackSettings", j.participant))?;
+        }
+    }
+    Ok(())
+}
+
+/// What the server last said (`streamState`) of every camera each receiver gets, counted by
+/// layer rid, `paused:<reason>`, or `none` if it said nothing.
+fn stream_states(roster: &Roster, joined: &[Joined]) -> BTreeMap<String, u64> {
+    let cameras: Vec<TrackId> = joined
+        .iter()
+        .filter_map(|j| j.client.published().map(|t| t.video))
+        .collect();
+    let mut out = BTreeMap::new();
+    for j in joined.iter().filter(|j| roster.receives(j.participant)) {
+        let mut last: HashMap<TrackId, String> = HashMap::new();
+        for logged in j.client.messages() {
+            if let ServerMessage::StreamState {
+                track_id,
+                layer,
+                paused,
+            } = logged.message
+            {
+                let said = match (layer, paused) {
+                    (Some(layer), _) => crate::media::LAYER_RIDS
+                        .get(usize::from(layer))
+                        .map_or_else(|| format!("layer{layer}"), |r| (*r).to_owned()),
+                    (None, Some(reason)) => format!("paused:{reason:?}"),
+                    (None, None) => "paused".to_owned(),
+                };
+                last.insert(track_id, said);
+            }
+        }
+        for s in j.client.subscribed() {
+            if cameras.contains(&s.track_id) {
+                let said = last
+                    .remove(&s.track_id)
+                    .unwrap_or_else(|| "none".to_owned());
+                *out.entry(said).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Runs the scenario against Chorus.
 pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport> {
     let roster = opts.roster();
@@ -234,7 +309,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         ));
         let prefix = room_prefix.as_str();
         let results: Vec<Result<Joined>> = futures_util::stream::iter(who)
-            .map(|p| join_one(http, roster, prefix, p))
+            .map(|p| join_one(http, roster, prefix, p, opts.simulcast))
             .buffer_unordered(opts.join_concurrency.max(1))
             .collect()
             .await;
@@ -258,6 +333,9 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             .then_some(())
     })
     .await?;
+    if opts.simulcast {
+        show_tiles(&roster, &joined)?;
+    }
     tokio::time::sleep(SETTLE).await;
     let idle_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
 
@@ -290,13 +368,25 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         let Some(publisher) = roster.publisher_of(j.participant) else {
             continue;
         };
-        let video = j
-            .client
-            .rtp_writer(MediaKind::Video)
-            .ok_or_else(|| anyhow!("publisher {} has no video writer", j.participant))?;
+        let video = if opts.simulcast {
+            let layers = j.client.camera_layer_writers();
+            anyhow::ensure!(
+                layers.len() == LAYERS,
+                "publisher {} has {} camera layers, not {LAYERS}",
+                j.participant,
+                layers.len()
+            );
+            Video::Layers(layers.into_iter().map(Sink::Layer).collect())
+        } else {
+            let video = j
+                .client
+                .rtp_writer(MediaKind::Video)
+                .ok_or_else(|| anyhow!("publisher {} has no video writer", j.participant))?;
+            Video::One(Sink::Peer(video))
+        };
         let audio = j.client.rtp_writer(MediaKind::Audio).map(Sink::Peer);
         senders.extend(spawn_publisher(
-            Sink::Peer(video),
+            video,
             audio,
             shape,
             publisher,
@@ -376,6 +466,19 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                 key.to_owned(),
                 (counter(sb, key).saturating_sub(counter(sa, key))).into(),
             );
+        }
+    }
+
+    if opts.simulcast {
+        report.stream_states = stream_states(&roster, &joined);
+        if let (Some(sa), Some(sb)) = (&stats_a, &stats_b)
+            && sb.get("layer_switches").is_some()
+        {
+            let switches =
+                counter(sb, "layer_switches").saturating_sub(counter(sa, "layer_switches"));
+            report
+                .forwarder_counters
+                .insert("layer_switches".to_owned(), switches.into());
         }
     }
 

@@ -38,9 +38,18 @@ fn scenario(opts: &Options) -> Scenario {
         subscriptions: roster.publishers_total() * kinds * receivers,
         media: shape,
         publisher_pps: shape.packets_per_second(),
-        offered_forward_pps: shape.packets_per_second()
-            * roster.publishers_total() as f64
-            * receivers as f64,
+        offered_forward_pps: if shape.simulcast {
+            // each receiver gets audio and the layer of its tile, of every source
+            (0..roster.participants())
+                .filter_map(|p| {
+                    let layer = roster.tile_layer(p)?;
+                    let per_source = shape.audio_pps() + shape.video_pps(Some(layer));
+                    Some(per_source * roster.sources_of(p).len() as f64)
+                })
+                .sum()
+        } else {
+            shape.packets_per_second() * roster.publishers_total() as f64 * receivers as f64
+        },
         warmup_s: opts.warmup,
         duration_s: opts.duration,
     }

@@ -17,7 +17,10 @@ use rtc::srtp::context::Context;
 use tokio::task::JoinHandle;
 use webrtc::runtime::AsyncUdpSocket as _;
 
-use crate::media::{MediaShape, Phase, Stamp, fill, nanos_at, write_stamp};
+use crate::media::{
+    FramePart, LAYER_SIZES, MediaShape, Phase, SINGLE_SIZE, Stamp, fill, nanos_at, write_stamp,
+    write_vp8_prefix,
+};
 use crate::procfs;
 use crate::stats::SendTally;
 use crate::wire::WireSocket;
@@ -33,6 +36,8 @@ pub(crate) enum Sink {
     Peer(chorus_tests::RtpWriter),
     /// Plain UDP with an SRTP context, for the baseline.
     Srtp(SrtpSender),
+    /// One simulcast layer of a real WebRTC publisher's camera (`--simulcast`).
+    Layer(chorus_tests::layered::LayerWriter),
     /// A local track of a bare async `webrtc` peer connection (the `--calibrate` run).
     Track {
         track: std::sync::Arc<webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP>,
@@ -55,6 +60,7 @@ impl Sink {
     fn ssrc(&self) -> u32 {
         match self {
             Sink::Peer(w) => w.ssrc,
+            Sink::Layer(w) => w.ssrc(),
             Sink::Srtp(s) => s.ssrc,
             Sink::Track { ssrc, .. } => *ssrc,
         }
@@ -63,6 +69,7 @@ impl Sink {
     fn payload_type(&self) -> u8 {
         match self {
             Sink::Peer(w) => w.payload_type,
+            Sink::Layer(w) => w.payload_type(),
             Sink::Srtp(s) => s.payload_type,
             Sink::Track { payload_type, .. } => *payload_type,
         }
@@ -71,6 +78,7 @@ impl Sink {
     async fn send(&mut self, packet: Packet) -> Result<()> {
         match self {
             Sink::Peer(w) => w.write_rtp(packet).await,
+            Sink::Layer(w) => w.write_rtp(packet).await,
             Sink::Track { track, .. } => {
                 use webrtc::media_stream::track_local::TrackLocal as _;
                 track.write_rtp(packet).await.context("write_rtp")
@@ -87,6 +95,25 @@ impl Sink {
                     .context("udp send")?;
                 Ok(())
             }
+        }
+    }
+
+    /// Whether the next frame must be a keyframe besides the first one: a PLI/FIR reached a
+    /// real publisher, or a simulcast layer (re)starts. The baseline and the calibration
+    /// run forward every packet, so they never ask.
+    fn take_keyframe_request(&self) -> bool {
+        match self {
+            Sink::Peer(w) => w.take_keyframe_request(),
+            Sink::Layer(w) => w.take_keyframe_due(),
+            Sink::Srtp(_) | Sink::Track { .. } => false,
+        }
+    }
+
+    /// Dynacast: whether the server wants this stream now (always, but for simulcast layers).
+    fn is_active(&self) -> bool {
+        match self {
+            Sink::Layer(w) => w.is_active(),
+            _ => true,
         }
     }
 }
@@ -107,7 +134,9 @@ fn random_u32() -> u32 {
     h.finish() as u32
 }
 
-/// Sends one publisher's video: a burst of packets per frame, until the switch says stop.
+/// Sends one publisher's video as one encoding: a burst of packets per frame, until the
+/// switch says stop. The first frame is a VP8 key frame, and so is the frame after each
+/// keyframe request.
 pub(crate) async fn send_video(
     mut sink: Sink,
     shape: MediaShape,
@@ -116,24 +145,36 @@ pub(crate) async fn send_video(
     tally: Arc<SendTally>,
 ) {
     let sizes = shape.frame_packets();
+    let (width, height) = SINGLE_SIZE;
     let mut seq = random_u32() as u16;
     let mut ts = random_u32();
     let mut counter = 0u64;
+    let mut first = true;
     let mut ticker = tokio::time::interval(shape.frame_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        let keyframe = sink.take_keyframe_request() || std::mem::take(&mut first);
         for (i, &size) in sizes.iter().enumerate() {
             let Some(phase) = phase_of(&switch) else {
                 return;
             };
+            let part = match (i, keyframe) {
+                (0, true) => FramePart::KeyStart { width, height },
+                (0, false) => FramePart::InterStart,
+                _ => FramePart::Continued,
+            };
             let packet = stamped_packet(
                 &sink,
-                MediaKind::Video,
-                publisher,
-                phase,
-                counter,
-                size,
+                Stamped {
+                    kind: MediaKind::Video,
+                    publisher,
+                    phase,
+                    counter,
+                    size,
+                    part: Some(part),
+                    layer: None,
+                },
                 (seq, ts, i + 1 == sizes.len()),
             );
             match sink.send(packet).await {
@@ -147,6 +188,95 @@ pub(crate) async fn send_video(
             counter += 1;
         }
         ts = ts.wrapping_add(shape.video_ts_step());
+    }
+}
+
+/// One simulcast layer's RTP stream state in [`send_layers`].
+struct LayerStream {
+    sink: Sink,
+    sizes: Vec<usize>,
+    size: (u16, u16),
+    seq: u16,
+    ts_base: u32,
+    counter: u64,
+}
+
+/// Sends one publisher's video as simulcast layers (`--simulcast`): each frame tick, a burst
+/// on every layer the server wants (dynacast), lowest first, as a browser's encoders
+/// deliver them. Each layer is its own RTP stream (SSRC, sequence numbers, timestamp origin,
+/// packet counter); its first frame, its first frame after dynacast turned it back on and
+/// the frame after a keyframe request for it are VP8 key frames announcing its size.
+pub(crate) async fn send_layers(
+    layers: Vec<Sink>,
+    shape: MediaShape,
+    publisher: u32,
+    switch: Arc<AtomicU8>,
+    tally: Arc<SendTally>,
+) {
+    let mut streams: Vec<LayerStream> = layers
+        .into_iter()
+        .enumerate()
+        .map(|(index, sink)| LayerStream {
+            sink,
+            sizes: shape.layer_frame_packets(index),
+            size: LAYER_SIZES[index.min(LAYER_SIZES.len() - 1)],
+            seq: random_u32() as u16,
+            ts_base: random_u32(),
+            counter: 0,
+        })
+        .collect();
+    let mut frame = 0u32;
+    let mut ticker = tokio::time::interval(shape.frame_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for (index, stream) in streams.iter_mut().enumerate() {
+            if !stream.sink.is_active() {
+                continue;
+            }
+            // The capture clock runs on while a layer is paused, as a camera's does.
+            let ts = stream
+                .ts_base
+                .wrapping_add(frame.wrapping_mul(shape.video_ts_step()));
+            let keyframe = stream.sink.take_keyframe_request();
+            let layer = index as u8;
+            for (i, &size) in stream.sizes.iter().enumerate() {
+                let Some(phase) = phase_of(&switch) else {
+                    return;
+                };
+                let part = match (i, keyframe) {
+                    (0, true) => FramePart::KeyStart {
+                        width: stream.size.0,
+                        height: stream.size.1,
+                    },
+                    (0, false) => FramePart::InterStart,
+                    _ => FramePart::Continued,
+                };
+                let packet = stamped_packet(
+                    &stream.sink,
+                    Stamped {
+                        kind: MediaKind::Video,
+                        publisher,
+                        phase,
+                        counter: stream.counter,
+                        size,
+                        part: Some(part),
+                        layer: Some(layer),
+                    },
+                    (stream.seq, ts, i + 1 == stream.sizes.len()),
+                );
+                match stream.sink.send(packet).await {
+                    Ok(()) => tally.record_layer(phase, layer),
+                    Err(err) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("video layer {layer} send: {err:#}");
+                    }
+                }
+                stream.seq = stream.seq.wrapping_add(1);
+                stream.counter += 1;
+            }
+        }
+        frame = frame.wrapping_add(1);
     }
 }
 
@@ -170,11 +300,15 @@ pub(crate) async fn send_audio(
         };
         let packet = stamped_packet(
             &sink,
-            MediaKind::Audio,
-            publisher,
-            phase,
-            counter,
-            shape.audio_bytes(),
+            Stamped {
+                kind: MediaKind::Audio,
+                publisher,
+                phase,
+                counter,
+                size: shape.audio_bytes(),
+                part: None,
+                layer: None,
+            },
             (seq, ts, true),
         );
         match sink.send(packet).await {
@@ -190,27 +324,35 @@ pub(crate) async fn send_audio(
     }
 }
 
-fn stamped_packet(
-    sink: &Sink,
+/// What one stamped payload is, besides its RTP header.
+struct Stamped {
     kind: MediaKind,
     publisher: u32,
     phase: Phase,
     counter: u64,
     size: usize,
-    (seq, ts, marker): (u16, u32, bool),
-) -> Packet {
-    let mut payload = BytesMut::zeroed(size);
-    fill(&mut payload, counter);
+    /// Video: where the packet sits in its frame.
+    part: Option<FramePart>,
+    layer: Option<u8>,
+}
+
+fn stamped_packet(sink: &Sink, what: Stamped, (seq, ts, marker): (u16, u32, bool)) -> Packet {
+    let mut payload = BytesMut::zeroed(what.size);
+    fill(&mut payload, what.counter);
+    if let Some(part) = what.part {
+        write_vp8_prefix(&mut payload, part);
+    }
     write_stamp(
         &mut payload,
         &Stamp {
-            publisher,
-            kind,
-            phase,
-            counter,
+            publisher: what.publisher,
+            kind: what.kind,
+            phase: what.phase,
+            counter: what.counter,
             sent_ns: nanos_at(Instant::now()),
             ssrc: sink.ssrc(),
             seq,
+            layer: what.layer,
         },
     );
     Packet {
@@ -239,22 +381,30 @@ pub(crate) fn sent_total(tallies: &[[Arc<SendTally>; 2]]) -> impl Fn() -> u64 + 
     }
 }
 
+/// How a publisher's video goes out.
+pub(crate) enum Video {
+    /// One encoding.
+    One(Sink),
+    /// Simulcast layers, lowest first.
+    Layers(Vec<Sink>),
+}
+
 /// Starts a publisher's senders: video, and audio when the shape has it.
 pub(crate) fn spawn_publisher(
-    video: Sink,
+    video: Video,
     audio: Option<Sink>,
     shape: MediaShape,
     publisher: u32,
     switch: &Arc<AtomicU8>,
     tallies: &[Arc<SendTally>; 2],
 ) -> Vec<JoinHandle<()>> {
-    let mut tasks = vec![tokio::spawn(send_video(
-        video,
-        shape,
-        publisher,
-        Arc::clone(switch),
-        Arc::clone(&tallies[1]),
-    ))];
+    let (switch_v, tally_v) = (Arc::clone(switch), Arc::clone(&tallies[1]));
+    let mut tasks = vec![match video {
+        Video::One(sink) => tokio::spawn(send_video(sink, shape, publisher, switch_v, tally_v)),
+        Video::Layers(sinks) => {
+            tokio::spawn(send_layers(sinks, shape, publisher, switch_v, tally_v))
+        }
+    }];
     if let Some(audio) = audio.filter(|_| shape.audio) {
         tasks.push(tokio::spawn(send_audio(
             audio,

@@ -76,6 +76,16 @@ pub struct Options {
     /// Seconds to wait after sending stops, for packets still in flight.
     #[arg(long, default_value_t = 1.0)]
     pub drain: f64,
+    /// Publish video as simulcast: three layers (rids q, h, f: 320x180, 640x360, 1280x720 in
+    /// their VP8 key frames) sharing --bitrate 6 / 20 / 74 %, each cut into packets of at most
+    /// --packet-size. The k-th subscriber of a room shows every video in a tile the size of
+    /// layer k mod 3 (trackSettings), publishers show each other at the top layer's size; the
+    /// server's own allocation (downlink estimate, dynacast) decides what is forwarded.
+    /// The report adds forwarded packets/s and Mbit/s per layer, and each video
+    /// subscription is accounted against the layer it received most of. Not with the
+    /// baseline or --calibrate, which forward every packet of every layer.
+    #[arg(long, conflicts_with_all = ["baseline", "baseline_only", "calibrate"])]
+    pub simulcast: bool,
 }
 
 impl Options {
@@ -90,6 +100,7 @@ impl Options {
             video_packet_bytes: self.packet_size,
             fps: self.fps,
             audio: !self.no_audio,
+            simulcast: self.simulcast,
             ..MediaShape::default()
         }
     }
@@ -180,6 +191,20 @@ impl Roster {
         !self.sources_of(participant).is_empty()
     }
 
+    /// `--simulcast`: the layer whose size `participant` shows every video at (its tile),
+    /// `None` if it receives nothing. Subscribers cycle through the layers, so that all three
+    /// are wanted; publishers show each other at the top layer's size.
+    pub fn tile_layer(&self, participant: usize) -> Option<usize> {
+        if !self.receives(participant) {
+            return None;
+        }
+        let (_, i) = self.locate(participant);
+        Some(match i.checked_sub(self.publishers) {
+            Some(subscriber) => subscriber % crate::stats::LAYERS,
+            None => crate::stats::LAYERS - 1,
+        })
+    }
+
     /// Receivers of each publisher's media.
     pub fn receivers_per_publisher(&self) -> usize {
         (self.per_room()).saturating_sub(1)
@@ -205,6 +230,10 @@ mod tests {
         assert_eq!(r.sources_of(5), vec![3]);
         assert_eq!(r.sources_of(7), vec![2, 3]);
         assert_eq!(r.receivers_per_publisher(), 4);
+        assert_eq!(r.tile_layer(0), Some(2));
+        assert_eq!(r.tile_layer(2), Some(0));
+        assert_eq!(r.tile_layer(4), Some(2));
+        assert_eq!(r.tile_layer(7), Some(0));
     }
 
     #[test]

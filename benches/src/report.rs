@@ -8,9 +8,9 @@ use std::time::Duration;
 use chorus_protocol::MediaKind;
 use serde::Serialize;
 
-use crate::media::MediaShape;
+use crate::media::{LAYER_RIDS, LAYER_SIZES, MediaShape};
 use crate::options::Roster;
-use crate::stats::{Percentiles, ReceiverStats, SendTally, WireUnmatched};
+use crate::stats::{LAYERS, Percentiles, ReceiverStats, SendTally, WireUnmatched};
 
 /// What was loaded, and with what.
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +48,49 @@ pub struct SubscriptionReport {
     /// Distinct ones of those that arrived.
     pub received: u64,
     pub lost: u64,
+    /// `--simulcast` video: the layer this subscription is accounted against, the one it
+    /// received most packets of (its tile's layer if none arrived); `sent`, `received` and
+    /// `lost` are that layer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<u8>,
+    /// `--simulcast` video: the layer the receiver's tile asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tile_layer: Option<u8>,
+    /// `--simulcast` video: distinct packets of the other layers that arrived (around a
+    /// layer switch), forwarded but not in `received`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub other_layer_packets: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// `--simulcast`: one layer's figures over the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub layer: u8,
+    pub rid: String,
+    /// The size its key frames announce.
+    pub width: u16,
+    pub height: u16,
+    /// Packets/s all publishers sent on this layer (dynacast stops a layer nobody needs).
+    pub sent_pps: f64,
+    /// Video subscriptions whose tile asks for this layer.
+    pub tiles: u64,
+    /// Video subscriptions accounted against this layer (that received most of it).
+    pub subscriptions: u64,
+    /// Distinct packets of this layer received, all receivers.
+    pub forwarded_packets: u64,
+    /// Forwarded packets per second of this layer, counted at the receivers.
+    pub forwarded_pps: f64,
+    /// Forwarded Mbit/s of this layer (RTP payload + 12-byte header).
+    pub forwarded_mbps: f64,
+    /// Packets the publishers sent on this layer, summed over the subscriptions accounted
+    /// against it.
+    pub due_packets: u64,
+    /// Of those, the ones that did not arrive.
+    pub lost_packets: u64,
 }
 
 /// Server memory (VmRSS), KiB.
@@ -117,6 +160,14 @@ pub struct RunReport {
     /// Extra forwarder counters (Chorus: forward_drops, send_drops, unrouted).
     pub forwarder_counters: serde_json::Map<String, serde_json::Value>,
     pub subscriptions: Vec<SubscriptionReport>,
+    /// `--simulcast`: per layer, lowest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerReport>,
+    /// `--simulcast`: the server's last `streamState` of every video subscription at the
+    /// end of the window, counted by what it said (a rid, or `paused:<reason>`, or `none`
+    /// when it said nothing).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stream_states: std::collections::BTreeMap<String, u64>,
 }
 
 /// Chorus relative to the baseline, from the same invocation.
@@ -186,9 +237,17 @@ impl Collected<'_> {
             let Some(stats) = stats else { continue };
             for publisher in self.roster.sources_of(participant) {
                 for &kind in &kinds {
-                    let sent = self.tallies[publisher as usize][kind_slot(kind)]
-                        .measured
-                        .load(Ordering::Relaxed);
+                    let tally = &self.tallies[publisher as usize][kind_slot(kind)];
+                    if self.shape.simulcast && kind == MediaKind::Video {
+                        subscriptions.push(self.layered_subscription(
+                            participant,
+                            publisher,
+                            stats,
+                            tally,
+                        ));
+                        continue;
+                    }
+                    let sent = tally.measured.load(Ordering::Relaxed);
                     let received = stats.received_from(publisher, kind).min(sent);
                     subscriptions.push(SubscriptionReport {
                         receiver: participant,
@@ -197,6 +256,9 @@ impl Collected<'_> {
                         sent,
                         received,
                         lost: sent - received,
+                        layer: None,
+                        tile_layer: None,
+                        other_layer_packets: 0,
                     });
                 }
             }
@@ -217,6 +279,18 @@ impl Collected<'_> {
         let received: u64 = subscriptions.iter().map(|s| s.received).sum();
         let lost: u64 = subscriptions.iter().map(|s| s.lost).sum();
         let bytes: u64 = self.receivers.iter().flatten().map(|s| s.bytes).sum();
+        let layers = if self.shape.simulcast {
+            self.layer_reports(&subscriptions, window)
+        } else {
+            Vec::new()
+        };
+        // Simulcast: packets of a layer a subscription is not accounted against were
+        // forwarded too.
+        let forwarded = received
+            + subscriptions
+                .iter()
+                .map(|s| s.other_layer_packets)
+                .sum::<u64>();
         let duplicates = self.receivers.iter().flatten().map(|s| s.duplicates).sum();
         let mut latencies: Vec<u32> = Vec::with_capacity(received as usize);
         let mut wire_latencies: Vec<u32> = Vec::with_capacity(received as usize);
@@ -240,7 +314,7 @@ impl Collected<'_> {
             },
             duplicates,
             send_errors,
-            forwarded_pps: received as f64 / window,
+            forwarded_pps: forwarded as f64 / window,
             forwarded_mbps: bytes as f64 * 8.0 / window / 1e6,
             latency_ms: Percentiles::from_nanos(&mut latencies),
             wire_latency_ms: Percentiles::from_nanos(&mut wire_latencies),
@@ -257,7 +331,84 @@ impl Collected<'_> {
             other_load_pct: None,
             forwarder_counters: serde_json::Map::new(),
             subscriptions,
+            layers,
+            stream_states: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// A simulcast video subscription, accounted against the layer it received most of.
+    fn layered_subscription(
+        &self,
+        receiver: usize,
+        publisher: u32,
+        stats: &ReceiverStats,
+        tally: &SendTally,
+    ) -> SubscriptionReport {
+        let got: Vec<u64> = (0..LAYERS)
+            .map(|l| stats.received_from_layer(publisher, l))
+            .collect();
+        let tile = self.roster.tile_layer(receiver).unwrap_or(LAYERS - 1);
+        let all: u64 = got.iter().sum();
+        // the most received; on a tie the higher layer, the one switched to
+        let main = if all == 0 {
+            tile
+        } else {
+            (0..LAYERS).max_by_key(|&l| (got[l], l)).unwrap_or(tile)
+        };
+        let sent = tally.measured_layer(main);
+        let received = got[main].min(sent);
+        SubscriptionReport {
+            receiver,
+            publisher,
+            kind: MediaKind::Video,
+            sent,
+            received,
+            lost: sent - received,
+            layer: Some(main as u8),
+            tile_layer: Some(tile as u8),
+            other_layer_packets: all - got[main],
+        }
+    }
+
+    /// Per-layer figures of a `--simulcast` run.
+    fn layer_reports(&self, subscriptions: &[SubscriptionReport], window: f64) -> Vec<LayerReport> {
+        (0..LAYERS)
+            .map(|l| {
+                let video = subscriptions.iter().filter(|s| s.kind == MediaKind::Video);
+                let on = |s: &&SubscriptionReport| s.layer == Some(l as u8);
+                let packets: u64 = self
+                    .receivers
+                    .iter()
+                    .flatten()
+                    .map(|r| r.layer_packets[l])
+                    .sum();
+                let bytes: u64 = self
+                    .receivers
+                    .iter()
+                    .flatten()
+                    .map(|r| r.layer_bytes[l])
+                    .sum();
+                let sent: u64 = self.tallies.iter().map(|t| t[1].measured_layer(l)).sum();
+                let (width, height) = LAYER_SIZES[l];
+                LayerReport {
+                    layer: l as u8,
+                    rid: LAYER_RIDS[l].to_owned(),
+                    width,
+                    height,
+                    sent_pps: sent as f64 / window,
+                    tiles: video
+                        .clone()
+                        .filter(|s| s.tile_layer == Some(l as u8))
+                        .count() as u64,
+                    subscriptions: video.clone().filter(on).count() as u64,
+                    forwarded_packets: packets,
+                    forwarded_pps: packets as f64 / window,
+                    forwarded_mbps: bytes as f64 * 8.0 / window / 1e6,
+                    due_packets: video.clone().filter(on).map(|s| s.sent).sum(),
+                    lost_packets: video.filter(on).map(|s| s.lost).sum(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -292,6 +443,68 @@ impl RunReport {
         }
         if cpu_s > 0.0 {
             self.pps_per_core = Some(forwarded as f64 / cpu_s);
+        }
+    }
+}
+
+impl RunReport {
+    /// `--simulcast`: the per-layer figures, and what the server last said of each video
+    /// subscription.
+    fn layer_table(&self, out: &mut String) {
+        if self.layers.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\n{} simulcast layers (forwarded = distinct packets counted at the receivers)",
+            self.target
+        );
+        let _ = writeln!(
+            out,
+            "{:<16}{:>12}{:>8}{:>8}{:>16}{:>14}{:>12}",
+            "layer", "sent pkt/s", "tiles", "subs", "forwarded pkt/s", "fwd Mbit/s", "loss %"
+        );
+        for l in &self.layers {
+            let loss = if l.due_packets > 0 {
+                format!(
+                    "{:.3}",
+                    l.lost_packets as f64 * 100.0 / l.due_packets as f64
+                )
+            } else {
+                "-".to_owned()
+            };
+            let _ = writeln!(
+                out,
+                "{:<16}{:>12.0}{:>8}{:>8}{:>16.0}{:>14.2}{:>12}",
+                format!("{} {} {}x{}", l.layer, l.rid, l.width, l.height),
+                l.sent_pps,
+                l.tiles,
+                l.subscriptions,
+                l.forwarded_pps,
+                l.forwarded_mbps,
+                loss
+            );
+        }
+        let other: u64 = self
+            .subscriptions
+            .iter()
+            .map(|s| s.other_layer_packets)
+            .sum();
+        let _ = writeln!(
+            out,
+            "(tiles: subscriptions whose tile asks for the layer; subs: those that received most of it; {other} packets arrived on a subscription's other layers)"
+        );
+        if !self.stream_states.is_empty() {
+            let states: Vec<String> = self
+                .stream_states
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "server's last streamState per video subscription: {}",
+                states.join(" ")
+            );
         }
     }
 }
@@ -352,6 +565,26 @@ impl Report {
             },
             s.publisher_pps
         );
+        if s.media.simulcast {
+            let layers: Vec<String> = (0..LAYERS)
+                .map(|l| {
+                    let frame = s.media.layer_frame_packets(l);
+                    let (w, h) = LAYER_SIZES[l];
+                    format!(
+                        "{} {w}x{h} {:.2} Mbit/s in {} x ~{} B",
+                        LAYER_RIDS[l],
+                        frame.iter().sum::<usize>() as f64 * 8.0 * f64::from(s.media.fps) / 1e6,
+                        frame.len(),
+                        frame.first().copied().unwrap_or(0)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "simulcast: the video is sent as layers {} (each receiver gets one; offered counts each receiver's tile layer)",
+                layers.join(", ")
+            );
+        }
         let _ = writeln!(
             out,
             "offered: {:.0} forwarded packets/s; warm-up {} s, measured {} s; machine: {} cores, {}",
@@ -512,6 +745,9 @@ impl Report {
                 let _ = write!(out, "{ratio:>18}");
             }
             out.push('\n');
+        }
+        for r in &runs {
+            r.layer_table(&mut out);
         }
         for r in &runs {
             if let Some(other) = r.other_load_pct.filter(|_| r.disturbed()) {

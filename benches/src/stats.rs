@@ -13,6 +13,9 @@ use crate::wire::{WireLinks, WireMatch};
 /// RTP fixed header bytes, added to payload sizes for bit rates.
 pub const RTP_HEADER_BYTES: u64 = 12;
 
+/// The stream key's layer for a stream sent as one encoding.
+const NO_LAYER: u8 = u8::MAX;
+
 /// What one publisher sent on one kind. Shared between its sender task and the report.
 #[derive(Debug, Default)]
 pub struct SendTally {
@@ -22,7 +25,13 @@ pub struct SendTally {
     pub total: AtomicU64,
     /// Writes the stack refused.
     pub errors: AtomicU64,
+    /// Simulcast video: packets handed to the stack during the measured window, per layer
+    /// (included in `measured`).
+    pub layers: [AtomicU64; LAYERS],
 }
+
+/// Simulcast layers the load sends (q, h, f).
+pub const LAYERS: usize = 3;
 
 impl SendTally {
     pub fn record(&self, phase: Phase) {
@@ -30,6 +39,23 @@ impl SendTally {
         if phase == Phase::Measured {
             self.measured.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// [`record`](Self::record) for a packet of simulcast layer `layer`.
+    pub fn record_layer(&self, phase: Phase, layer: u8) {
+        self.record(phase);
+        if phase == Phase::Measured
+            && let Some(count) = self.layers.get(usize::from(layer))
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Measured packets of simulcast layer `layer`.
+    pub fn measured_layer(&self, layer: usize) -> u64 {
+        self.layers
+            .get(layer)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -99,7 +125,12 @@ pub struct ReceiverStats {
     /// (see [`crate::wire`]).
     pub wire_latencies_ns: Vec<u32>,
     pub wire_unmatched: WireUnmatched,
-    streams: HashMap<(u32, u8), Seen>,
+    /// By (publisher, kind, layer): a stream sent as one encoding is layer [`NO_LAYER`].
+    streams: HashMap<(u32, u8, u8), Seen>,
+    /// Simulcast video: distinct measured packets and their RTP bytes per layer (all
+    /// publishers), included in `packets` and `bytes`.
+    pub layer_packets: [u64; LAYERS],
+    pub layer_bytes: [u64; LAYERS],
     /// Distinct measured packets and their RTP bytes (payload + fixed header).
     pub packets: u64,
     pub bytes: u64,
@@ -127,17 +158,23 @@ impl ReceiverStats {
             return;
         }
         let kind = kind_index(stamp.kind);
+        let layer = stamp.layer.unwrap_or(NO_LAYER);
         if !self
             .streams
-            .entry((stamp.publisher, kind))
+            .entry((stamp.publisher, kind, layer))
             .or_default()
             .mark(stamp.counter)
         {
             self.duplicates += 1;
             return;
         }
+        let bytes = payload.len() as u64 + RTP_HEADER_BYTES;
         self.packets += 1;
-        self.bytes += payload.len() as u64 + RTP_HEADER_BYTES;
+        self.bytes += bytes;
+        if let Some(layer) = stamp.layer.map(usize::from).filter(|l| *l < LAYERS) {
+            self.layer_packets[layer] += 1;
+            self.layer_bytes[layer] += bytes;
+        }
         let latency = nanos_at(packet.at).saturating_sub(stamp.sent_ns);
         self.latencies_ns.push(saturate(latency));
         match wire {
@@ -148,10 +185,21 @@ impl ReceiverStats {
         }
     }
 
-    /// Distinct measured packets of one publisher's stream.
+    /// Distinct measured packets of one publisher's stream sent as one encoding.
     pub fn received_from(&self, publisher: u32, kind: MediaKind) -> u64 {
         self.streams
-            .get(&(publisher, kind_index(kind)))
+            .get(&(publisher, kind_index(kind), NO_LAYER))
+            .map_or(0, |s| s.distinct)
+    }
+
+    /// Distinct measured packets of one simulcast layer of a publisher's video.
+    pub fn received_from_layer(&self, publisher: u32, layer: usize) -> u64 {
+        u8::try_from(layer)
+            .ok()
+            .and_then(|layer| {
+                self.streams
+                    .get(&(publisher, kind_index(MediaKind::Video), layer))
+            })
             .map_or(0, |s| s.distinct)
     }
 }
@@ -227,6 +275,7 @@ mod tests {
                 sent_ns: nanos_at(Instant::now()),
                 ssrc: 10 + publisher,
                 seq: counter as u16,
+                layer: None,
             },
         );
         p

@@ -122,12 +122,25 @@ pub struct RtpWriter {
     track: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
     pub payload_type: u8,
+    /// The camera's keyframe flag (set by a PLI/FIR, and before the first frame); `None` for
+    /// audio and for a simulcast camera, whose layers have their own.
+    keyframe: Option<Arc<AtomicBool>>,
 }
 
 impl RtpWriter {
     /// Hands one packet to the peer connection.
     pub async fn write_rtp(&self, packet: rtc::rtp::Packet) -> Result<()> {
         self.track.write_rtp(packet).await.context("write_rtp")
+    }
+
+    /// Whether the next video frame should be a keyframe: true once before the first frame
+    /// and once after each PLI/FIR (the flag is cleared by reading it). Always false for
+    /// audio. For callers that send their own media instead of
+    /// [`Client::start_media`], which reads the same flag.
+    pub fn take_keyframe_request(&self) -> bool {
+        self.keyframe
+            .as_ref()
+            .is_some_and(|k| k.swap(false, Ordering::Relaxed))
     }
 }
 
@@ -1046,13 +1059,31 @@ impl Client {
                 track: Arc::clone(&p.audio),
                 ssrc: p.audio_ssrc,
                 payload_type: p.audio_pt,
+                keyframe: None,
             },
             MediaKind::Video => RtpWriter {
                 track: Arc::clone(&p.video),
                 ssrc: p.video_ssrc,
                 payload_type: p.video_pt,
+                keyframe: p.camera.is_none().then(|| Arc::clone(&p.want_keyframe)),
             },
         })
+    }
+
+    /// One writer per layer of the simulcast camera, lowest first (empty without simulcast),
+    /// for callers that send their own media instead of [`start_media`](Client::start_media).
+    /// Each obeys `publishLayers` and keyframe requests through the same flags as the
+    /// client's own sender (see [`layered::LayerWriter`]).
+    pub fn camera_layer_writers(&self) -> Vec<layered::LayerWriter> {
+        self.inner
+            .publisher()
+            .and_then(|p| p.camera.clone())
+            .map(|camera| {
+                (0..camera.layers.len())
+                    .map(|index| layered::LayerWriter::new(Arc::clone(&camera), index))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// From now on, every RTP packet the subscriber peer receives goes to the returned

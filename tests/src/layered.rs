@@ -339,6 +339,78 @@ impl LayeredVideo {
     }
 }
 
+/// Writes one layer of a simulcast camera for a caller that shapes its own media (the load
+/// generator), with what [`LayeredVideo`]'s own loop does around each packet: the mid and rid
+/// header extensions while the layer names itself, and the layer's dynacast and keyframe
+/// flags. The caller builds the packets (SSRC [`ssrc`](LayerWriter::ssrc), payload type
+/// [`payload_type`](LayerWriter::payload_type)); do not run
+/// [`Client::start_media`](crate::Client::start_media) at the same time, it reads the same
+/// flags.
+#[derive(Clone)]
+pub struct LayerWriter {
+    video: Arc<LayeredVideo>,
+    index: usize,
+}
+
+impl LayerWriter {
+    pub(crate) fn new(video: Arc<LayeredVideo>, index: usize) -> Self {
+        Self { video, index }
+    }
+
+    fn layer(&self) -> &LayerSender {
+        &self.video.layers[self.index]
+    }
+
+    /// The layer's index, 0 the lowest.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn rid(&self) -> &str {
+        &self.layer().rid
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.layer().ssrc
+    }
+
+    pub fn payload_type(&self) -> u8 {
+        self.video.payload_type
+    }
+
+    /// Dynacast: whether the server wants this layer now (all are sent until it says).
+    pub fn is_active(&self) -> bool {
+        self.layer().active.load(Ordering::Relaxed)
+    }
+
+    /// Whether this layer's next frame must be a keyframe: it (re)starts, or a PLI/FIR asked
+    /// for one. Reading clears both.
+    pub fn take_keyframe_due(&self) -> bool {
+        let layer = self.layer();
+        let starting = layer.starting.swap(false, Ordering::Relaxed);
+        let requested = layer.want_keyframe.swap(false, Ordering::Relaxed);
+        starting || requested
+    }
+
+    /// Hands one packet of this layer to the peer connection, adding the mid and rid
+    /// extensions while the layer is to name itself.
+    pub async fn write_rtp(&self, mut packet: rtc::rtp::Packet) -> Result<()> {
+        let named = match self.video.mid_rid {
+            MidRid::Always => true,
+            MidRid::UntilAcked => !self.layer().acked.load(Ordering::Relaxed),
+        };
+        if named {
+            self.video
+                .add_mid_rid(&mut packet.header, &self.layer().rid);
+        }
+        self.video
+            .track
+            .write_rtp(packet)
+            .await
+            .context("write_rtp")
+    }
+}
+
 /// What `publishOffer` says of a video m-line sent with `rids` (none: one encoding).
 pub(crate) fn declaration(mid: &str, source: TrackSource, rids: &[String]) -> PublishTrack {
     PublishTrack {
