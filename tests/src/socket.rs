@@ -2,8 +2,9 @@
 //! [`WrappedRuntime`] is webrtc-rs's tokio runtime with every UDP socket passed through a
 //! wrapper of the caller's. The load generator wraps them to timestamp RTP at the sockets;
 //! [`LossySocket`] drops chosen inbound RTP datagrams, so that tests see loss recovery
-//! (loopback never loses, and this kernel has no `netem`); [`SilenceSocket`] stops all
-//! traffic on demand, a peer that vanishes without a goodbye.
+//! (loopback never loses, and this kernel has no `netem`); [`CappedSocket`] polices inbound
+//! RTP to a rate set at run time, a downlink that carries less than is sent;
+//! [`SilenceSocket`] stops all traffic on demand, a peer that vanishes without a goodbye.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -197,22 +198,64 @@ impl LossySocket {
         }
         first
     }
+}
 
-    /// Removes the dropped datagrams from one received message (several datagrams of
-    /// `stride` bytes when the kernel coalesced them, GRO); returns its new length.
-    fn filter_message(&self, buf: &mut [u8], len: usize, stride: usize) -> usize {
-        let stride = stride.max(1);
-        let mut kept = 0;
-        let mut at = 0;
-        while at < len {
-            let end = (at + stride).min(len);
-            if !self.drops(&buf[at..end]) {
-                buf.copy_within(at..end, kept);
-                kept += end - at;
-            }
-            at = end;
+/// Removes the datagrams `drops` picks from one received message (several datagrams of
+/// `stride` bytes when the kernel coalesced them, GRO); returns its new length.
+fn filter_message(
+    buf: &mut [u8],
+    len: usize,
+    stride: usize,
+    drops: &impl Fn(&[u8]) -> bool,
+) -> usize {
+    let stride = stride.max(1);
+    let mut kept = 0;
+    let mut at = 0;
+    while at < len {
+        let end = (at + stride).min(len);
+        if !drops(&buf[at..end]) {
+            buf.copy_within(at..end, kept);
+            kept += end - at;
         }
-        kept
+        at = end;
+    }
+    kept
+}
+
+/// `inner.poll_recv` without the datagrams `drops` picks: what a wrapper that loses
+/// inbound packets returns.
+fn poll_recv_filtered(
+    inner: &dyn AsyncUdpSocket,
+    cx: &mut Context<'_>,
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+    drops: impl Fn(&[u8]) -> bool,
+) -> Poll<io::Result<usize>> {
+    loop {
+        let n = match inner.poll_recv(cx, bufs, meta) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        // Filter each message, then close the gaps that emptied messages leave.
+        let mut kept = 0;
+        for i in 0..n {
+            let len = filter_message(&mut bufs[i], meta[i].len, meta[i].stride, &drops);
+            if len == 0 {
+                continue;
+            }
+            meta[i].len = len;
+            if kept != i {
+                let (head, tail) = bufs.split_at_mut(i);
+                head[kept][..len].copy_from_slice(&tail[0][..len]);
+                meta[kept] = meta[i];
+            }
+            kept += 1;
+        }
+        if kept > 0 {
+            return Poll::Ready(Ok(kept));
+        }
+        // Everything read was dropped: read again (the socket re-arms the waker when
+        // nothing is ready).
     }
 }
 
@@ -229,32 +272,82 @@ impl AsyncUdpSocket for LossySocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let n = match self.inner.poll_recv(cx, bufs, meta) {
-                Poll::Ready(Ok(n)) => n,
-                other => return other,
-            };
-            // Filter each message, then close the gaps that emptied messages leave.
-            let mut kept = 0;
-            for i in 0..n {
-                let len = self.filter_message(&mut bufs[i], meta[i].len, meta[i].stride);
-                if len == 0 {
-                    continue;
-                }
-                meta[i].len = len;
-                if kept != i {
-                    let (head, tail) = bufs.split_at_mut(i);
-                    head[kept][..len].copy_from_slice(&tail[0][..len]);
-                    meta[kept] = meta[i];
-                }
-                kept += 1;
-            }
-            if kept > 0 {
-                return Poll::Ready(Ok(kept));
-            }
-            // Everything read was dropped: read again (the socket re-arms the waker when
-            // nothing is ready).
+        poll_recv_filtered(self.inner.as_ref(), cx, bufs, meta, |d| self.drops(d))
+    }
+}
+
+/// How much a [`CappedSocket`] lets through at once above its rate: a few packets, the
+/// burst a policer on a real link allows.
+const CAP_BURST_BITS: f64 = 64_000.0;
+
+/// A socket whose inbound RTP is policed to a rate that can be changed while it runs (0
+/// bits per second: no cap): datagrams beyond the rate and a small burst are dropped, as a
+/// downlink that carries less than is sent loses them. RTCP, STUN and DTLS always pass.
+pub struct CappedSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    rate: Arc<AtomicU64>,
+    /// (tokens in bits, when last refilled).
+    bucket: Mutex<(f64, Instant)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for CappedSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CappedSocket")
+            .field("rate", &self.rate.load(Ordering::Relaxed))
+            .field("dropped", &self.dropped.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl CappedSocket {
+    /// A runtime whose sockets let inbound RTP through at `rate` bits per second (0: all
+    /// of it); `dropped` counts what they drop.
+    pub fn runtime(rate: Arc<AtomicU64>, dropped: Arc<AtomicU64>) -> Arc<WrappedRuntime> {
+        WrappedRuntime::new("tokio+capped", move |inner| {
+            Arc::new(CappedSocket {
+                inner,
+                rate: Arc::clone(&rate),
+                bucket: Mutex::new((CAP_BURST_BITS, Instant::now())),
+                dropped: Arc::clone(&dropped),
+            })
+        })
+    }
+
+    fn drops(&self, datagram: &[u8]) -> bool {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 || rtp_header(datagram).is_none() {
+            return false;
         }
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(bucket.1).as_secs_f64();
+        bucket.0 = (bucket.0 + elapsed * rate as f64).min(CAP_BURST_BITS);
+        bucket.1 = now;
+        let bits = (datagram.len() * 8) as f64;
+        if bucket.0 >= bits {
+            bucket.0 -= bits;
+            return false;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+impl AsyncUdpSocket for CappedSocket {
+    crate::delegate_socket_basics!();
+
+    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
+        self.inner.poll_send(cx, transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        poll_recv_filtered(self.inner.as_ref(), cx, bufs, meta, |d| self.drops(d))
     }
 }
 

@@ -14,7 +14,7 @@ use chorus_protocol::{
 use chorus_tests::layered::MidRid;
 use chorus_tests::media::{MediaTag, expected_payload, is_vp8_keyframe, parse_tag};
 use chorus_tests::peer::VP8_PT;
-use chorus_tests::socket::{LossySocket, SilenceSocket};
+use chorus_tests::socket::{CappedSocket, LossySocket, SilenceSocket};
 use chorus_tests::{
     Client, ClientOptions, MediaRate, PublishOptions, PublishedTracks, RawWs, ReceivedPacket,
     SentPacket, Server, init_tracing, refusal_code, sequence_breaks, wait,
@@ -1669,4 +1669,104 @@ async fn bad_simulcast_offers_are_refused_and_the_room_goes_on() -> Result<()> {
         assert_media_intact(receiver, sender)?;
     }
     assert_no_failures(&[&ada, &pair[0], &pair[1]])
+}
+
+/// Reaction bound of the capped-downlink scenario: the estimator's loss-based cuts come at
+/// most every 300 ms plus a round trip, from an estimate that grew to several times what
+/// was sent, and the allocator acts on its next pass.
+const CAP_REACTION: Duration = Duration::from_secs(8);
+
+/// A subscriber whose downlink suddenly carries much less than its layer: the server's
+/// estimate, from the subscriber's own transport-cc feedback, falls; the subscriber is
+/// moved down (or its video paused) and told so, while another subscriber of the same
+/// camera keeps the top layer. Once the cap is lifted the subscriber climbs back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_downlink_shrinks_is_moved_down_and_back_up() -> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let ada = Client::connect_and_join(server.http_addr(), "standup", "ada").await?;
+    let tracks = ada.publish_with(PublishOptions::simulcast()).await?;
+    ada.start_media(MediaRate::default())?;
+    let ada_id = ada.id()?;
+    // Bob's sockets police inbound RTP to `cap` (0: no cap); cy is on an open link.
+    let cap = Arc::new(AtomicU64::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let bob = Client::connect_with(
+        server.http_addr(),
+        "bob",
+        ClientOptions {
+            runtime: Some(CappedSocket::runtime(
+                Arc::clone(&cap),
+                Arc::clone(&dropped),
+            )),
+        },
+    )
+    .await?;
+    bob.join("standup").await?;
+    let cy = Client::connect_and_join(server.http_addr(), "standup", "cy").await?;
+    for client in [&bob, &cy] {
+        wait::poll_until(T, "ada's camera offered", || {
+            client
+                .subscribed()
+                .iter()
+                .any(|s| s.track_id == tracks.video)
+                .then_some(())
+        })
+        .await?;
+        client.track_settings(tracks.video, true, LARGE_TILE.0, LARGE_TILE.1)?;
+    }
+    for client in [&bob, &cy] {
+        wait_stream_state(client, tracks.video, (Some(2), None), T).await?;
+    }
+
+    // The top layer with audio is about 330 kbit/s; bob's link now carries 150.
+    cap.store(150_000, Ordering::Relaxed);
+    let capped = Instant::now();
+    let moved =
+        wait::poll_until(
+            CAP_REACTION,
+            "bob moved off the top layer",
+            || match latest_stream_state(&bob, tracks.video) {
+                Some((Some(layer), _)) if layer < 2 => Some(()),
+                Some((None, Some(PauseReason::LowBandwidth))) => Some(()),
+                _ => None,
+            },
+        )
+        .await;
+    moved.with_context(|| {
+        format!(
+            "bob's streamStates: {:?}, dropped by the cap: {}",
+            stream_states(&bob, tracks.video),
+            dropped.load(Ordering::Relaxed)
+        )
+    })?;
+    let reaction = capped.elapsed();
+    // Audio still arrives on the capped link.
+    let audio_before = bob.received(ada_id, tracks.audio).len();
+    wait::poll_until(T, "bob's audio while capped", || {
+        (bob.received(ada_id, tracks.audio).len() >= audio_before + 25).then_some(())
+    })
+    .await?;
+    // Cy was never moved off the top layer.
+    ensure!(
+        stream_states(&cy, tracks.video)
+            .iter()
+            .skip_while(|s| **s != (Some(2), None))
+            .all(|s| *s == (Some(2), None)),
+        "cy was moved: {:?}",
+        stream_states(&cy, tracks.video)
+    );
+
+    cap.store(0, Ordering::Relaxed);
+    let lifted = Instant::now();
+    wait_stream_state(&bob, tracks.video, (Some(2), None), Duration::from_secs(20)).await?;
+    eprintln!(
+        "capped downlink: moved down {:.1} s after the cap, back on the top layer {:.1} s \
+         after it was lifted; the cap dropped {} packets; bob's streamStates {:?}",
+        reaction.as_secs_f64(),
+        lifted.elapsed().as_secs_f64(),
+        dropped.load(Ordering::Relaxed),
+        stream_states(&bob, tracks.video)
+    );
+    assert_no_failures(&[&ada, &bob, &cy])
 }

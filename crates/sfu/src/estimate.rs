@@ -893,7 +893,13 @@ impl Estimator {
             });
             if due {
                 self.last_loss_decrease_us = Some(now_us);
-                let base = self.loss_limit.map_or(current, |limit| limit.min(current));
+                // From what got through, when that is lower: an SFU often sends far less
+                // than its estimate (app-limited), and a cut of an estimate several times
+                // the link would take several rounds to reach it.
+                let base = self
+                    .loss_limit
+                    .map_or(current, |limit| limit.min(current))
+                    .min(self.acked_bps.unwrap_or(f64::INFINITY));
                 self.loss_limit = Some((base * (1.0 - 0.5 * loss)).max(f64::from(MIN_BPS)));
             }
         } else if loss < LOSS_LOW
