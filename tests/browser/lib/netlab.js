@@ -163,7 +163,7 @@ export function createLab() {
       ip('-n', srvNs, 'link', 'set', srvIf, 'up');
       ip('-n', ns, 'link', 'set', cliIf, 'up');
       ip('-n', ns, 'route', 'add', 'default', 'via', srvAddr, 'dev', cliIf);
-      const host = { label, ns, srvIf, cliIf, srvAddr, cliAddr, rate: null };
+      const host = { label, ns, srvIf, cliIf, srvAddr, cliAddr, rate: null, loss: null, udpBlocked: false };
       hosts.push(host);
       return host;
     },
@@ -215,6 +215,70 @@ export function createLab() {
       if (host.rate === null) return;
       ip('netns', 'exec', srvNs, 'tc', 'qdisc', 'del', 'dev', host.srvIf, 'root');
       host.rate = null;
+    },
+
+    /**
+     * Drops every `every`-th UDP packet (deterministic: 20 -> 5 %) arriving at `target`'s
+     * host from the server (the server→page direction), with an nftables `netdev` ingress
+     * chain on the host's end of its veth, inside the host's namespace. The kernel here has
+     * no netem; nf_tables `numgen` is built in. Needs `nft` (Debian package nftables, which
+     * tests/run-all.sh installs): without it this throws, it never skips silently.
+     */
+    loss(target, { every = 20 } = {}) {
+      const host = hostOf(target);
+      if (!Number.isInteger(every) || every < 2) throw new Error(`loss every ${every}: an integer >= 2`);
+      if (run('nft', ['--version'], { allowFail: true }) === null) {
+        throw new Error('netlab.loss needs nft (apt-get install nftables; tests/run-all.sh installs it)');
+      }
+      const nft = (...args) => run('ip', ['netns', 'exec', host.ns, 'nft', ...args]);
+      if (host.loss) nft('delete', 'table', 'netdev', 'chorus_loss');
+      nft('add', 'table', 'netdev', 'chorus_loss');
+      nft('add', 'chain', 'netdev', 'chorus_loss', 'in', `{ type filter hook ingress device "${host.cliIf}" priority 0; policy accept; }`);
+      nft('add', 'rule', 'netdev', 'chorus_loss', 'in', 'ip', 'protocol', 'udp', 'counter', 'numgen', 'inc', 'mod', String(every), '0', 'counter', 'drop');
+      host.loss = every;
+    },
+
+    /**
+     * Drops every UDP packet from `target`'s host to the server (netdev ingress on the
+     * server's end of its veth, inside the server's namespace) until `unblockUdp`: its ICE
+     * can then only connect over TCP. Needs `nft`, like `loss`.
+     */
+    blockUdp(target) {
+      const host = hostOf(target);
+      if (run('nft', ['--version'], { allowFail: true }) === null) {
+        throw new Error('netlab.blockUdp needs nft (apt-get install nftables; tests/run-all.sh installs it)');
+      }
+      if (host.udpBlocked) return;
+      const nft = (...args) => run('ip', ['netns', 'exec', srvNs, 'nft', ...args]);
+      const table = `chorus_block_${host.label}`;
+      nft('add', 'table', 'netdev', table);
+      nft('add', 'chain', 'netdev', table, 'in', `{ type filter hook ingress device "${host.srvIf}" priority 0; policy accept; }`);
+      nft('add', 'rule', 'netdev', table, 'in', 'ip', 'protocol', 'udp', 'counter', 'drop');
+      host.udpBlocked = true;
+    },
+
+    /** Lets `target`'s host's UDP reach the server again (no-op when not blocked). */
+    unblockUdp(target) {
+      const host = hostOf(target);
+      if (!host.udpBlocked) return;
+      run('ip', ['netns', 'exec', srvNs, 'nft', 'delete', 'table', 'netdev', `chorus_block_${host.label}`]);
+      host.udpBlocked = false;
+    },
+
+    /** Stops the loss of `target`'s link (no-op without). */
+    unloss(target) {
+      const host = hostOf(target);
+      if (!host.loss) return;
+      run('ip', ['netns', 'exec', host.ns, 'nft', 'delete', 'table', 'netdev', 'chorus_loss']);
+      host.loss = null;
+    },
+
+    /** UDP packets that reached `target`'s host from the server, and those the loss dropped. */
+    lossStats(target) {
+      const host = hostOf(target);
+      const out = run('ip', ['netns', 'exec', host.ns, 'nft', 'list', 'table', 'netdev', 'chorus_loss'], { allowFail: true }) ?? '';
+      const counts = [...out.matchAll(/counter packets (\d+) bytes (\d+)/g)].map((m) => Number(m[1]));
+      return counts.length === 2 ? { udp: counts[0], dropped: counts[1] } : { text: out.trim() };
     },
 
     /** `tc -s qdisc` of `target`'s server-side veth: sent bytes, drops, overlimits. */

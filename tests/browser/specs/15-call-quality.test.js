@@ -27,6 +27,15 @@ const DOWN_WITHIN_MS = 2000;
 const UP_WITHIN_MS = 10000;
 /** How long the capped steady state is watched (audio loss, no upward flapping). */
 const CAPPED_WINDOW_MS = 8000;
+/**
+ * The capped test's server runs without ICE-TCP unless CHORUS_ICE_TCP=1. With ICE-TCP on, a
+ * subscriber whose Chromium first nominates its TCP pair and then switches to UDP is
+ * dropped by the server 8 s later (`bye mediaFailed`): webrtc-rs's controlled ICE agent
+ * keeps the first nominated pair, and only STUN on that pair counts as consent. Seen here in
+ * most runs under load; specs/16-call-loss.test.js reproduces it on purpose. This test is
+ * about the downlink estimate and the allocator, so it leaves that failure to 16.
+ */
+const SERVER_CONFIG = process.env.CHORUS_ICE_TCP === '1' ? '' : '[media]\nice_tcp = false\n';
 const LOW_MAX_WIDTH = 320;
 const HIGH_MIN_WIDTH = 640;
 
@@ -95,21 +104,59 @@ function shown(a, b, id) {
 function outbound(page) {
   return page.evaluate(async () => {
     const pc = window.chorus.client._pub;
-    const out = { t: performance.now(), rid: {} };
+    const out = { t: performance.now(), rid: {}, avail: null };
     if (!pc) return out;
     const r = await pc.getStats();
+    let pair;
     r.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = s.selectedCandidatePairId;
+    });
+    r.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.id === pair) out.avail = s.availableOutgoingBitrate ?? null;
       if (s.type !== 'outbound-rtp' || s.kind !== 'video') return;
       out.rid[s.rid ?? '-'] = { active: s.active ?? null, bytes: s.bytesSent ?? 0, w: s.frameWidth ?? 0, fps: s.framesPerSecond ?? 0, limit: s.qualityLimitationReason ?? null };
     });
     return out;
   });
 }
+/**
+ * Each peer connection's selected ICE pair as Chromium sees it: protocol, addresses, STUN
+ * requests and responses both ways, and how long ago it last received a packet. For the
+ * report: the server removes a participant whose peer sends it no STUN for 8 s.
+ */
+function icePairs(page) {
+  return page.evaluate(async () => {
+    const c = window.chorus?.client;
+    const out = {};
+    for (const [role, pc] of [['pub', c?._pub], ['sub', c?._sub]]) {
+      if (!pc) continue;
+      const r = await pc.getStats();
+      let pairId;
+      r.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+      });
+      const p = pairId && r.get(pairId);
+      if (!p) {
+        out[role] = `${pc.connectionState}, no selected pair`;
+        continue;
+      }
+      const l = r.get(p.localCandidateId);
+      const m = r.get(p.remoteCandidateId);
+      const ago = (ts) => (ts ? `${Math.round(performance.timeOrigin + performance.now() - ts)}ms` : '?');
+      out[role] =
+        `${pc.connectionState} ${l?.protocol} ${l?.address}:${l?.port}->${m?.address}:${m?.port} ${p.state}` +
+        ` req out ${p.requestsSent}/resp in ${p.responsesReceived}, req in ${p.requestsReceived}/resp out ${p.responsesSent}, consent out ${p.consentRequestsSent ?? '?'}` +
+        ` rtt ${p.currentRoundTripTime ?? '?'}s, last in ${ago(p.lastPacketReceivedTimestamp)} ago, last out ${ago(p.lastPacketSentTimestamp)} ago`;
+    }
+    return out;
+  });
+}
 const outRate = (a, b, rid) => (a.rid[rid] && b.rid[rid] && b.t > a.t ? Math.round(((b.rid[rid].bytes - a.rid[rid].bytes) * 8 * 1000) / (b.t - a.t)) : 0);
 const describeOut = (a, b) =>
-  Object.keys(b.rid)
-    .map((rid) => `${rid}:${b.rid[rid].active === false ? 'inactive' : 'active'} ${b.rid[rid].w}w ${kbit(outRate(a, b, rid))}bps${b.rid[rid].limit && b.rid[rid].limit !== 'none' ? ` (${b.rid[rid].limit})` : ''}`)
-    .join(', ');
+  `${Object.keys(b.rid)
+    .sort()
+    .map((rid) => `${rid}:${b.rid[rid].active === false ? 'inactive' : 'active'} ${b.rid[rid].w}w ${Math.round(b.rid[rid].fps)}fps ${kbit(outRate(a, b, rid))}bps${b.rid[rid].limit && b.rid[rid].limit !== 'none' ? ` (${b.rid[rid].limit})` : ''}`)
+    .join(', ')}; uplink estimate ${b.avail === null ? '?' : `${kbit(b.avail)}bps`}`;
 
 function saveFigures(name, figures) {
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -121,9 +168,9 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
   t.after(() => lab.destroy());
   const free = lab.addHost('free');
   const capped = lab.addHost('cap');
-  const server = await lab.startServer();
+  const server = await lab.startServer({ config: SERVER_CONFIG });
   const pages = [];
-  const figures = { cap: CAP_RATE };
+  const figures = { cap: CAP_RATE, iceTcp: SERVER_CONFIG === '' };
   const note = (line) => {
     t.diagnostic(line);
     console.log(`  [15-call-quality] ${line}`);
@@ -159,8 +206,9 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
         return pages.every((_, i) => ids.every((id, j) => j === i || shown(s0[i], s1[i], id) === 'high'));
       },
       { timeout: 40000, interval: 500, message: `every page receiving every camera at >= ${HIGH_MIN_WIDTH} px` },
-    ).catch((err) => {
+    ).catch(async (err) => {
       if (before) note(`before the cap (not all high): ${describeAll(before.s0, before.s1)}`);
+      for (const [i, page] of pages.entries()) note(`${names[i]} sends: ${describeOut(...(await outboundPair(page)))}`);
       throw err;
     });
     figures.before = describeAll(before.s0, before.s1);
@@ -170,7 +218,9 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     // Cap the server→Cyd direction.
     let prev = await sample(c);
     const atCap = prev;
+    note(`Cyd's ICE before the cap: ${JSON.stringify(await icePairs(c))}`);
     lab.cap(c, CAP_RATE);
+    note(`capped at ${new Date().toISOString()}`);
     const capAt = prev.t;
     const downAt = {};
     const trace = [];
@@ -205,16 +255,20 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     const q0 = lab.qdiscStats(c);
     const flaps = [];
     const othersLow = [];
+    const windowTrace = [];
     let last = w0;
     const windowEnd = Date.now() + CAPPED_WINDOW_MS;
     while (Date.now() < windowEnd) {
       await sleep(1000);
       const cur = await Promise.all(pages.map(sample));
       cur.forEach((x, i) => sameSession(x, ids[i], names[i]));
+      const row = { ms: Math.round(cur[2].t - capAt) };
       for (const id of [idA, idB]) {
         const how = shown(last[2], cur[2], id);
-        if (how !== 'low' && how !== 'paused') flaps.push(`${names[ids.indexOf(id)]} ${how} ${cur[2].video[id]?.w}w at +${Math.round(cur[2].t - capAt)} ms`);
+        row[names[ids.indexOf(id)]] = `${how} ${cur[2].video[id]?.w ?? 0}w ${kbit(rate(last[2], cur[2], 'video', id))}bps told=${JSON.stringify(cur[2].told[id] ?? null)}`;
+        if (how !== 'low' && how !== 'paused') flaps.push(`${names[ids.indexOf(id)]} ${row[names[ids.indexOf(id)]]} at +${row.ms} ms`);
       }
+      windowTrace.push(row);
       for (const i of [0, 1]) {
         for (const id of ids) {
           if (id === ids[i]) continue;
@@ -254,6 +308,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
       qdisc: q0.bytes !== undefined ? { bytes: q1.bytes - q0.bytes, packets: q1.packets - q0.packets, dropped: q1.dropped - q0.dropped } : q1.text,
       flaps,
       othersLow,
+      trace: windowTrace,
     };
     note(`capped ${figures.capped.seconds} s: Cyd gets ${figures.capped.cyd} (total ${kbit(figures.capped.cydTotalBps)}bps), audio ${JSON.stringify(audio)}; from the cap on: ${JSON.stringify(whole)}`);
     note(`capped: Ada gets ${figures.capped.ada}; Bob gets ${figures.capped.bob}; qdisc ${JSON.stringify(figures.capped.qdisc)}`);
@@ -261,7 +316,9 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
 
     // Lift the cap: Cyd is back on (at least) the half layer within 10 s.
     prev = await sample(c);
+    note(`Cyd's ICE at the end of the capped window: ${JSON.stringify(await icePairs(c))}`);
     lab.uncap(c);
+    note(`uncapped at ${new Date().toISOString()}`);
     const upStart = prev.t;
     const upAt = {};
     const upTrace = [];
@@ -305,8 +362,12 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     assert.ok(upMs <= UP_WITHIN_MS, `Cyd back on >= ${HIGH_MIN_WIDTH} px ${upMs} ms after the cap was lifted (want <= ${UP_WITHIN_MS} ms)`);
   } catch (err) {
     saveFigures('capped', { ...figures, error: String(err.message ?? err) });
+    for (const [i, page] of pages.entries()) note(`${names[i]}'s ICE at the failure (${new Date().toISOString()}): ${JSON.stringify(await icePairs(page).catch((e) => e.message))}`);
     await reportFailure(t, err, { server, pages });
     throw err;
+  } finally {
+    // The server's log of every run, passed or not (RUST_LOG picks what it holds).
+    writeFileSync(path.join(ARTIFACTS, 'call-quality-capped-server.log'), server.stderr());
   }
 
   function describeAll(s0, s1) {
