@@ -152,6 +152,9 @@ pub struct HubStats {
     pub keyframe_requests: u64,
     pub retransmitted: u64,
     pub retransmit_misses: u64,
+    pub unknown_layer: u64,
+    pub layer_switches: u64,
+    pub notice_drops: u64,
 }
 
 impl Hub {
@@ -314,6 +317,9 @@ impl Hub {
             keyframe_requests: get(&w.keyframe_requests),
             retransmitted: get(&w.retransmitted),
             retransmit_misses: get(&w.retransmit_misses),
+            unknown_layer: get(&w.unknown_layer),
+            layer_switches: get(&w.layer_switches),
+            notice_drops: get(&w.notice_drops),
         }
     }
 

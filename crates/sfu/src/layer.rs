@@ -17,8 +17,7 @@
 pub const MAX_LAYER: u8 = (RIDS.len() - 1) as u8;
 
 /// The rids a publisher may use for its simulcast layers, lowest first: quarter, half and
-/// full resolution (`chorus.js` does not publish simulcast yet; it is to use these).
-/// Layer `i` is `RIDS[i]`.
+/// full resolution, as `chorus.js` publishes them. Layer `i` is `RIDS[i]`.
 pub const RIDS: [&str; 3] = ["q", "h", "f"];
 
 /// The X bit of the first descriptor byte: an extension byte follows.
@@ -110,9 +109,10 @@ pub enum Forward {
     Drop,
     /// Forward as is, on the layer the subscriber already receives.
     Send,
-    /// The first packet of the new layer's keyframe: the switch is done. The caller
-    /// forwards it after rebasing sequence numbers and timestamps, since the source SSRC
-    /// changes here.
+    /// The first packet of the new layer's keyframe, or of the keyframe that resumes a
+    /// paused subscription: the switch is done. The caller forwards it after rebasing the
+    /// sequence numbers (and, on another layer, the timestamps), so that the subscriber's
+    /// stream goes on from its last packet.
     SwitchAndSend,
 }
 

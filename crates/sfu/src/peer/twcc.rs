@@ -31,7 +31,7 @@ pub(super) const URI: &str = rtc::sdp::extmap::TRANSPORT_CC_URI;
 const WIRE_OVERHEAD: usize = 16 + 8 + 20;
 
 /// Offers transport-cc on a subscriber leg: the header extension on audio and video (every
-/// packet on the link counts), and the `transport-cc` feedback on video codecs.
+/// packet on the link counts), and the `transport-cc` feedback on both kinds of codec.
 pub(super) fn negotiate(engine: &mut MediaEngine) -> Result<(), rtc::shared::error::Error> {
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         engine.register_feedback(

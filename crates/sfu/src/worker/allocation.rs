@@ -110,8 +110,7 @@ impl Worker {
                 if let Some(layer) = sub.switch.needs_keyframe() {
                     keyframes.push((track, layer));
                 }
-                if route.kind == MediaKind::Video
-                    && downlink.reported.insert(track, choice) != Some(choice)
+                if route.kind == MediaKind::Video && downlink.reported.get(&track) != Some(&choice)
                 {
                     let message = ServerMessage::StreamState {
                         track_id: track,
@@ -121,7 +120,10 @@ impl Worker {
                             _ => None,
                         },
                     };
-                    notify(&media.notices, *participant, message, &self.stats);
+                    // Remembered only once told, as for dynacast below.
+                    if notify(&media.notices, *participant, message, &self.stats) {
+                        downlink.reported.insert(track, choice);
+                    }
                 }
             }
         }
@@ -147,7 +149,6 @@ impl Worker {
             if route.announced == Some(highest) {
                 continue;
             }
-            route.announced = Some(highest);
             route.layers.set_wanted(highest, now);
             let rids = match highest {
                 Some(top) => RIDS[..=usize::from(top)]
@@ -161,22 +162,28 @@ impl Worker {
                     track_id: *track,
                     rids,
                 };
-                notify(&media.notices, route.publisher, message, &self.stats);
+                // Remembered only once told: a notice the queue refused is sent again on
+                // the next pass.
+                if notify(&media.notices, route.publisher, message, &self.stats) {
+                    route.announced = Some(highest);
+                }
             }
         }
     }
 }
 
+/// Queues `message` for `participant`; false (and counted) when the queue is full.
 fn notify(
     notices: &tokio::sync::mpsc::Sender<MediaNotice>,
     participant: ParticipantId,
     message: ServerMessage,
     stats: &super::WorkerStats,
-) {
-    if notices
+) -> bool {
+    let sent = notices
         .try_send(MediaNotice::Deliver(participant, message))
-        .is_err()
-    {
+        .is_ok();
+    if !sent {
         stats.notice_drops.fetch_add(1, Ordering::Relaxed);
     }
+    sent
 }
