@@ -29,6 +29,12 @@ use crate::wire::{WireLinks, WireLog, wire_runtime};
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Quiet time after everyone is connected, before reading idle memory.
 const SETTLE: Duration = Duration::from_secs(1);
+/// `--simulcast`: how much longer than the warm-up to wait for every subscription to reach
+/// its tile's layer. The allocator climbs one layer per second once the estimate allows, so
+/// the top layer takes a few seconds; much longer means the estimate holds it down.
+const LAYERS_SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// `--simulcast`: time after the last `streamState` for the switch's keyframe to arrive.
+const LAYERS_SETTLED: Duration = Duration::from_millis(500);
 
 /// Where the `chorus` binary is when `--server` is not given.
 pub fn default_server_bin() -> Result<PathBuf> {
@@ -184,10 +190,7 @@ fn publisher_logs(roster: &Roster, joined: &[Joined]) -> Arc<[Arc<WireLog>]> {
 /// (`trackSettings`), a tile the size of its [`Roster::tile_layer`], so that the allocator
 /// caps it at that layer.
 fn show_tiles(roster: &Roster, joined: &[Joined]) -> Result<()> {
-    let cameras: Vec<TrackId> = joined
-        .iter()
-        .filter_map(|j| j.client.published().map(|t| t.video))
-        .collect();
+    let cameras = cameras(joined);
     for j in joined {
         let Some(layer) = roster.tile_layer(j.participant) else {
             continue;
@@ -209,33 +212,116 @@ fn show_tiles(roster: &Roster, joined: &[Joined]) -> Result<()> {
     Ok(())
 }
 
+/// `--simulcast`: after the warm-up, waits (up to [`LAYERS_SETTLE_TIMEOUT`]) until the
+/// server says every video subscription is on its tile's layer, then [`LAYERS_SETTLED`]
+/// more for the switch's keyframe, so that the window measures steady layers: the allocator
+/// climbs one layer per second, after the downlink estimate allows it. Says on the progress
+/// line how it went; a subscription the estimate holds below its tile keeps it waiting the
+/// whole timeout, and shows in the report's streamState counts.
+async fn settle_layers(roster: &Roster, joined: &[Joined], progress: &Progress) {
+    let start = Instant::now();
+    let settled = loop {
+        let states = stream_states_by_tile(roster, joined);
+        if states
+            .iter()
+            .all(|(tile, said)| said.as_deref() == Some(tile))
+        {
+            break true;
+        }
+        if start.elapsed() >= LAYERS_SETTLE_TIMEOUT {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if settled {
+        tokio::time::sleep(LAYERS_SETTLED).await;
+        progress.say(&format!(
+            "every subscription on its tile's layer {:.1} s after the warm-up",
+            start.elapsed().as_secs_f64()
+        ));
+    } else {
+        progress.say(&format!(
+            "not every subscription reached its tile's layer within {} s more; measuring anyway",
+            LAYERS_SETTLE_TIMEOUT.as_secs()
+        ));
+    }
+}
+
+/// Every video subscription's tile layer rid and the server's last `streamState` of it.
+fn stream_states_by_tile(
+    roster: &Roster,
+    joined: &[Joined],
+) -> Vec<(&'static str, Option<String>)> {
+    let cameras = cameras(joined);
+    let mut out = Vec::new();
+    for j in joined {
+        let Some(tile) = roster.tile_layer(j.participant) else {
+            continue;
+        };
+        let mut last = last_stream_states(&j.client);
+        for s in j.client.subscribed() {
+            if cameras.contains(&s.track_id) {
+                out.push((crate::media::LAYER_RIDS[tile], last.remove(&s.track_id)));
+            }
+        }
+    }
+    out
+}
+
+/// The video tracks the publishers publish.
+fn cameras(joined: &[Joined]) -> Vec<TrackId> {
+    joined
+        .iter()
+        .filter_map(|j| j.client.published().map(|t| t.video))
+        .collect()
+}
+
+/// What the server last said of each track `client` receives: a layer rid, or
+/// `paused:<reason>`.
+fn last_stream_states(client: &Client) -> HashMap<TrackId, String> {
+    let mut last = HashMap::new();
+    for logged in client.messages() {
+        if let ServerMessage::StreamState {
+            track_id,
+            layer,
+            paused,
+        } = logged.message
+        {
+            let said = match (layer, paused) {
+                (Some(layer), _) => crate::media::LAYER_RIDS
+                    .get(usize::from(layer))
+                    .map_or_else(|| format!("layer{layer}"), |r| (*r).to_owned()),
+                (None, Some(reason)) => format!("paused:{reason:?}"),
+                (None, None) => "paused".to_owned(),
+            };
+            last.insert(track_id, said);
+        }
+    }
+    last
+}
+
 /// What the server last said (`streamState`) of every camera each receiver gets, counted by
 /// layer rid, `paused:<reason>`, or `none` if it said nothing.
 fn stream_states(roster: &Roster, joined: &[Joined]) -> BTreeMap<String, u64> {
-    let cameras: Vec<TrackId> = joined
-        .iter()
-        .filter_map(|j| j.client.published().map(|t| t.video))
-        .collect();
+    let cameras = cameras(joined);
     let mut out = BTreeMap::new();
     for j in joined.iter().filter(|j| roster.receives(j.participant)) {
-        let mut last: HashMap<TrackId, String> = HashMap::new();
+        // Downgrades over the whole run (a lower layer or a pause after a layer): a climb
+        // that took long because the estimate pushed subscriptions back down shows here.
+        let mut on: HashMap<TrackId, u8> = HashMap::new();
         for logged in j.client.messages() {
             if let ServerMessage::StreamState {
-                track_id,
-                layer,
-                paused,
+                track_id, layer, ..
             } = logged.message
             {
-                let said = match (layer, paused) {
-                    (Some(layer), _) => crate::media::LAYER_RIDS
-                        .get(usize::from(layer))
-                        .map_or_else(|| format!("layer{layer}"), |r| (*r).to_owned()),
-                    (None, Some(reason)) => format!("paused:{reason:?}"),
-                    (None, None) => "paused".to_owned(),
-                };
-                last.insert(track_id, said);
+                let before = on.insert(track_id, layer.map_or(0, |l| l + 1));
+                if before.is_some_and(|b| b > layer.map_or(0, |l| l + 1)) {
+                    *out.entry("downgrades during the run".to_owned())
+                        .or_insert(0) += 1;
+                }
             }
         }
+        let mut last = last_stream_states(&j.client);
         for s in j.client.subscribed() {
             if cameras.contains(&s.track_id) {
                 let said = last
@@ -407,6 +493,9 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     );
 
     tokio::time::sleep(opts.warmup()).await;
+    if opts.simulcast {
+        settle_layers(&roster, &joined, progress).await;
+    }
     switch.store(MEASURED, Ordering::Relaxed);
     let stats_a = server_stats(http).await.ok();
     let a = Snapshot::take(

@@ -325,6 +325,7 @@ pub(crate) async fn send_audio(
 }
 
 /// What one stamped payload is, besides its RTP header.
+#[derive(Clone, Copy)]
 struct Stamped {
     kind: MediaKind,
     publisher: u32,

@@ -397,10 +397,10 @@ mod tests {
         assert_eq!(frames[2].len(), 8);
         assert!(frames[2].iter().all(|&s| (963..=964).contains(&s)));
         let kbit = |f: &Vec<usize>| f.iter().sum::<usize>() * 8 * 30 / 1000;
-        assert_eq!(
-            frames.iter().map(kbit).collect::<Vec<_>>(),
-            vec![150, 500, 1850]
-        );
+        // whole bytes per frame: up to 1 kbit/s under the share
+        for (frame, want) in frames.iter().zip([150, 500, 1850]) {
+            assert!((want - 1..=want).contains(&kbit(frame)), "{frame:?}");
+        }
         assert_eq!(shape.packets_per_second(), 30.0 + 60.0 + 240.0 + 50.0);
     }
 

@@ -331,6 +331,7 @@ mod tests {
             sent_ns: 0,
             ssrc,
             seq,
+            layer: None,
         }
     }
 
