@@ -49,6 +49,7 @@ use crate::MediaError;
 use crate::idhash::IdHashMap;
 use crate::rewrite::{IdMap, SeqRewriter};
 
+mod early_checks;
 mod rid_keeper;
 mod tap;
 mod twcc;
@@ -386,6 +387,8 @@ pub struct Peer {
     /// Publisher: the SSRCs of its simulcast layers, which its receiver reports leave out
     /// (see `rid_keeper`).
     layer_ssrcs: rid_keeper::LayerSsrcs,
+    /// Subscriber: connectivity checks that came before its first answer.
+    early_checks: early_checks::EarlyChecks,
 }
 
 /// What a peer connection has been given since its datagrams were last collected, which
@@ -625,6 +628,10 @@ impl Peer {
             outbound_by_rtc: HashMap::new(),
             send_side: twcc::SendSide::new(now),
             layer_ssrcs,
+            early_checks: match role {
+                PeerRole::Subscriber => early_checks::EarlyChecks::waiting(),
+                PeerRole::Publisher => early_checks::EarlyChecks::default(),
+            },
         })
     }
 
@@ -886,6 +893,9 @@ impl Peer {
         self.pc()
             .set_remote_description(now, answer)
             .map_err(sdp_error)?;
+        for (from, datagram) in self.early_checks.release() {
+            self.handle_datagram(from, false, datagram, now);
+        }
         let tracks: Vec<TrackId> = self.outbound.keys().copied().collect();
         for track in tracks {
             let Some(out) = self.outbound.get(&track) else {
@@ -942,6 +952,9 @@ impl Peer {
         datagram: BytesMut,
         now: Instant,
     ) {
+        let Some(datagram) = self.early_checks.hold(from, tcp, datagram) else {
+            return;
+        };
         let (local_addr, transport_protocol) = match (tcp, self.local_tcp_tag) {
             (true, Some(tag)) => (tag, TransportProtocol::TCP),
             _ => (self.local_tag, TransportProtocol::UDP),
