@@ -511,11 +511,11 @@ fn media_engine(role: PeerRole) -> Result<MediaEngine, MediaError> {
 ///   bandwidth estimate needs it), receiver reports, and the rid keeper that leaves the
 ///   simulcast layers out of them (see `rid_keeper`);
 /// - subscriber (sends media): only the tap that lets keyframe requests, NACKs and
-///   transport-cc feedback through to the worker (Chorus numbers the packets itself, see
-///   `twcc`, rather than through webrtc-rs's TWCC sender stage). Chorus answers NACKs from one history per track and writes the sender
-///   reports itself: webrtc-rs's NACK responder and sender-report stages cost about 15 % of
-///   the server's CPU per forwarded copy (a move through each stage, and a clone into a
-///   history per subscription).
+///   transport-cc feedback through to the worker. Chorus numbers the packets itself (see
+///   `twcc`) rather than through webrtc-rs's TWCC sender stage, answers NACKs from one
+///   history per track and writes the sender reports itself: webrtc-rs's NACK responder
+///   and sender-report stages cost about 15 % of the server's CPU per forwarded copy (a
+///   move through each stage, and a clone into a history per subscription).
 fn interceptors(
     role: PeerRole,
     engine: &mut MediaEngine,
