@@ -382,8 +382,9 @@ pub struct Peer {
     /// Subscriber: rtc's sender track id string → our track.
     outbound_by_rtc: HashMap<String, TrackId>,
     /// Subscriber: the transport-wide numbering of what it sends, and the downlink
-    /// estimate the browser's feedback on it gives.
-    send_side: twcc::SendSide,
+    /// estimate the browser's feedback on it gives (the estimator's send history is 16 KiB,
+    /// which a publisher peer does without).
+    send_side: Option<twcc::SendSide>,
     /// Publisher: the SSRCs of its simulcast layers, which its receiver reports leave out
     /// (see `rid_keeper`).
     layer_ssrcs: rid_keeper::LayerSsrcs,
@@ -626,7 +627,7 @@ impl Peer {
             inbound: Vec::new(),
             outbound: IdHashMap::default(),
             outbound_by_rtc: HashMap::new(),
-            send_side: twcc::SendSide::new(now),
+            send_side: (role == PeerRole::Subscriber).then(|| twcc::SendSide::new(now)),
             layer_ssrcs,
             early_checks: match role {
                 PeerRole::Subscriber => early_checks::EarlyChecks::waiting(),
@@ -842,7 +843,7 @@ impl Peer {
     /// Subscriber: the estimate of its downlink, from the browser's transport-cc
     /// feedback; `None` until feedback has come.
     pub fn downlink_estimate(&self) -> Option<crate::allocate::Estimate> {
-        self.send_side.estimate()
+        self.send_side.as_ref().and_then(twcc::SendSide::estimate)
     }
 
     /// Subscriber: the tracks it currently sends.
@@ -1001,8 +1002,11 @@ impl Peer {
                     // Transport-wide feedback is about the whole peer, whichever of its
                     // streams webrtc-rs filed it under.
                     for packet in &packets {
-                        if let Some(cc) = packet.as_any().downcast_ref::<TransportLayerCc>() {
-                            self.send_side.on_feedback(cc, now);
+                        if let (Some(cc), Some(side)) = (
+                            packet.as_any().downcast_ref::<TransportLayerCc>(),
+                            self.send_side.as_mut(),
+                        ) {
+                            side.on_feedback(cc, now);
                         }
                     }
                     let Some(track) = self.outbound_by_rtc.get(&rtc_track).copied() else {
@@ -1136,8 +1140,8 @@ impl Peer {
         }
         .ok_or(ForwardDrop::PayloadType)?;
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());
-        if let Some(id) = out.twcc {
-            self.send_side.stamp(&mut pkt, id, now);
+        if let (Some(id), Some(side)) = (out.twcc, self.send_side.as_mut()) {
+            side.stamp(&mut pkt, id, now);
         }
         // Straight into the peer connection, not through `RTCRtpSender::write_rtp`: that call
         // re-checks, per packet, what the rewrite already guarantees (the SSRC is the
