@@ -42,11 +42,13 @@ pub const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(6);
 /// false alarm (a burst of jitter) costs no more than one downgrade.
 pub const CONGESTION_MEMORY: Duration = Duration::from_secs(3);
 
-/// The share of a video's lowest layer that must fit in what is left of the estimate for
-/// the video to be kept rather than paused. Below one because pausing is the one move that
-/// takes a picture away: an estimate just after a cut (0.85 of what arrived) must not pause
-/// a single-layer video that was flowing, while a link that carries well under its rate
-/// still pauses it.
+/// The share of a flowing video's lowest layer that must fit in what is left of the
+/// estimate for the video to be kept rather than paused. Below one because pausing is the
+/// one move that takes a picture away: an estimate just after a cut (0.85 of what arrived)
+/// must not pause a single-layer video that was flowing, while a link that carries well
+/// under its rate still pauses it. A paused video comes back only when all of its lowest
+/// layer fits: the gap between the two keeps a video from flapping on a link that carries
+/// about its rate.
 pub const LOWEST_LAYER_FIT: f64 = 0.6;
 
 /// The least time between two upward steps of one subscriber's allocation. Each step adds
@@ -196,7 +198,7 @@ impl Allocator {
             }
             _ => u32::MAX,
         };
-        let ideal = ideal(budget, claims);
+        let ideal = ideal(budget, claims, &self.previous);
         let downgraded = ideal
             .iter()
             .any(|(track, choice)| rank(Some(*choice)) < rank(self.previous.get(track).copied()));
@@ -220,6 +222,12 @@ impl Allocator {
             && self
                 .last_upgrade
                 .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP);
+        // While the estimate does not bind, a step up is the probe: one subscription steps
+        // per pass, the most important first, so that a link that cannot carry it loses
+        // one step's worth, not every subscription's.
+        let probe = (budget == u32::MAX)
+            .then(|| self.first_step(&ideal, claims))
+            .flatten();
         let mut stepped = false;
         let out: Vec<(TrackId, Choice)> = ideal
             .into_iter()
@@ -239,7 +247,7 @@ impl Allocator {
                 };
                 match now_on {
                     Some(layer) if want <= layer => (track, choice),
-                    _ if !may_step_up => (
+                    _ if !may_step_up || probe.is_some_and(|first| first != track) => (
                         track,
                         before.unwrap_or(Choice::Paused(PauseReason::LowBandwidth)),
                     ),
@@ -256,11 +264,46 @@ impl Allocator {
         self.previous = out.iter().copied().collect();
         out
     }
+
+    /// Of the subscriptions `ideal` would move up from where they are, the one a probing
+    /// pass steps: a paused one before one on a layer, then the most important, then the
+    /// lowest track id.
+    fn first_step(
+        &self,
+        ideal: &[(TrackId, Choice)],
+        claims: &[(TrackId, Claim)],
+    ) -> Option<TrackId> {
+        ideal
+            .iter()
+            .zip(claims)
+            .filter(|((track, choice), _)| {
+                rank(Some(*choice)) > rank(self.previous.get(track).copied())
+                    && matches!(
+                        self.previous.get(track),
+                        Some(Choice::Layer(_) | Choice::Paused(PauseReason::LowBandwidth))
+                    )
+            })
+            // Videos paused for bandwidth come back before any moves up a layer, as in
+            // `ideal`: as many participants as possible are seen at all.
+            .min_by_key(|((track, _), (_, claim))| {
+                let moving_up = matches!(self.previous.get(track), Some(Choice::Layer(_)));
+                let importance = match claim {
+                    Claim::Video { importance, .. } => *importance,
+                    Claim::Audio { .. } => Importance::Other,
+                };
+                (moving_up, importance, *track)
+            })
+            .map(|((track, _), _)| *track)
+    }
 }
 
 /// The best allocation for `estimate`, ignoring history: audio first, then every visible
 /// video at its lowest layer in order of importance, then upgrades in the same order.
-fn ideal(estimate: u32, claims: &[(TrackId, Claim)]) -> Vec<(TrackId, Choice)> {
+fn ideal(
+    estimate: u32,
+    claims: &[(TrackId, Claim)],
+    previous: &HashMap<TrackId, Choice>,
+) -> Vec<(TrackId, Choice)> {
     let mut budget = i64::from(estimate);
     for (_, claim) in claims {
         if let Claim::Audio { bitrate } = claim {
@@ -285,7 +328,9 @@ fn ideal(estimate: u32, claims: &[(TrackId, Claim)]) -> Vec<(TrackId, Choice)> {
     let mut layer: Vec<Option<usize>> = vec![None; claims.len()];
     for (i, _, layers, _) in &videos {
         let cost = i64::from(layers[0].bitrate);
-        if (cost as f64 * LOWEST_LAYER_FIT) as i64 <= budget {
+        let flowing = matches!(previous.get(&claims[*i].0), Some(Choice::Layer(_)));
+        let fit = if flowing { LOWEST_LAYER_FIT } else { 1.0 };
+        if (cost as f64 * fit) as i64 <= budget {
             budget -= cost;
             layer[*i] = Some(0);
         }
@@ -432,13 +477,13 @@ mod tests {
         ];
         // Room for three low layers and one step up (150 * 3 + 350 = 800 k): the screen
         // takes the step.
-        let out = ideal(800_000, &claims);
+        let out = ideal(800_000, &claims, &HashMap::new());
         assert_eq!(
             choices(&out),
             [Choice::Layer(0), Choice::Layer(0), Choice::Layer(1)]
         );
         // Room for two low layers only: the least important video is the one paused.
-        let out = ideal(300_000, &claims);
+        let out = ideal(300_000, &claims, &HashMap::new());
         assert_eq!(
             choices(&out),
             [
@@ -484,7 +529,7 @@ mod tests {
                 ),
             ),
         ];
-        let out = ideal(10_000_000, &claims);
+        let out = ideal(10_000_000, &claims, &HashMap::new());
         assert_eq!(
             choices(&out),
             [
@@ -582,11 +627,25 @@ mod tests {
                 tile: Tile::Unknown,
             },
         )];
-        assert_eq!(choices(&ideal(2_000_000, &claims)), [Choice::Layer(0)]);
-        // Kept a little under its rate (see LOWEST_LAYER_FIT), paused well under it.
-        assert_eq!(choices(&ideal(900_000, &claims)), [Choice::Layer(0)]);
         assert_eq!(
-            choices(&ideal(500_000, &claims)),
+            choices(&ideal(2_000_000, &claims, &HashMap::new())),
+            [Choice::Layer(0)]
+        );
+        // Flowing, it is kept a little under its rate (see LOWEST_LAYER_FIT) and paused well
+        // under it; paused, it comes back only when all of it fits.
+        let flowing: HashMap<TrackId, Choice> = [(TrackId(1), Choice::Layer(0))].into();
+        let paused: HashMap<TrackId, Choice> =
+            [(TrackId(1), Choice::Paused(PauseReason::LowBandwidth))].into();
+        assert_eq!(
+            choices(&ideal(900_000, &claims, &flowing)),
+            [Choice::Layer(0)]
+        );
+        assert_eq!(
+            choices(&ideal(900_000, &claims, &paused)),
+            [Choice::Paused(PauseReason::LowBandwidth)]
+        );
+        assert_eq!(
+            choices(&ideal(500_000, &claims, &flowing)),
             [Choice::Paused(PauseReason::LowBandwidth)]
         );
     }
@@ -661,6 +720,37 @@ mod tests {
                 .all(|g| *g <= MAX_UPGRADE_HOLD + Duration::from_secs(1)),
             "never longer than the maximum hold: {gaps:?}"
         );
+    }
+
+    #[test]
+    fn a_probe_steps_one_subscription_at_a_time_the_most_important_first() {
+        let t0 = Instant::now();
+        let claims = [
+            (TrackId(1), video(Importance::Other, Tile::Unknown)),
+            (TrackId(2), video(Importance::Screen, Tile::Unknown)),
+        ];
+        let mut alloc = Allocator::default();
+        alloc.allocate(calm(5_000_000), &claims, t0);
+        // A cut deep enough to pause both.
+        let cut = t0 + Duration::from_millis(200);
+        assert_eq!(
+            choices(&alloc.allocate(congested(50_000, cut), &claims, cut)),
+            [
+                Choice::Paused(PauseReason::LowBandwidth),
+                Choice::Paused(PauseReason::LowBandwidth)
+            ]
+        );
+        // Once neither the congestion nor the hold binds, one video comes back per step:
+        // the screen share first.
+        let mut t = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
+        let first = choices(&alloc.allocate(congested(50_000, cut), &claims, t));
+        assert_eq!(
+            first,
+            [Choice::Paused(PauseReason::LowBandwidth), Choice::Layer(0)]
+        );
+        t += UPGRADE_STEP;
+        let second = choices(&alloc.allocate(congested(50_000, cut), &claims, t));
+        assert_eq!(second, [Choice::Layer(0), Choice::Layer(0)]);
     }
 
     #[test]

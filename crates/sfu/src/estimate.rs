@@ -180,8 +180,11 @@ const ACK_BINS: usize = 16;
 /// fires, long enough to hold a few packets at 150 kbit/s.
 const ACK_WINDOW_BINS: i64 = 6;
 
-/// Packets per loss window at least: fewer give a meaningless fraction (1 of 3 is 33 %).
-pub const LOSS_WINDOW_PACKETS: u32 = 20;
+/// Packets per loss window at least: fewer give a fraction too noisy to act on. At a
+/// steady 5 % random loss (a lossy Wi-Fi, which the delay detector cannot help with), 45
+/// packets read over 10 % about one window in ten, and each such reading cuts the estimate
+/// (measured with Chromium, 16-call-loss); 150 packets do so about once in 300 windows.
+pub const LOSS_WINDOW_PACKETS: u32 = 100;
 
 /// Feedback time per loss window at least (µs): at 5 % random loss, 20 packets exceed 10 %
 /// one window in 13, which would cut a clean link every second at 3 Mbit/s; half a second
@@ -1278,7 +1281,10 @@ mod tests {
             unreachable!()
         };
         eprintln!("lifted cap, ladder: 3 Mbit/s after {took:.2} s, layer {current}");
-        assert!(took <= 9.0, "took {took} s");
+        // The real allocator does not wait for the estimate once the last cut is
+        // `allocate::CONGESTION_MEMORY` old (its held step is the probe); a ladder that does
+        // is the slow case, slowed further by loss windows of LOSS_WINDOW_PACKETS.
+        assert!(took <= 12.0, "took {took} s");
         assert_eq!(current, 3, "the ladder did not reach its top");
     }
 

@@ -26,10 +26,11 @@ pub const RATE_WINDOW: Duration = Duration::from_millis(500);
 pub const LAYER_ABSENT_AFTER: Duration = Duration::from_secs(2);
 
 /// How long an absent layer stays off offer before it is tried again: the browser may
-/// start sending it by then (its own uplink estimate grew, or the capture did), and a try
-/// costs at most [`LAYER_ABSENT_AFTER`] on an old layer. Long enough that a layer the
-/// browser never sends is not asked for in a loop.
-pub const LAYER_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// start sending it by then (Chromium turns its upper layers on only as its own uplink
+/// estimate grows, which can take longer than [`LAYER_ABSENT_AFTER`] at the start of a
+/// call), and a try costs at most [`LAYER_ABSENT_AFTER`] on the old layer, which keeps
+/// playing. Long enough that a layer the browser never sends is not asked for in a loop.
+pub const LAYER_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// What a layer costs while nothing about it is known: the rates `chorus.js` configures.
 const DEFAULT_COSTS: [LayerCost; 3] = [
@@ -365,13 +366,13 @@ mod tests {
         };
         feed(&mut layers, 0, 300);
         assert_eq!(layers.costs(t0 + ms(3000)).len(), 2, "f never came");
-        feed(&mut layers, 300, 1200);
-        assert_eq!(layers.costs(t0 + ms(12_000)).len(), 2, "not yet retried");
+        feed(&mut layers, 300, 700);
+        assert_eq!(layers.costs(t0 + ms(7_000)).len(), 2, "not yet retried");
         let retry = t0 + ms(3000) + LAYER_RETRY_AFTER;
         assert_eq!(layers.costs(retry).len(), 3, "offered again");
         // Someone is given f: dynacast asks for it; it does not come within the window.
         layers.set_wanted(Some(2), retry);
-        feed(&mut layers, 1300, 1600);
+        feed(&mut layers, 800, 1100);
         let later = retry + LAYER_ABSENT_AFTER + ms(100);
         assert_eq!(layers.costs(later).len(), 2, "absent again");
     }
