@@ -14,12 +14,15 @@
 //! last downgrade and then climb one layer per [`UPGRADE_STEP`], because an estimate that
 //! has just recovered is the least trustworthy one, and a layer switch costs a keyframe.
 //!
-//! The estimate binds only while congestion is recent ([`CONGESTION_MEMORY`] after the
-//! estimator last cut it). Otherwise the server sends less than the link could carry and
-//! the estimate cannot know how much more fits (webrtc-rs has no probing, and Chorus sends
-//! no padding): the held, one-layer step up is the probe. A step the link cannot carry
-//! shows as congestion within a feedback or two, is undone at once, and doubles the hold
-//! before the next try (up to [`MAX_UPGRADE_HOLD`]).
+//! The estimate forces downgrades only while congestion is recent ([`CONGESTION_MEMORY`]
+//! after the estimator last cut it): otherwise the server sends less than the link could
+//! carry, and a low estimate is no reason to take layers away. A move up a layer needs
+//! room in the estimate, whose app-limited ceiling leaves room to try the next layer
+//! (webrtc-rs has no probing, and Chorus sends no padding: the held, one-layer, one-
+//! subscription step up is the probe); a paused video's return to its lowest layer is
+//! tried without it. A step the link cannot carry shows as congestion within a feedback
+//! or two, is undone at once, and doubles the hold before the next try (up to
+//! [`MAX_UPGRADE_HOLD`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -198,7 +201,16 @@ impl Allocator {
             }
             _ => u32::MAX,
         };
-        let ideal = ideal(budget, claims, &self.previous);
+        let ideal = ideal_fn(budget, claims, &self.previous);
+        // How far the estimate itself would go: a move up a layer must fit in it (the
+        // estimator's app-limited ceiling leaves room to try the next layer); only a paused
+        // video's return to its lowest layer is tried without it, as a probe.
+        let room: HashMap<TrackId, Choice> = match estimate {
+            Some(estimate) if budget == u32::MAX => ideal_fn(estimate.bps, claims, &self.previous),
+            _ => ideal.clone(),
+        }
+        .into_iter()
+        .collect();
         let downgraded = ideal
             .iter()
             .any(|(track, choice)| rank(Some(*choice)) < rank(self.previous.get(track).copied()));
@@ -226,7 +238,7 @@ impl Allocator {
         // per pass, the most important first, so that a link that cannot carry it loses
         // one step's worth, not every subscription's.
         let probe = (budget == u32::MAX)
-            .then(|| self.first_step(&ideal, claims))
+            .then(|| self.first_step(&ideal, &room, claims))
             .flatten();
         let mut stepped = false;
         let out: Vec<(TrackId, Choice)> = ideal
@@ -245,9 +257,11 @@ impl Allocator {
                     }
                     _ => None,
                 };
+                let no_room =
+                    now_on.is_some_and(|layer| rank(room.get(&track).copied()) <= i16::from(layer));
                 match now_on {
                     Some(layer) if want <= layer => (track, choice),
-                    _ if !may_step_up || probe.is_some_and(|first| first != track) => (
+                    _ if !may_step_up || no_room || probe.is_some_and(|first| first != track) => (
                         track,
                         before.unwrap_or(Choice::Paused(PauseReason::LowBandwidth)),
                     ),
@@ -271,17 +285,22 @@ impl Allocator {
     fn first_step(
         &self,
         ideal: &[(TrackId, Choice)],
+        room: &HashMap<TrackId, Choice>,
         claims: &[(TrackId, Claim)],
     ) -> Option<TrackId> {
         ideal
             .iter()
             .zip(claims)
             .filter(|((track, choice), _)| {
-                rank(Some(*choice)) > rank(self.previous.get(track).copied())
-                    && matches!(
-                        self.previous.get(track),
-                        Some(Choice::Layer(_) | Choice::Paused(PauseReason::LowBandwidth))
-                    )
+                let before = self.previous.get(track).copied();
+                rank(Some(*choice)) > rank(before)
+                    && match before {
+                        Some(Choice::Paused(PauseReason::LowBandwidth)) => true,
+                        Some(Choice::Layer(layer)) => {
+                            rank(room.get(track).copied()) > i16::from(layer)
+                        }
+                        _ => false,
+                    }
             })
             // Videos paused for bandwidth come back before any moves up a layer, as in
             // `ideal`: as many participants as possible are seen at all.
@@ -299,7 +318,7 @@ impl Allocator {
 
 /// The best allocation for `estimate`, ignoring history: audio first, then every visible
 /// video at its lowest layer in order of importance, then upgrades in the same order.
-fn ideal(
+fn ideal_fn(
     estimate: u32,
     claims: &[(TrackId, Claim)],
     previous: &HashMap<TrackId, Choice>,
@@ -477,13 +496,13 @@ mod tests {
         ];
         // Room for three low layers and one step up (150 * 3 + 350 = 800 k): the screen
         // takes the step.
-        let out = ideal(800_000, &claims, &HashMap::new());
+        let out = ideal_fn(800_000, &claims, &HashMap::new());
         assert_eq!(
             choices(&out),
             [Choice::Layer(0), Choice::Layer(0), Choice::Layer(1)]
         );
         // Room for two low layers only: the least important video is the one paused.
-        let out = ideal(300_000, &claims, &HashMap::new());
+        let out = ideal_fn(300_000, &claims, &HashMap::new());
         assert_eq!(
             choices(&out),
             [
@@ -529,7 +548,7 @@ mod tests {
                 ),
             ),
         ];
-        let out = ideal(10_000_000, &claims, &HashMap::new());
+        let out = ideal_fn(10_000_000, &claims, &HashMap::new());
         assert_eq!(
             choices(&out),
             [
@@ -628,7 +647,7 @@ mod tests {
             },
         )];
         assert_eq!(
-            choices(&ideal(2_000_000, &claims, &HashMap::new())),
+            choices(&ideal_fn(2_000_000, &claims, &HashMap::new())),
             [Choice::Layer(0)]
         );
         // Flowing, it is kept a little under its rate (see LOWEST_LAYER_FIT) and paused well
@@ -637,15 +656,15 @@ mod tests {
         let paused: HashMap<TrackId, Choice> =
             [(TrackId(1), Choice::Paused(PauseReason::LowBandwidth))].into();
         assert_eq!(
-            choices(&ideal(900_000, &claims, &flowing)),
+            choices(&ideal_fn(900_000, &claims, &flowing)),
             [Choice::Layer(0)]
         );
         assert_eq!(
-            choices(&ideal(900_000, &claims, &paused)),
+            choices(&ideal_fn(900_000, &claims, &paused)),
             [Choice::Paused(PauseReason::LowBandwidth)]
         );
         assert_eq!(
-            choices(&ideal(500_000, &claims, &flowing)),
+            choices(&ideal_fn(500_000, &claims, &flowing)),
             [Choice::Paused(PauseReason::LowBandwidth)]
         );
     }
@@ -694,12 +713,15 @@ mod tests {
         let mut congested_at = None;
         let mut tries = Vec::new();
         let mut on = None;
-        // A link that carries layer 0 and no more: every step up is undone by a cut 400 ms
-        // later.
+        // A link that carries layer 0 and no more, under an estimate that (app-limited)
+        // has room for layer 1 while calm: every step up is undone by a cut 400 ms later,
+        // after which the estimate binds at 200 kbit/s for CONGESTION_MEMORY.
         while t < t0 + Duration::from_secs(40) {
+            let cut = congested_at.filter(|c| t >= *c);
+            let binding = cut.is_some_and(|c| t - c < CONGESTION_MEMORY);
             let estimate = Some(Estimate {
-                bps: 200_000,
-                congested_at,
+                bps: if binding { 200_000 } else { 1_000_000 },
+                congested_at: cut,
             });
             let choice = alloc.allocate(estimate, &claims, t)[0].1;
             if choice == Choice::Layer(1) && on != Some(Choice::Layer(1)) {
@@ -751,6 +773,30 @@ mod tests {
         t += UPGRADE_STEP;
         let second = choices(&alloc.allocate(congested(50_000, cut), &claims, t));
         assert_eq!(second, [Choice::Layer(0), Choice::Layer(0)]);
+    }
+
+    #[test]
+    fn a_layer_up_needs_room_in_the_estimate_and_a_paused_video_returns_without_it() {
+        let t0 = Instant::now();
+        let claims = [(TrackId(1), video(Importance::Other, Tile::Unknown))];
+        let mut alloc = Allocator::default();
+        let mut t = t0;
+        // Calm at 400 kbit/s: layer 0 (150 k) and no room for layer 1 (500 k).
+        for _ in 0..10 {
+            assert_eq!(
+                alloc.allocate(calm(400_000), &claims, t)[0].1,
+                Choice::Layer(0)
+            );
+            t += UPGRADE_STEP;
+        }
+        // Paused by a deep cut, it comes back once the cut is old, on no estimate's word.
+        let cut = t;
+        alloc.allocate(congested(50_000, cut), &claims, cut);
+        let later = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
+        assert_eq!(
+            alloc.allocate(congested(50_000, cut), &claims, later)[0].1,
+            Choice::Layer(0)
+        );
     }
 
     #[test]
