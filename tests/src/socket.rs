@@ -259,22 +259,34 @@ fn poll_recv_filtered(
     }
 }
 
-impl AsyncUdpSocket for LossySocket {
-    crate::delegate_socket_basics!();
+/// `impl AsyncUdpSocket` for a wrapper (field `inner`) that sends as is and loses the
+/// inbound datagrams its own `drops(&self, &[u8]) -> bool` picks.
+macro_rules! dropping_socket {
+    ($wrapper:ty) => {
+        impl AsyncUdpSocket for $wrapper {
+            crate::delegate_socket_basics!();
 
-    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        self.inner.poll_send(cx, transmit)
-    }
+            fn poll_send(
+                &self,
+                cx: &mut Context<'_>,
+                transmit: &Transmit<'_>,
+            ) -> Poll<io::Result<usize>> {
+                self.inner.poll_send(cx, transmit)
+            }
 
-    fn poll_recv(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSliceMut<'_>],
-        meta: &mut [RecvMeta],
-    ) -> Poll<io::Result<usize>> {
-        poll_recv_filtered(self.inner.as_ref(), cx, bufs, meta, |d| self.drops(d))
-    }
+            fn poll_recv(
+                &self,
+                cx: &mut Context<'_>,
+                bufs: &mut [IoSliceMut<'_>],
+                meta: &mut [RecvMeta],
+            ) -> Poll<io::Result<usize>> {
+                poll_recv_filtered(self.inner.as_ref(), cx, bufs, meta, |d| self.drops(d))
+            }
+        }
+    };
 }
+
+dropping_socket!(LossySocket);
 
 /// How much a [`CappedSocket`] lets through at once above its rate: a few packets, the
 /// burst a policer on a real link allows.
@@ -334,22 +346,7 @@ impl CappedSocket {
     }
 }
 
-impl AsyncUdpSocket for CappedSocket {
-    crate::delegate_socket_basics!();
-
-    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        self.inner.poll_send(cx, transmit)
-    }
-
-    fn poll_recv(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &mut [IoSliceMut<'_>],
-        meta: &mut [RecvMeta],
-    ) -> Poll<io::Result<usize>> {
-        poll_recv_filtered(self.inner.as_ref(), cx, bufs, meta, |d| self.drops(d))
-    }
-}
+dropping_socket!(CappedSocket);
 
 /// A socket that goes silent on demand: once its switch is on, everything sent is dropped
 /// (reported as sent) and everything received is discarded. The peer stops answering

@@ -1261,6 +1261,23 @@ async fn join_without_estimate(server: &Server, room: &str, name: &str) -> Resul
     Ok(client)
 }
 
+/// [`simulcast_pair`] and a second subscriber, cy, that has the camera too.
+async fn simulcast_trio(
+    server: &Server,
+    room: &str,
+) -> Result<(Client, Client, Client, PublishedTracks)> {
+    let (ada, bob, tracks) = simulcast_pair(server, room).await?;
+    let cy = join_without_estimate(server, room, "cy").await?;
+    wait::poll_until(T, "cy to be offered ada's camera", || {
+        cy.subscribed()
+            .iter()
+            .any(|s| s.track_id == tracks.video)
+            .then_some(())
+    })
+    .await?;
+    Ok((ada, bob, cy, tracks))
+}
+
 /// A simulcast publisher streaming in `room`, and a subscriber that has its camera.
 async fn simulcast_pair(server: &Server, room: &str) -> Result<(Client, Client, PublishedTracks)> {
     let ada = Client::connect_and_join(server.http_addr(), room, "ada").await?;
@@ -1362,16 +1379,8 @@ fn latest_publish_layers(client: &Client, track: TrackId) -> Option<Vec<String>>
 async fn dynacast_stops_the_top_layer_while_every_tile_is_small() -> Result<()> {
     init_tracing();
     let server = Server::start().await?;
-    let (ada, bob, tracks) = simulcast_pair(&server, "standup").await?;
-    let cy = join_without_estimate(&server, "standup", "cy").await?;
+    let (ada, bob, cy, tracks) = simulcast_trio(&server, "standup").await?;
     let (ada_id, video) = (ada.id()?, tracks.video);
-    wait::poll_until(T, "cy to be offered ada's camera", || {
-        cy.subscribed()
-            .iter()
-            .any(|s| s.track_id == video)
-            .then_some(())
-    })
-    .await?;
 
     // Every subscriber shows ada small: the publisher hears that only q is needed.
     bob.track_settings(video, true, SMALL_TILE.0, SMALL_TILE.1)?;
@@ -1445,16 +1454,8 @@ async fn dynacast_stops_the_top_layer_while_every_tile_is_small() -> Result<()> 
 async fn a_subscriber_resumes_a_layer_others_kept_on_without_a_hole() -> Result<()> {
     init_tracing();
     let server = Server::start().await?;
-    let (ada, bob, tracks) = simulcast_pair(&server, "standup").await?;
-    let cy = join_without_estimate(&server, "standup", "cy").await?;
+    let (ada, bob, cy, tracks) = simulcast_trio(&server, "standup").await?;
     let (ada_id, video) = (ada.id()?, tracks.video);
-    wait::poll_until(T, "cy to be offered ada's camera", || {
-        cy.subscribed()
-            .iter()
-            .any(|s| s.track_id == video)
-            .then_some(())
-    })
-    .await?;
     bob.track_settings(video, true, SMALL_TILE.0, SMALL_TILE.1)?;
     cy.track_settings(video, true, SMALL_TILE.0, SMALL_TILE.1)?;
     wait_stream_state(&bob, video, (Some(0), None), T).await?;
