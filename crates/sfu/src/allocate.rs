@@ -149,6 +149,15 @@ pub struct Estimate {
     pub congested_at: Option<Instant>,
 }
 
+impl Estimate {
+    /// Whether the estimate binds at `now`: the estimator cut it less than
+    /// [`CONGESTION_MEMORY`] ago.
+    pub fn binding(&self, now: Instant) -> bool {
+        self.congested_at
+            .is_some_and(|t| now.saturating_duration_since(t) < CONGESTION_MEMORY)
+    }
+}
+
 /// The allocation state of one subscriber: what it got last time, and when it last moved.
 #[derive(Debug, Default)]
 pub struct Allocator {
@@ -192,13 +201,7 @@ impl Allocator {
         now: Instant,
     ) -> Vec<(TrackId, Choice)> {
         let budget = match estimate {
-            Some(estimate)
-                if estimate
-                    .congested_at
-                    .is_some_and(|t| now.saturating_duration_since(t) < CONGESTION_MEMORY) =>
-            {
-                estimate.bps
-            }
+            Some(estimate) if estimate.binding(now) => estimate.bps,
             _ => u32::MAX,
         };
         let ideal = ideal_fn(budget, claims, &self.previous);

@@ -151,6 +151,17 @@ impl LayerSwitch {
         }
     }
 
+    /// [`set_target`](Self::set_target), except that a move down takes effect at once:
+    /// nothing is forwarded until the keyframe of the lower layer. For congestion, where
+    /// every packet over what the link carries queues ahead of the audio; the picture holds
+    /// for the time a keyframe takes instead.
+    pub fn cut_to(&mut self, target: Option<u8>) {
+        self.set_target(target);
+        if self.current > self.target {
+            self.current = None;
+        }
+    }
+
     /// The layer being forwarded, `None` when nothing is (new, paused, or resuming and
     /// still waiting for a keyframe).
     pub fn current(&self) -> Option<u8> {
@@ -510,6 +521,19 @@ mod tests {
         assert_eq!(switch.on_packet(0, true), Forward::SwitchAndSend);
         assert_eq!(switch.current(), Some(0));
         assert_eq!(switch.on_packet(2, false), Forward::Drop);
+        assert_eq!(switch.on_packet(0, false), Forward::Send);
+    }
+
+    #[test]
+    fn a_cut_down_stops_the_old_layer_at_once_and_a_cut_up_is_a_plain_switch() {
+        let mut switch = on_layer(2);
+        switch.cut_to(Some(0));
+        assert_eq!(switch.current(), None);
+        assert_eq!(switch.on_packet(2, false), Forward::Drop);
+        assert_eq!(switch.on_packet(0, false), Forward::Drop);
+        assert_eq!(switch.on_packet(0, true), Forward::SwitchAndSend);
+        switch.cut_to(Some(1));
+        assert_eq!(switch.current(), Some(0), "up: the old layer plays on");
         assert_eq!(switch.on_packet(0, false), Forward::Send);
     }
 

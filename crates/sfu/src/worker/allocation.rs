@@ -90,6 +90,7 @@ impl Worker {
             }
             // A subscriber that gives no transport-cc feedback has no estimate: no cap.
             let estimate = peer.downlink_estimate();
+            let congested = estimate.is_some_and(|e| e.binding(now));
             for (track, choice) in downlink.allocator.allocate(estimate, &claims, now) {
                 let Some(route) = self.tracks.get_mut(&track) else {
                     continue;
@@ -106,7 +107,13 @@ impl Worker {
                     Choice::Layer(layer) => Some(layer),
                     Choice::Paused(_) => None,
                 };
-                sub.switch.set_target(target);
+                // Under congestion a layer down stops the higher one at once (see
+                // `LayerSwitch::cut_to`); otherwise the old layer plays until the switch.
+                if congested {
+                    sub.switch.cut_to(target);
+                } else {
+                    sub.switch.set_target(target);
+                }
                 if let Some(layer) = sub.switch.needs_keyframe() {
                     keyframes.push((track, layer));
                 }
