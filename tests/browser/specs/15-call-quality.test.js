@@ -195,14 +195,15 @@ function saveFigures(name, figures) {
   writeFileSync(path.join(ARTIFACTS, `call-quality-${name}.json`), `${JSON.stringify(figures, null, 2)}\n`);
 }
 
-// TODO, not yet a gate (measured here on 2 cores, server 68c9b67): the switch down takes
-// 1.0-1.4 s and the recovery 4-6 s, but Cyd's audio loss while capped is 0.7-1.9 %, over
-// the 1 % asked: each keyframe of a layer switch or a resumed video is a burst that
-// overflows the 300 ms tbf queue (Chorus has no pacer yet), and a probe sometimes steps a
-// video up during the cap. The test runs every time and prints its figures.
+// TODO, not yet a gate (measured here on 2 cores): since a congested layer-down stops the
+// higher layer at once (LayerSwitch::cut_to), 3 of 4 runs pass (audio loss while capped
+// 0-0.5 %, back on the high layer 2.1-5.8 s after the cap goes); one lost 2.1-2.6 % of its
+// audio with only ~100 kbit/s flowing under the 300 kbit/s cap, for a reason not found
+// yet (before cut_to: 0.7-1.9 % in every run, keyframe bursts overflowing the 300 ms tbf
+// queue; Chorus has no pacer). The test runs every time and prints its figures.
 test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pauses; the others keep the high layer; it recovers when the cap goes', {
   timeout: 240000,
-  todo: 'audio loss while capped is 0.7-1.9 % (keyframe bursts overflow the capped queue; no pacer yet), over the 1 % asked',
+  todo: 'passes 3 runs in 4; one lost 2.1-2.6 % of its audio while capped, cause not found',
 }, async (t) => {
   const lab = createLab();
   t.after(() => lab.destroy());
