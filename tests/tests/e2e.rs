@@ -1067,6 +1067,21 @@ async fn wait_stream_state(
     .with_context(|| format!("streamStates so far: {:?}", stream_states(client, track)))
 }
 
+/// How many packets of `layer` of `from`'s `track` arrived at `client` after `since`.
+fn layer_packets_since(
+    client: &Client,
+    from: ParticipantId,
+    track: TrackId,
+    layer: u8,
+    since: Instant,
+) -> usize {
+    client
+        .received(from, track)
+        .iter()
+        .filter(|p| p.at > since && layer_of(p).ok() == Some(layer))
+        .count()
+}
+
 /// Waits until `count` packets of `layer` of `from`'s `track` arrived at `client` after
 /// `since`.
 async fn wait_layer_packets(
@@ -1080,14 +1095,7 @@ async fn wait_layer_packets(
     let result = wait::poll_until(
         T,
         &format!("{count} packets of layer {layer} of {track}"),
-        || {
-            let n = client
-                .received(from, track)
-                .iter()
-                .filter(|p| p.at > since && layer_of(p).ok() == Some(layer))
-                .count();
-            (n >= count).then_some(())
-        },
+        || (layer_packets_since(client, from, track, layer, since) >= count).then_some(()),
     )
     .await;
     result.with_context(|| {
@@ -1114,12 +1122,7 @@ async fn wait_forwarded_layer(client: &Client, from: ParticipantId, track: Track
         &format!("20 packets of the layer told for {track}"),
         || {
             let layer = latest_stream_state(client, track)?.0?;
-            let n = client
-                .received(from, track)
-                .iter()
-                .filter(|p| p.at > since && layer_of(p).ok() == Some(layer))
-                .count();
-            (n >= 20).then_some(())
+            (layer_packets_since(client, from, track, layer, since) >= 20).then_some(())
         },
     )
     .await

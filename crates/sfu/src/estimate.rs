@@ -646,19 +646,9 @@ impl Estimator {
         to_bps(bps)
     }
 
-    /// The delay-based half of the estimate (bit/s).
-    pub fn delay_based(&self) -> u32 {
-        to_bps(self.delay_bps)
-    }
-
     /// The loss-based limit (bit/s), or None while loss limits nothing.
     pub fn loss_based(&self) -> Option<u32> {
         self.loss_limit.map(to_bps)
-    }
-
-    /// What the delay detector last concluded: [`Signal::Overuse`] means congested now.
-    pub fn signal(&self) -> Signal {
-        self.detector.signal
     }
 
     /// The acknowledged rate: what arrived at the subscriber over the last 300 ms of its
@@ -679,12 +669,6 @@ impl Estimator {
     /// The loss fraction of the last complete loss window (0.0..=1.0).
     pub fn loss_fraction(&self) -> f64 {
         self.loss_fraction
-    }
-
-    /// The smoothed round-trip time from send to feedback (it includes the receiver's
-    /// feedback interval).
-    pub fn rtt(&self) -> Duration {
-        Duration::from_micros(u64::try_from(self.rtt_us).unwrap_or(0))
     }
 
     /// µs since the epoch (0 for an instant before it).

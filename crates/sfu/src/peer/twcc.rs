@@ -68,7 +68,7 @@ static SEQ_BYTES: [u8; 2 << 16] = {
 };
 
 /// The transport-cc extension carrying `seq`, under the id the subscriber negotiated.
-pub(super) fn stamp(id: u8, seq: u16) -> Extension {
+pub(super) fn extension(id: u8, seq: u16) -> Extension {
     let at = 2 * usize::from(seq);
     Extension {
         id,
@@ -109,7 +109,7 @@ impl SendSide {
         let header = &mut packet.header;
         header.extension = true;
         header.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
-        header.extensions = vec![stamp(id, seq)];
+        header.extensions = vec![extension(id, seq)];
         // 12 bytes of fixed header and 8 of the extension block (profile, length, one
         // byte of id and length, two of number, one of padding).
         let size = 12 + 4 * header.csrc.len() + 8 + packet.payload.len() + WIRE_OVERHEAD;
@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn the_stamp_is_the_sequence_number_big_endian() {
         for seq in [0u16, 1, 0x1234, 0xff00, u16::MAX] {
-            let ext = stamp(5, seq);
+            let ext = extension(5, seq);
             assert_eq!(ext.id, 5);
             assert_eq!(&ext.payload[..], &seq.to_be_bytes());
         }
