@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use chorus_protocol::{
-    ChatLine, ClientMessage, ErrorCode, IceCandidate, MediaKind, PROTOCOL_VERSION, ParticipantId,
-    ParticipantInfo, PeerRole, PublishTrack, PublishedMid, RoomId, RoomSummary, ServerMessage,
-    SubscribedMid, TrackId, TrackSource,
+    ChatLine, ClientMessage, ErrorCode, Grants, IceCandidate, MediaKind, PROTOCOL_VERSION,
+    ParticipantId, ParticipantInfo, PeerRole, PublishTrack, PublishedMid, RoomId, RoomSummary,
+    ServerMessage, SubscribedMid, TrackId, TrackSource,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -228,6 +228,7 @@ pub struct JoinedInfo {
     pub room: RoomId,
     pub participants: Vec<ParticipantInfo>,
     pub chat_history: Vec<ChatLine>,
+    pub grants: Grants,
 }
 
 /// The server answered a request with an `error` message.
@@ -643,11 +644,17 @@ impl Client {
 
     /// Sends `join` and waits for `joined` (or fails with [`ServerRefused`]).
     pub async fn join(&self, room: &str) -> Result<JoinedInfo> {
+        self.join_with_token(room, None).await
+    }
+
+    /// [`join`](Self::join) with a join token, for a server in token mode.
+    pub async fn join_with_token(&self, room: &str, token: Option<&str>) -> Result<JoinedInfo> {
         let mark = self.mark();
         self.send(&ClientMessage::Join {
             version: PROTOCOL_VERSION,
             room: RoomId::new(room).map_err(|e| anyhow!("room name {room:?}: {e}"))?,
             name: self.inner.name.clone(),
+            token: token.map(str::to_owned),
         })?;
         let reply = self
             .wait_for_after(mark, SIGNALING_TIMEOUT, "joined or error", |m| {
@@ -663,6 +670,7 @@ impl Client {
                 room,
                 participants,
                 chat_history,
+                grants,
                 ..
             } => {
                 *lock(&self.inner.participant) = Some(participant_id);
@@ -671,6 +679,7 @@ impl Client {
                     room,
                     participants,
                     chat_history,
+                    grants,
                 })
             }
             ServerMessage::Error { code, message } => Err(ServerRefused { code, message }.into()),

@@ -93,6 +93,7 @@ impl RawWs {
             version: PROTOCOL_VERSION,
             room: RoomId::new(room).map_err(|e| anyhow!("room name {room:?}: {e}"))?,
             name: name.to_owned(),
+            token: None,
         })
         .await
     }

@@ -108,6 +108,56 @@ pub enum PauseReason {
     NotVisible,
 }
 
+/// What a participant may do in its room. In `open` auth mode everyone gets the default
+/// (everything but `roomAdmin` and `hidden`); in `token` mode the join token's grant says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Grants {
+    /// May publish tracks at all. Without it the participant gets no publisher peer and
+    /// its `publishOffer` is refused with `forbidden`.
+    pub can_publish: bool,
+    /// The sources it may publish; a track of another source is refused.
+    pub can_publish_sources: Vec<TrackSource>,
+    /// Receives the others' tracks.
+    pub can_subscribe: bool,
+    /// May send chat.
+    pub can_chat: bool,
+    /// May remove others from the room and mute their tracks.
+    pub room_admin: bool,
+    /// Not listed to the others (a recorder, an observer). A hidden participant neither
+    /// publishes nor chats, which would show it.
+    pub hidden: bool,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            can_publish: true,
+            can_publish_sources: vec![
+                TrackSource::Microphone,
+                TrackSource::Camera,
+                TrackSource::Screen,
+            ],
+            can_subscribe: true,
+            can_chat: true,
+            room_admin: false,
+            hidden: false,
+        }
+    }
+}
+
+impl Grants {
+    /// Whether a track of `source` may be published.
+    pub fn may_publish(&self, source: TrackSource) -> bool {
+        self.can_publish && !self.hidden && self.can_publish_sources.contains(&source)
+    }
+
+    /// Whether chat may be sent.
+    pub fn may_chat(&self) -> bool {
+        self.can_chat && !self.hidden
+    }
+}
+
 /// A published track as others see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -188,6 +238,10 @@ pub enum ClientMessage {
         version: u32,
         room: RoomId,
         name: String,
+        /// A join token (a JWT). Required when the server runs in `token` auth mode;
+        /// ignored in `open` mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// Leave the room; the session stays open and may join again.
     Leave,
@@ -225,6 +279,16 @@ pub enum ClientMessage {
         #[serde(default)]
         height: u32,
     },
+    /// A room admin (`roomAdmin` grant) removes another participant, who gets `bye` with
+    /// reason `removed`.
+    RemoveParticipant { participant_id: ParticipantId },
+    /// A room admin mutes (or unmutes) another participant's track. The server stops
+    /// forwarding it, and the owner cannot unmute it while an admin keeps it muted.
+    MuteTrack {
+        participant_id: ParticipantId,
+        track_id: TrackId,
+        muted: bool,
+    },
 }
 
 /// Server to client.
@@ -246,6 +310,9 @@ pub enum ServerMessage {
         ice_servers: Vec<IceServer>,
         /// Recent chat, oldest first.
         chat_history: Vec<ChatLine>,
+        /// What this participant may do.
+        #[serde(default)]
+        grants: Grants,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
@@ -348,6 +415,16 @@ pub enum ErrorCode {
     /// A simulcast offer the server does not forward: more than three encodings, or rids
     /// other than `q`, `h` and `f`, or one twice.
     InvalidSimulcast,
+    /// The join needs a valid token: it had none, or one that is malformed, forged,
+    /// signed with an unknown key, not yet valid, or for another room.
+    Unauthorized,
+    /// The join token has expired; ask for a new invitation.
+    TokenExpired,
+    /// The participant's grants do not allow this (publishing, a source, chat, an admin
+    /// action).
+    Forbidden,
+    /// The message names a participant who is not in the room.
+    UnknownParticipant,
     /// Something failed inside the server; the call goes on.
     Internal,
 }
@@ -391,6 +468,8 @@ const CLIENT_TYPES: &[&str] = &[
     "chat",
     "listRooms",
     "trackSettings",
+    "removeParticipant",
+    "muteTrack",
 ];
 
 impl ClientMessage {

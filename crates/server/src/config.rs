@@ -1,12 +1,14 @@
 //! The configuration file (`config/chorus.toml`). Every default lives in this file, in the
 //! `Default` impls; an unknown key is an error.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use chorus::stun_client::{IceUrl, Scheme};
 use chorus::turn::TurnAuth;
+use chorus_signal::auth::{Auth, AuthMode};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -16,6 +18,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub limits: LimitsConfig,
     pub ice: IceConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +26,8 @@ pub struct Config {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub frontend_dir: PathBuf,
+    /// Origins besides the server's own whose pages may open `/ws`.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -30,7 +35,60 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             frontend_dir: PathBuf::from("frontend"),
+            allowed_origins: vec![chorus_signal::origin::LOCALHOST.to_owned()],
         }
+    }
+}
+
+/// `[auth]`: who may join.
+#[derive(Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// API key → secret.
+    pub keys: HashMap<String, String>,
+    pub public_room_list: bool,
+}
+
+// Secrets stay out of `{:?}` output (and so out of logs).
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<_> = self.keys.keys().collect();
+        keys.sort();
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field("keys", &keys)
+            .field("public_room_list", &self.public_room_list)
+            .finish()
+    }
+}
+
+/// The shortest API secret accepted: HS256 is only as strong as its secret.
+const MIN_SECRET_BYTES: usize = 32;
+
+impl AuthConfig {
+    /// The signaling side's view of this section.
+    pub fn auth(&self) -> Auth {
+        Auth::new(self.mode, self.keys.clone(), self.public_room_list)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.mode == AuthMode::Token && self.keys.is_empty() {
+            bail!("auth.mode = \"token\" needs at least one key in auth.keys");
+        }
+        for (key, secret) in &self.keys {
+            if key.is_empty() {
+                bail!("auth.keys: an API key name is empty");
+            }
+            if secret.len() < MIN_SECRET_BYTES {
+                bail!(
+                    "auth.keys.{key}: the secret has {} bytes; use at least {MIN_SECRET_BYTES} \
+                     random ones (for example `openssl rand -hex 32`)",
+                    secret.len()
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -233,6 +291,7 @@ impl Config {
         for (i, server) in self.ice.servers.iter().enumerate() {
             server.validate(i)?;
         }
+        self.auth.validate()?;
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_message_bytes", l.max_message_bytes),
@@ -328,5 +387,29 @@ mod tests {
             toml::from_str("[[ice.servers]]\nurls = [\"turn:x\"]\nauth_secret = \"north-wind\"\n")
                 .expect("toml");
         assert!(!format!("{config:?}").contains("north-wind"));
+        let secret = "north-wind-".repeat(4);
+        let config: Config =
+            toml::from_str(&format!("[auth]\nkeys = {{ K = \"{secret}\" }}\n")).expect("toml");
+        assert!(!format!("{config:?}").contains("north-wind"));
+    }
+
+    #[test]
+    fn auth_is_checked() {
+        let err = |text: &str| {
+            let config: Config = toml::from_str(text).expect("toml");
+            config
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(err("[auth]\nmode = \"token\"\n").contains("at least one key"));
+        assert!(err("[auth]\nkeys = { K = \"short\" }\n").contains("at least 32"));
+        let good = format!(
+            "[auth]\nmode = \"token\"\nkeys = {{ K = \"{}\" }}\n",
+            "s".repeat(32)
+        );
+        assert_eq!(err(&good), "");
+        assert!(toml::from_str::<Config>("[auth]\nmode = \"closed\"\n").is_err());
     }
 }

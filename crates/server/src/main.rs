@@ -3,6 +3,7 @@
 
 mod config;
 mod doctor;
+mod token;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use chorus::turn::TurnAuth;
 use chorus_protocol::{IceServer, ParticipantId};
 use chorus_sfu::room::RoomLimits;
 use chorus_sfu::{Hub, HubConfig, PeerSettings};
-use chorus_signal::{SessionLimits, SignalConfig};
+use chorus_signal::{AuthMode, SessionLimits, SignalConfig};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Check this machine and config for self-hosting: ports, announced IPs, STUN and
     /// TURN servers (a real allocation). Prints OK/FAIL per check; exits 1 on any FAIL.
     Doctor,
+    /// Print a join token (a JWT signed with an API secret from the config's auth.keys)
+    /// for an invite link: `http://host:8080/?room=R&token=...`.
+    Token(token::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,6 +99,10 @@ fn main() -> anyhow::Result<()> {
     }
     if doctor {
         std::process::exit(doctor::run(&cli.config, &config));
+    }
+    if let Some(Command::Token(args)) = &cli.command {
+        println!("{}", token::mint(&config.auth.auth(), args)?);
+        return Ok(());
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -183,12 +191,21 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 max_message_bytes: config.limits.max_message_bytes,
             },
             frontend_dir: config.http.frontend_dir.clone(),
+            auth: Arc::new(config.auth.auth()),
+            allowed_origins: config.http.allowed_origins.clone(),
         },
     );
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
+    if config.auth.mode == AuthMode::Open && !http_addr.ip().is_loopback() {
+        tracing::warn!(
+            "auth.mode is \"open\" on {http_addr}: anyone who reaches this address can join \
+             any room and publish. Set auth.mode = \"token\" for a server others can reach \
+             (see the README's \"Secure your server\")"
+        );
+    }
     tracing::info!("serving http://{http_addr} (media on udp {udp_addr}, ICE-TCP {tcp_addr})");
     // One machine-readable line on stdout, for scripts and tests started on port 0.
     println!("chorus ready http={http_addr} udp={udp_addr} tcp={tcp_addr}");

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chorus_protocol::{
-    ClientMessage, ErrorCode, IceServer, ParticipantId, RoomId, RoomSummary, ServerMessage,
+    ClientMessage, ErrorCode, Grants, IceServer, ParticipantId, RoomId, RoomSummary, ServerMessage,
 };
 use dashmap::DashMap;
 use serde::Serialize;
@@ -40,12 +40,22 @@ pub struct HubConfig {
     pub ice_servers: IceServerSource,
 }
 
+/// Who is joining and what it may do, as its join token says (or, in open mode, the
+/// defaults: no identity, the default grants).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// The token's identity: one session per identity and room.
+    pub identity: Option<String>,
+    pub grants: Grants,
+}
+
 /// A command to a room task.
 #[derive(Debug)]
 pub(crate) enum RoomCommand {
     Join {
         participant: ParticipantId,
         name: String,
+        admission: Admission,
         session: mpsc::Sender<ServerMessage>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
@@ -173,11 +183,13 @@ impl Hub {
         }
     }
 
-    /// Joins `room` as `name`; the room's messages for this participant go to `session`.
+    /// Joins `room` as `name`, with what `admission` allows; the room's messages for this
+    /// participant go to `session`.
     pub async fn join(
         &self,
         room: RoomId,
         name: String,
+        admission: Admission,
         session: mpsc::Sender<ServerMessage>,
     ) -> Result<Membership, JoinError> {
         let name = name.trim().to_owned();
@@ -206,6 +218,7 @@ impl Hub {
                 .send(RoomCommand::Join {
                     participant,
                     name: name.clone(),
+                    admission: admission.clone(),
                     session: session.clone(),
                     reply,
                 })

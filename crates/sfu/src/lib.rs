@@ -28,7 +28,7 @@ pub mod tcp;
 mod token;
 pub mod worker;
 
-pub use hub::{Hub, HubConfig, HubStats, JoinError, Membership};
+pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership};
 pub use peer::PeerSettings;
 
 use chorus_protocol::ErrorCode;

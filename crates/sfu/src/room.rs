@@ -2,10 +2,10 @@
 //! at an instant and returns [`Effect`]s. No sockets, no tasks, no clocks: the room task
 //! (`room_task.rs`) performs the effects and feeds results back in.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chorus_protocol::{
-    ByeReason, ChatLine, ErrorCode, IceServer, MediaKind, PROTOCOL_VERSION, ParticipantId,
+    ByeReason, ChatLine, ErrorCode, Grants, IceServer, MediaKind, PROTOCOL_VERSION, ParticipantId,
     ParticipantInfo, PublishTrack, PublishedMid, RoomId, ServerMessage, SubscribedMid, TrackId,
     TrackInfo, TrackSource,
 };
@@ -30,6 +30,10 @@ pub enum Input {
     Join {
         participant: ParticipantId,
         name: String,
+        /// Who it is, from its join token: a second join with the same identity replaces
+        /// the first. None in open mode, where every join is someone new.
+        identity: Option<String>,
+        grants: Grants,
         ice_servers: Vec<IceServer>,
     },
     /// The participant leaves: it said so, its WebSocket dropped or its media failed.
@@ -72,6 +76,19 @@ pub enum Input {
         /// Server time, ms since the Unix epoch.
         time: u64,
     },
+    /// Someone removes a participant: a room admin (`by`), or the operator (`None`).
+    Remove {
+        by: Option<ParticipantId>,
+        target: ParticipantId,
+    },
+    /// Someone mutes or unmutes another participant's track, which stops or resumes its
+    /// forwarding: a room admin (`by`), or the operator (`None`).
+    MuteTrack {
+        by: Option<ParticipantId>,
+        target: ParticipantId,
+        track: TrackId,
+        muted: bool,
+    },
     /// The server is stopping.
     Shutdown,
 }
@@ -104,6 +121,11 @@ pub enum Effect {
     },
     /// Tear down the participant's media and forget its session.
     Remove(ParticipantId),
+    /// Stop (or resume) forwarding a track to everyone: a mute that a room admin imposed.
+    Silence {
+        track: TrackId,
+        silenced: bool,
+    },
     /// The member count changed (for the room list).
     CountChanged(usize),
 }
@@ -122,7 +144,11 @@ enum SubscriberState {
 #[derive(Debug)]
 struct Member {
     name: String,
+    identity: Option<String>,
+    grants: Grants,
     tracks: BTreeMap<TrackId, TrackInfo>,
+    /// Tracks a room admin muted: not forwarded, and the owner cannot unmute them.
+    silenced: BTreeSet<TrackId>,
     /// Sources the last publish offer declared, by mid.
     pending_sources: Vec<PublishTrack>,
     subscriber: SubscriberState,
@@ -164,8 +190,10 @@ impl Room {
             Input::Join {
                 participant,
                 name,
+                identity,
+                grants,
                 ice_servers,
-            } => self.join(participant, name, ice_servers, &mut out),
+            } => self.join(participant, name, identity, grants, ice_servers, &mut out),
             Input::Leave {
                 participant,
                 reason,
@@ -174,16 +202,7 @@ impl Room {
                 participant,
                 sdp,
                 tracks,
-            } => {
-                if let Some(member) = self.members.get_mut(&participant) {
-                    member.pending_sources = tracks.clone();
-                    out.push(Effect::Publish {
-                        participant,
-                        sdp,
-                        tracks,
-                    });
-                }
-            }
+            } => self.publish_offer(participant, sdp, tracks, &mut out),
             Input::PublishApplied {
                 participant,
                 result,
@@ -234,6 +253,13 @@ impl Room {
                 text,
                 time,
             } => self.chat(participant, &text, time, &mut out),
+            Input::Remove { by, target } => self.remove_by(by, target, &mut out),
+            Input::MuteTrack {
+                by,
+                target,
+                track,
+                muted,
+            } => self.mute_track(by, target, track, muted, &mut out),
             Input::Shutdown => {
                 let all: Vec<_> = self.members.keys().copied().collect();
                 for participant in all {
@@ -256,9 +282,21 @@ impl Room {
         &mut self,
         participant: ParticipantId,
         name: String,
+        identity: Option<String>,
+        grants: Grants,
         ice_servers: Vec<IceServer>,
         out: &mut Vec<Effect>,
     ) {
+        // One session per identity: the newest (a reconnect, another tab) wins.
+        let previous = identity.as_ref().and_then(|identity| {
+            self.members
+                .iter()
+                .find(|(_, m)| m.identity.as_ref() == Some(identity))
+                .map(|(p, _)| *p)
+        });
+        if let Some(previous) = previous {
+            self.leave(previous, Some(ByeReason::Removed), out);
+        }
         if self.members.len() >= self.limits.max_participants {
             out.push(Effect::Refused(
                 participant,
@@ -271,11 +309,15 @@ impl Room {
             return;
         }
         let participants = self.infos();
+        let hidden = grants.hidden;
         self.members.insert(
             participant,
             Member {
                 name: name.clone(),
+                identity,
+                grants: grants.clone(),
                 tracks: BTreeMap::new(),
+                silenced: BTreeSet::new(),
                 pending_sources: Vec::new(),
                 subscriber: SubscriberState::Idle,
                 subscriber_dirty: false,
@@ -291,22 +333,67 @@ impl Room {
                 participants,
                 ice_servers,
                 chat_history: self.chat.iter().cloned().collect(),
+                grants,
             },
         ));
-        let info = ParticipantInfo {
-            id: participant,
-            name,
-            tracks: Vec::new(),
-        };
-        self.broadcast_except(
-            participant,
-            &ServerMessage::ParticipantJoined { participant: info },
-            out,
-        );
-        out.push(Effect::CountChanged(self.members.len()));
+        if !hidden {
+            let info = ParticipantInfo {
+                id: participant,
+                name,
+                tracks: Vec::new(),
+            };
+            self.broadcast_except(
+                participant,
+                &ServerMessage::ParticipantJoined { participant: info },
+                out,
+            );
+            out.push(Effect::CountChanged(self.listed()));
+        }
         if self.members.values().any(|m| !m.tracks.is_empty()) {
             self.sync(participant, out);
         }
+    }
+
+    /// How many members the others see (the room list's count).
+    fn listed(&self) -> usize {
+        self.members.values().filter(|m| !m.grants.hidden).count()
+    }
+
+    fn publish_offer(
+        &mut self,
+        participant: ParticipantId,
+        sdp: String,
+        tracks: Vec<PublishTrack>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(member) = self.members.get_mut(&participant) else {
+            return;
+        };
+        if !member.grants.can_publish || member.grants.hidden {
+            out.push(error(
+                participant,
+                ErrorCode::Forbidden,
+                "your grants do not allow publishing",
+            ));
+            return;
+        }
+        if let Some(refused) = tracks.iter().find(|t| !member.grants.may_publish(t.source)) {
+            out.push(error(
+                participant,
+                ErrorCode::Forbidden,
+                format!(
+                    "your grants do not allow publishing a {:?} track (mid {})",
+                    refused.source, refused.mid
+                ),
+            ));
+            return;
+        }
+        member.pending_sources = tracks.clone();
+        out.push(Effect::Publish {
+            participant,
+            sdp,
+            tracks,
+        });
     }
 
     fn leave(
@@ -322,6 +409,9 @@ impl Room {
             out.push(Effect::Send(participant, ServerMessage::Bye { reason }));
         }
         out.push(Effect::Remove(participant));
+        if member.grants.hidden {
+            return;
+        }
         for track_id in member.tracks.keys() {
             self.broadcast(
                 &ServerMessage::TrackUnpublished {
@@ -337,7 +427,7 @@ impl Room {
             },
             out,
         );
-        out.push(Effect::CountChanged(self.members.len()));
+        out.push(Effect::CountChanged(self.listed()));
         if !member.tracks.is_empty() {
             self.sync_all_except(participant, out);
         }
@@ -361,6 +451,7 @@ impl Room {
         };
         let mut published = Vec::new();
         let mut unpublished = Vec::new();
+        let mut refused = Vec::new();
         for t in &outcome.tracks {
             if member.tracks.contains_key(&t.track) {
                 continue;
@@ -374,6 +465,12 @@ impl Room {
                     MediaKind::Audio => TrackSource::Microphone,
                     MediaKind::Video => TrackSource::Camera,
                 });
+            // An m-line the offer did not declare is a camera or microphone by default;
+            // one the grants do not cover is negotiated but never published.
+            if !member.grants.may_publish(source) {
+                refused.push((t.track, source, t.mid.clone()));
+                continue;
+            }
             let info = TrackInfo {
                 id: t.track,
                 kind: t.kind,
@@ -390,6 +487,13 @@ impl Room {
             }
             keep
         });
+        for (_, source, mid) in &refused {
+            out.push(error(
+                participant,
+                ErrorCode::Forbidden,
+                format!("your grants do not allow publishing a {source:?} track (mid {mid})"),
+            ));
+        }
         out.push(Effect::Send(
             participant,
             ServerMessage::PublishAnswer {
@@ -397,6 +501,7 @@ impl Room {
                 tracks: outcome
                     .tracks
                     .iter()
+                    .filter(|t| !refused.iter().any(|(track, _, _)| *track == t.track))
                     .map(|t| PublishedMid {
                         mid: t.mid.clone(),
                         track_id: t.track,
@@ -490,6 +595,19 @@ impl Room {
         muted: bool,
         out: &mut Vec<Effect>,
     ) {
+        if !muted
+            && self
+                .members
+                .get(&participant)
+                .is_some_and(|m| m.silenced.contains(&track))
+        {
+            out.push(error(
+                participant,
+                ErrorCode::Forbidden,
+                "a room admin muted this track; only an admin can unmute it",
+            ));
+            return;
+        }
         let Some(info) = self
             .members
             .get_mut(&participant)
@@ -520,6 +638,14 @@ impl Room {
         let Some(member) = self.members.get(&participant) else {
             return;
         };
+        if !member.grants.may_chat() {
+            out.push(error(
+                participant,
+                ErrorCode::Forbidden,
+                "your grants do not allow chat",
+            ));
+            return;
+        }
         let text = text.trim().to_owned();
         let chars = text.chars().count();
         if chars == 0 || chars > self.limits.max_chat_chars {
@@ -557,10 +683,15 @@ impl Room {
             .collect()
     }
 
-    /// Starts a subscriber negotiation, or marks one as needed after the current one.
+    /// Starts a subscriber negotiation, or marks one as needed after the current one. A
+    /// participant without the `canSubscribe` grant never gets a subscriber peer.
     fn sync(&mut self, participant: ParticipantId, out: &mut Vec<Effect>) {
         let tracks = self.wanted(participant);
-        let Some(member) = self.members.get_mut(&participant) else {
+        let Some(member) = self
+            .members
+            .get_mut(&participant)
+            .filter(|m| m.grants.can_subscribe)
+        else {
             return;
         };
         if member.subscriber == SubscriberState::Idle {
@@ -587,9 +718,11 @@ impl Room {
         }
     }
 
+    /// The participants the others see (hidden ones are not listed).
     fn infos(&self) -> Vec<ParticipantInfo> {
         self.members
             .iter()
+            .filter(|(_, m)| !m.grants.hidden)
             .map(|(id, m)| ParticipantInfo {
                 id: *id,
                 name: m.name.clone(),
@@ -620,5 +753,6 @@ fn error(participant: ParticipantId, code: ErrorCode, message: impl Into<String>
     Effect::Send(participant, ServerMessage::error(code, message))
 }
 
+mod moderation;
 #[cfg(test)]
 mod tests;

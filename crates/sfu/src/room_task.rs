@@ -116,6 +116,7 @@ impl RoomTask {
             RoomCommand::Join {
                 participant,
                 name,
+                admission,
                 session,
                 reply,
             } => {
@@ -143,6 +144,8 @@ impl RoomTask {
                 Some(Input::Join {
                     participant,
                     name,
+                    identity: admission.identity,
+                    grants: admission.grants,
                     ice_servers: (self.hub.inner.config.ice_servers)(participant),
                 })
             }
@@ -234,6 +237,20 @@ impl RoomTask {
                 }
                 None
             }
+            ClientMessage::RemoveParticipant { participant_id } => Some(Input::Remove {
+                by: Some(participant),
+                target: participant_id,
+            }),
+            ClientMessage::MuteTrack {
+                participant_id,
+                track_id,
+                muted,
+            } => Some(Input::MuteTrack {
+                by: Some(participant),
+                target: participant_id,
+                track: track_id,
+                muted,
+            }),
             // Handled by the session before it reaches a room.
             ClientMessage::Join { .. } | ClientMessage::ListRooms => None,
         }
@@ -313,6 +330,12 @@ impl RoomTask {
                 Effect::Remove(participant) => {
                     self.sessions.remove(&participant);
                     let _ = worker.send(WorkerCommand::Remove { participant }).await;
+                    None
+                }
+                Effect::Silence { track, silenced } => {
+                    let _ = worker
+                        .send(WorkerCommand::Silence { track, silenced })
+                        .await;
                     None
                 }
                 Effect::CountChanged(count) => {

@@ -1,6 +1,8 @@
 //! Chorus signaling over HTTP: the WebSocket at `/ws`, a small REST API under `/api`, and
 //! the static frontend.
 
+pub mod auth;
+pub mod origin;
 pub mod session;
 
 use std::path::{Component, Path, PathBuf};
@@ -9,12 +11,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use chorus_protocol::ErrorCode;
 use chorus_sfu::Hub;
 use futures_util::{SinkExt, StreamExt};
 
+pub use auth::{Auth, AuthMode};
 pub use session::{Frame, SESSION_QUEUE, SessionLimits};
 
 /// What the HTTP side needs.
@@ -23,6 +27,10 @@ pub struct SignalConfig {
     pub limits: SessionLimits,
     /// The folder the frontend is served from.
     pub frontend_dir: PathBuf,
+    /// Who may join, and whether the room list is public.
+    pub auth: Arc<Auth>,
+    /// Origins besides the server's own whose pages may open `/ws` (see [`origin`]).
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -48,7 +56,31 @@ pub fn router(hub: Hub, config: SignalConfig) -> Router {
         .with_state(state)
 }
 
-async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+/// An error of the HTTP API, as typed JSON: `{"code": ..., "message": ...}`, with the
+/// same codes as the WebSocket's `error` message.
+pub fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "code": code, "message": message })),
+    )
+        .into_response()
+}
+
+async fn ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = header(header::ORIGIN);
+    if !origin::allowed(origin, header(header::HOST), &state.config.allowed_origins) {
+        tracing::warn!(?origin, "WebSocket refused: origin not allowed");
+        return api_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this page's origin may not open a session here (http.allowed_origins)",
+        );
+    }
     // The transport limit is generous; the session answers frames over the configured
     // limit with a typed error and stays open. Beyond this one the socket closes.
     let transport_limit = state
@@ -81,6 +113,7 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
     session::run(
         state.hub,
         state.config.limits,
+        state.config.auth.clone(),
         Box::pin(sink),
         Box::pin(stream),
     )
@@ -88,6 +121,13 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
 }
 
 async fn rooms(State(state): State<AppState>) -> Response {
+    if !state.config.auth.room_list_is_public() {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "this server lists its rooms only to invited participants",
+        );
+    }
     axum::Json(serde_json::json!({ "rooms": state.hub.room_list() })).into_response()
 }
 

@@ -4,10 +4,14 @@
 //! channels. It owns the participant's membership: when the socket ends without `leave`,
 //! it tells the room, and the room tells the others.
 
+use std::sync::Arc;
+
 use chorus_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
 use chorus_sfu::{Hub, Membership};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
+
+use crate::auth::{Auth, unix_now};
 
 /// Messages queued from the room to this session. Bounded: when a client reads too slowly
 /// and the queue fills, the room removes the participant instead of waiting for it.
@@ -28,8 +32,9 @@ pub struct SessionLimits {
     pub max_message_bytes: usize,
 }
 
-/// Runs a session until the client goes or the server says goodbye.
-pub async fn run<S, R>(hub: Hub, limits: SessionLimits, mut sink: S, mut stream: R)
+/// Runs a session until the client goes or the server says goodbye. `auth` decides who
+/// may join and list rooms.
+pub async fn run<S, R>(hub: Hub, limits: SessionLimits, auth: Arc<Auth>, mut sink: S, mut stream: R)
 where
     S: Sink<Frame> + Unpin,
     R: Stream<Item = Frame> + Unpin,
@@ -37,6 +42,7 @@ where
     let mut session = Session {
         hub,
         limits,
+        auth,
         membership: None,
         from_room: None,
         room_watch: None,
@@ -109,6 +115,7 @@ async fn watch_next(
 struct Session {
     hub: Hub,
     limits: SessionLimits,
+    auth: Arc<Auth>,
     membership: Option<Membership>,
     /// The room's messages for this participant; a fresh queue per join, whose sender the
     /// room holds. It ends when the room removes the participant.
@@ -152,6 +159,7 @@ impl Session {
                 version,
                 room,
                 name,
+                token,
             } => {
                 if self.membership.is_some() {
                     return Some(ServerMessage::error(
@@ -165,8 +173,20 @@ impl Session {
                         format!("this server speaks protocol version {PROTOCOL_VERSION}"),
                     ));
                 }
+                let admitted = match self.auth.admit(token.as_deref(), &room, unix_now()) {
+                    Ok(admitted) => admitted,
+                    Err(err) => {
+                        tracing::info!(%room, %err, "join refused");
+                        return Some(ServerMessage::error(err.code(), err.to_string()));
+                    }
+                };
+                let name = admitted.name.unwrap_or(name);
                 let (to_session, from_room) = mpsc::channel(SESSION_QUEUE);
-                match self.hub.join(room, name, to_session).await {
+                match self
+                    .hub
+                    .join(room, name, admitted.admission, to_session)
+                    .await
+                {
                     Ok(membership) => {
                         tracing::info!(participant = %membership.participant, room = %membership.room, "joined");
                         self.membership = Some(membership);
@@ -178,6 +198,12 @@ impl Session {
                 }
             }
             ClientMessage::ListRooms => {
+                if !self.auth.room_list_is_public() {
+                    return Some(ServerMessage::error(
+                        ErrorCode::Unauthorized,
+                        "this server lists its rooms only to invited participants",
+                    ));
+                }
                 if self.membership.is_none() {
                     let mut watch = self.hub.watch_rooms();
                     watch.mark_unchanged();
@@ -223,11 +249,14 @@ mod tests {
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
-    use chorus_protocol::{RoomId, RoomSummary};
+    use std::collections::HashMap;
+
+    use chorus_protocol::{Grants, RoomId, RoomSummary};
     use chorus_sfu::room::RoomLimits;
     use chorus_sfu::{HubConfig, PeerSettings};
 
     use super::*;
+    use crate::auth::{AuthMode, Claims, Grant, sign};
 
     const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -268,6 +297,10 @@ mod tests {
 
     impl Driver {
         fn start(hub: &Hub) -> Self {
+            Self::with_auth(hub, Auth::default())
+        }
+
+        fn with_auth(hub: &Hub, auth: Auth) -> Self {
             let (input, frames_in) = mpsc::unbounded_channel();
             let (frames_out, output) = mpsc::unbounded_channel();
             let stream = Box::pin(futures_util::stream::unfold(
@@ -284,8 +317,9 @@ mod tests {
             tokio::spawn(run(
                 hub.clone(),
                 SessionLimits {
-                    max_message_bytes: 200,
+                    max_message_bytes: 1000,
                 },
+                Arc::new(auth),
                 sink,
                 stream,
             ));
@@ -331,7 +365,7 @@ mod tests {
         s.expect_error(ErrorCode::UnknownType).await;
         s.send(&format!(
             r#"{{"type":"chat","text":"{}"}}"#,
-            "x".repeat(300)
+            "x".repeat(1100)
         ));
         s.expect_error(ErrorCode::MessageTooLarge).await;
         s.send(r#"{"type":"chat","text":"hi"}"#);
@@ -348,6 +382,80 @@ mod tests {
         s.expect_error(ErrorCode::OutOfOrder).await;
         s.send(r#"{"type":"chat","text":"hello"}"#);
         assert!(matches!(s.next().await, ServerMessage::Chat { line } if line.text == "hello"));
+    }
+
+    fn token_auth() -> Auth {
+        Auth::new(
+            AuthMode::Token,
+            HashMap::from([("KEY".to_owned(), "SECRET".to_owned())]),
+            false,
+        )
+    }
+
+    fn token(room: &str, identity: &str, exp: u64, grants: Grants) -> String {
+        sign(
+            &Claims {
+                iss: "KEY".into(),
+                sub: identity.into(),
+                name: None,
+                exp,
+                nbf: None,
+                grant: Grant {
+                    room: room.into(),
+                    grants,
+                },
+            },
+            "SECRET",
+        )
+        .expect("sign")
+    }
+
+    fn join_with(room: &str, name: &str, token: &str) -> String {
+        format!(
+            r#"{{"type":"join","version":{PROTOCOL_VERSION},"room":"{room}","name":"{name}","token":"{token}"}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn token_mode_admits_only_good_tokens_and_hides_the_room_list() {
+        let hub = hub().await;
+        let mut s = Driver::with_auth(&hub, token_auth());
+        s.send(r#"{"type":"listRooms"}"#);
+        s.expect_error(ErrorCode::Unauthorized).await;
+        s.send(&join("a", "Ada"));
+        s.expect_error(ErrorCode::Unauthorized).await;
+        let hour = unix_now() + 3600;
+        s.send(&join_with(
+            "a",
+            "Ada",
+            &token("b", "ada", hour, Grants::default()),
+        ));
+        s.expect_error(ErrorCode::Unauthorized).await;
+        s.send(&join_with(
+            "a",
+            "Ada",
+            &token("a", "ada", 1000, Grants::default()),
+        ));
+        s.expect_error(ErrorCode::TokenExpired).await;
+        s.send(&join_with("a", "Ada", "e30.e30.AAAA"));
+        s.expect_error(ErrorCode::Unauthorized).await;
+        // nothing of the room leaked, and the session is still usable
+        assert_eq!(hub.room_list(), vec![]);
+        let viewer = Grants {
+            can_publish: false,
+            ..Grants::default()
+        };
+        s.send(&join_with(
+            "a",
+            "Ada",
+            &token("a", "ada", hour, viewer.clone()),
+        ));
+        match s.next().await {
+            ServerMessage::Joined { grants, .. } => assert_eq!(grants, viewer),
+            other => panic!("expected joined, got {other:?}"),
+        }
+        s.send(r#"{"type":"publishOffer","sdp":"v=0"}"#);
+        s.expect_error(ErrorCode::Forbidden).await;
     }
 
     #[tokio::test]

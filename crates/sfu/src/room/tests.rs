@@ -18,6 +18,8 @@ fn join(room: &mut Room, id: u64, name: &str) -> Vec<Effect> {
     room.handle(Input::Join {
         participant: ParticipantId(id),
         name: name.into(),
+        identity: None,
+        grants: Grants::default(),
         ice_servers: vec![],
     })
 }
@@ -317,4 +319,273 @@ fn shutdown_says_goodbye_to_everyone() {
         assert!(fx.contains(&Effect::Remove(ParticipantId(id))));
     }
     assert!(r.is_empty());
+}
+
+fn join_as(room: &mut Room, id: u64, identity: Option<&str>, grants: Grants) -> Vec<Effect> {
+    room.handle(Input::Join {
+        participant: ParticipantId(id),
+        name: format!("p{id}"),
+        identity: identity.map(str::to_owned),
+        grants,
+        ice_servers: vec![],
+    })
+}
+
+fn errors_to(effects: &[Effect], id: u64) -> Vec<ErrorCode> {
+    sent_to(effects, id)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect()
+}
+
+fn offer(room: &mut Room, id: u64, tracks: Vec<PublishTrack>) -> Vec<Effect> {
+    room.handle(Input::PublishOffer {
+        participant: ParticipantId(id),
+        sdp: "offer".into(),
+        tracks,
+    })
+}
+
+#[test]
+fn a_subscribe_only_participant_cannot_publish_and_still_receives() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    let viewer = Grants {
+        can_publish: false,
+        ..Grants::default()
+    };
+    join_as(&mut r, 2, Some("viewer"), viewer);
+    let fx = offer(&mut r, 2, Vec::new());
+    assert_eq!(errors_to(&fx, 2), vec![ErrorCode::Forbidden]);
+    assert_eq!(fx.len(), 1, "no publisher peer: {fx:?}");
+    let fx = publish(&mut r, 1);
+    assert_eq!(syncs(&fx), vec![(2, vec![10, 11])]);
+}
+
+#[test]
+fn a_participant_that_may_not_subscribe_gets_no_subscriber_peer() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    let deaf = Grants {
+        can_subscribe: false,
+        ..Grants::default()
+    };
+    join_as(&mut r, 2, None, deaf.clone());
+    let fx = publish(&mut r, 1);
+    assert_eq!(syncs(&fx), vec![]);
+    assert_eq!(syncs(&join_as(&mut r, 3, None, deaf)), vec![]);
+}
+
+#[test]
+fn sources_outside_the_grant_are_not_published() {
+    let mut r = room(10);
+    let microphone_only = Grants {
+        can_publish_sources: vec![TrackSource::Microphone],
+        ..Grants::default()
+    };
+    join_as(&mut r, 1, None, microphone_only);
+    join(&mut r, 2, "Grace");
+    // a declared screen share is refused before anything is negotiated
+    let screen = vec![PublishTrack {
+        mid: "1".into(),
+        source: TrackSource::Screen,
+        layers: Vec::new(),
+    }];
+    let fx = offer(&mut r, 1, screen);
+    assert_eq!(errors_to(&fx, 1), vec![ErrorCode::Forbidden]);
+    // an undeclared video m-line is a camera: negotiated, never published
+    let fx = offer(&mut r, 1, Vec::new());
+    assert!(matches!(fx[..], [Effect::Publish { .. }]));
+    let fx = r.handle(Input::PublishApplied {
+        participant: ParticipantId(1),
+        result: Ok(PublishOutcome {
+            answer: "answer".into(),
+            tracks: vec![
+                PublishedTrack {
+                    mid: "0".into(),
+                    track: TrackId(10),
+                    kind: MediaKind::Audio,
+                },
+                PublishedTrack {
+                    mid: "1".into(),
+                    track: TrackId(11),
+                    kind: MediaKind::Video,
+                },
+            ],
+        }),
+    });
+    assert_eq!(errors_to(&fx, 1), vec![ErrorCode::Forbidden]);
+    assert!(sent_to(&fx, 1).iter().any(
+        |m| matches!(m, ServerMessage::PublishAnswer { tracks, .. } if tracks.len() == 1 && tracks[0].track_id == TrackId(10))
+    ));
+    let to2 = sent_to(&fx, 2);
+    assert_eq!(to2.len(), 1);
+    assert!(
+        matches!(to2[0], ServerMessage::TrackPublished { track, .. } if track.id == TrackId(10))
+    );
+    assert_eq!(syncs(&fx), vec![(2, vec![10])]);
+}
+
+#[test]
+fn chat_needs_the_grant() {
+    let mut r = room(10);
+    let mute = Grants {
+        can_chat: false,
+        ..Grants::default()
+    };
+    join_as(&mut r, 1, None, mute);
+    join(&mut r, 2, "Grace");
+    let fx = r.handle(Input::Chat {
+        participant: ParticipantId(1),
+        text: "hello".into(),
+        time: 1,
+    });
+    assert_eq!(errors_to(&fx, 1), vec![ErrorCode::Forbidden]);
+    assert!(sent_to(&fx, 2).is_empty());
+}
+
+#[test]
+fn a_second_join_with_the_same_identity_replaces_the_first() {
+    let mut r = room(2);
+    join_as(&mut r, 1, Some("ada"), Grants::default());
+    join_as(&mut r, 2, Some("grace"), Grants::default());
+    publish(&mut r, 1);
+    // the room is full, but the newcomer takes the old session's place
+    let fx = join_as(&mut r, 3, Some("ada"), Grants::default());
+    assert!(fx.contains(&Effect::Send(
+        ParticipantId(1),
+        ServerMessage::Bye {
+            reason: ByeReason::Removed
+        }
+    )));
+    assert!(fx.contains(&Effect::Remove(ParticipantId(1))));
+    assert!(fx.contains(&Effect::Admitted(ParticipantId(3))));
+    assert!(sent_to(&fx, 2).iter().any(|m| matches!(
+        m,
+        ServerMessage::ParticipantLeft { participant_id } if *participant_id == ParticipantId(1)
+    )));
+    assert_eq!(r.len(), 2);
+}
+
+#[test]
+fn hidden_participants_are_not_listed() {
+    let mut r = room(10);
+    join(&mut r, 1, "Ada");
+    let hidden = Grants {
+        hidden: true,
+        ..Grants::default()
+    };
+    let fx = join_as(&mut r, 2, Some("recorder"), hidden);
+    assert!(sent_to(&fx, 1).is_empty());
+    assert!(!fx.iter().any(|e| matches!(e, Effect::CountChanged(_))));
+    let fx = join(&mut r, 3, "Grace");
+    assert!(
+        matches!(sent_to(&fx, 3)[0], ServerMessage::Joined { participants, .. } if participants.len() == 1)
+    );
+    // it receives, but may neither publish nor chat
+    let fx = publish(&mut r, 1);
+    assert!(syncs(&fx).contains(&(2, vec![10, 11])));
+    assert_eq!(
+        errors_to(&offer(&mut r, 2, Vec::new()), 2),
+        vec![ErrorCode::Forbidden]
+    );
+    let fx = r.handle(Input::Leave {
+        participant: ParticipantId(2),
+        reason: None,
+    });
+    assert_eq!(fx, vec![Effect::Remove(ParticipantId(2))]);
+}
+
+#[test]
+fn admins_remove_and_mute_others_and_others_may_not() {
+    let mut r = room(10);
+    let admin = Grants {
+        room_admin: true,
+        ..Grants::default()
+    };
+    join_as(&mut r, 1, None, admin);
+    join(&mut r, 2, "Grace");
+    join(&mut r, 3, "Linus");
+    publish(&mut r, 2);
+    let by = |id| Some(ParticipantId(id));
+    let fx = r.handle(Input::Remove {
+        by: by(3),
+        target: ParticipantId(2),
+    });
+    assert_eq!(errors_to(&fx, 3), vec![ErrorCode::Forbidden]);
+    assert_eq!(r.len(), 3);
+    let mute = |r: &mut Room, who, muted| {
+        r.handle(Input::MuteTrack {
+            by: by(who),
+            target: ParticipantId(2),
+            track: TrackId(20),
+            muted,
+        })
+    };
+    assert_eq!(
+        errors_to(&mute(&mut r, 3, true), 3),
+        vec![ErrorCode::Forbidden]
+    );
+    let fx = mute(&mut r, 1, true);
+    assert!(fx.contains(&Effect::Silence {
+        track: TrackId(20),
+        silenced: true
+    }));
+    for id in [1, 2, 3] {
+        assert!(sent_to(&fx, id).iter().any(|m| matches!(
+            m,
+            ServerMessage::MuteChanged { track_id, muted: true, .. } if *track_id == TrackId(20)
+        )));
+    }
+    // the owner cannot undo it; muting again is not news
+    let own_unmute = |r: &mut Room| {
+        r.handle(Input::SetMute {
+            participant: ParticipantId(2),
+            track: TrackId(20),
+            muted: false,
+        })
+    };
+    assert_eq!(
+        errors_to(&own_unmute(&mut r), 2),
+        vec![ErrorCode::Forbidden]
+    );
+    assert!(mute(&mut r, 1, true).is_empty());
+    // lifting it resumes forwarding; the owner unmutes when it wants to
+    let fx = mute(&mut r, 1, false);
+    assert_eq!(
+        fx,
+        vec![Effect::Silence {
+            track: TrackId(20),
+            silenced: false
+        }]
+    );
+    assert_eq!(sent_to(&own_unmute(&mut r), 3).len(), 1);
+    // unknown targets, then a removal by the admin and one by the operator
+    let fx = r.handle(Input::Remove {
+        by: by(1),
+        target: ParticipantId(99),
+    });
+    assert_eq!(errors_to(&fx, 1), vec![ErrorCode::UnknownParticipant]);
+    let fx = r.handle(Input::Remove {
+        by: by(1),
+        target: ParticipantId(2),
+    });
+    assert!(fx.contains(&Effect::Send(
+        ParticipantId(2),
+        ServerMessage::Bye {
+            reason: ByeReason::Removed
+        }
+    )));
+    assert!(sent_to(&fx, 3).iter().any(|m| matches!(
+        m,
+        ServerMessage::ParticipantLeft { participant_id } if *participant_id == ParticipantId(2)
+    )));
+    r.handle(Input::Remove {
+        by: None,
+        target: ParticipantId(3),
+    });
+    assert_eq!(r.len(), 1);
 }

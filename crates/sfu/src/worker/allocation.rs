@@ -73,7 +73,9 @@ impl Worker {
             downlink.reported.retain(|t, _| subscribed.contains(t));
             let mut claims = Vec::with_capacity(subscribed.len());
             for track in subscribed {
-                let Some(route) = self.tracks.get_mut(&track) else {
+                // A track a room admin silenced goes to nobody and takes no share; its
+                // subscriptions were cut when it was silenced.
+                let Some(route) = self.tracks.get_mut(&track).filter(|r| !r.silenced) else {
                     continue;
                 };
                 let claim = match route.kind {

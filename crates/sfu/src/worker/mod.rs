@@ -135,6 +135,9 @@ pub enum WorkerCommand {
     },
     /// The participant is gone: close its peers, stop its tracks.
     Remove { participant: ParticipantId },
+    /// A room admin muted (or let go of) a track: while silenced it is forwarded to nobody
+    /// and its publisher is asked for none of its simulcast layers.
+    Silence { track: TrackId, silenced: bool },
 }
 
 /// Counters the worker keeps; read by `/api/stats` and the load generator.
@@ -252,6 +255,8 @@ struct TrackRoute {
     /// Dynacast: the highest layer the publisher was last told to send (`None`: none),
     /// and whether it was told at all. Tracks with one layer are never told.
     announced: Option<Option<u8>>,
+    /// A room admin muted it: allocation gives it to no subscriber.
+    silenced: bool,
 }
 
 struct ParticipantMedia {
@@ -902,6 +907,18 @@ impl Worker {
                 let _ = reply.send(result);
             }
             WorkerCommand::Remove { participant } => self.remove(participant),
+            WorkerCommand::Silence { track, silenced } => {
+                if let Some(route) = self.tracks.get_mut(&track) {
+                    route.silenced = silenced;
+                    if silenced {
+                        // At once, not at the next allocation pass.
+                        for sub in &mut route.subscribers {
+                            sub.switch.set_target(None);
+                        }
+                    }
+                    self.next_allocation = now;
+                }
+            }
         }
     }
 
@@ -979,6 +996,7 @@ impl Worker {
                             layers: SourceLayers::new(count, &costs, now),
                             history,
                             announced: None,
+                            silenced: false,
                         },
                     );
                     self.stats.tracks.fetch_add(1, Ordering::Relaxed);
