@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -48,6 +48,7 @@ pub fn chorus_bin() -> Result<PathBuf> {
 /// A running `chorus` child process. Killed when dropped.
 pub struct Server {
     child: Child,
+    bin: PathBuf,
     http: SocketAddr,
     udp: SocketAddr,
     config_path: PathBuf,
@@ -153,6 +154,7 @@ impl Server {
         tracing::info!("chorus ready: http={http} udp={udp}");
         Ok(Self {
             child,
+            bin: bin.to_owned(),
             http,
             udp,
             config_path,
@@ -160,6 +162,24 @@ impl Server {
     }
 
     /// The server's process id (for reading its CPU time and memory from `/proc`).
+    /// Mints a join token with `chorus token` under this server's config, e.g.
+    /// `&["--room", "standup", "--identity", "ada"]`.
+    pub fn token(&self, args: &[&str]) -> Result<String> {
+        let output = std::process::Command::new(&self.bin)
+            .arg("token")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .output()
+            .context("running chorus token")?;
+        ensure!(
+            output.status.success(),
+            "chorus token {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
