@@ -221,8 +221,11 @@ pub enum ByeReason {
     ServerShutdown,
     /// The participant's media connection failed (ICE or DTLS).
     MediaFailed,
-    /// The same session joined again elsewhere, or an operator removed it.
+    /// The same identity joined again elsewhere, or a room admin or the operator removed
+    /// the participant.
     Removed,
+    /// The operator closed the room.
+    RoomClosed,
 }
 
 /// Client to server.

@@ -182,6 +182,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             max_rooms: config.limits.max_rooms,
             max_name_chars: config.limits.max_name_chars,
             ice_servers: Arc::new(ice_servers),
+            events: None,
         },
     );
     let app = chorus_signal::router(

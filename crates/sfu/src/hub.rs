@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::events::RoomEvent;
 use crate::room::RoomLimits;
 use crate::room_task;
 use crate::worker::WorkerHandle;
@@ -38,6 +39,9 @@ pub struct HubConfig {
     /// Longest display name, in characters.
     pub max_name_chars: usize,
     pub ice_servers: IceServerSource,
+    /// Where room events go (the webhook sender), if anywhere. Bounded
+    /// ([`crate::events::EVENT_QUEUE`]); rooms never wait on it.
+    pub events: Option<mpsc::Sender<RoomEvent>>,
 }
 
 /// Who is joining and what it may do, as its join token says (or, in open mode, the
@@ -105,6 +109,8 @@ pub(crate) struct HubInner {
     next_generation: AtomicU64,
     room_list: watch::Sender<Vec<RoomSummary>>,
     shutting_down: AtomicBool,
+    /// Room events the sink had no room for.
+    event_drops: AtomicU64,
 }
 
 /// The registry of rooms. Cheap to clone.
@@ -165,6 +171,8 @@ pub struct HubStats {
     pub unknown_layer: u64,
     pub layer_switches: u64,
     pub notice_drops: u64,
+    /// Room events (webhooks) dropped because their queue was full.
+    pub event_drops: u64,
 }
 
 impl Hub {
@@ -179,6 +187,7 @@ impl Hub {
                 next_generation: AtomicU64::new(1),
                 room_list,
                 shutting_down: AtomicBool::new(false),
+                event_drops: AtomicU64::new(0),
             }),
         }
     }
@@ -333,6 +342,24 @@ impl Hub {
             unknown_layer: get(&w.unknown_layer),
             layer_switches: get(&w.layer_switches),
             notice_drops: get(&w.notice_drops),
+            event_drops: get(&self.inner.event_drops),
+        }
+    }
+
+    /// Hands a room event to the sink without waiting; a full sink drops it (counted).
+    pub(crate) fn emit(&self, event: RoomEvent) {
+        let Some(sink) = &self.inner.config.events else {
+            return;
+        };
+        if let Err(err) = sink.try_send(event) {
+            let dropped = self.inner.event_drops.fetch_add(1, Ordering::Relaxed) + 1;
+            if let mpsc::error::TrySendError::Full(event) = err {
+                tracing::warn!(
+                    event = event.name(),
+                    dropped,
+                    "event queue full; event dropped"
+                );
+            }
         }
     }
 

@@ -9,10 +9,12 @@
 //! - [`allocate`]: which layer each of a subscriber's subscriptions gets (sans-IO).
 //! - [`source`]: a published track's layers: rates, sizes, keyframe requests (sans-IO).
 //! - [`estimate`]: a subscriber's downlink estimate from its TWCC feedback (sans-IO).
+//! - [`events`]: what happens in rooms, for the webhooks.
 
 pub mod allocate;
 pub mod batch;
 pub mod estimate;
+pub mod events;
 pub mod history;
 pub mod hub;
 pub mod idhash;

@@ -11,6 +11,7 @@ use chorus_protocol::{
 };
 
 use crate::MediaError;
+use crate::events::{LeaveReason, RoomEvent};
 use crate::worker::{PublishOutcome, SubscriberOffer};
 
 /// Per-room limits, from the config.
@@ -36,10 +37,10 @@ pub enum Input {
         grants: Grants,
         ice_servers: Vec<IceServer>,
     },
-    /// The participant leaves: it said so, its WebSocket dropped or its media failed.
+    /// The participant leaves: it said so, its WebSocket dropped, its media failed ...
     Leave {
         participant: ParticipantId,
-        reason: Option<ByeReason>,
+        reason: LeaveReason,
     },
     PublishOffer {
         participant: ParticipantId,
@@ -89,6 +90,8 @@ pub enum Input {
         track: TrackId,
         muted: bool,
     },
+    /// The operator closes the room: everyone leaves.
+    Close,
     /// The server is stopping.
     Shutdown,
 }
@@ -128,6 +131,8 @@ pub enum Effect {
     },
     /// The member count changed (for the room list).
     CountChanged(usize),
+    /// Something the outside world hears of (webhooks).
+    Event(RoomEvent),
 }
 
 /// Where a participant's subscriber negotiation stands.
@@ -260,9 +265,16 @@ impl Room {
                 track,
                 muted,
             } => self.mute_track(by, target, track, muted, &mut out),
-            Input::Shutdown => {
+            Input::Close => {
                 let all: Vec<_> = self.members.keys().copied().collect();
                 for participant in all {
+                    self.leave(participant, LeaveReason::RoomClosed, &mut out);
+                }
+            }
+            Input::Shutdown => {
+                // Everyone goes at once: no one needs to hear of the others leaving.
+                let all = std::mem::take(&mut self.members);
+                for (participant, member) in all {
                     out.push(Effect::Send(
                         participant,
                         ServerMessage::Bye {
@@ -270,9 +282,16 @@ impl Room {
                         },
                     ));
                     out.push(Effect::Remove(participant));
+                    out.push(self.left_event(
+                        participant,
+                        member.identity,
+                        LeaveReason::ServerShutdown,
+                    ));
                 }
-                self.members.clear();
                 out.push(Effect::CountChanged(0));
+                out.push(Effect::Event(RoomEvent::RoomFinished {
+                    room: self.id.clone(),
+                }));
             }
         }
         out
@@ -295,7 +314,7 @@ impl Room {
                 .map(|(p, _)| *p)
         });
         if let Some(previous) = previous {
-            self.leave(previous, Some(ByeReason::Removed), out);
+            self.leave(previous, LeaveReason::Replaced, out);
         }
         if self.members.len() >= self.limits.max_participants {
             out.push(Effect::Refused(
@@ -310,6 +329,17 @@ impl Room {
         }
         let participants = self.infos();
         let hidden = grants.hidden;
+        if self.members.is_empty() {
+            out.push(Effect::Event(RoomEvent::RoomStarted {
+                room: self.id.clone(),
+            }));
+        }
+        out.push(Effect::Event(RoomEvent::ParticipantJoined {
+            room: self.id.clone(),
+            participant_id: participant,
+            identity: identity.clone(),
+            name: name.clone(),
+        }));
         self.members.insert(
             participant,
             Member {
@@ -396,19 +426,41 @@ impl Room {
         });
     }
 
-    fn leave(
-        &mut self,
+    fn left_event(
+        &self,
         participant: ParticipantId,
-        reason: Option<ByeReason>,
-        out: &mut Vec<Effect>,
-    ) {
+        identity: Option<String>,
+        reason: LeaveReason,
+    ) -> Effect {
+        Effect::Event(RoomEvent::ParticipantLeft {
+            room: self.id.clone(),
+            participant_id: participant,
+            identity,
+            reason,
+        })
+    }
+
+    fn leave(&mut self, participant: ParticipantId, reason: LeaveReason, out: &mut Vec<Effect>) {
         let Some(member) = self.members.remove(&participant) else {
             return;
         };
-        if let Some(reason) = reason {
+        if let Some(reason) = reason.bye() {
             out.push(Effect::Send(participant, ServerMessage::Bye { reason }));
         }
         out.push(Effect::Remove(participant));
+        for track_id in member.tracks.keys() {
+            out.push(Effect::Event(RoomEvent::TrackUnpublished {
+                room: self.id.clone(),
+                participant_id: participant,
+                track_id: *track_id,
+            }));
+        }
+        out.push(self.left_event(participant, member.identity.clone(), reason));
+        if self.members.is_empty() {
+            out.push(Effect::Event(RoomEvent::RoomFinished {
+                room: self.id.clone(),
+            }));
+        }
         if member.grants.hidden {
             return;
         }
@@ -510,6 +562,20 @@ impl Room {
             },
         ));
         let changed = !published.is_empty() || !unpublished.is_empty();
+        for track in &published {
+            out.push(Effect::Event(RoomEvent::TrackPublished {
+                room: self.id.clone(),
+                participant_id: participant,
+                track: track.clone(),
+            }));
+        }
+        for track_id in &unpublished {
+            out.push(Effect::Event(RoomEvent::TrackUnpublished {
+                room: self.id.clone(),
+                participant_id: participant,
+                track_id: *track_id,
+            }));
+        }
         for track in published {
             self.broadcast_except(
                 participant,

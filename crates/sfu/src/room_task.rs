@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chorus_protocol::{ByeReason, ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
+use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::allocate::Tile;
+use crate::events::LeaveReason;
 use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
 use crate::room::{Effect, Input, Room};
 use crate::worker::{MediaNotice, WorkerCommand};
@@ -77,7 +78,7 @@ impl RoomTask {
                 Some(notice) = self.notices.1.recv() => match notice {
                     MediaNotice::PeerFailed(participant) => Some(Input::Leave {
                         participant,
-                        reason: Some(ByeReason::MediaFailed),
+                        reason: LeaveReason::MediaFailed,
                     }),
                     MediaNotice::Deliver(participant, message) => {
                         self.deliver(participant, message);
@@ -91,7 +92,7 @@ impl RoomTask {
             while let Some(participant) = self.evicted.pop() {
                 self.perform(Input::Leave {
                     participant,
-                    reason: None,
+                    reason: LeaveReason::TooSlow,
                 })
                 .await;
             }
@@ -151,7 +152,7 @@ impl RoomTask {
             }
             RoomCommand::Gone { participant } => Some(Input::Leave {
                 participant,
-                reason: None,
+                reason: LeaveReason::Disconnected,
             }),
             RoomCommand::Shutdown => Some(Input::Shutdown),
             RoomCommand::Client {
@@ -169,7 +170,7 @@ impl RoomTask {
         match message {
             ClientMessage::Leave => Some(Input::Leave {
                 participant,
-                reason: None,
+                reason: LeaveReason::Left,
             }),
             ClientMessage::PublishOffer { sdp, tracks } => Some(Input::PublishOffer {
                 participant,
@@ -336,6 +337,10 @@ impl RoomTask {
                     let _ = worker
                         .send(WorkerCommand::Silence { track, silenced })
                         .await;
+                    None
+                }
+                Effect::Event(event) => {
+                    self.hub.emit(event);
                     None
                 }
                 Effect::CountChanged(count) => {

@@ -285,6 +285,7 @@ mod tests {
                 max_rooms: 10,
                 max_name_chars: 20,
                 ice_servers: Arc::new(|_| Vec::new()),
+                events: None,
             },
         )
     }

@@ -6,9 +6,10 @@
 //! meanwhile the owner's own unmute is refused. Lifting it resumes forwarding but leaves
 //! the track muted until its owner unmutes.
 
-use chorus_protocol::{ByeReason, ErrorCode, ParticipantId, ServerMessage, TrackId};
+use chorus_protocol::{ErrorCode, ParticipantId, ServerMessage, TrackId};
 
 use super::{Effect, Room, error};
+use crate::events::LeaveReason;
 
 impl Room {
     /// Whether `by` may moderate: the operator (`None`) always, a participant with the
@@ -56,7 +57,7 @@ impl Room {
             Self::no_such_participant(by, target, out);
             return;
         }
-        self.leave(target, Some(ByeReason::Removed), out);
+        self.leave(target, LeaveReason::Removed, out);
     }
 
     pub(super) fn mute_track(

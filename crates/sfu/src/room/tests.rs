@@ -212,7 +212,7 @@ fn leaving_removes_media_and_renegotiates_the_others() {
     });
     let fx = r.handle(Input::Leave {
         participant: ParticipantId(1),
-        reason: None,
+        reason: LeaveReason::Left,
     });
     assert!(fx.contains(&Effect::Remove(ParticipantId(1))));
     let to2 = sent_to(&fx, 2);
@@ -237,7 +237,7 @@ fn leaving_removes_media_and_renegotiates_the_others() {
     assert!(fx.contains(&Effect::CountChanged(1)));
     let fx = r.handle(Input::Leave {
         participant: ParticipantId(2),
-        reason: Some(ByeReason::MediaFailed),
+        reason: LeaveReason::MediaFailed,
     });
     assert!(matches!(
         sent_to(&fx, 2)[0],
@@ -494,9 +494,72 @@ fn hidden_participants_are_not_listed() {
     );
     let fx = r.handle(Input::Leave {
         participant: ParticipantId(2),
-        reason: None,
+        reason: LeaveReason::Left,
     });
-    assert_eq!(fx, vec![Effect::Remove(ParticipantId(2))]);
+    let not_events: Vec<_> = fx
+        .iter()
+        .filter(|e| !matches!(e, Effect::Event(_)))
+        .collect();
+    assert_eq!(not_events, vec![&Effect::Remove(ParticipantId(2))]);
+}
+
+fn events(effects: &[Effect]) -> Vec<&RoomEvent> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Event(event) => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+fn names(effects: &[Effect]) -> Vec<&'static str> {
+    events(effects).into_iter().map(RoomEvent::name).collect()
+}
+
+#[test]
+fn the_room_reports_its_life_as_events() {
+    let mut r = room(10);
+    let fx = join_as(&mut r, 1, Some("ada"), Grants::default());
+    assert_eq!(names(&fx), vec!["roomStarted", "participantJoined"]);
+    assert!(matches!(
+        events(&fx)[1],
+        RoomEvent::ParticipantJoined { identity: Some(identity), name, .. } if identity == "ada" && name == "p1"
+    ));
+    join(&mut r, 2, "Grace");
+    assert_eq!(names(&publish(&mut r, 1)), vec!["trackPublished"; 2]);
+    // a reconnect replaces ada: her tracks go, she leaves, she joins again
+    let fx = join_as(&mut r, 3, Some("ada"), Grants::default());
+    assert_eq!(
+        names(&fx),
+        vec![
+            "trackUnpublished",
+            "trackUnpublished",
+            "participantLeft",
+            "participantJoined"
+        ]
+    );
+    assert!(matches!(
+        events(&fx)[2],
+        RoomEvent::ParticipantLeft {
+            reason: LeaveReason::Replaced,
+            ..
+        }
+    ));
+    let fx = r.handle(Input::Leave {
+        participant: ParticipantId(2),
+        reason: LeaveReason::Disconnected,
+    });
+    assert_eq!(names(&fx), vec!["participantLeft"]);
+    let fx = r.handle(Input::Close);
+    assert_eq!(names(&fx), vec!["participantLeft", "roomFinished"]);
+    assert!(fx.contains(&Effect::Send(
+        ParticipantId(3),
+        ServerMessage::Bye {
+            reason: ByeReason::RoomClosed
+        }
+    )));
+    assert!(r.is_empty());
 }
 
 #[test]
