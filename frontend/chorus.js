@@ -11,6 +11,44 @@ export const PROTOCOL_VERSION = 1;
 /** Sources a published track can have. */
 export const SOURCES = Object.freeze(['microphone', 'camera', 'screen']);
 
+/**
+ * What a participant may do when the server does not say (an older server, or `open` auth
+ * mode): everything but room administration, and listed to the others.
+ */
+export const DEFAULT_GRANTS = Object.freeze({
+  canPublish: true,
+  canPublishSources: SOURCES,
+  canSubscribe: true,
+  canChat: true,
+  roomAdmin: false,
+  hidden: false,
+});
+
+/** `joined.grants` with every field present (missing ones take DEFAULT_GRANTS'), frozen. */
+export function grantsOf(grants) {
+  const g = grants && typeof grants === 'object' ? grants : {};
+  const flag = (key) => (typeof g[key] === 'boolean' ? g[key] : DEFAULT_GRANTS[key]);
+  const sources = Array.isArray(g.canPublishSources) ? g.canPublishSources.filter((s) => SOURCES.includes(s)) : DEFAULT_GRANTS.canPublishSources;
+  return Object.freeze({
+    canPublish: flag('canPublish'),
+    canPublishSources: Object.freeze([...sources]),
+    canSubscribe: flag('canSubscribe'),
+    canChat: flag('canChat'),
+    roomAdmin: flag('roomAdmin'),
+    hidden: flag('hidden'),
+  });
+}
+
+/** Whether `grants` allow publishing a track of `source` (a hidden participant publishes nothing). */
+export function mayPublish(grants, source) {
+  return Boolean(grants.canPublish && !grants.hidden && grants.canPublishSources.includes(source));
+}
+
+/** Whether `grants` allow sending chat (a hidden participant does not chat). */
+export function mayChat(grants) {
+  return Boolean(grants.canChat && !grants.hidden);
+}
+
 // ---------------------------------------------------------------------------------------
 // Wire messages
 // ---------------------------------------------------------------------------------------
@@ -25,7 +63,8 @@ export function candidateInit(c) {
 
 /** Builders for every client → server message. Each returns a plain object; send it as JSON. */
 export const messages = Object.freeze({
-  join: (room, name) => ({ type: 'join', version: PROTOCOL_VERSION, room, name }),
+  // `token`: the join token of a server in `token` auth mode; the key is left out without one.
+  join: (room, name, token) => ({ type: 'join', version: PROTOCOL_VERSION, room, name, ...(token ? { token: String(token) } : {}) }),
   leave: () => ({ type: 'leave' }),
   publishOffer: (sdp, tracks) => ({
     type: 'publishOffer',
@@ -44,6 +83,9 @@ export const messages = Object.freeze({
     width: toU32(width),
     height: toU32(height),
   }),
+  // Room admins only (`grants.roomAdmin`); anyone else gets `error forbidden`.
+  removeParticipant: (participantId) => ({ type: 'removeParticipant', participantId }),
+  muteTrack: (participantId, trackId, muted) => ({ type: 'muteTrack', participantId, trackId, muted: Boolean(muted) }),
 });
 
 // Sizes and bit rates: the server reads them as u32, so whole, non-negative and finite.
@@ -96,6 +138,7 @@ const SERVER_FIELDS = {
   roomList: { rooms: 'array' },
   error: { code: 'string', message: 'string' },
   bye: { reason: 'string' },
+  notice: { text: 'string', time: 'number' },
   streamState: { trackId: 'id' },
   publishLayers: { trackId: 'id', rids: 'array' },
 };
@@ -125,6 +168,17 @@ function checkAll(fields, obj, where) {
   return true;
 }
 
+function checkGrants(g) {
+  checkField('object', g, 'joined.grants');
+  for (const key of ['canPublish', 'canSubscribe', 'canChat', 'roomAdmin', 'hidden']) {
+    if (g[key] !== undefined) checkField('boolean', g[key], `joined.grants.${key}`);
+  }
+  if (g.canPublishSources !== undefined) {
+    checkField('array', g.canPublishSources, 'joined.grants.canPublishSources');
+    g.canPublishSources.forEach((s, i) => checkField('string', s, `joined.grants.canPublishSources[${i}]`));
+  }
+}
+
 /**
  * Parses one text frame from the server. Throws `ProtocolError` on malformed JSON or a known
  * type with missing fields. A message of an unknown type is returned as is (forward
@@ -146,6 +200,7 @@ export function parseServerMessage(data) {
   if (fields) {
     checkAll(fields, msg, msg.type);
     if (msg.type === 'joined') {
+      if (msg.grants !== undefined) checkGrants(msg.grants);
       msg.participants.forEach((p, i) => checkField('participant', p, `joined.participants[${i}]`));
       msg.chatHistory.forEach((l, i) => checkField('chatLine', l, `joined.chatHistory[${i}]`));
     }
@@ -300,8 +355,13 @@ export async function getLocalMedia({
 const STATS_INTERVAL_MS = 500;
 const SPEAKER_THRESHOLD = 0.02; // audioLevel (0..1) below which nobody is speaking
 const SPEAKER_HOLD_MS = 1200; // keep the last speaker this long after they go quiet
-const FATAL_JOIN_ERRORS = new Set(['roomFull', 'invalidName', 'unsupportedVersion', 'tooManyRooms']);
-const PUBLISH_ERRORS = new Set(['invalidSdp', 'outOfOrder', 'invalidMessage', 'internal', 'invalidSimulcast']);
+// A join refused for one of these is not retried: trying again gets the same answer.
+const FATAL_JOIN_ERRORS = new Set(['roomFull', 'invalidName', 'unsupportedVersion', 'tooManyRooms', 'unauthorized', 'tokenExpired', 'forbidden']);
+const PUBLISH_ERRORS = new Set(['invalidSdp', 'outOfOrder', 'invalidMessage', 'internal', 'invalidSimulcast', 'forbidden']);
+// A call ended with one of these `bye` reasons is over: rejoining would be undoing it.
+const FINAL_BYES = new Set(['removed', 'roomClosed']);
+// What a server in token mode answers to `listRooms` when its room list is not public.
+const ROOM_LIST_REFUSALS = new Set(['unauthorized', 'forbidden']);
 // At most one trackSettings per track this often: a tile being resized fires many size
 // changes, and the server's allocation runs every 200 ms anyway.
 const TRACK_SETTINGS_INTERVAL_MS = 300;
@@ -330,7 +390,7 @@ function defaultSourceFor(kind) {
  * `connectionState`, `roomList`, `joined`, `participantJoined`, `participantLeft`,
  * `trackPublished`, `trackAdded`, `trackRemoved`, `muteChanged`, `streamState`, `chat`,
  * `activeSpeaker`, `audioLevels`, `quality`, `localTracks`, `screenShare`, `published`,
- * `publishLayers`, `serverError`, `bye`, `warning`.
+ * `publishLayers`, `serverError`, `notice`, `bye`, `warning`.
  */
 export class ChorusClient {
   constructor(options = {}) {
@@ -361,6 +421,12 @@ export class ChorusClient {
     this.mediaState = 'new';
     this.room = null;
     this.name = null;
+    /** The join token (token auth mode), kept for rejoins; null without one. */
+    this.token = null;
+    /** What this participant may do (`joined.grants`, see DEFAULT_GRANTS); null outside a room. */
+    this.grants = null;
+    /** Whether the server refused to list rooms to this session (token mode, list not public). */
+    this.roomListRefused = false;
     this.participantId = null;
     /** @type {Map<number, {id, name, tracks: Map<number, object>, audioLevel: number}>} */
     this.participants = new Map();
@@ -373,6 +439,8 @@ export class ChorusClient {
       stream: null, // MediaStream with the current microphone and camera tracks
       tracks: { microphone: null, camera: null, screen: null },
       muted: { microphone: false, camera: false },
+      // Muted by a room admin (`muteTrack`): the server refuses our unmute until an admin lifts it.
+      adminMuted: { microphone: false, camera: false, screen: false },
       screenStream: null,
     };
     this.lastBye = null;
@@ -509,13 +577,20 @@ export class ChorusClient {
     });
   }
 
+  /**
+   * Resolves every waiter `msg` matches. An error fails only the oldest waiter it would
+   * fail: the server answers requests in order, so it answers that one (a `listRooms`
+   * refused just before a `join` must not fail the join).
+   */
   _settleWaiters(msg) {
+    let failed = false;
     for (const w of [...this._waiters]) {
       if (w.match(msg)) {
         this._clearTimeout(w.timer);
         this._waiters = this._waiters.filter((x) => x !== w);
         w.resolve(msg);
-      } else if (w.failMatch?.(msg)) {
+      } else if (!failed && w.failMatch?.(msg)) {
+        failed = true;
         this._clearTimeout(w.timer);
         this._waiters = this._waiters.filter((x) => x !== w);
         w.reject(new ChorusError(msg.code, msg.message));
@@ -534,7 +609,8 @@ export class ChorusClient {
   _onSocketClosed(ev, opened) {
     this._failWaiters(new ChorusError('closed', 'the connection to the server closed'));
     const inCall = this._wantJoined && this.participantId !== null;
-    if (this._wantJoined && this.reconnect && this.lastBye?.reason !== 'removed' && (inCall || this._reconnectAttempt > 0)) {
+    const final = FINAL_BYES.has(this.lastBye?.reason);
+    if (this._wantJoined && this.reconnect && !final && (inCall || this._reconnectAttempt > 0)) {
       this._scheduleReconnect();
     } else if (!this._wantJoined && this._wantRoomList) {
       this._setConnectionState('disconnected', { code: ev?.code });
@@ -543,7 +619,7 @@ export class ChorusClient {
         if (this._wantRoomList && !this._wantJoined) this.listRooms().catch(() => {});
       }, 2000);
     } else if (opened || this.connectionState !== 'idle') {
-      if (!this._wantJoined || !this.reconnect || this.lastBye?.reason === 'removed') this._teardownCall();
+      if (!this._wantJoined || !this.reconnect || final) this._teardownCall();
       this._setConnectionState('disconnected', { code: ev?.code, reason: this.lastBye?.reason });
     }
   }
@@ -557,10 +633,25 @@ export class ChorusClient {
   async listRooms() {
     this._wantRoomList = true;
     await this.connect();
-    const p = this._waitFor((m) => m.type === 'roomList', null, 5000, 'roomList');
+    const p = this._waitFor(
+      (m) => m.type === 'roomList',
+      (m) => m.type === 'error' && ROOM_LIST_REFUSALS.has(m.code),
+      5000,
+      'roomList',
+    );
     this._send(messages.listRooms());
-    const m = await p;
-    return m.rooms;
+    try {
+      const m = await p;
+      this.roomListRefused = false;
+      return m.rooms;
+    } catch (err) {
+      // Refused (a token-mode server whose list is not public): asking again gets the same.
+      if (ROOM_LIST_REFUSALS.has(err.code)) {
+        this.roomListRefused = true;
+        this.stopListingRooms();
+      }
+      throw err;
+    }
   }
 
   /** Stops asking for room list updates (they stop for good on join). */
@@ -573,13 +664,16 @@ export class ChorusClient {
 
   /**
    * Joins `room` as `name`, publishing the tracks of `stream` (microphone and camera; pass
-   * null to join receive-only). Resolves once joined (media may still be connecting).
-   * Rejects with a ChorusError (`roomFull`, `invalidName`, `unreachable`, `timeout`, ...).
+   * null to join receive-only) that the grants allow. `token` is the join token a server in
+   * token mode needs. Resolves once joined (media may still be connecting). Rejects with a
+   * ChorusError (`roomFull`, `invalidName`, `unauthorized`, `tokenExpired`, `unreachable`,
+   * `timeout`, ...).
    */
-  async join({ room, name, stream = null } = {}) {
+  async join({ room, name, stream = null, token = null } = {}) {
     if (this._wantJoined) throw new ChorusError('outOfOrder', 'already in a room; leave first');
     this.room = room;
     this.name = name;
+    this.token = token || null;
     this.lastBye = null;
     this._setLocalStream(stream);
     this._wantJoined = true;
@@ -605,7 +699,7 @@ export class ChorusClient {
       this.joinTimeoutMs,
       'joined',
     );
-    this._send(messages.join(this.room, this.name));
+    this._send(messages.join(this.room, this.name, this.token));
     const joined = await p;
     this._reconnectAttempt = 0;
     // Publish in the background; the caller does not wait for media.
@@ -676,6 +770,8 @@ export class ChorusClient {
 
   _resetCall() {
     this.participantId = null;
+    this.grants = null;
+    this.local.adminMuted = { microphone: false, camera: false, screen: false };
     this._pub = null;
     this._sub = null;
     this._publications = new Map(); // source -> {source, transceiver, trackId}
@@ -800,7 +896,7 @@ export class ChorusClient {
   // ----- message handling (one at a time, in arrival order) ------------------------------
 
   async _handle(msg) {
-    const callMessage = !['joined', 'roomList', 'error', 'bye'].includes(msg.type);
+    const callMessage = !['joined', 'roomList', 'error', 'bye', 'notice'].includes(msg.type);
     if (callMessage && this.participantId === null) {
       this._log('not in a room; ignoring', msg.type);
       this._settleWaiters(msg);
@@ -838,6 +934,10 @@ export class ChorusClient {
         break;
       }
       case 'muteChanged': {
+        if (msg.participantId === this.participantId) {
+          this._onOwnMuteChanged(msg);
+          break;
+        }
         const p = this.participants.get(msg.participantId);
         const t = p?.tracks.get(msg.trackId);
         if (t) {
@@ -869,12 +969,16 @@ export class ChorusClient {
         this._emit('roomList', { rooms: msg.rooms });
         break;
       case 'error':
+        if (msg.code === 'forbidden') this._onUnmuteRefused();
         this._emit('serverError', { code: msg.code, message: msg.message });
+        break;
+      case 'notice':
+        this._emit('notice', { text: msg.text, time: msg.time });
         break;
       case 'bye':
         this.lastBye = { reason: msg.reason };
         this._emit('bye', { reason: msg.reason });
-        if (msg.reason === 'removed') this._wantJoined = false;
+        if (FINAL_BYES.has(msg.reason)) this._wantJoined = false;
         break;
       default:
         this._log('ignoring unknown message', msg.type);
@@ -885,13 +989,14 @@ export class ChorusClient {
   _onJoined(msg) {
     this.participantId = msg.participantId;
     this.room = msg.room ?? this.room;
+    this.grants = grantsOf(msg.grants);
     this.iceServers = this.iceServersOverride ?? msg.iceServers;
     this._createPeers();
     this._peerStates = { publisher: 'new', subscriber: 'new' };
     this._setMediaState(this.local.stream?.getTracks().length ? 'connecting' : 'connected');
     this._setConnectionState('joined', { participantId: msg.participantId, room: this.room });
     this.chat = msg.chatHistory.map((l) => ({ ...l }));
-    this._emit('joined', { participantId: msg.participantId, room: this.room, participants: msg.participants, chatHistory: this.chat });
+    this._emit('joined', { participantId: msg.participantId, room: this.room, participants: msg.participants, chatHistory: this.chat, grants: this.grants });
     for (const info of msg.participants) if (info.id !== this.participantId) this._addParticipant(info, true);
     for (const line of this.chat) this._emit('chat', { line, history: true, self: line.from === this.participantId });
     this._scheduleStats();
@@ -1009,12 +1114,54 @@ export class ChorusClient {
 
   // ----- publishing --------------------------------------------------------------------
 
+  /** Publishes the local microphone and camera not published yet, as far as the grants allow. */
   async _publishInitial() {
+    let added = false;
     for (const source of ['microphone', 'camera']) {
       const track = this.local.tracks[source];
-      if (track) this._addPublication(source, track, this.local.stream);
+      if (!track || this._publications.has(source)) continue;
+      if (!this.mayPublish(source)) {
+        this._log(`not publishing ${source}: the grants do not allow it`);
+        continue;
+      }
+      this._addPublication(source, track, this.local.stream);
+      added = true;
     }
-    if (this._publications.size) await this._negotiate();
+    if (added) await this._negotiate();
+  }
+
+  /** Whether this participant may publish a track of `source` (always true before `joined`). */
+  mayPublish(source) {
+    return mayPublish(this.grants ?? DEFAULT_GRANTS, source);
+  }
+
+  /** Whether this participant may send chat (always true before `joined`). */
+  mayChat() {
+    return mayChat(this.grants ?? DEFAULT_GRANTS);
+  }
+
+  /**
+   * Publishes the microphone and camera of `stream` once in the room: for a page that
+   * joined with `stream: null` to learn its grants first, and captures only what they
+   * allow. Tracks of a source already published, or one the grants forbid, are left out
+   * (and stopped). One renegotiation for all of them.
+   */
+  async publish(stream) {
+    if (!this._pub || !this._wantJoined) throw new ChorusError('outOfOrder', 'join a room first');
+    for (const [source, track] of [['microphone', stream?.getAudioTracks()[0]], ['camera', stream?.getVideoTracks()[0]]]) {
+      if (!track) continue;
+      if (this.local.tracks[source] || !this.mayPublish(source)) {
+        track.stop();
+        continue;
+      }
+      if (!this.local.stream) this.local.stream = new this._MediaStream();
+      this.local.stream.addTrack(track);
+      this.local.tracks[source] = track;
+      if (source === 'microphone') track.enabled = !this.local.muted.microphone;
+      else this.local.muted.camera = false;
+    }
+    this._emit('localTracks', { stream: this.local.stream, tracks: { ...this.local.tracks } });
+    await this._publishInitial();
   }
 
   _addPublication(source, track, stream) {
@@ -1028,7 +1175,8 @@ export class ChorusClient {
     else if (source === 'screen') init.sendEncodings = [{ maxBitrate: SCREEN_BITRATE }];
     const transceiver = this._pub.addTransceiver(track, init);
     // wantedRids: what the server last said (publishLayers) it needs; null until it says.
-    const pub = { source, transceiver, trackId: null, simulcast, captureSize, wantedRids: null, layersChain: Promise.resolve() };
+    // serverMuted / echoes: what the server holds of its mute, and the muteChanged echoes of ours still to come.
+    const pub = { source, transceiver, trackId: null, simulcast, captureSize, wantedRids: null, layersChain: Promise.resolve(), serverMuted: false, echoes: [] };
     this._publications.set(source, pub);
     return pub;
   }
@@ -1123,8 +1271,10 @@ export class ChorusClient {
       for (const pub of this._publications.values()) {
         if (pub.transceiver.mid === String(mid) && pub.trackId !== trackId) {
           pub.trackId = trackId;
+          pub.serverMuted = false;
+          pub.echoes = [];
           // Tell the others about a mute set before the track had an id.
-          if (pub.source !== 'screen' && this.local.muted[pub.source]) this._send(messages.setMute(trackId, true));
+          if (pub.source !== 'screen' && this.local.muted[pub.source]) this._sendMute(pub.source, true);
         }
       }
     }
@@ -1256,7 +1406,64 @@ export class ChorusClient {
 
   _sendMute(source, muted) {
     const pub = this._publications.get(source);
-    if (pub?.trackId !== null && pub?.trackId !== undefined) this._send(messages.setMute(pub.trackId, muted));
+    if (pub?.trackId === null || pub?.trackId === undefined) return;
+    if (!this._send(messages.setMute(pub.trackId, muted))) return;
+    // The server echoes a change to everyone, us included; remember which echoes are ours,
+    // so that any other muteChanged of our own track is known for a room admin's.
+    if (pub.serverMuted !== Boolean(muted)) pub.echoes.push(Boolean(muted));
+    pub.serverMuted = Boolean(muted);
+    // While an admin holds the track muted the server answers an unmute with `forbidden`
+    // (and lifting the hold is not announced): so try, and undo it if refused.
+    pub.unmuteMayBeRefused = !muted && this.local.adminMuted[source];
+  }
+
+  /** Our unmute of a track a room admin still holds muted was refused: muted again, locally too. */
+  _onUnmuteRefused() {
+    const pub = [...this._publications.values()].find((p) => p.unmuteMayBeRefused);
+    if (!pub) return;
+    pub.unmuteMayBeRefused = false;
+    pub.echoes = [];
+    pub.serverMuted = true;
+    const source = pub.source;
+    if (source === 'microphone') {
+      this.local.muted.microphone = true;
+      if (this.local.tracks.microphone) this.local.tracks.microphone.enabled = false;
+    } else if (source === 'camera') {
+      this.setCameraOff(true).catch((err) => this._log('camera off failed', err));
+    }
+    this._emit('localMute', { source, muted: true, byAdmin: true, adminMuted: true });
+  }
+
+  /** A muteChanged of one of our own tracks: our own echo, or a room admin's `muteTrack`. */
+  _onOwnMuteChanged(msg) {
+    const pub = [...this._publications.values()].find((p) => p.trackId === msg.trackId);
+    if (!pub) return;
+    if (pub.echoes.length && pub.echoes[0] === msg.muted) {
+      pub.echoes.shift();
+      // Our unmute went through: no admin holds the track any more.
+      if (!msg.muted && this.local.adminMuted[pub.source]) {
+        this.local.adminMuted[pub.source] = false;
+        pub.unmuteMayBeRefused = false;
+        this._emit('localMute', { source: pub.source, muted: false, byAdmin: false, adminMuted: false });
+      }
+      return;
+    }
+    pub.echoes = [];
+    pub.serverMuted = msg.muted;
+    const source = pub.source;
+    this.local.adminMuted[source] = msg.muted;
+    if (msg.muted && source === 'microphone') {
+      this.local.muted.microphone = true;
+      if (this.local.tracks.microphone) this.local.tracks.microphone.enabled = false;
+    } else if (msg.muted && source === 'camera' && this.local.tracks.camera) {
+      // Nothing of it is forwarded any more: let go of the camera too (its light goes out).
+      this.setCameraOff(true).catch((err) => this._log('camera off failed', err));
+    } else if (!msg.muted && source !== 'screen' && this.local.muted[source]) {
+      // Not what this server does (lifting a hold is silent), but never unmute from afar:
+      // stay muted, and say so.
+      this._sendMute(source, true);
+    }
+    this._emit('localMute', { source, muted: source === 'screen' ? msg.muted : this.local.muted[source], byAdmin: true, adminMuted: msg.muted });
   }
 
   /** The track id the server gave our own track of `source`, or null. */
@@ -1268,6 +1475,7 @@ export class ChorusClient {
   async setMicMuted(muted) {
     this.local.muted.microphone = Boolean(muted);
     let track = this.local.tracks.microphone;
+    if (!muted && !this.mayPublish('microphone')) throw new ChorusError('forbidden', 'your grants do not allow publishing the microphone');
     if (!muted && !track && this._wantJoined) {
       track = await this._acquire('audio');
       this._installTrack('microphone', track);
@@ -1295,6 +1503,7 @@ export class ChorusClient {
       this._sendMute('camera', true);
       this._emit('localTracks', { stream: this.local.stream, tracks: { ...this.local.tracks } });
     } else {
+      if (!this.mayPublish('camera')) throw new ChorusError('forbidden', 'your grants do not allow publishing the camera');
       const track = await this._acquire('video');
       this.local.muted.camera = false;
       this._installTrack('camera', track);
@@ -1313,6 +1522,10 @@ export class ChorusClient {
 
   /** Puts `track` in place of the current one of `source`, publishing it if needed. */
   _installTrack(source, track) {
+    if (!this.mayPublish(source)) {
+      track.stop();
+      throw new ChorusError('forbidden', `your grants do not allow publishing the ${source}`);
+    }
     const old = this.local.tracks[source];
     if (!this.local.stream) this.local.stream = new this._MediaStream();
     if (old && old !== track) {
@@ -1373,6 +1586,7 @@ export class ChorusClient {
    */
   async startScreenShare({ stream } = {}) {
     if (!this._pub) throw new ChorusError('outOfOrder', 'join a room first');
+    if (!this.mayPublish('screen')) throw new ChorusError('forbidden', 'your grants do not allow sharing a screen');
     if (this._publications.has('screen')) return this.local.screenStream;
     if (!stream) {
       if (!this._mediaDevices?.getDisplayMedia) throw new ChorusError('unsupported', 'this browser cannot share a screen');
@@ -1422,12 +1636,34 @@ export class ChorusClient {
     if (was && !this._publications.has('screen')) this._emit('screenShare', { active: false, stream: null });
   }
 
+  // ----- room admin --------------------------------------------------------------------
+
+  /**
+   * Removes another participant from the room (needs `grants.roomAdmin`). They get `bye`
+   * with reason `removed`; everyone else `participantLeft`. Returns whether it was sent;
+   * a refusal comes back as a `serverError` (`forbidden`, `unknownParticipant`).
+   */
+  removeParticipant(participantId) {
+    if (this.participantId === null) return false;
+    return this._send(messages.removeParticipant(participantId));
+  }
+
+  /**
+   * Mutes (or lets go of) another participant's track (needs `grants.roomAdmin`). The
+   * server stops forwarding it and everyone gets `muteChanged`; its owner cannot unmute it
+   * until an admin sends `muted: false`. Returns whether it was sent.
+   */
+  muteTrack(participantId, trackId, muted = true) {
+    if (this.participantId === null) return false;
+    return this._send(messages.muteTrack(participantId, trackId, muted));
+  }
+
   // ----- chat --------------------------------------------------------------------------
 
   /** Sends a chat line to everyone in the room. */
   sendChat(text) {
     const clean = String(text ?? '').trim();
-    if (!clean) return false;
+    if (!clean || !this.mayChat()) return false;
     if (!this._send(messages.chat(clean))) return false;
     // Shown at once; replaced by the server's copy if the server echoes it back.
     const line = { from: this.participantId, name: this.name, text: clean, time: Date.now(), pending: true };
