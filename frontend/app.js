@@ -63,8 +63,54 @@ function clockTime(ms) {
 
 const ROOM_RE = /^[\p{L}\p{N}._-]{1,64}$/u;
 
+/**
+ * The link others can join by: the room only. A join token is personal (it names who you
+ * are and what you may do), so your own never goes into a link for someone else.
+ */
 function inviteLink(room) {
   return `${location.origin}${location.pathname}?room=${encodeURIComponent(room)}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Invitation: a join token for one room (`?room=R&token=T`)
+// ---------------------------------------------------------------------------------------
+
+const INVITATION_KEY = 'chorus.invitation';
+
+/**
+ * The invitation of this tab: from the URL, else from sessionStorage (so a reload keeps
+ * it). It is kept out of the address bar, where it could be copied and shared.
+ */
+function readInvitation() {
+  const room = params.get('room');
+  const token = params.get('token');
+  if (room && token) {
+    try {
+      sessionStorage.setItem(INVITATION_KEY, JSON.stringify({ room, token }));
+    } catch {}
+    return { room, token };
+  }
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(INVITATION_KEY) ?? 'null');
+    if (typeof saved?.room === 'string' && typeof saved?.token === 'string') return saved;
+  } catch {}
+  return null;
+}
+
+const invitation = readInvitation();
+
+/** The token to join `room` with, or null. */
+function tokenFor(room) {
+  return invitation?.room === room ? invitation.token : null;
+}
+
+/** Takes `token` out of the address bar (the rest of the URL stays). */
+function hideTokenFromUrl() {
+  if (!params.has('token')) return;
+  const q = new URLSearchParams(params);
+  q.delete('token');
+  const rest = q.toString();
+  history.replaceState(null, '', `${location.pathname}${rest ? `?${rest}` : ''}`);
 }
 
 function videoConstraintsFromParams() {
@@ -212,15 +258,24 @@ function renderRooms(rooms) {
 }
 
 function startRoomList() {
+  if (client.roomListRefused) return;
   client.listRooms().then(
     (rooms) => {
       hideBanner('unreachable');
       renderRooms(rooms);
     },
     () => {
-      if (app.view === 'lobby') showBanner('unreachable', 'Cannot reach the Chorus server. Retrying…', { level: 'error', dismissible: false });
+      // A server that admits only invited people keeps its rooms to itself: no list, no error.
+      if (client.roomListRefused) hideRoomList();
+      else if (app.view === 'lobby') showBanner('unreachable', 'Cannot reach the Chorus server. Retrying…', { level: 'error', dismissible: false });
     },
   );
+}
+
+function hideRoomList() {
+  hideBanner('unreachable');
+  $('#rooms').hidden = true;
+  $('#room-hint').textContent = 'Letters, digits, “-”, “_” and “.”. This server admits only people with an invitation.';
 }
 
 function fieldError(input, errorEl, text) {
@@ -256,10 +311,17 @@ async function joinCall(room, name) {
   try {
     localStorage.setItem('chorus.name', name);
   } catch {}
-  for (const id of ['room-full', 'removed', 'server-shutdown', 'join-failed', 'media', 'unreachable']) hideBanner(id);
+  for (const id of ['room-full', 'removed', 'server-shutdown', 'join-failed', 'media', 'unreachable', 'unauthorized', 'token-expired', 'grants', 'admin-muted', 'room-closed']) hideBanner(id);
 
-  const { stream, errors } = await getLocalMedia({ videoConstraints: videoConstraintsFromParams() });
-  reportMediaErrors(errors);
+  // With an invitation, the grants (known once joined) say what to capture: a viewer is
+  // never asked for a camera. Without one, capture first, as an open server lets anyone publish.
+  const token = tokenFor(room);
+  let stream = null;
+  if (!token) {
+    const media = await getLocalMedia({ videoConstraints: videoConstraintsFromParams() });
+    reportMediaErrors(media.errors);
+    stream = media.stream;
+  }
 
   $('#room-title').textContent = room;
   $('#btn-invite').dataset.inviteLink = inviteLink(room);
@@ -269,11 +331,13 @@ async function joinCall(room, name) {
   setSidebar(window.matchMedia('(min-width: 761px)').matches, app.panel);
   render();
   try {
-    await client.join({ room, name, stream });
+    await client.join({ room, name, stream, token });
     history.replaceState(null, '', `?room=${encodeURIComponent(room)}${keptParams('&')}`);
     document.title = `${room} · Chorus`;
+    reportGrants();
     render();
     renderChat();
+    if (token) await captureGranted();
     refreshDevices();
   } catch (err) {
     for (const t of stream?.getTracks() ?? []) t.stop();
@@ -317,9 +381,49 @@ function reportMediaErrors(errors) {
   el.dataset.microphone = a ?? 'ok';
 }
 
+/** Captures and publishes what the grants allow (after a join with an invitation). */
+async function captureGranted() {
+  const audio = client.mayPublish('microphone');
+  const video = client.mayPublish('camera');
+  if (!audio && !video) return;
+  const { stream, errors } = await getLocalMedia({ audio, video, videoConstraints: videoConstraintsFromParams() });
+  reportMediaErrors(errors);
+  if (!stream) return;
+  if (client.participantId === null) {
+    for (const t of stream.getTracks()) t.stop();
+    return;
+  }
+  try {
+    await client.publish(stream);
+  } catch (err) {
+    console.warn('[chorus] publish failed', err);
+  }
+  render();
+}
+
+/** Tells a participant whose grants hold something back what they cannot do. */
+function reportGrants() {
+  hideBanner('grants');
+  const g = client.grants;
+  if (!g) return;
+  let text = null;
+  if (g.hidden) text = 'You are in this room unseen: the others do not see you, and you cannot share your camera, microphone or screen, or chat.';
+  else if (!g.canPublish || !g.canPublishSources.length) text = 'Your invitation lets you watch and listen: you cannot share your camera, microphone or screen.';
+  if (text) showBanner('grants', text, { level: 'info' });
+}
+
 function reportJoinError(err) {
   const code = err instanceof ChorusError ? err.code : 'internal';
   switch (code) {
+    case 'unauthorized':
+      showBanner('unauthorized', 'This room needs an invitation. Ask whoever runs the call for an invite link.', { level: 'error' });
+      break;
+    case 'tokenExpired':
+      showBanner('token-expired', 'Your invitation has expired. Ask for a new invite link.', { level: 'error' });
+      break;
+    case 'forbidden':
+      showBanner('join-failed', 'Your invitation does not let you join this room.', { level: 'error' });
+      break;
     case 'roomFull':
       showBanner('room-full', 'This room is full. Try again later, or pick another room.', { level: 'error' });
       break;
@@ -382,6 +486,7 @@ function makeTile(key, { participantId, self, source }) {
     avatar.innerHTML = '<span class="initials"></span>';
     tile.append(avatar);
   }
+  if (!self && source === 'camera') tile.append(adminControls());
   if (!self) {
     // Says why a remote video stopped. A live region: it is announced when text appears.
     const paused = document.createElement('div');
@@ -396,6 +501,48 @@ function makeTile(key, { participantId, self, source }) {
   tile.append(plate);
   tiles.set(key, tile);
   return tile;
+}
+
+/** A room admin's Mute and Remove buttons for a remote person's tile (hidden for others). */
+function adminControls() {
+  const box = document.createElement('div');
+  box.className = 'tile-admin';
+  box.hidden = true;
+  for (const [cls, text] of [['admin-mute', 'Mute'], ['admin-remove', 'Remove']]) {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = cls;
+    b.textContent = text;
+    box.append(b);
+  }
+  box.querySelector('.admin-mute').addEventListener('click', (ev) => adminMute(ev.currentTarget.closest('.tile')));
+  box.querySelector('.admin-remove').addEventListener('click', (ev) => adminRemove(ev.currentTarget.closest('.tile')));
+  return box;
+}
+
+function adminMute(tile) {
+  const p = client.participants.get(Number(tile.dataset.participantId));
+  const mic = p && ChorusClient.trackOf(p, 'microphone');
+  if (mic && client.muteTrack(p.id, mic.id, true)) toast(`Muted ${p.name}`);
+}
+
+function adminRemove(tile) {
+  const p = client.participants.get(Number(tile.dataset.participantId));
+  if (p && client.removeParticipant(p.id)) toast(`Removed ${p.name} from the room`);
+}
+
+/** Shows the admin controls of a remote tile to a room admin, labelled with the person's name. */
+function updateAdminControls(tile, name, micTrack) {
+  const box = tile.querySelector('.tile-admin');
+  if (!box) return;
+  box.hidden = !client.grants?.roomAdmin;
+  if (box.hidden) return;
+  const mute = box.querySelector('.admin-mute');
+  const muted = !micTrack || micTrack.muted;
+  mute.disabled = muted;
+  mute.textContent = muted ? 'Muted' : 'Mute';
+  mute.setAttribute('aria-label', muted ? `${name} is muted` : `Mute ${name}`);
+  box.querySelector('.admin-remove').setAttribute('aria-label', `Remove ${name} from the room`);
 }
 
 function setVideo(tile, stream) {
@@ -540,6 +687,7 @@ function people() {
       stream: cam?.stream ?? null,
       screen: screen?.stream ?? null,
       camTrack: cam ?? null,
+      micTrack: mic ?? null,
       screenTrack: screen ?? null,
       p,
     });
@@ -564,6 +712,7 @@ function render() {
     if (tile.parentElement !== grid) grid.append(tile);
     want.add(r.key);
     updateTile(tile, { name: r.name, label, muted: r.muted, cameraOff: r.cameraOff, speaking, stream: r.stream, trackId: r.camTrack?.id ?? null, paused: r.camTrack?.paused });
+    if (!r.self) updateAdminControls(tile, r.name, r.micTrack);
 
     if (r.screen) {
       const skey = `s:${r.self ? 'self' : r.id}`;
@@ -676,6 +825,9 @@ function renderParticipants(rows, speaker) {
 
 function renderControls() {
   const mic = $('#btn-mic');
+  // Sources the grants do not allow have no button.
+  mic.hidden = !client.mayPublish('microphone');
+  $('#btn-camera').hidden = !client.mayPublish('camera');
   const micMuted = !client.local.tracks.microphone || client.local.muted.microphone;
   mic.setAttribute('aria-pressed', String(micMuted));
   mic.querySelector('.label').textContent = micMuted ? 'Unmute' : 'Mute';
@@ -694,13 +846,15 @@ function renderControls() {
   screen.setAttribute('aria-pressed', String(sharing));
   screen.querySelector('.label').textContent = sharing ? 'Stop sharing' : 'Share screen';
   screen.setAttribute('aria-label', sharing ? 'Stop sharing your screen' : 'Share your screen');
-  screen.hidden = !navigator.mediaDevices?.getDisplayMedia;
+  screen.hidden = !navigator.mediaDevices?.getDisplayMedia || !client.mayPublish('screen');
   setIcon(screen, 'screen');
 
   for (const [id, name] of [['#btn-settings', 'sliders'], ['#btn-people', 'people'], ['#btn-chat', 'chat'], ['#btn-leave', 'leave'], ['#btn-invite', 'link'], ['#btn-close-sidebar', 'close']]) {
     setIcon($(id), name);
   }
   $('#btn-settings').setAttribute('aria-label', 'Choose microphone and camera');
+  $('#btn-settings').hidden = !client.mayPublish('microphone') && !client.mayPublish('camera');
+  renderChatAccess();
   $('#btn-leave').setAttribute('aria-label', 'Leave the call');
 }
 
@@ -767,6 +921,17 @@ function renderChat() {
     }),
   );
   if (atBottom || client.chat.at(-1)?.from === client.participantId) log.scrollTop = log.scrollHeight;
+}
+
+/** Without the chat grant, the input is off and says why. */
+function renderChatAccess() {
+  const may = client.mayChat();
+  const input = $('#chat-input');
+  if (input.disabled === !may) return;
+  input.disabled = !may;
+  $('#chat-send').disabled = !may;
+  $('#chat-hint').hidden = may;
+  input.placeholder = may ? 'Message everyone' : 'Chat is off for you';
 }
 
 function setSidebar(open, panel = app.panel) {
@@ -864,12 +1029,12 @@ client.on('connectionState', ({ state, error, reason }) => {
     hideBanner('server-shutdown');
     render();
     renderChat();
-  } else if (state === 'disconnected' && app.view === 'lobby') {
+  } else if (state === 'disconnected' && app.view === 'lobby' && !client.roomListRefused) {
     showBanner('unreachable', 'Lost the connection to the Chorus server. Retrying…', { level: 'error', dismissible: false });
   } else if (state === 'disconnected' && app.view === 'call' && !app.joining) {
     hideBanner('reconnecting');
     if (error) reportJoinError(error);
-    else if (client.lastBye?.reason !== 'removed') showBanner('unreachable', 'Disconnected from the server.', { level: 'error' });
+    else if (client.lastBye?.reason !== 'removed' && client.lastBye?.reason !== 'roomClosed') showBanner('unreachable', 'Disconnected from the server.', { level: 'error' });
     leaveCall();
   }
 });
@@ -891,7 +1056,9 @@ client.on('quality', ({ level, rtt, loss }) => {
 
 client.on('bye', ({ reason }) => {
   if (reason === 'removed') {
-    showBanner('removed', 'You were removed from the call (perhaps you joined from another tab).', { level: 'error' });
+    showBanner('removed', 'You were removed from the room: by a room admin, or because you joined again from another tab or device.', { level: 'error' });
+  } else if (reason === 'roomClosed') {
+    showBanner('room-closed', 'The call was ended: the server’s operator closed this room.', { level: 'error' });
   } else if (reason === 'serverShutdown') {
     showBanner('server-shutdown', 'The server is shutting down. Chorus will reconnect when it is back.', { level: 'warn' });
   } else if (reason === 'mediaFailed') {
@@ -902,8 +1069,24 @@ client.on('bye', ({ reason }) => {
 client.on('serverError', ({ code, message }) => {
   if (client.connectionState !== 'joined') return;
   if (code === 'invalidChat') toast('That message could not be sent (empty or too long).');
+  else if (code === 'forbidden' && client.local.adminMuted.microphone) toast('A room admin has muted you. You can unmute once they allow it.');
+  else if (code === 'forbidden') toast('Your invitation does not allow that.');
+  else if (code === 'unknownParticipant') toast('That person has already left.');
   else console.warn('[chorus] server error', code, message);
 });
+
+client.on('localMute', ({ source, byAdmin, adminMuted }) => {
+  if (!byAdmin) {
+    if (!client.local.adminMuted.microphone && !client.local.adminMuted.camera) hideBanner('admin-muted');
+    return;
+  }
+  if (adminMuted) {
+    const what = source === 'microphone' ? 'muted your microphone' : source === 'camera' ? 'turned your camera off' : 'stopped your screen share';
+    showBanner('admin-muted', `A room admin ${what}. You can turn it back on once they allow it.`, { level: 'warn' });
+  }
+});
+
+client.on('notice', ({ text }) => showBanner('notice', text, { level: 'info' }));
 
 client.on('warning', ({ error }) => console.warn('[chorus]', error));
 
@@ -1012,6 +1195,7 @@ window.addEventListener('beforeunload', () => client.close());
 
 (function start() {
   for (const b of document.querySelectorAll('[data-icon]')) setIcon(b, b.dataset.icon);
+  hideTokenFromUrl();
   const room = params.get('room');
   const name = params.get('name') ?? (() => {
     try {
