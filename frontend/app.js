@@ -446,7 +446,7 @@ function reportJoinError(err) {
 async function leaveCall() {
   await client.leave();
   app.selfView = null;
-  for (const id of ['media', 'reconnecting', 'audio-blocked']) hideBanner(id);
+  for (const id of ['media', 'reconnecting', 'audio-blocked', 'admin-muted', 'grants']) hideBanner(id);
   $('#grid').replaceChildren();
   $('#stage').replaceChildren();
   $('#audio-sink').replaceChildren();
