@@ -15,10 +15,23 @@ command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
 command -v nft >/dev/null 2>&1 || missing+=(nftables) # netlab: loss and UDP blocking (16-call-loss)
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv) # schemathesis, below
 if ((${#missing[@]})); then
   step "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# schemathesis (PyPI) fuzzes the admin API from its OpenAPI document (tests/tests/admin_api.rs).
+SCHEMATHESIS_VERSION=4.32.5
+if ! tests/.venv/bin/st --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  step "schemathesis $SCHEMATHESIS_VERSION (PyPI, into tests/.venv)"
+  if ! python3 -m venv tests/.venv; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+    python3 -m venv tests/.venv
+  fi
+  tests/.venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 step "npm packages"

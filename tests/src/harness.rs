@@ -263,14 +263,32 @@ fn parse_ready_line(line: &str) -> Result<(SocketAddr, SocketAddr)> {
 
 /// A minimal HTTP/1.1 GET: returns the status code and the body as text.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, &[], None).await
+}
+
+/// A minimal HTTP/1.1 request with extra `headers` and an optional `(content type,
+/// body)`: returns the status code and the body as text.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> Result<(u16, String)> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    match body {
+        Some((content_type, body)) => request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+        None => request.push_str("Content-Length: 0\r\n\r\n"),
+    }
     wait::within(Duration::from_secs(5), "an HTTP response", async {
         let mut stream = TcpStream::connect(addr).await?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
+        stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         parse_http_response(&raw)

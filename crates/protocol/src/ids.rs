@@ -4,6 +4,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The longest room name, in bytes.
 pub const MAX_ROOM_LEN: usize = 64;
@@ -20,8 +21,9 @@ pub enum IdError {
 }
 
 /// A room's name, as it appears in invite links (`/?room=NAME`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = r"^[\p{L}\p{N}._-]{1,64}$", example = "standup")]
 pub struct RoomId(String);
 
 impl RoomId {
@@ -67,8 +69,12 @@ impl fmt::Display for RoomId {
 macro_rules! numeric_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+            ToSchema,
+        )]
         #[serde(transparent)]
+        #[schema(value_type = u64)]
         pub struct $name(pub u64);
 
         impl fmt::Display for $name {

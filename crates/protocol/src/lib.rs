@@ -7,11 +7,13 @@
 //! `fixtures/` holds one JSON file per variant that both the Rust round-trip tests and the
 //! frontend tests read.
 
+pub mod api;
 mod ids;
 
 pub use ids::{IdError, ParticipantId, RoomId, TrackId};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The protocol version this crate speaks. A client names it in `join`; the server
 /// refuses other versions with [`ErrorCode::UnsupportedVersion`].
@@ -28,7 +30,7 @@ pub enum PeerRole {
 }
 
 /// Audio or video.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum MediaKind {
     Audio,
@@ -36,7 +38,7 @@ pub enum MediaKind {
 }
 
 /// What a published track carries, so that receivers can lay it out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum TrackSource {
     /// A microphone.
@@ -110,7 +112,7 @@ pub enum PauseReason {
 
 /// What a participant may do in its room. In `open` auth mode everyone gets the default
 /// (everything but `roomAdmin` and `hidden`); in `token` mode the join token's grant says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Grants {
     /// May publish tracks at all. Without it the participant gets no publisher peer and
@@ -159,7 +161,7 @@ impl Grants {
 }
 
 /// A published track as others see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackInfo {
     pub id: TrackId,
@@ -206,7 +208,7 @@ pub struct ChatLine {
 }
 
 /// One room in the room list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoomSummary {
     pub room: RoomId,
@@ -364,6 +366,12 @@ pub enum ServerMessage {
     Bye {
         reason: ByeReason,
     },
+    /// A message from the operator (the admin API) to the room or to this participant.
+    Notice {
+        text: String,
+        /// Server time, milliseconds since the Unix epoch.
+        time: u64,
+    },
     /// What the server now forwards of one subscribed video: a layer, or nothing and why.
     /// Sent when it changes.
     StreamState {
@@ -385,7 +393,7 @@ pub enum ServerMessage {
 }
 
 /// The code of an `error` message. The session stays open after every one of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ErrorCode {
     /// The frame is not JSON, or not a text frame.
@@ -428,6 +436,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The message names a participant who is not in the room.
     UnknownParticipant,
+    /// The request names a room that has no participants (admin API).
+    UnknownRoom,
     /// Something failed inside the server; the call goes on.
     Internal,
 }

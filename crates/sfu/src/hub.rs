@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use chorus_protocol::api::RoomDetails;
 use chorus_protocol::{
     ClientMessage, ErrorCode, Grants, IceServer, ParticipantId, RoomId, RoomSummary, ServerMessage,
 };
@@ -14,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::events::RoomEvent;
-use crate::room::RoomLimits;
+use crate::room::{AdminAction, AdminError, RoomLimits};
 use crate::room_task;
 use crate::worker::WorkerHandle;
 
@@ -71,6 +72,15 @@ pub(crate) enum RoomCommand {
     /// The participant's WebSocket closed.
     Gone {
         participant: ParticipantId,
+    },
+    /// The admin API asks who is in the room.
+    Describe {
+        reply: oneshot::Sender<RoomDetails>,
+    },
+    /// The admin API acts on the room.
+    Admin {
+        action: AdminAction,
+        reply: oneshot::Sender<Result<(), AdminError>>,
     },
     Shutdown,
 }
@@ -343,6 +353,42 @@ impl Hub {
             layer_switches: get(&w.layer_switches),
             notice_drops: get(&w.notice_drops),
             event_drops: get(&self.inner.event_drops),
+        }
+    }
+
+    /// The live room's command sender, if the room exists.
+    fn existing(&self, room: &RoomId) -> Result<mpsc::Sender<RoomCommand>, AdminError> {
+        self.inner
+            .rooms
+            .get(room)
+            .map(|entry| entry.tx.clone())
+            .ok_or_else(|| AdminError::UnknownRoom(room.clone()))
+    }
+
+    /// Who is in `room` (for the admin API).
+    pub async fn room_details(&self, room: &RoomId) -> Result<RoomDetails, AdminError> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .existing(room)?
+            .send(RoomCommand::Describe { reply })
+            .await;
+        match (sent, rx.await) {
+            (Ok(()), Ok(details)) => Ok(details),
+            // It closed in between: it has no participants any more.
+            _ => Err(AdminError::UnknownRoom(room.clone())),
+        }
+    }
+
+    /// Performs an operator's action on `room` (for the admin API).
+    pub async fn admin(&self, room: &RoomId, action: AdminAction) -> Result<(), AdminError> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self
+            .existing(room)?
+            .send(RoomCommand::Admin { action, reply })
+            .await;
+        match (sent, rx.await) {
+            (Ok(()), Ok(result)) => result,
+            _ => Err(AdminError::UnknownRoom(room.clone())),
         }
     }
 

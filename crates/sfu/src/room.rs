@@ -820,5 +820,6 @@ fn error(participant: ParticipantId, code: ErrorCode, message: impl Into<String>
 }
 
 mod moderation;
+pub use moderation::{AdminAction, AdminError};
 #[cfg(test)]
 mod tests;

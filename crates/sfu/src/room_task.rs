@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::allocate::Tile;
 use crate::events::LeaveReason;
 use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
-use crate::room::{Effect, Input, Room};
+use crate::room::{AdminAction, Effect, Input, Room};
 use crate::worker::{MediaNotice, WorkerCommand};
 
 /// Notices from the media worker to one room: peer failures, and the `streamState` and
@@ -155,6 +155,30 @@ impl RoomTask {
                 reason: LeaveReason::Disconnected,
             }),
             RoomCommand::Shutdown => Some(Input::Shutdown),
+            RoomCommand::Describe { reply } => {
+                let _ = reply.send(self.room.details());
+                None
+            }
+            RoomCommand::Admin { action, reply } => {
+                let action = match action {
+                    AdminAction::Notice { to, text, .. } => AdminAction::Notice {
+                        to,
+                        text,
+                        time: now_ms(),
+                    },
+                    other => other,
+                };
+                match self.room.admin(action) {
+                    Ok(effects) => {
+                        let _ = reply.send(Ok(()));
+                        self.perform_effects(effects).await;
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                    }
+                }
+                None
+            }
             RoomCommand::Client {
                 participant,
                 message,
@@ -259,7 +283,13 @@ impl RoomTask {
 
     /// Feeds one input and performs every effect, including those of fed-back results.
     async fn perform(&mut self, input: Input) {
-        let mut queue: VecDeque<Effect> = self.room.handle(input).into();
+        let effects = self.room.handle(input);
+        self.perform_effects(effects).await;
+    }
+
+    /// Performs effects, including those of fed-back results.
+    async fn perform_effects(&mut self, effects: Vec<Effect>) {
+        let mut queue: VecDeque<Effect> = effects.into();
         let worker = self.hub.inner.worker.clone();
         while let Some(effect) = queue.pop_front() {
             let next = match effect {

@@ -1,6 +1,7 @@
 //! Chorus signaling over HTTP: the WebSocket at `/ws`, a small REST API under `/api`, and
 //! the static frontend.
 
+pub mod admin;
 pub mod auth;
 pub mod origin;
 pub mod session;
@@ -34,7 +35,7 @@ pub struct SignalConfig {
 }
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     hub: Hub,
     config: Arc<SignalConfig>,
 }
@@ -46,6 +47,7 @@ pub fn router(hub: Hub, config: SignalConfig) -> Router {
         config: Arc::new(config),
     };
     Router::new()
+        .merge(admin::routes())
         .route("/ws", get(ws))
         .route("/api/rooms", get(rooms))
         .route("/api/stats", get(stats))

@@ -6,7 +6,8 @@
 //! meanwhile the owner's own unmute is refused. Lifting it resumes forwarding but leaves
 //! the track muted until its owner unmutes.
 
-use chorus_protocol::{ErrorCode, ParticipantId, ServerMessage, TrackId};
+use chorus_protocol::api::{ParticipantDetails, RoomDetails};
+use chorus_protocol::{ErrorCode, ParticipantId, RoomId, ServerMessage, TrackId};
 
 use super::{Effect, Room, error};
 use crate::events::LeaveReason;
@@ -107,6 +108,117 @@ impl Room {
                 },
                 out,
             );
+        }
+    }
+}
+
+/// What the operator does to a room through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAction {
+    /// The participant gets `bye` with reason `removed`.
+    Remove { participant: ParticipantId },
+    /// Stop (or resume) forwarding one of its tracks.
+    MuteTrack {
+        participant: ParticipantId,
+        track: TrackId,
+        muted: bool,
+    },
+    /// Everyone gets `bye` with reason `roomClosed`.
+    Close,
+    /// A `notice` to everyone, or to one participant. `time` is ms since the Unix epoch.
+    Notice {
+        to: Option<ParticipantId>,
+        text: String,
+        time: u64,
+    },
+}
+
+/// Why the room refused an admin action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("no room {0} has participants")]
+    UnknownRoom(RoomId),
+    #[error("participant {0} is not in this room")]
+    UnknownParticipant(ParticipantId),
+    #[error("participant {0} publishes no track {1}")]
+    UnknownTrack(ParticipantId, TrackId),
+    #[error("a message has 1 to {0} characters")]
+    InvalidText(usize),
+}
+
+impl AdminError {
+    /// The code the API answers with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AdminError::UnknownRoom(_) => ErrorCode::UnknownRoom,
+            AdminError::UnknownParticipant(_) => ErrorCode::UnknownParticipant,
+            AdminError::UnknownTrack(..) => ErrorCode::UnknownTrack,
+            AdminError::InvalidText(_) => ErrorCode::InvalidChat,
+        }
+    }
+}
+
+impl Room {
+    /// Performs an operator's action, or says why not (and changes nothing).
+    pub fn admin(&mut self, action: AdminAction) -> Result<Vec<Effect>, AdminError> {
+        let mut out = Vec::new();
+        match action {
+            AdminAction::Remove { participant } => {
+                self.known(participant)?;
+                self.remove_by(None, participant, &mut out);
+            }
+            AdminAction::MuteTrack {
+                participant,
+                track,
+                muted,
+            } => {
+                if !self.known(participant)?.tracks.contains_key(&track) {
+                    return Err(AdminError::UnknownTrack(participant, track));
+                }
+                self.mute_track(None, participant, track, muted, &mut out);
+            }
+            AdminAction::Close => out = self.handle(super::Input::Close),
+            AdminAction::Notice { to, text, time } => {
+                let text = text.trim().to_owned();
+                let chars = text.chars().count();
+                if chars == 0 || chars > self.limits.max_chat_chars {
+                    return Err(AdminError::InvalidText(self.limits.max_chat_chars));
+                }
+                let notice = ServerMessage::Notice { text, time };
+                match to {
+                    Some(participant) => {
+                        self.known(participant)?;
+                        out.push(Effect::Send(participant, notice));
+                    }
+                    None => self.broadcast(&notice, &mut out),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn known(&self, participant: ParticipantId) -> Result<&super::Member, AdminError> {
+        self.members
+            .get(&participant)
+            .ok_or(AdminError::UnknownParticipant(participant))
+    }
+
+    /// Everyone in the room, hidden participants included, as the operator sees them.
+    pub fn details(&self) -> RoomDetails {
+        RoomDetails {
+            room: self.id.clone(),
+            participants: self
+                .members
+                .iter()
+                .map(|(id, m)| ParticipantDetails {
+                    id: *id,
+                    identity: m.identity.clone(),
+                    name: m.name.clone(),
+                    grants: m.grants.clone(),
+                    tracks: m.tracks.values().cloned().collect(),
+                    admin_muted: m.silenced.iter().copied().collect(),
+                })
+                .collect(),
         }
     }
 }
