@@ -13,9 +13,10 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::latency::{JOIN_LATENCY_BUCKETS, LatencyHistogram, LatencySnapshot};
 use crate::room::RoomLimits;
 use crate::room_task;
-use crate::worker::WorkerHandle;
+use crate::worker::{WorkerHandle, WorkerStats};
 
 /// Commands to one room task. Bounded: a session awaits space, which slows only that
 /// session's reading of its WebSocket.
@@ -95,6 +96,8 @@ pub(crate) struct HubInner {
     next_generation: AtomicU64,
     room_list: watch::Sender<Vec<RoomSummary>>,
     shutting_down: AtomicBool,
+    /// How long joins take, from request to answer (for `/metrics`).
+    join_latency: LatencyHistogram,
 }
 
 /// The registry of rooms. Cheap to clone.
@@ -169,6 +172,7 @@ impl Hub {
                 next_generation: AtomicU64::new(1),
                 room_list,
                 shutting_down: AtomicBool::new(false),
+                join_latency: LatencyHistogram::new(JOIN_LATENCY_BUCKETS),
             }),
         }
     }
@@ -180,6 +184,7 @@ impl Hub {
         name: String,
         session: mpsc::Sender<ServerMessage>,
     ) -> Result<Membership, JoinError> {
+        let _timer = self.inner.join_latency.start();
         let name = name.trim().to_owned();
         let chars = name.chars().count();
         if chars == 0 || chars > self.inner.config.max_name_chars {
@@ -321,6 +326,16 @@ impl Hub {
             layer_switches: get(&w.layer_switches),
             notice_drops: get(&w.notice_drops),
         }
+    }
+
+    /// The media worker's counters, as they are now (for `/metrics`).
+    pub fn worker_stats(&self) -> &WorkerStats {
+        self.inner.worker.stats()
+    }
+
+    /// How long joins took, from request to answer, accepted or refused.
+    pub fn join_latency(&self) -> LatencySnapshot {
+        self.inner.join_latency.snapshot()
     }
 
     /// Tells every participant the server is going away, and waits (briefly) for the rooms

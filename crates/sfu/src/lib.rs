@@ -16,6 +16,7 @@ pub mod estimate;
 pub mod history;
 pub mod hub;
 pub mod idhash;
+pub mod latency;
 pub mod layer;
 pub mod net;
 pub mod peer;
