@@ -16,6 +16,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub limits: LimitsConfig,
     pub ice: IceConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +129,35 @@ impl std::fmt::Debug for IceServerConfig {
     }
 }
 
+/// `[metrics]`: Prometheus metrics at `/metrics`.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// When set, a scrape must send `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        // On, without a token: `/metrics` tells no more than `/api/stats` already does.
+        Self {
+            enabled: true,
+            bearer_token: None,
+        }
+    }
+}
+
+// The token stays out of `{:?}` output (and so out of logs).
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("enabled", &self.enabled)
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "..."))
+            .finish()
+    }
+}
+
 impl IceServerConfig {
     /// How this server's clients authenticate; `ttl` applies to generated credentials.
     pub fn auth(&self, ttl: std::time::Duration) -> TurnAuth {
@@ -233,6 +263,11 @@ impl Config {
         for (i, server) in self.ice.servers.iter().enumerate() {
             server.validate(i)?;
         }
+        if let Some(token) = &self.metrics.bearer_token
+            && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!("metrics.bearer_token must be printable ASCII without spaces, or left out");
+        }
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_message_bytes", l.max_message_bytes),
@@ -328,5 +363,25 @@ mod tests {
             toml::from_str("[[ice.servers]]\nurls = [\"turn:x\"]\nauth_secret = \"north-wind\"\n")
                 .expect("toml");
         assert!(!format!("{config:?}").contains("north-wind"));
+        let config: Config =
+            toml::from_str("[metrics]\nbearer_token = \"south-wind\"\n").expect("toml");
+        assert!(!format!("{config:?}").contains("south-wind"));
+    }
+
+    #[test]
+    fn metrics_keys_parse_and_a_bad_token_is_an_error() {
+        let config: Config =
+            toml::from_str("[metrics]\nenabled = false\nbearer_token = \"s3cret\"\n")
+                .expect("toml");
+        assert!(!config.metrics.enabled);
+        assert_eq!(config.metrics.bearer_token.as_deref(), Some("s3cret"));
+        config.validate().expect("valid");
+        for bad in ["\"\"", "\"two words\""] {
+            let config: Config =
+                toml::from_str(&format!("[metrics]\nbearer_token = {bad}\n")).expect("toml");
+            let err = config.validate().expect_err(bad).to_string();
+            assert!(err.contains("metrics.bearer_token"), "{err}");
+        }
+        assert!(toml::from_str::<Config>("[metrics]\ntoken = \"x\"\n").is_err());
     }
 }

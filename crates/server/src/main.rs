@@ -16,7 +16,7 @@ use chorus::turn::TurnAuth;
 use chorus_protocol::{IceServer, ParticipantId};
 use chorus_sfu::room::RoomLimits;
 use chorus_sfu::{Hub, HubConfig, PeerSettings};
-use chorus_signal::{SessionLimits, SignalConfig};
+use chorus_signal::{MetricsSettings, SessionLimits, SignalConfig};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -183,6 +183,10 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 max_message_bytes: config.limits.max_message_bytes,
             },
             frontend_dir: config.http.frontend_dir.clone(),
+            metrics: MetricsSettings {
+                enabled: config.metrics.enabled,
+                bearer_token: config.metrics.bearer_token.clone(),
+            },
         },
     );
     let listener = tokio::net::TcpListener::bind(config.http.listen)

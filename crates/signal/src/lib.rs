@@ -1,6 +1,7 @@
-//! Chorus signaling over HTTP: the WebSocket at `/ws`, a small REST API under `/api`, and
-//! the static frontend.
+//! Chorus signaling over HTTP: the WebSocket at `/ws`, a small REST API under `/api`,
+//! Prometheus metrics at `/metrics`, and the static frontend.
 
+pub mod metrics;
 pub mod session;
 
 use std::path::{Component, Path, PathBuf};
@@ -15,6 +16,7 @@ use axum::routing::get;
 use chorus_sfu::Hub;
 use futures_util::{SinkExt, StreamExt};
 
+pub use metrics::MetricsSettings;
 pub use session::{Frame, SESSION_QUEUE, SessionLimits};
 
 /// What the HTTP side needs.
@@ -23,6 +25,8 @@ pub struct SignalConfig {
     pub limits: SessionLimits,
     /// The folder the frontend is served from.
     pub frontend_dir: PathBuf,
+    /// Whether and how `/metrics` is served.
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Clone)]
@@ -33,6 +37,7 @@ struct AppState {
 
 /// The application's routes.
 pub fn router(hub: Hub, config: SignalConfig) -> Router {
+    let metrics = metrics::routes(hub.clone(), &config.metrics);
     let state = AppState {
         hub,
         config: Arc::new(config),
@@ -46,6 +51,7 @@ pub fn router(hub: Hub, config: SignalConfig) -> Router {
         .route("/connectivity", get(connectivity))
         .route("/{*path}", get(asset))
         .with_state(state)
+        .merge(metrics)
 }
 
 async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
