@@ -329,7 +329,7 @@ impl Collector for HubCollector {
             })
             .collect();
         drops.extend([
-            ("send_buffer_full", hub.send_drops),
+            ("send_refused", hub.send_drops),
             ("unrouted", hub.unrouted),
             ("unknown_layer", hub.unknown_layer),
         ]);
@@ -339,8 +339,9 @@ impl Collector for HubCollector {
                 "packet_drops",
                 "Packets not delivered, by reason. Forwarded copies: not_connected, \
                  not_subscribed, not_negotiated, payload_type, rejected; outgoing datagrams \
-                 the kernel refused: send_buffer_full; datagrams from no known peer: \
-                 unrouted; simulcast packets of no known layer: unknown_layer.",
+                 the kernel or an ICE-TCP connection's queue would not take: send_refused; \
+                 datagrams from no known peer: unrouted; simulcast packets of no known \
+                 layer: unknown_layer.",
                 MetricType::Counter,
             ),
             "reason",
@@ -559,7 +560,7 @@ mod tests {
             Some(1.0)
         );
         for reason in ForwardDrop::ALL.map(ForwardDrop::label).into_iter().chain([
-            "send_buffer_full",
+            "send_refused",
             "unrouted",
             "unknown_layer",
         ]) {
