@@ -297,7 +297,55 @@ async fn prometheus_scrapes_participants_with_the_bearer_token() -> Result<()> {
     let busy = sample(&text, "chorus_worker_busy_seconds_total").context("busy seconds")?;
     ensure!(busy > 0.0, "worker busy seconds {busy}");
 
+    check_dashboard(&prometheus, &text).await?;
+
     ada.close().await;
     bob.close().await;
     Ok(())
+}
+
+/// Every query of `docs/grafana-dashboard.json` is valid PromQL that Prometheus evaluates,
+/// and every `chorus_` metric it names is in the scrape `exposition`.
+async fn check_dashboard(prometheus: &Prometheus, exposition: &str) -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let dashboard: serde_json::Value = serde_json::from_str(&text).context("dashboard JSON")?;
+    let panels = dashboard["panels"].as_array().context("no panels")?;
+    let mut queries = 0;
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or("?");
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .with_context(|| format!("{title}: a target without expr"))?;
+            // What Grafana substitutes for its variables.
+            let concrete = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            prometheus
+                .query(&concrete)
+                .await
+                .with_context(|| format!("dashboard panel {title:?}"))?;
+            queries += 1;
+            for name in metric_names(expr) {
+                let family = ["_bucket", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                ensure!(
+                    exposition.contains(&format!("# TYPE {family} ")),
+                    "dashboard panel {title:?} names {name}, which /metrics does not have"
+                );
+            }
+        }
+    }
+    ensure!(queries >= 10, "only {queries} dashboard queries");
+    Ok(())
+}
+
+/// The `chorus_...` identifiers in a PromQL expression.
+fn metric_names(expr: &str) -> impl Iterator<Item = &str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("chorus_"))
 }
