@@ -259,6 +259,32 @@ async fn prometheus_scrapes_participants_with_the_bearer_token() -> Result<()> {
     let bob = Client::connect_and_join(http, "metrics", "bob").await?;
     let tracks = ada.publish_and_stream(MediaRate::default()).await?;
     bob.wait_for_packets(ada.id()?, tracks.video, 30, T).await?;
+    // Loss recovery, as a browser asks for it: a NACK for a packet it got, and a PLI.
+    let last = bob
+        .received(ada.id()?, tracks.video)
+        .last()
+        .map(|p| p.sequence_number)
+        .context("no video received")?;
+    bob.send_nack(ada.id()?, tracks.video, &[last]).await?;
+    bob.send_pli(ada.id()?, tracks.video).await?;
+    let scrape = || async {
+        match get(http, "/metrics", Some(&format!("Bearer {TOKEN}"))).await {
+            Ok((200, text)) => Some(text),
+            _ => None,
+        }
+    };
+    wait::poll_until_async(T, "the NACK and the PLI counted", || async {
+        let text = scrape().await?;
+        let counted = [
+            "chorus_nacks_received_total",
+            "chorus_retransmitted_packets_total",
+            "chorus_keyframe_requests_received_total",
+        ]
+        .iter()
+        .all(|series| sample(&text, series).is_some_and(|v| v >= 1.0));
+        counted.then_some(())
+    })
+    .await?;
 
     let participants = prometheus
         .wait_for("chorus_participants", |v| v == 2.0)
@@ -274,8 +300,7 @@ async fn prometheus_scrapes_participants_with_the_bearer_token() -> Result<()> {
     ensure!(matches!(up.as_slice(), [(_, v)] if *v == 1.0), "up: {up:?}");
 
     // The same figures straight from the server, with the token.
-    let (status, text) = get(http, "/metrics", Some(&format!("Bearer {TOKEN}"))).await?;
-    ensure!(status == 200, "status {status}: {text}");
+    let text = scrape().await.context("a scrape with the token")?;
     for (series, at_least) in [
         ("chorus_rooms", 1.0),
         ("chorus_participants", 2.0),
@@ -298,6 +323,15 @@ async fn prometheus_scrapes_participants_with_the_bearer_token() -> Result<()> {
     ensure!(busy > 0.0, "worker busy seconds {busy}");
 
     check_dashboard(&prometheus, &text).await?;
+    let figure = |series| sample(&text, series).unwrap_or(f64::NAN);
+    eprintln!(
+        "metrics: forwarded {} packets / {} bytes, worker busy {:.3} s, {} joins in {:.1} ms",
+        figure("chorus_rtp_forwarded_packets_total"),
+        figure("chorus_rtp_forwarded_bytes_total"),
+        figure("chorus_worker_busy_seconds_total"),
+        figure("chorus_join_latency_seconds_count"),
+        figure("chorus_join_latency_seconds_sum") * 1000.0,
+    );
 
     ada.close().await;
     bob.close().await;
