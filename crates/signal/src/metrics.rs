@@ -32,7 +32,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The prefix of every metric's name.
 const PREFIX: &str = "chorus";
 
-/// The `[metrics]` settings the HTTP side needs.
+/// The `[metrics]` settings the HTTP side needs. `Default` is off; the server's config
+/// turns it on unless told otherwise.
 #[derive(Clone, Default)]
 pub struct MetricsSettings {
     /// Whether `/metrics` is served at all (when not, it is a 404 like any unknown path).
