@@ -19,6 +19,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub ice: IceConfig,
     pub auth: AuthConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +187,35 @@ impl std::fmt::Debug for IceServerConfig {
     }
 }
 
+/// `[metrics]`: Prometheus metrics at `/metrics`.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// When set, a scrape must send `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        // On, without a token: `/metrics` tells no more than `/api/stats` already does.
+        Self {
+            enabled: true,
+            bearer_token: None,
+        }
+    }
+}
+
+// The token stays out of `{:?}` output (and so out of logs).
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("enabled", &self.enabled)
+            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "..."))
+            .finish()
+    }
+}
+
 impl IceServerConfig {
     /// How this server's clients authenticate; `ttl` applies to generated credentials.
     pub fn auth(&self, ttl: std::time::Duration) -> TurnAuth {
@@ -292,6 +322,11 @@ impl Config {
             server.validate(i)?;
         }
         self.auth.validate()?;
+        if let Some(token) = &self.metrics.bearer_token
+            && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            bail!("metrics.bearer_token must be printable ASCII without spaces, or left out");
+        }
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_message_bytes", l.max_message_bytes),
@@ -391,6 +426,9 @@ mod tests {
         let config: Config =
             toml::from_str(&format!("[auth]\nkeys = {{ K = \"{secret}\" }}\n")).expect("toml");
         assert!(!format!("{config:?}").contains("north-wind"));
+        let config: Config =
+            toml::from_str("[metrics]\nbearer_token = \"south-wind\"\n").expect("toml");
+        assert!(!format!("{config:?}").contains("south-wind"));
     }
 
     #[test]
@@ -411,5 +449,22 @@ mod tests {
         );
         assert_eq!(err(&good), "");
         assert!(toml::from_str::<Config>("[auth]\nmode = \"closed\"\n").is_err());
+    }
+
+    #[test]
+    fn metrics_keys_parse_and_a_bad_token_is_an_error() {
+        let config: Config =
+            toml::from_str("[metrics]\nenabled = false\nbearer_token = \"s3cret\"\n")
+                .expect("toml");
+        assert!(!config.metrics.enabled);
+        assert_eq!(config.metrics.bearer_token.as_deref(), Some("s3cret"));
+        config.validate().expect("valid");
+        for bad in ["\"\"", "\"two words\""] {
+            let config: Config =
+                toml::from_str(&format!("[metrics]\nbearer_token = {bad}\n")).expect("toml");
+            let err = config.validate().expect_err(bad).to_string();
+            assert!(err.contains("metrics.bearer_token"), "{err}");
+        }
+        assert!(toml::from_str::<Config>("[metrics]\ntoken = \"x\"\n").is_err());
     }
 }

@@ -17,7 +17,7 @@ use chorus::turn::TurnAuth;
 use chorus_protocol::{IceServer, ParticipantId};
 use chorus_sfu::room::RoomLimits;
 use chorus_sfu::{Hub, HubConfig, PeerSettings};
-use chorus_signal::{AuthMode, SessionLimits, SignalConfig};
+use chorus_signal::{AuthMode, MetricsSettings, SessionLimits, SignalConfig};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -194,6 +194,10 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             frontend_dir: config.http.frontend_dir.clone(),
             auth: Arc::new(config.auth.auth()),
             allowed_origins: config.http.allowed_origins.clone(),
+            metrics: MetricsSettings {
+                enabled: config.metrics.enabled,
+                bearer_token: config.metrics.bearer_token.clone(),
+            },
         },
     );
     let listener = tokio::net::TcpListener::bind(config.http.listen)

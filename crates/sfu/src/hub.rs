@@ -15,9 +15,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::events::RoomEvent;
+use crate::latency::{JOIN_LATENCY_BUCKETS, LatencyHistogram, LatencySnapshot};
 use crate::room::{AdminAction, AdminError, RoomLimits};
 use crate::room_task;
-use crate::worker::WorkerHandle;
+use crate::worker::{WorkerHandle, WorkerStats};
 
 /// Commands to one room task. Bounded: a session awaits space, which slows only that
 /// session's reading of its WebSocket.
@@ -121,6 +122,8 @@ pub(crate) struct HubInner {
     shutting_down: AtomicBool,
     /// Room events the sink had no room for.
     event_drops: AtomicU64,
+    /// How long joins take, from request to answer (for `/metrics`).
+    join_latency: LatencyHistogram,
 }
 
 /// The registry of rooms. Cheap to clone.
@@ -198,6 +201,7 @@ impl Hub {
                 room_list,
                 shutting_down: AtomicBool::new(false),
                 event_drops: AtomicU64::new(0),
+                join_latency: LatencyHistogram::new(JOIN_LATENCY_BUCKETS),
             }),
         }
     }
@@ -211,6 +215,7 @@ impl Hub {
         admission: Admission,
         session: mpsc::Sender<ServerMessage>,
     ) -> Result<Membership, JoinError> {
+        let _timer = self.inner.join_latency.start();
         let name = name.trim().to_owned();
         let chars = name.chars().count();
         if chars == 0 || chars > self.inner.config.max_name_chars {
@@ -407,6 +412,16 @@ impl Hub {
                 );
             }
         }
+    }
+
+    /// The media worker's counters, as they are now (for `/metrics`).
+    pub fn worker_stats(&self) -> &WorkerStats {
+        self.inner.worker.stats()
+    }
+
+    /// How long joins took, from request to answer, accepted or refused.
+    pub fn join_latency(&self) -> LatencySnapshot {
+        self.inner.join_latency.snapshot()
     }
 
     /// Tells every participant the server is going away, and waits (briefly) for the rooms

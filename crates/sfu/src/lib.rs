@@ -18,6 +18,7 @@ pub mod events;
 pub mod history;
 pub mod hub;
 pub mod idhash;
+pub mod latency;
 pub mod layer;
 pub mod net;
 pub mod peer;

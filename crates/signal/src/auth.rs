@@ -234,6 +234,28 @@ fn unverified_issuer(token: &str) -> Result<String, TokenError> {
         .map_err(|err| TokenError::Malformed(err.to_string()))
 }
 
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case).
+pub(crate) fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares a presented secret with the expected one in time that depends only on the
+/// expected one's length, so that timing tells an attacker nothing of its bytes.
+pub(crate) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut differ = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(!*e);
+        differ |= std::hint::black_box(g ^ e);
+    }
+    differ == 0
+}
+
 /// Signs `claims` with `secret` (HS256).
 pub fn sign(claims: &Claims, secret: &str) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(

@@ -1,8 +1,9 @@
-//! Chorus signaling over HTTP: the WebSocket at `/ws`, a small REST API under `/api`, and
-//! the static frontend.
+//! Chorus signaling over HTTP: the WebSocket at `/ws`, a small REST API under `/api`,
+//! Prometheus metrics at `/metrics`, and the static frontend.
 
 pub mod admin;
 pub mod auth;
+pub mod metrics;
 pub mod origin;
 pub mod session;
 
@@ -20,6 +21,7 @@ use chorus_sfu::Hub;
 use futures_util::{SinkExt, StreamExt};
 
 pub use auth::{Auth, AuthMode};
+pub use metrics::MetricsSettings;
 pub use session::{Frame, SESSION_QUEUE, SessionLimits};
 
 /// What the HTTP side needs.
@@ -32,6 +34,8 @@ pub struct SignalConfig {
     pub auth: Arc<Auth>,
     /// Origins besides the server's own whose pages may open `/ws` (see [`origin`]).
     pub allowed_origins: Vec<String>,
+    /// Whether and how `/metrics` is served.
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Clone)]
@@ -42,6 +46,7 @@ pub(crate) struct AppState {
 
 /// The application's routes.
 pub fn router(hub: Hub, config: SignalConfig) -> Router {
+    let metrics = metrics::routes(hub.clone(), &config.metrics);
     let state = AppState {
         hub,
         config: Arc::new(config),
@@ -56,16 +61,17 @@ pub fn router(hub: Hub, config: SignalConfig) -> Router {
         .route("/connectivity", get(connectivity))
         .route("/{*path}", get(asset))
         .with_state(state)
+        .merge(metrics)
 }
 
 /// An error of the HTTP API, as typed JSON: `{"code": ..., "message": ...}`, with the
 /// same codes as the WebSocket's `error` message.
 pub fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "code": code, "message": message })),
-    )
-        .into_response()
+    let body = chorus_protocol::api::ApiError {
+        code,
+        message: message.to_owned(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn ws(

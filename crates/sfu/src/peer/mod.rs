@@ -646,6 +646,11 @@ impl Peer {
         self.connected
     }
 
+    /// Whether ICE or DTLS failed, or the peer closed (reported once as [`PeerEvent::Failed`]).
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
     /// Publisher: applies the client's offer and returns the answer and the m-lines it
     /// receives on.
     pub fn apply_offer(
@@ -1245,6 +1250,42 @@ pub enum ForwardDrop {
     Rejected,
 }
 
+impl ForwardDrop {
+    /// How many reasons there are: the length of a table indexed by [`ForwardDrop::index`].
+    pub const COUNT: usize = 5;
+
+    /// Every reason, in [`ForwardDrop::index`] order.
+    pub const ALL: [ForwardDrop; ForwardDrop::COUNT] = [
+        ForwardDrop::NotConnected,
+        ForwardDrop::NotSubscribed,
+        ForwardDrop::NotNegotiated,
+        ForwardDrop::PayloadType,
+        ForwardDrop::Rejected,
+    ];
+
+    /// This reason's place in a per-reason counter table.
+    pub fn index(self) -> usize {
+        match self {
+            ForwardDrop::NotConnected => 0,
+            ForwardDrop::NotSubscribed => 1,
+            ForwardDrop::NotNegotiated => 2,
+            ForwardDrop::PayloadType => 3,
+            ForwardDrop::Rejected => 4,
+        }
+    }
+
+    /// A short snake_case name, as a metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ForwardDrop::NotConnected => "not_connected",
+            ForwardDrop::NotSubscribed => "not_subscribed",
+            ForwardDrop::NotNegotiated => "not_negotiated",
+            ForwardDrop::PayloadType => "payload_type",
+            ForwardDrop::Rejected => "rejected",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -1284,6 +1325,16 @@ mod tests {
             },
             payload: Bytes::from_static(&[0xfc, 1, 2, 3]),
         }
+    }
+
+    #[test]
+    fn forward_drop_reasons_index_their_table_in_order() {
+        for (i, reason) in ForwardDrop::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?}");
+        }
+        let labels: std::collections::HashSet<_> =
+            ForwardDrop::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), ForwardDrop::COUNT);
     }
 
     #[test]

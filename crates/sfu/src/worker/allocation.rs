@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chorus_protocol::{MediaKind, ParticipantId, ServerMessage, TrackId};
+use chorus_protocol::{MediaKind, ParticipantId, PauseReason, ServerMessage, TrackId};
 
 use super::{MediaNotice, Worker};
 use crate::MediaError;
@@ -63,6 +63,7 @@ impl Worker {
     /// One allocation pass over every subscriber, then dynacast over every track.
     pub(super) fn allocate(&mut self, now: Instant) {
         let mut keyframes: Vec<(TrackId, u8)> = Vec::new();
+        let mut tally = Tally::default();
         for (participant, media) in &mut self.participants {
             let Some(peer) = media.subscriber.as_ref().filter(|p| p.is_connected()) else {
                 continue;
@@ -93,6 +94,11 @@ impl Worker {
             // A subscriber that gives no transport-cc feedback has no estimate: no cap.
             let estimate = peer.downlink_estimate();
             let congested = estimate.is_some_and(|e| e.binding(now));
+            if let Some(estimate) = estimate {
+                tally.estimated += 1;
+                tally.congested += u64::from(congested);
+                tally.estimate_bps += u64::from(estimate.bps);
+            }
             for (track, choice) in downlink.allocator.allocate(estimate, &claims, now) {
                 let Some(route) = self.tracks.get_mut(&track) else {
                     continue;
@@ -107,7 +113,13 @@ impl Worker {
                 let target = match choice {
                     Choice::Audio => Some(0),
                     Choice::Layer(layer) => Some(layer),
-                    Choice::Paused(_) => None,
+                    Choice::Paused(reason) => {
+                        match reason {
+                            PauseReason::LowBandwidth => tally.paused_low_bandwidth += 1,
+                            PauseReason::NotVisible => tally.paused_not_visible += 1,
+                        }
+                        None
+                    }
                 };
                 // Under congestion a layer down stops the higher one at once (see
                 // `LayerSwitch::cut_to`); otherwise the old layer plays until the switch.
@@ -136,6 +148,7 @@ impl Worker {
                 }
             }
         }
+        tally.publish(&self.stats);
         self.dynacast(now);
         for (track, layer) in keyframes {
             self.request_keyframe(track, layer, now);
@@ -177,6 +190,30 @@ impl Worker {
                     route.announced = Some(highest);
                 }
             }
+        }
+    }
+}
+
+/// What one allocation pass saw, for the gauges of [`WorkerStats`](super::WorkerStats).
+#[derive(Debug, Default)]
+struct Tally {
+    paused_low_bandwidth: u64,
+    paused_not_visible: u64,
+    estimated: u64,
+    congested: u64,
+    estimate_bps: u64,
+}
+
+impl Tally {
+    fn publish(&self, stats: &super::WorkerStats) {
+        for (gauge, value) in [
+            (&stats.paused_low_bandwidth, self.paused_low_bandwidth),
+            (&stats.paused_not_visible, self.paused_not_visible),
+            (&stats.subscribers_estimated, self.estimated),
+            (&stats.subscribers_congested, self.congested),
+            (&stats.downlink_estimate_bps, self.estimate_bps),
+        ] {
+            gauge.store(value, Ordering::Relaxed);
         }
     }
 }

@@ -167,6 +167,41 @@ pub struct WorkerStats {
     pub layer_switches: AtomicU64,
     /// Notices to rooms that did not fit their queue.
     pub notice_drops: AtomicU64,
+    /// RTP bytes read from publishers: header and payload, without SRTP or header
+    /// extensions (what [`MediaPacket::wire_len`] counts).
+    pub rtp_bytes_in: AtomicU64,
+    /// RTP bytes forwarded to subscribers, each copy counted at its source packet's
+    /// [`MediaPacket::wire_len`].
+    pub rtp_bytes_forwarded: AtomicU64,
+    /// `forward_drops` by reason, indexed by [`ForwardDrop::index`].
+    pub forward_drops_by_reason: [AtomicU64; ForwardDrop::COUNT],
+    /// NACKs from subscribers that named packets this server sent them (each NACK may name
+    /// several: those are `retransmitted` plus `retransmit_misses`).
+    pub nacks_received: AtomicU64,
+    /// Keyframe requests (PLI or FIR) from subscribers. `keyframe_requests` counts those
+    /// passed on to publishers, after the per-layer throttle.
+    pub keyframe_requests_received: AtomicU64,
+    /// Peers whose ICE and DTLS came up and that have not failed; the others of `peers`
+    /// are connecting or failed.
+    pub peers_connected: AtomicU64,
+    /// Peers that failed or closed and whose participant is not removed yet.
+    pub peers_failed: AtomicU64,
+    /// Nanoseconds the worker spent handling datagrams, commands and timers rather than
+    /// waiting for them: its rate is the worker's busy share of one core.
+    pub busy_nanos: AtomicU64,
+    /// Video subscriptions the last allocation pass paused because not even their lowest
+    /// layer fit the downlink estimate.
+    pub paused_low_bandwidth: AtomicU64,
+    /// Video subscriptions the last allocation pass paused because the subscriber does not
+    /// show them.
+    pub paused_not_visible: AtomicU64,
+    /// Connected subscribers with a downlink estimate (transport-cc feedback), as of the
+    /// last allocation pass.
+    pub subscribers_estimated: AtomicU64,
+    /// Of those, the ones whose estimate binds (cut for congestion recently).
+    pub subscribers_congested: AtomicU64,
+    /// The sum of those subscribers' downlink estimates, in bits per second.
+    pub downlink_estimate_bps: AtomicU64,
 }
 
 /// A handle for sending commands to a running worker.
@@ -311,6 +346,17 @@ pub struct Worker {
     timers_from: Instant,
 }
 
+/// What woke the worker's loop.
+enum Wake {
+    /// A command, or `None` when every handle is gone.
+    Command(Option<WorkerCommand>),
+    /// The UDP socket is readable (or reported an error).
+    Readable(std::io::Result<()>),
+    Tcp(TcpEvent),
+    /// A timer is due, or [`MAX_IDLE`] passed.
+    Timer,
+}
+
 /// Starts a worker on `socket` (and ICE-TCP on `tcp_listener`, if given) and returns its
 /// handle.
 ///
@@ -388,22 +434,34 @@ impl Worker {
         mut commands: mpsc::Receiver<WorkerCommand>,
         mut tcp_events: mpsc::Receiver<TcpEvent>,
     ) {
+        // When the worker last woke up: from then until it waits again, it is busy.
+        let mut woke = Instant::now();
         loop {
             let now = Instant::now();
             let deadline = self.poll_timeouts(now).min(now + MAX_IDLE);
-            tokio::select! {
-                command = commands.recv() => {
-                    let Some(command) = command else { break };
-                    self.handle_command(command);
-                }
-                readable = self.socket.readable() => {
+            let waits = Instant::now();
+            self.stats.busy_nanos.fetch_add(
+                u64::try_from(waits.duration_since(woke).as_nanos()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            let wake = tokio::select! {
+                command = commands.recv() => Wake::Command(command),
+                readable = self.socket.readable() => Wake::Readable(readable),
+                Some(event) = tcp_events.recv() => Wake::Tcp(event),
+                _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
+            };
+            woke = Instant::now();
+            match wake {
+                Wake::Command(Some(command)) => self.handle_command(command),
+                Wake::Command(None) => break,
+                Wake::Readable(readable) => {
                     if let Err(err) = readable {
                         tracing::debug!(%err, "udp readable");
                     }
                     self.receive_batches();
                 }
-                Some(event) = tcp_events.recv() => self.handle_tcp(event),
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                Wake::Tcp(event) => self.handle_tcp(event),
+                Wake::Timer => {}
             }
             self.handle_timeouts(Instant::now());
             self.flush();
@@ -512,12 +570,18 @@ impl Worker {
             let touched = &mut self.touched;
             peer.poll_media(
                 |track, layer, packet| {
+                    let wire_len = packet.wire_len();
                     stats.rtp_in.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .rtp_bytes_in
+                        .fetch_add(wire_len as u64, Ordering::Relaxed);
                     let Some(route) = tracks.get_mut(&track) else {
                         return;
                     };
                     let (keyframe, size) = route.keyframes.detect(packet.payload());
-                    route.layers.on_packet(layer, packet.wire_len(), size, now);
+                    route.layers.on_packet(layer, wire_len, size, now);
+                    // Copies sent, counted once per packet rather than once per copy.
+                    let mut forwarded: u64 = 0;
                     for subscription in &mut route.subscribers {
                         let before = subscription.switch.clone();
                         let forward = subscription.switch.on_packet(layer, keyframe);
@@ -545,17 +609,27 @@ impl Worker {
                         }
                         match sent {
                             Ok(()) => {
-                                stats.rtp_forwarded.fetch_add(1, Ordering::Relaxed);
+                                forwarded += 1;
                                 touched.push(subscriber);
                             }
-                            Err(ForwardDrop::NotConnected | ForwardDrop::NotNegotiated) => {
-                                stats.forward_drops.fetch_add(1, Ordering::Relaxed);
-                            }
                             Err(reason) => {
-                                tracing::trace!(?reason, %track, "forward drop");
+                                if !matches!(
+                                    reason,
+                                    ForwardDrop::NotConnected | ForwardDrop::NotNegotiated
+                                ) {
+                                    tracing::trace!(?reason, %track, "forward drop");
+                                }
                                 stats.forward_drops.fetch_add(1, Ordering::Relaxed);
+                                stats.forward_drops_by_reason[reason.index()]
+                                    .fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                    }
+                    if forwarded > 0 {
+                        stats.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
+                        stats
+                            .rtp_bytes_forwarded
+                            .fetch_add(forwarded * wire_len as u64, Ordering::Relaxed);
                     }
                     if let Some(history) = route.history.get_mut(usize::from(layer)) {
                         history.store(packet.ssrc(), packet.sequence_number(), packet);
@@ -571,6 +645,11 @@ impl Worker {
             match event {
                 PeerEvent::Connected => {
                     tracing::debug!(%participant, ?role, "peer connected");
+                    // Counted while the peer exists and has not failed: removal and
+                    // failure take it back off.
+                    if self.peer_mut(key).is_some_and(|p| !p.has_failed()) {
+                        self.stats.peers_connected.fetch_add(1, Ordering::Relaxed);
+                    }
                     // its subscriptions start now, each on a keyframe
                     self.next_allocation = now;
                 }
@@ -579,6 +658,10 @@ impl Worker {
                 }
                 PeerEvent::Failed => {
                     tracing::info!(%participant, ?role, "peer failed");
+                    self.stats.peers_failed.fetch_add(1, Ordering::Relaxed);
+                    if self.peer_mut(key).is_some_and(|p| p.is_connected()) {
+                        self.stats.peers_connected.fetch_sub(1, Ordering::Relaxed);
+                    }
                     if let Some(media) = self.participants.get_mut(&participant)
                         && !media.failed
                     {
@@ -593,6 +676,9 @@ impl Worker {
                     }
                 }
                 PeerEvent::KeyframeRequested(track) => {
+                    self.stats
+                        .keyframe_requests_received
+                        .fetch_add(1, Ordering::Relaxed);
                     // the layer this subscriber gets, or is about to
                     let layer = self.tracks.get(&track).and_then(|route| {
                         let sub = route
@@ -606,6 +692,7 @@ impl Worker {
                     }
                 }
                 PeerEvent::ResendRequested { track, lost } => {
+                    self.stats.nacks_received.fetch_add(1, Ordering::Relaxed);
                     self.resend(participant, track, &lost, now);
                 }
             }
@@ -1092,6 +1179,11 @@ impl Worker {
             };
             peer.poll_transmit(|to, tcp, datagram| out.send(to, tcp, datagram));
             self.stats.peers.fetch_sub(1, Ordering::Relaxed);
+            if peer.has_failed() {
+                self.stats.peers_failed.fetch_sub(1, Ordering::Relaxed);
+            } else if peer.is_connected() {
+                self.stats.peers_connected.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         for track in media.published.into_values() {
             self.drop_track(track);
