@@ -125,7 +125,7 @@ export class ChorusError extends Error {
 
 // Field checks per server message type. 'id' is a numeric id (participant or track).
 const SERVER_FIELDS = {
-  joined: { version: 'number', participantId: 'id', room: 'string', participants: 'array', iceServers: 'array', chatHistory: 'array' },
+  joined: { version: 'number', participantId: 'id', room: 'string', name: 'string', participants: 'array', iceServers: 'array', chatHistory: 'array' },
   participantJoined: { participant: 'participant' },
   participantLeft: { participantId: 'id' },
   trackPublished: { participantId: 'id', track: 'track' },
@@ -989,6 +989,7 @@ export class ChorusClient {
   _onJoined(msg) {
     this.participantId = msg.participantId;
     this.room = msg.room ?? this.room;
+    this.name = msg.name ?? this.name; // a join token's name wins over the typed one
     this.grants = grantsOf(msg.grants);
     this.iceServers = this.iceServersOverride ?? msg.iceServers;
     this._createPeers();

@@ -309,6 +309,8 @@ pub enum ServerMessage {
         version: u32,
         participant_id: ParticipantId,
         room: RoomId,
+        /// This participant's display name: its join token's, or else the one it gave.
+        name: String,
         /// Everyone else already present, with their published tracks.
         participants: Vec<ParticipantInfo>,
         /// What to put into `RTCConfiguration.iceServers`.

@@ -360,6 +360,7 @@ impl Room {
                 version: PROTOCOL_VERSION,
                 participant_id: participant,
                 room: self.id.clone(),
+                name: name.clone(),
                 participants,
                 ice_servers,
                 chat_history: self.chat.iter().cloned().collect(),
