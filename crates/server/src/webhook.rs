@@ -887,12 +887,16 @@ mod tests {
         }
     }
 
+    /// What the test receiver saw of one request: attempt, delivery, event, whether the
+    /// signature verified.
+    type Seen = (String, String, String, bool);
+
     /// A receiver on 127.0.0.1 that answers each request with the next status of a script
     /// (200 once it runs out), recording (attempt, delivery, event, verified).
     #[derive(Clone, Default)]
     struct Receiver {
         script: Arc<Mutex<Vec<u16>>>,
-        seen: Arc<Mutex<Vec<(String, String, String, bool)>>>,
+        seen: Arc<Mutex<Vec<Seen>>>,
     }
 
     async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
