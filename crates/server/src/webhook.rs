@@ -1066,6 +1066,43 @@ mod tests {
         assert_eq!(receiver.seen.lock().expect("lock").len(), 5);
     }
 
+    #[tokio::test]
+    async fn an_https_url_speaks_tls_with_the_host_as_server_name() {
+        // A plain TCP listener stands in for the server: what arrives first must be a TLS
+        // ClientHello (record type 22) naming the URL's host.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let url = format!("https://localhost:{port}/hook");
+        let (webhooks, tx) = Webhooks::spawn(settings(&[&url], 1, 4), 4).expect("spawn");
+        tx.try_send(started("a")).expect("send");
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("a connection")
+            .expect("accept");
+        let mut hello = vec![0u8; 512];
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut hello),
+        )
+        .await
+        .expect("a ClientHello")
+        .expect("read");
+        assert!(
+            n > 5 && hello[0] == 22,
+            "not a TLS handshake record: {:?}",
+            &hello[..n]
+        );
+        assert!(
+            hello[..n].windows(9).any(|w| w == b"localhost"),
+            "no SNI for localhost"
+        );
+        drop(stream);
+        assert!(webhooks.drain(Duration::from_secs(5)).await);
+        assert_eq!(webhooks.stats().snapshot().failed, 1);
+    }
+
     #[test]
     fn the_envelope_puts_id_and_time_before_the_event() {
         let event = started("standup");
