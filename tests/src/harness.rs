@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -13,6 +14,10 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 use crate::wait;
+
+/// Log lines of one server kept for [`Server::wait_for_log`]; later ones are only printed.
+/// A test's server logs far fewer at `warn`.
+const MAX_LOG_LINES: usize = 10_000;
 
 /// How long the server may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +57,8 @@ pub struct Server {
     http: SocketAddr,
     udp: SocketAddr,
     config_path: PathBuf,
+    /// The lines it has logged so far (the first [`MAX_LOG_LINES`]).
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -110,12 +117,18 @@ impl Server {
             .with_context(|| format!("starting {}", bin.display()))?;
 
         // Logs go to stderr: forward them through eprintln! so libtest captures them with the
-        // test's own output.
+        // test's own output, and keep them for `wait_for_log`.
+        let logs = Arc::new(Mutex::new(Vec::new()));
         if let Some(stderr) = child.stderr.take() {
+            let logs = logs.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     eprintln!("[chorus] {line}");
+                    let mut logs = logs.lock().unwrap_or_else(|e| e.into_inner());
+                    if logs.len() < MAX_LOG_LINES {
+                        logs.push(line);
+                    }
                 }
             });
         }
@@ -158,7 +171,20 @@ impl Server {
             http,
             udp,
             config_path,
+            logs,
         })
+    }
+
+    /// Waits until the server has logged (to stderr, at the level `CHORUS_LOG` or `warn`
+    /// lets through) a line containing every one of `words`; returns that line.
+    pub async fn wait_for_log(&self, within: Duration, words: &[&str]) -> Result<String> {
+        wait::poll_until(within, &format!("a server log line with {words:?}"), || {
+            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            logs.iter()
+                .find(|line| words.iter().all(|w| line.contains(w)))
+                .cloned()
+        })
+        .await
     }
 
     /// The server's process id (for reading its CPU time and memory from `/proc`).

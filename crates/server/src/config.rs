@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chorus::stun_client::{IceUrl, Scheme};
 use chorus::turn::TurnAuth;
+use chorus::webhook::{self, WebhookSettings};
 use chorus_signal::auth::{Auth, AuthMode};
 use serde::Deserialize;
 
@@ -20,6 +22,7 @@ pub struct Config {
     pub ice: IceConfig,
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +93,87 @@ impl AuthConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// `[webhooks]`: where room events are POSTed (see `docs/webhooks.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// http:// or https:// URLs; empty: no webhooks.
+    pub urls: Vec<String>,
+    /// The API key (of `auth.keys`) whose secret signs; None: the only key there is.
+    pub key: Option<String>,
+    pub timeout_secs: u64,
+    pub max_attempts: u32,
+    /// Events waiting per URL.
+    pub queue: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            key: None,
+            timeout_secs: webhook::TIMEOUT.as_secs(),
+            max_attempts: webhook::MAX_ATTEMPTS,
+            queue: webhook::URL_QUEUE,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The sender's settings, with the signing key resolved from `auth`; None when no URL
+    /// is configured.
+    pub fn settings(&self, auth: &AuthConfig) -> anyhow::Result<Option<WebhookSettings>> {
+        if self.urls.is_empty() {
+            return Ok(None);
+        }
+        let targets = self
+            .urls
+            .iter()
+            .map(|url| {
+                webhook::Target::parse(url).map_err(|e| anyhow::anyhow!("webhooks.urls: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let key = match &self.key {
+            Some(key) => key.clone(),
+            None => {
+                let mut keys = auth.keys.keys();
+                match (keys.next(), keys.next()) {
+                    (Some(key), None) => key.clone(),
+                    (None, _) => bail!(
+                        "webhooks.urls is set, but there is no API key to sign the webhooks \
+                         with: add one to [auth] keys (`openssl rand -hex 32` makes a secret)"
+                    ),
+                    (Some(_), Some(_)) => bail!(
+                        "webhooks.key: [auth] keys has several keys; name the one whose \
+                         secret signs the webhooks"
+                    ),
+                }
+            }
+        };
+        let Some(secret) = auth.keys.get(&key) else {
+            bail!("webhooks.key: {key:?} is not a key in [auth] keys");
+        };
+        for (name, value) in [
+            ("webhooks.timeout_secs", self.timeout_secs),
+            ("webhooks.max_attempts", u64::from(self.max_attempts)),
+            ("webhooks.queue", self.queue as u64),
+        ] {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        Ok(Some(WebhookSettings {
+            targets,
+            key,
+            secret: secret.as_bytes().to_vec(),
+            timeout: Duration::from_secs(self.timeout_secs),
+            max_attempts: self.max_attempts,
+            queue: self.queue,
+            backoff_base: webhook::BACKOFF_BASE,
+        }))
     }
 }
 
@@ -327,6 +411,7 @@ impl Config {
         {
             bail!("metrics.bearer_token must be printable ASCII without spaces, or left out");
         }
+        self.webhooks.settings(&self.auth)?;
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_message_bytes", l.max_message_bytes),
@@ -466,5 +551,39 @@ mod tests {
             assert!(err.contains("metrics.bearer_token"), "{err}");
         }
         assert!(toml::from_str::<Config>("[metrics]\ntoken = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn webhooks_are_checked() {
+        let err = |text: &str| {
+            let config: Config = toml::from_str(text).expect("toml");
+            config
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let secret = "s".repeat(32);
+        let one = format!("[auth]\nkeys = {{ K = \"{secret}\" }}\n");
+        let two = format!("[auth]\nkeys = {{ K = \"{secret}\", L = \"{secret}\" }}\n");
+        let hook = "[webhooks]\nurls = [\"https://hooks.example.org/chorus\"]\n";
+        assert_eq!(err(""), "", "no URL needs no key");
+        assert!(err(hook).contains("no API key"), "{}", err(hook));
+        assert_eq!(err(&format!("{one}{hook}")), "");
+        assert!(err(&format!("{two}{hook}")).contains("several keys"));
+        assert_eq!(err(&format!("{two}{hook}key = \"L\"\n")), "");
+        assert!(err(&format!("{one}{hook}key = \"M\"\n")).contains("not a key"));
+        assert!(err(&format!("{one}[webhooks]\nurls = [\"ftp://x\"]\n")).contains("scheme"));
+        assert!(err(&format!("{one}{hook}queue = 0\n")).contains("webhooks.queue"));
+        assert!(err(&format!("{one}{hook}max_attempts = 0\n")).contains("max_attempts"));
+        assert!(toml::from_str::<Config>("[webhooks]\nurl = []\n").is_err());
+        let config: Config = toml::from_str(&format!("{one}{hook}")).expect("toml");
+        let settings = config
+            .webhooks
+            .settings(&config.auth)
+            .expect("settings")
+            .expect("some");
+        assert_eq!(settings.key, "K");
+        assert!(!format!("{settings:?}").contains(&secret));
     }
 }

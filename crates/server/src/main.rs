@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use chorus::stun_client;
 use chorus::turn::TurnAuth;
+use chorus::webhook::Webhooks;
 use chorus_protocol::{IceServer, ParticipantId};
 use chorus_sfu::room::RoomLimits;
 use chorus_sfu::{Hub, HubConfig, PeerSettings};
@@ -26,6 +27,9 @@ use crate::config::Config;
 /// The default log filter: our crates at info, webrtc-rs quiet unless something breaks.
 const DEFAULT_LOG: &str = "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,\
 rtc_interceptor=error,rtc_sctp=error,rtc_rtp=error,rtc_rtcp=error";
+
+/// At shutdown, how long queued webhooks (the rooms' last events among them) may take.
+const WEBHOOK_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -171,6 +175,16 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             })
             .collect::<Vec<IceServer>>()
     };
+    // Room events go to the webhook sender when webhooks are configured.
+    let (events, webhooks) = match config.webhooks.settings(&config.auth)? {
+        Some(settings) => {
+            tracing::info!(urls = config.webhooks.urls.len(), key = %settings.key, "webhooks on");
+            let (webhooks, tx) = Webhooks::spawn(settings, chorus_sfu::events::EVENT_QUEUE)
+                .context("starting webhooks")?;
+            (Some(tx), Some(webhooks))
+        }
+        None => (None, None),
+    };
     let hub = Hub::new(
         worker,
         HubConfig {
@@ -182,7 +196,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             max_rooms: config.limits.max_rooms,
             max_name_chars: config.limits.max_name_chars,
             ice_servers: Arc::new(ice_servers),
-            events: None,
+            events,
         },
     );
     let app = chorus_signal::router(
@@ -222,6 +236,14 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         })
         .await
         .context("serving HTTP")?;
+    if let Some(webhooks) = webhooks
+        && !webhooks.drain(WEBHOOK_DRAIN).await
+    {
+        tracing::warn!(
+            pending = webhooks.stats().snapshot().pending,
+            "stopping with webhooks still undelivered"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -391,15 +391,18 @@ impl RoomTask {
         let Some(session) = self.sessions.get(&participant) else {
             return;
         };
-        if let Err(err) = session.try_send(message) {
-            match err {
-                mpsc::error::TrySendError::Full(_) => {
-                    tracing::warn!(%participant, room = %self.id, "session queue full; dropping it");
-                }
-                mpsc::error::TrySendError::Closed(_) => {}
+        match session.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%participant, room = %self.id, "session queue full; dropping it");
+                self.sessions.remove(&participant);
+                self.evicted.push(participant);
             }
-            self.sessions.remove(&participant);
-            self.evicted.push(participant);
+            // The session is ending: it drops its queue only as it sends `leave` or `Gone`,
+            // which follows with the true reason (evicting here would report `tooSlow`).
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.sessions.remove(&participant);
+            }
         }
     }
 }
