@@ -451,6 +451,12 @@ fn start_and_read_log(config: &str) -> (Child, String) {
             }
         }
     }
+    // stdout and stderr are two pipes read by two threads: log lines written before the
+    // ready line may still be on their way.
+    while let Ok((_, line)) = rx.recv_timeout(Duration::from_millis(300)) {
+        log.push_str(&line);
+        log.push('\n');
+    }
     let _ = std::fs::remove_file(&path);
     (child, log)
 }
