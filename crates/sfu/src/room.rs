@@ -282,11 +282,12 @@ impl Room {
                         },
                     ));
                     out.push(Effect::Remove(participant));
-                    out.push(self.left_event(
+                    self.departure_events(
                         participant,
-                        member.identity,
+                        &member,
                         LeaveReason::ServerShutdown,
-                    ));
+                        &mut out,
+                    );
                 }
                 out.push(Effect::CountChanged(0));
                 out.push(Effect::Event(RoomEvent::RoomFinished {
@@ -427,18 +428,27 @@ impl Room {
         });
     }
 
-    fn left_event(
+    /// The events of a participant's going: its tracks are unpublished, then it leaves.
+    fn departure_events(
         &self,
         participant: ParticipantId,
-        identity: Option<String>,
+        member: &Member,
         reason: LeaveReason,
-    ) -> Effect {
-        Effect::Event(RoomEvent::ParticipantLeft {
+        out: &mut Vec<Effect>,
+    ) {
+        for track_id in member.tracks.keys() {
+            out.push(Effect::Event(RoomEvent::TrackUnpublished {
+                room: self.id.clone(),
+                participant_id: participant,
+                track_id: *track_id,
+            }));
+        }
+        out.push(Effect::Event(RoomEvent::ParticipantLeft {
             room: self.id.clone(),
             participant_id: participant,
-            identity,
+            identity: member.identity.clone(),
             reason,
-        })
+        }));
     }
 
     fn leave(&mut self, participant: ParticipantId, reason: LeaveReason, out: &mut Vec<Effect>) {
@@ -449,14 +459,7 @@ impl Room {
             out.push(Effect::Send(participant, ServerMessage::Bye { reason }));
         }
         out.push(Effect::Remove(participant));
-        for track_id in member.tracks.keys() {
-            out.push(Effect::Event(RoomEvent::TrackUnpublished {
-                room: self.id.clone(),
-                participant_id: participant,
-                track_id: *track_id,
-            }));
-        }
-        out.push(self.left_event(participant, member.identity.clone(), reason));
+        self.departure_events(participant, &member, reason, out);
         if self.members.is_empty() {
             out.push(Effect::Event(RoomEvent::RoomFinished {
                 room: self.id.clone(),
