@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use chorus_protocol::{
-    ChatLine, ClientMessage, ErrorCode, Grants, IceCandidate, MediaKind, PROTOCOL_VERSION,
-    ParticipantId, ParticipantInfo, PeerRole, PublishTrack, PublishedMid, RoomId, RoomSummary,
-    ServerMessage, SubscribedMid, TrackId, TrackSource,
+    ByeReason, ChatLine, ClientMessage, ErrorCode, Grants, IceCandidate, MediaKind,
+    PROTOCOL_VERSION, ParticipantId, ParticipantInfo, PeerRole, PublishTrack, PublishedMid, RoomId,
+    RoomSummary, ServerMessage, SubscribedMid, TrackId, TrackSource,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -1461,6 +1461,38 @@ impl Client {
                 );
             }
         }
+    }
+
+    /// Waits for an `error` with `code` at or after log position `mark`.
+    pub async fn wait_for_error_after(&self, mark: usize, code: ErrorCode) -> Result<()> {
+        self.wait_for_after(
+            mark,
+            SIGNALING_TIMEOUT,
+            &format!("error {code:?}"),
+            |m| matches!(m, ServerMessage::Error { code: got, .. } if *got == code),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Waits for `bye` with `reason`.
+    pub async fn wait_for_bye(&self, reason: ByeReason) -> Result<()> {
+        self.wait_for(
+            SIGNALING_TIMEOUT,
+            &format!("bye {reason:?}"),
+            |m| matches!(m, ServerMessage::Bye { reason: got } if *got == reason),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Waits for `participantLeft` of `participant`.
+    pub async fn wait_for_left(&self, participant: ParticipantId) -> Result<()> {
+        self.wait_for(SIGNALING_TIMEOUT, "participantLeft", |m| {
+            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == participant)
+        })
+        .await
+        .map(drop)
     }
 
     /// Waits until the server has closed the WebSocket.

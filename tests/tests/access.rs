@@ -179,16 +179,7 @@ async fn a_room_admin_mutes_a_track_at_the_server_and_removes_a_participant() ->
     bob.send(&ClientMessage::RemoveParticipant {
         participant_id: ada_id,
     })?;
-    bob.wait_for_after(mark, T, "forbidden", |m| {
-        matches!(
-            m,
-            ServerMessage::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        )
-    })
-    .await?;
+    bob.wait_for_error_after(mark, ErrorCode::Forbidden).await?;
 
     // the admin mutes ada's microphone: everyone is told, and its audio stops at bob
     admin.send(&ClientMessage::MuteTrack {
@@ -216,16 +207,7 @@ async fn a_room_admin_mutes_a_track_at_the_server_and_removes_a_participant() ->
     // ada cannot unmute herself; once the admin lets go she can, and audio flows again
     let mark = ada.mark();
     ada.set_mute(tracks.audio, false)?;
-    ada.wait_for_after(mark, T, "forbidden", |m| {
-        matches!(
-            m,
-            ServerMessage::Error {
-                code: ErrorCode::Forbidden,
-                ..
-            }
-        )
-    })
-    .await?;
+    ada.wait_for_error_after(mark, ErrorCode::Forbidden).await?;
     admin.send(&ClientMessage::MuteTrack {
         participant_id: ada_id,
         track_id: tracks.audio,
@@ -238,19 +220,8 @@ async fn a_room_admin_mutes_a_track_at_the_server_and_removes_a_participant() ->
     admin.send(&ClientMessage::RemoveParticipant {
         participant_id: ada_id,
     })?;
-    ada.wait_for(T, "bye removed", |m| {
-        matches!(
-            m,
-            ServerMessage::Bye {
-                reason: ByeReason::Removed
-            }
-        )
-    })
-    .await?;
-    bob.wait_for(T, "participantLeft", |m| {
-        matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == ada_id)
-    })
-    .await?;
+    ada.wait_for_bye(ByeReason::Removed).await?;
+    bob.wait_for_left(ada_id).await?;
     ada.wait_closed(T).await?;
     Ok(())
 }
@@ -267,21 +238,9 @@ async fn a_second_join_with_the_same_identity_replaces_the_first() -> Result<()>
     let bob = join(&server, "standup", "bob", &[]).await?;
     let first_id = first.id()?;
     let second = join(&server, "standup", "ada", &[]).await?;
-    first
-        .wait_for(T, "bye removed", |m| {
-            matches!(
-                m,
-                ServerMessage::Bye {
-                    reason: ByeReason::Removed
-                }
-            )
-        })
-        .await?;
+    first.wait_for_bye(ByeReason::Removed).await?;
     first.wait_closed(T).await?;
-    bob.wait_for(T, "the first session leaves", |m| {
-        matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == first_id)
-    })
-    .await?;
+    bob.wait_for_left(first_id).await?;
     let second_id = second.id()?;
     bob.wait_for(T, "the second session joins", |m| {
         matches!(m, ServerMessage::ParticipantJoined { participant } if participant.id == second_id)

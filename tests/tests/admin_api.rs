@@ -278,19 +278,8 @@ async fn an_operator_lists_inspects_mutes_messages_removes_and_closes() -> Resul
     let remove = format!("/api/v1/rooms/standup/participants/{ada_id}");
     let (status, body) = call(&server, "DELETE", &remove, Some(&standup_admin), None).await?;
     ensure!(status == 204, "{status}: {body}");
-    ada.wait_for(T, "bye removed", |m| {
-        matches!(
-            m,
-            ServerMessage::Bye {
-                reason: ByeReason::Removed
-            }
-        )
-    })
-    .await?;
-    bob.wait_for(T, "participantLeft", |m| {
-        matches!(m, ServerMessage::ParticipantLeft { participant_id } if participant_id.0 == ada_id)
-    })
-    .await?;
+    ada.wait_for_bye(ByeReason::Removed).await?;
+    bob.wait_for_left(ada.id()?).await?;
     refused(
         &call(&server, "DELETE", &remove, Some(&key), None).await?,
         404,
@@ -300,15 +289,7 @@ async fn an_operator_lists_inspects_mutes_messages_removes_and_closes() -> Resul
     // closing the room
     let (status, body) = call(&server, "DELETE", "/api/v1/rooms/standup", Some(&key), None).await?;
     ensure!(status == 204, "{status}: {body}");
-    bob.wait_for(T, "bye roomClosed", |m| {
-        matches!(
-            m,
-            ServerMessage::Bye {
-                reason: ByeReason::RoomClosed
-            }
-        )
-    })
-    .await?;
+    bob.wait_for_bye(ByeReason::RoomClosed).await?;
     bob.wait_closed(T).await?;
     refused(
         &call(&server, "GET", "/api/v1/rooms/standup", Some(&key), None).await?,

@@ -184,14 +184,17 @@ fn authorize(auth: &Auth, headers: &HeaderMap, room: Option<&RoomId>) -> Reply<(
     ))
 }
 
-fn room_id(name: &str) -> Reply<RoomId> {
-    RoomId::new(name).map_err(|err| {
+/// The room a call names, once the caller may act on it.
+fn authorized_room(state: &AppState, headers: &HeaderMap, name: &str) -> Reply<RoomId> {
+    let room = RoomId::new(name).map_err(|err| {
         Refusal(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidMessage,
             format!("room {name:?}: {err}"),
         )
-    })
+    })?;
+    authorize(&state.config.auth, headers, Some(&room))?;
+    Ok(room)
 }
 
 async fn openapi_json() -> Response {
@@ -235,8 +238,7 @@ async fn get_room(
     path: Result<Path<String>, PathRejection>,
 ) -> Reply<Response> {
     let Path(room) = path?;
-    let room = room_id(&room)?;
-    authorize(&state.config.auth, &headers, Some(&room))?;
+    let room = authorized_room(&state, &headers, &room)?;
     let details = state.hub.room_details(&room).await?;
     Ok(axum::Json(details).into_response())
 }
@@ -260,8 +262,7 @@ async fn close_room(
     path: Result<Path<String>, PathRejection>,
 ) -> Reply<StatusCode> {
     let Path(room) = path?;
-    let room = room_id(&room)?;
-    authorize(&state.config.auth, &headers, Some(&room))?;
+    let room = authorized_room(&state, &headers, &room)?;
     state.hub.admin(&room, AdminAction::Close).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -289,8 +290,7 @@ async fn remove_participant(
     path: Result<Path<(String, u64)>, PathRejection>,
 ) -> Reply<StatusCode> {
     let Path((room, participant)) = path?;
-    let room = room_id(&room)?;
-    authorize(&state.config.auth, &headers, Some(&room))?;
+    let room = authorized_room(&state, &headers, &room)?;
     let action = AdminAction::Remove {
         participant: ParticipantId(participant),
     };
@@ -325,8 +325,7 @@ async fn mute_track(
     body: Result<axum::Json<MuteRequest>, JsonRejection>,
 ) -> Reply<StatusCode> {
     let Path((room, participant, track)) = path?;
-    let room = room_id(&room)?;
-    authorize(&state.config.auth, &headers, Some(&room))?;
+    let room = authorized_room(&state, &headers, &room)?;
     let axum::Json(MuteRequest { muted }) = body?;
     let action = AdminAction::MuteTrack {
         participant: ParticipantId(participant),
@@ -359,8 +358,7 @@ async fn send_message(
     body: Result<axum::Json<MessageRequest>, JsonRejection>,
 ) -> Reply<StatusCode> {
     let Path(room) = path?;
-    let room = room_id(&room)?;
-    authorize(&state.config.auth, &headers, Some(&room))?;
+    let room = authorized_room(&state, &headers, &room)?;
     let axum::Json(MessageRequest {
         text,
         participant_id,

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod metrics;
 pub mod origin;
 pub mod session;
+#[cfg(test)]
+mod test_hub;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;

@@ -425,13 +425,10 @@ impl Collector for HubCollector {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
     use axum::body::to_bytes;
     use chorus_protocol::RoomId;
-    use chorus_sfu::room::RoomLimits;
-    use chorus_sfu::{HubConfig, PeerSettings};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
 
@@ -439,35 +436,8 @@ mod tests {
 
     const DEADLINE: Duration = Duration::from_secs(5);
 
-    /// A hub on a real media worker, on loopback.
     fn hub() -> Hub {
-        let socket = chorus_sfu::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("udp");
-        let addr = socket.local_addr().expect("addr");
-        let worker = chorus_sfu::worker::spawn(
-            socket,
-            None,
-            PeerSettings {
-                candidates: vec![addr],
-                tcp_candidates: vec![],
-                srtp_profiles: vec!["aead_aes_128_gcm".into()],
-            },
-            Arc::new(AtomicU64::new(1)),
-        )
-        .expect("media worker");
-        Hub::new(
-            worker,
-            HubConfig {
-                limits: RoomLimits {
-                    max_participants: 4,
-                    chat_history: 10,
-                    max_chat_chars: 100,
-                },
-                max_rooms: 10,
-                max_name_chars: 20,
-                ice_servers: Arc::new(|_| Vec::new()),
-                events: None,
-            },
-        )
+        crate::test_hub::hub(4)
     }
 
     /// The value of the one sample line that starts with `series ` in `text`.

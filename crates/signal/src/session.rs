@@ -245,49 +245,18 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicU64;
+    use std::collections::HashMap;
     use std::time::Duration;
 
-    use std::collections::HashMap;
-
     use chorus_protocol::{Grants, RoomId, RoomSummary};
-    use chorus_sfu::room::RoomLimits;
-    use chorus_sfu::{HubConfig, PeerSettings};
 
     use super::*;
     use crate::auth::{AuthMode, Claims, Grant, sign};
 
     const DEADLINE: Duration = Duration::from_secs(5);
 
-    async fn hub() -> Hub {
-        let socket = chorus_sfu::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("udp");
-        let addr = socket.local_addr().expect("addr");
-        let worker = chorus_sfu::worker::spawn(
-            socket,
-            None,
-            PeerSettings {
-                candidates: vec![addr],
-                tcp_candidates: vec![],
-                srtp_profiles: vec!["aead_aes_128_gcm".into()],
-            },
-            Arc::new(AtomicU64::new(1)),
-        )
-        .expect("media worker");
-        Hub::new(
-            worker,
-            HubConfig {
-                limits: RoomLimits {
-                    max_participants: 2,
-                    chat_history: 10,
-                    max_chat_chars: 100,
-                },
-                max_rooms: 10,
-                max_name_chars: 20,
-                ice_servers: Arc::new(|_| Vec::new()),
-                events: None,
-            },
-        )
+    fn hub() -> Hub {
+        crate::test_hub::hub(2)
     }
 
     /// A session driven by channels: frames in, parsed server messages out.
@@ -358,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_frames_get_typed_errors_and_the_session_goes_on() {
-        let hub = hub().await;
+        let hub = hub();
         let mut s = Driver::start(&hub);
         s.send("{oops");
         s.expect_error(ErrorCode::MalformedJson).await;
@@ -419,7 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_mode_admits_only_good_tokens_and_hides_the_room_list() {
-        let hub = hub().await;
+        let hub = hub();
         let mut s = Driver::with_auth(&hub, token_auth());
         s.send(r#"{"type":"listRooms"}"#);
         s.expect_error(ErrorCode::Unauthorized).await;
@@ -461,7 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_lobby_sees_room_counts_change() {
-        let hub = hub().await;
+        let hub = hub();
         let mut lobby = Driver::start(&hub);
         lobby.send(r#"{"type":"listRooms"}"#);
         assert_eq!(
