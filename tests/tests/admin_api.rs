@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chorus_protocol::api::{ApiError, RoomDetails, RoomList};
-use chorus_protocol::{ByeReason, ErrorCode, ServerMessage};
+use chorus_protocol::{ByeReason, ErrorCode, Grants, ServerMessage};
+use chorus_signal::auth::{Claims, Grant, sign, unix_now};
 use chorus_tests::harness::http_request;
 use chorus_tests::{Client, MediaRate, Server, init_tracing};
 
@@ -130,6 +131,32 @@ async fn an_operator_lists_inspects_mutes_messages_removes_and_closes() -> Resul
             "OTHER"
         ])?
     );
+    // a well-formed admin token from a key this server does not have
+    let stranger = format!(
+        "Bearer {}",
+        sign(
+            &Claims {
+                iss: "STRANGER".into(),
+                sub: "x".into(),
+                name: None,
+                exp: unix_now() + 60,
+                nbf: None,
+                grant: Grant {
+                    room: "*".into(),
+                    grants: Grants {
+                        room_admin: true,
+                        ..Grants::default()
+                    },
+                },
+            },
+            SECRET,
+        )?
+    );
+    refused(
+        &call(&server, "GET", "/api/v1/rooms", Some(&stranger), None).await?,
+        401,
+        ErrorCode::Unauthorized,
+    )?;
     for auth in [&everywhere, &key, &other_key] {
         let (status, body) = call(&server, "GET", "/api/v1/rooms", Some(auth), None).await?;
         ensure!(status == 200, "{status}: {body}");
