@@ -26,6 +26,16 @@ pub use auth::{Auth, AuthMode};
 pub use metrics::MetricsSettings;
 pub use session::{Frame, SESSION_QUEUE, SessionLimits};
 
+/// The WebSocket layer's read buffer per connection. Its default (128 KiB, allocated when
+/// the socket opens) made an idle lobby page cost the server about 130 KiB; signaling
+/// messages are a few hundred bytes to a few KiB (an SDP), and a larger frame is still
+/// read whole, the buffer growing for it, up to the message size limit.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// Bytes the WebSocket layer collects before it writes to the socket. Every message is
+/// flushed as it is sent, so this only bounds the batching within one send.
+const WS_WRITE_BUFFER: usize = 4 * 1024;
+
 /// What the HTTP side needs.
 #[derive(Clone)]
 pub struct SignalConfig {
@@ -101,6 +111,8 @@ async fn ws(
         .max(1 << 20);
     upgrade
         .max_message_size(transport_limit)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| serve_socket(state, socket))
 }
 
