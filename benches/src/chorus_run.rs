@@ -356,8 +356,12 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                 None => default_server_bin()?,
             };
             progress.say(&format!("starting {}", bin.display()));
+            // Every simulated participant connects from loopback: the per-IP limits are
+            // raised to the whole load.
+            let everyone = roster.rooms * roster.per_room() + 10;
             let config = format!(
-                "[limits]\nmax_participants_per_room = {}\nmax_rooms = {}\n",
+                "[limits]\nmax_participants_per_room = {}\nmax_rooms = {}\n\
+                 max_connections_per_ip = {everyone}\nmax_joins_per_ip_per_minute = {everyone}\n",
                 roster.per_room().max(2),
                 roster.rooms + 10
             );

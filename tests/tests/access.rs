@@ -300,3 +300,30 @@ async fn the_websocket_refuses_pages_of_other_sites() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip_are_capped_and_the_call_goes_on() -> Result<()> {
+    init_tracing();
+    let server = Server::start_with_config("[limits]\nmax_connections_per_ip = 3\n").await?;
+    let ada = Client::connect_and_join(server.http_addr(), "standup", "ada").await?;
+    let tracks = ada.publish_and_stream(MediaRate::default()).await?;
+    let bob = Client::connect_and_join(server.http_addr(), "standup", "bob").await?;
+    bob.wait_for_packets(ada.id()?, tracks.audio, 20, T).await?;
+    // a third socket is allowed, a fourth is refused with 429 before any upgrade
+    let third = chorus_tests::RawWs::connect(server.http_addr()).await?;
+    ensure!(
+        upgrade_status(&server, None).await? == 429,
+        "a fourth WebSocket"
+    );
+    // the call did not notice
+    let got = bob.received_count(ada.id()?, tracks.audio);
+    bob.wait_for_packets(ada.id()?, tracks.audio, got + 50, T)
+        .await?;
+    // a slot comes back when a socket closes
+    drop(third);
+    chorus_tests::wait::poll_until_async(T, "a free slot", || async {
+        (upgrade_status(&server, None).await.ok() == Some(101)).then_some(())
+    })
+    .await?;
+    Ok(())
+}

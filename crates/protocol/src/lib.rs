@@ -440,6 +440,12 @@ pub enum ErrorCode {
     UnknownParticipant,
     /// The request names a room that has no participants (admin API).
     UnknownRoom,
+    /// Too many messages per second from this session, or too many joins per minute from
+    /// this client's IP. The message was dropped; slow down.
+    RateLimited,
+    /// A per-participant cap: tracks published, subscriptions, ICE candidates per peer, or
+    /// the size of an SDP.
+    LimitReached,
     /// Something failed inside the server; the call goes on.
     Internal,
 }

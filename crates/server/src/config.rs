@@ -32,6 +32,8 @@ pub struct HttpConfig {
     pub frontend_dir: PathBuf,
     /// Origins besides the server's own whose pages may open `/ws`.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for HttpConfig {
@@ -40,6 +42,11 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             frontend_dir: PathBuf::from("frontend"),
             allowed_origins: vec![chorus_signal::origin::LOCALHOST.to_owned()],
+            // A reverse proxy on this machine, the setup docs/self-hosting.md describes.
+            trusted_proxies: vec![
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ],
         }
     }
 }
@@ -213,6 +220,16 @@ pub struct LimitsConfig {
     pub max_name_chars: usize,
     pub max_chat_chars: usize,
     pub chat_history: usize,
+    pub join_timeout_secs: u64,
+    pub ws_ping_interval_secs: u64,
+    pub ws_idle_timeout_secs: u64,
+    pub max_connections_per_ip: usize,
+    pub max_joins_per_ip_per_minute: usize,
+    pub max_messages_per_second: u32,
+    pub max_sdp_bytes: usize,
+    pub max_candidates_per_peer: usize,
+    pub max_tracks_per_participant: usize,
+    pub max_subscriptions_per_participant: usize,
 }
 
 impl Default for LimitsConfig {
@@ -224,6 +241,16 @@ impl Default for LimitsConfig {
             max_name_chars: 64,
             max_chat_chars: 2000,
             chat_history: 50,
+            join_timeout_secs: 30,
+            ws_ping_interval_secs: 15,
+            ws_idle_timeout_secs: 45,
+            max_connections_per_ip: 100,
+            max_joins_per_ip_per_minute: 100,
+            max_messages_per_second: 20,
+            max_sdp_bytes: 32 * 1024,
+            max_candidates_per_peer: 50,
+            max_tracks_per_participant: 8,
+            max_subscriptions_per_participant: 200,
         }
     }
 }
@@ -422,10 +449,40 @@ impl Config {
             ("limits.max_rooms", l.max_rooms),
             ("limits.max_name_chars", l.max_name_chars),
             ("limits.max_chat_chars", l.max_chat_chars),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            (
+                "limits.max_joins_per_ip_per_minute",
+                l.max_joins_per_ip_per_minute,
+            ),
+            (
+                "limits.max_messages_per_second",
+                l.max_messages_per_second as usize,
+            ),
+            ("limits.max_sdp_bytes", l.max_sdp_bytes),
+            ("limits.max_candidates_per_peer", l.max_candidates_per_peer),
+            (
+                "limits.max_tracks_per_participant",
+                l.max_tracks_per_participant,
+            ),
+            (
+                "limits.max_subscriptions_per_participant",
+                l.max_subscriptions_per_participant,
+            ),
+            ("limits.join_timeout_secs", l.join_timeout_secs as usize),
+            (
+                "limits.ws_ping_interval_secs",
+                l.ws_ping_interval_secs as usize,
+            ),
         ] {
             if value == 0 {
                 bail!("{key} must be at least 1");
             }
+        }
+        if l.ws_idle_timeout_secs <= l.ws_ping_interval_secs {
+            bail!(
+                "limits.ws_idle_timeout_secs must be longer than limits.ws_ping_interval_secs \
+                 (a client gets at least one ping to answer)"
+            );
         }
         Ok(())
     }

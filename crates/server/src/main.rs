@@ -18,7 +18,7 @@ use chorus::webhook::Webhooks;
 use chorus_protocol::{IceServer, ParticipantId};
 use chorus_sfu::room::RoomLimits;
 use chorus_sfu::{Hub, HubConfig, PeerSettings};
-use chorus_signal::{AuthMode, MetricsSettings, SessionLimits, SignalConfig};
+use chorus_signal::{AuthMode, IpLimitSettings, MetricsSettings, SessionLimits, SignalConfig};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -192,6 +192,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 max_participants: config.limits.max_participants_per_room,
                 chat_history: config.limits.chat_history,
                 max_chat_chars: config.limits.max_chat_chars,
+                max_tracks_per_participant: config.limits.max_tracks_per_participant,
+                max_subscriptions_per_participant: config.limits.max_subscriptions_per_participant,
             },
             max_rooms: config.limits.max_rooms,
             max_name_chars: config.limits.max_name_chars,
@@ -204,10 +206,21 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         SignalConfig {
             limits: SessionLimits {
                 max_message_bytes: config.limits.max_message_bytes,
+                join_timeout: Duration::from_secs(config.limits.join_timeout_secs),
+                ping_interval: Duration::from_secs(config.limits.ws_ping_interval_secs),
+                idle_timeout: Duration::from_secs(config.limits.ws_idle_timeout_secs),
+                max_messages_per_second: config.limits.max_messages_per_second,
+                max_sdp_bytes: config.limits.max_sdp_bytes,
+                max_candidates_per_peer: config.limits.max_candidates_per_peer,
             },
             frontend_dir: config.http.frontend_dir.clone(),
             auth: Arc::new(config.auth.auth()),
             allowed_origins: config.http.allowed_origins.clone(),
+            ip_limits: IpLimitSettings {
+                max_connections: config.limits.max_connections_per_ip,
+                max_joins_per_minute: config.limits.max_joins_per_ip_per_minute,
+                trusted_proxies: config.http.trusted_proxies.clone(),
+            },
             metrics: MetricsSettings {
                 enabled: config.metrics.enabled,
                 bearer_token: config.metrics.bearer_token.clone(),
@@ -228,14 +241,18 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     tracing::info!("serving http://{http_addr} (media on udp {udp_addr}, ICE-TCP {tcp_addr})");
     // One machine-readable line on stdout, for scripts and tests started on port 0.
     println!("chorus ready http={http_addr} udp={udp_addr} tcp={tcp_addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: telling participants");
-            hub.shutdown().await;
-        })
-        .await
-        .context("serving HTTP")?;
+    // Each connection's client address feeds the per-IP limits.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: telling participants");
+        hub.shutdown().await;
+    })
+    .await
+    .context("serving HTTP")?;
     if let Some(webhooks) = webhooks
         && !webhooks.drain(WEBHOOK_DRAIN).await
     {

@@ -22,6 +22,11 @@ pub struct RoomLimits {
     pub chat_history: usize,
     /// Longest chat message, in characters.
     pub max_chat_chars: usize,
+    /// Tracks one participant may publish at once; more get `limitReached`.
+    pub max_tracks_per_participant: usize,
+    /// Tracks one participant receives at most; it gets the oldest ones, and
+    /// `limitReached` once when it misses some.
+    pub max_subscriptions_per_participant: usize,
 }
 
 /// Something that happens to a room.
@@ -154,6 +159,8 @@ struct Member {
     tracks: BTreeMap<TrackId, TrackInfo>,
     /// Tracks a room admin muted: not forwarded, and the owner cannot unmute them.
     silenced: BTreeSet<TrackId>,
+    /// It misses tracks for `max_subscriptions_per_participant` (it was told so once).
+    subscriptions_capped: bool,
     /// Sources the last publish offer declared, by mid.
     pending_sources: Vec<PublishTrack>,
     subscriber: SubscriberState,
@@ -349,6 +356,7 @@ impl Room {
                 grants: grants.clone(),
                 tracks: BTreeMap::new(),
                 silenced: BTreeSet::new(),
+                subscriptions_capped: false,
                 pending_sources: Vec::new(),
                 subscriber: SubscriberState::Idle,
                 subscriber_dirty: false,
@@ -406,6 +414,18 @@ impl Room {
                 participant,
                 ErrorCode::Forbidden,
                 "your grants do not allow publishing",
+            ));
+            return;
+        }
+        if tracks.len() > self.limits.max_tracks_per_participant {
+            out.push(error(
+                participant,
+                ErrorCode::LimitReached,
+                format!(
+                    "the offer declares {} tracks; at most {} per participant",
+                    tracks.len(),
+                    self.limits.max_tracks_per_participant
+                ),
             ));
             return;
         }
@@ -507,7 +527,12 @@ impl Room {
         };
         let mut published = Vec::new();
         let mut unpublished = Vec::new();
-        let mut refused = Vec::new();
+        let mut refused: Vec<(TrackId, ErrorCode, String)> = Vec::new();
+        let mut kept = member
+            .tracks
+            .keys()
+            .filter(|id| outcome.tracks.iter().any(|t| t.track == **id))
+            .count();
         for t in &outcome.tracks {
             if member.tracks.contains_key(&t.track) {
                 continue;
@@ -524,9 +549,28 @@ impl Room {
             // An m-line the offer did not declare is a camera or microphone by default;
             // one the grants do not cover is negotiated but never published.
             if !member.grants.may_publish(source) {
-                refused.push((t.track, source, t.mid.clone()));
+                refused.push((
+                    t.track,
+                    ErrorCode::Forbidden,
+                    format!(
+                        "your grants do not allow publishing a {source:?} track (mid {})",
+                        t.mid
+                    ),
+                ));
                 continue;
             }
+            if kept >= self.limits.max_tracks_per_participant {
+                refused.push((
+                    t.track,
+                    ErrorCode::LimitReached,
+                    format!(
+                        "at most {} tracks per participant (mid {} is not published)",
+                        self.limits.max_tracks_per_participant, t.mid
+                    ),
+                ));
+                continue;
+            }
+            kept += 1;
             let info = TrackInfo {
                 id: t.track,
                 kind: t.kind,
@@ -543,12 +587,8 @@ impl Room {
             }
             keep
         });
-        for (_, source, mid) in &refused {
-            out.push(error(
-                participant,
-                ErrorCode::Forbidden,
-                format!("your grants do not allow publishing a {source:?} track (mid {mid})"),
-            ));
+        for (_, code, message) in &refused {
+            out.push(error(participant, *code, message.clone()));
         }
         out.push(Effect::Send(
             participant,
@@ -756,7 +796,8 @@ impl Room {
     /// Starts a subscriber negotiation, or marks one as needed after the current one. A
     /// participant without the `canSubscribe` grant never gets a subscriber peer.
     fn sync(&mut self, participant: ParticipantId, out: &mut Vec<Effect>) {
-        let tracks = self.wanted(participant);
+        let mut tracks = self.wanted(participant);
+        let cap = self.limits.max_subscriptions_per_participant;
         let Some(member) = self
             .members
             .get_mut(&participant)
@@ -764,6 +805,16 @@ impl Room {
         else {
             return;
         };
+        let capped = tracks.len() > cap;
+        tracks.truncate(cap);
+        if capped && !member.subscriptions_capped {
+            out.push(error(
+                participant,
+                ErrorCode::LimitReached,
+                format!("at most {cap} subscriptions per participant: you get the earliest"),
+            ));
+        }
+        member.subscriptions_capped = capped;
         if member.subscriber == SubscriberState::Idle {
             member.subscriber = SubscriberState::Syncing;
             member.subscriber_dirty = false;

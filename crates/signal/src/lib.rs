@@ -3,18 +3,20 @@
 
 pub mod admin;
 pub mod auth;
+pub mod limits;
 pub mod metrics;
 pub mod origin;
 pub mod session;
 #[cfg(test)]
 mod test_hub;
 
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,8 +25,9 @@ use chorus_sfu::Hub;
 use futures_util::{SinkExt, StreamExt};
 
 pub use auth::{Auth, AuthMode};
+pub use limits::{IpLimitSettings, IpLimits};
 pub use metrics::MetricsSettings;
-pub use session::{Frame, SESSION_QUEUE, SessionLimits};
+pub use session::{ClientAddr, Frame, SESSION_QUEUE, SessionLimits};
 
 /// The WebSocket layer's read buffer per connection. Its default (128 KiB, allocated when
 /// the socket opens) made an idle lobby page cost the server about 130 KiB; signaling
@@ -46,6 +49,8 @@ pub struct SignalConfig {
     pub auth: Arc<Auth>,
     /// Origins besides the server's own whose pages may open `/ws` (see [`origin`]).
     pub allowed_origins: Vec<String>,
+    /// WebSockets and joins per client IP.
+    pub ip_limits: IpLimitSettings,
     /// Whether and how `/metrics` is served.
     pub metrics: MetricsSettings,
 }
@@ -54,6 +59,7 @@ pub struct SignalConfig {
 pub(crate) struct AppState {
     hub: Hub,
     config: Arc<SignalConfig>,
+    ip_limits: IpLimits,
 }
 
 /// The application's routes.
@@ -61,6 +67,7 @@ pub fn router(hub: Hub, config: SignalConfig) -> Router {
     let metrics = metrics::routes(hub.clone(), &config.metrics);
     let state = AppState {
         hub,
+        ip_limits: IpLimits::new(config.ip_limits.clone()),
         config: Arc::new(config),
     };
     Router::new()
@@ -88,6 +95,7 @@ pub fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response
 
 async fn ws(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -103,6 +111,19 @@ async fn ws(
     }
     // The transport limit is generous; the session answers frames over the configured
     // limit with a typed error and stays open. Beyond this one the socket closes.
+    let ip = state.ip_limits.client_ip(peer, &headers);
+    let Some(connection) = state.ip_limits.connect(ip) else {
+        tracing::warn!(%ip, "WebSocket refused: too many from one address");
+        return api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many open sessions from your address (limits.max_connections_per_ip)",
+        );
+    };
+    let client = ClientAddr {
+        ip,
+        limits: state.ip_limits.clone(),
+    };
     let transport_limit = state
         .config
         .limits
@@ -113,29 +134,35 @@ async fn ws(
         .max_message_size(transport_limit)
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
-        .on_upgrade(move |socket| serve_socket(state, socket))
+        .on_upgrade(move |socket| async move {
+            serve_socket(state, client, socket).await;
+            drop(connection);
+        })
 }
 
-async fn serve_socket(state: AppState, socket: WebSocket) {
+async fn serve_socket(state: AppState, client: ClientAddr, socket: WebSocket) {
     let (sink, stream) = socket.split();
     let stream = stream.filter_map(|message| async move {
         match message {
             Ok(Message::Text(text)) => Some(Frame::Text(text.as_str().to_owned())),
             Ok(Message::Binary(bytes)) => Some(Frame::Binary(bytes.len())),
             Ok(Message::Close(_)) | Err(_) => Some(Frame::Close),
-            Ok(Message::Ping(_) | Message::Pong(_)) => None,
+            // The WebSocket layer answers pings itself; either is a sign of life.
+            Ok(Message::Ping(_) | Message::Pong(_)) => Some(Frame::Pong),
         }
     });
     let sink = sink.with(|frame: Frame| async move {
         Ok::<_, axum::Error>(match frame {
             Frame::Text(text) => Message::Text(text.into()),
-            Frame::Binary(_) | Frame::Close => Message::Close(None),
+            Frame::Ping => Message::Ping(Default::default()),
+            Frame::Binary(_) | Frame::Close | Frame::Pong => Message::Close(None),
         })
     });
     session::run(
         state.hub,
         state.config.limits,
         state.config.auth.clone(),
+        client,
         Box::pin(sink),
         Box::pin(stream),
     )

@@ -6,12 +6,14 @@
 
 use std::sync::Arc;
 
-use chorus_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+use chorus_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerRole, ServerMessage};
 use chorus_sfu::{Hub, Membership};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Duration, Instant};
 
 use crate::auth::{Auth, unix_now};
+use crate::limits::{IpLimits, MessageRate};
 
 /// Messages queued from the room to this session. Bounded: when a client reads too slowly
 /// and the queue fills, the room removes the participant instead of waiting for it.
@@ -23,6 +25,10 @@ pub enum Frame {
     Text(String),
     Binary(usize),
     Close,
+    /// Server to client: are you there?
+    Ping,
+    /// Client to server: a pong (or a ping of its own): it is there.
+    Pong,
 }
 
 /// Settings of a session.
@@ -30,12 +36,37 @@ pub enum Frame {
 pub struct SessionLimits {
     /// Text frames longer than this get a `messageTooLarge` error.
     pub max_message_bytes: usize,
+    /// A session neither in a room nor watching the room list for this long is closed.
+    pub join_timeout: Duration,
+    /// How often the server pings the client.
+    pub ping_interval: Duration,
+    /// A client silent for this long (no message, no pong) is gone: the session closes.
+    pub idle_timeout: Duration,
+    /// Messages per second, on average (bursts of twice as many); more get `rateLimited`.
+    pub max_messages_per_second: u32,
+    /// The largest SDP in `publishOffer` or `subscribeAnswer`; larger get `limitReached`.
+    pub max_sdp_bytes: usize,
+    /// Trickled candidates per peer and join; more get `limitReached`.
+    pub max_candidates_per_peer: usize,
+}
+
+/// Where a session's client is, and the per-IP counts it is held to.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    pub ip: std::net::IpAddr,
+    pub limits: IpLimits,
 }
 
 /// Runs a session until the client goes or the server says goodbye. `auth` decides who
 /// may join and list rooms.
-pub async fn run<S, R>(hub: Hub, limits: SessionLimits, auth: Arc<Auth>, mut sink: S, mut stream: R)
-where
+pub async fn run<S, R>(
+    hub: Hub,
+    limits: SessionLimits,
+    auth: Arc<Auth>,
+    client: ClientAddr,
+    mut sink: S,
+    mut stream: R,
+) where
     S: Sink<Frame> + Unpin,
     R: Stream<Item = Frame> + Unpin,
 {
@@ -46,12 +77,39 @@ where
         membership: None,
         from_room: None,
         room_watch: None,
+        idle_since: Some(Instant::now()),
+        rate: MessageRate::new(limits.max_messages_per_second, std::time::Instant::now()),
+        candidates: [0; 2],
+        client,
     };
+    let mut heard = Instant::now();
+    let mut pings =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     loop {
+        let join_deadline = session.idle_since.map(|since| since + limits.join_timeout);
         let reply = tokio::select! {
             frame = stream.next() => match frame {
                 None | Some(Frame::Close) => break,
-                Some(frame) => session.on_frame(frame).await,
+                Some(frame) => {
+                    heard = Instant::now();
+                    session.on_frame(frame).await
+                }
+            },
+            () = sleep_until(join_deadline) => {
+                tracing::info!("session closed: no join within {:?}", limits.join_timeout);
+                let _ = sink.send(Frame::Close).await;
+                break;
+            },
+            _ = pings.tick() => {
+                if heard.elapsed() >= limits.idle_timeout {
+                    tracing::info!("session closed: the client was silent for {:?}", heard.elapsed());
+                    let _ = sink.send(Frame::Close).await;
+                    break;
+                }
+                if sink.send(Frame::Ping).await.is_err() {
+                    break;
+                }
+                None
             },
             message = room_next(&mut session.from_room) => match message {
                 Some(message) => {
@@ -91,6 +149,14 @@ where
     }
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next message from the room, or never while the session is in no room.
 async fn room_next(from_room: &mut Option<mpsc::Receiver<ServerMessage>>) -> Option<ServerMessage> {
     match from_room {
@@ -122,6 +188,12 @@ struct Session {
     from_room: Option<mpsc::Receiver<ServerMessage>>,
     /// Set while a session that has not joined watches the room list.
     room_watch: Option<watch::Receiver<Vec<chorus_protocol::RoomSummary>>>,
+    /// Since when the session has been neither in a room nor watching the room list.
+    idle_since: Option<Instant>,
+    rate: MessageRate,
+    /// Candidates trickled since the join, for the publisher and the subscriber peer.
+    candidates: [usize; 2],
+    client: ClientAddr,
 }
 
 impl Session {
@@ -135,7 +207,7 @@ impl Session {
                     "send JSON in text frames",
                 ));
             }
-            Frame::Close => return None,
+            Frame::Close | Frame::Ping | Frame::Pong => return None,
         };
         if text.len() > self.limits.max_message_bytes {
             return Some(ServerMessage::error(
@@ -148,8 +220,53 @@ impl Session {
             ));
         }
         match ClientMessage::parse(&text) {
-            Ok(message) => self.on_message(message).await,
+            Ok(message) => match self.over_limit(&message) {
+                Some(refusal) => Some(refusal),
+                None => self.on_message(message).await,
+            },
             Err(err) => Some(ServerMessage::error(err.code(), err.to_string())),
+        }
+    }
+
+    /// The refusal of a message over one of the session's limits, if it is.
+    fn over_limit(&mut self, message: &ClientMessage) -> Option<ServerMessage> {
+        let limits = &self.limits;
+        if !self.rate.take(std::time::Instant::now()) {
+            return Some(ServerMessage::error(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages a second; this one was dropped",
+                    limits.max_messages_per_second
+                ),
+            ));
+        }
+        match message {
+            ClientMessage::PublishOffer { sdp, .. } | ClientMessage::SubscribeAnswer { sdp }
+                if sdp.len() > limits.max_sdp_bytes =>
+            {
+                Some(ServerMessage::error(
+                    ErrorCode::LimitReached,
+                    format!(
+                        "an SDP of {} bytes is over the limit of {}",
+                        sdp.len(),
+                        limits.max_sdp_bytes
+                    ),
+                ))
+            }
+            ClientMessage::Candidate { peer, .. } if self.membership.is_some() => {
+                let count = &mut self.candidates[usize::from(*peer == PeerRole::Subscriber)];
+                *count += 1;
+                (*count > limits.max_candidates_per_peer).then(|| {
+                    ServerMessage::error(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "more than {} candidates for one peer",
+                            limits.max_candidates_per_peer
+                        ),
+                    )
+                })
+            }
+            _ => None,
         }
     }
 
@@ -173,6 +290,16 @@ impl Session {
                         format!("this server speaks protocol version {PROTOCOL_VERSION}"),
                     ));
                 }
+                if !self
+                    .client
+                    .limits
+                    .allow_join(self.client.ip, std::time::Instant::now())
+                {
+                    return Some(ServerMessage::error(
+                        ErrorCode::RateLimited,
+                        "too many joins from your address in the last minute",
+                    ));
+                }
                 let admitted = match self.auth.admit(token.as_deref(), &room, unix_now()) {
                     Ok(admitted) => admitted,
                     Err(err) => {
@@ -192,6 +319,8 @@ impl Session {
                         self.membership = Some(membership);
                         self.from_room = Some(from_room);
                         self.room_watch = None;
+                        self.idle_since = None;
+                        self.candidates = [0; 2];
                         None
                     }
                     Err(err) => Some(ServerMessage::error(err.code(), err.to_string())),
@@ -208,6 +337,7 @@ impl Session {
                     let mut watch = self.hub.watch_rooms();
                     watch.mark_unchanged();
                     self.room_watch = Some(watch);
+                    self.idle_since = None;
                 }
                 Some(ServerMessage::RoomList {
                     rooms: self.hub.room_list(),
@@ -216,6 +346,7 @@ impl Session {
             ClientMessage::Leave => match self.membership.take() {
                 Some(membership) => {
                     self.from_room = None;
+                    self.idle_since = Some(Instant::now());
                     membership.send(ClientMessage::Leave).await;
                     None
                 }
@@ -228,6 +359,7 @@ impl Session {
                     } else {
                         self.membership = None;
                         self.from_room = None;
+                        self.idle_since = Some(Instant::now());
                         Some(ServerMessage::error(
                             ErrorCode::Internal,
                             "the room has closed",
@@ -259,6 +391,29 @@ mod tests {
         crate::test_hub::hub(2)
     }
 
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_message_bytes: 1000,
+            join_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            max_messages_per_second: 100,
+            max_sdp_bytes: 500,
+            max_candidates_per_peer: 3,
+        }
+    }
+
+    fn client() -> ClientAddr {
+        ClientAddr {
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            limits: IpLimits::new(crate::limits::IpLimitSettings {
+                max_connections: 100,
+                max_joins_per_minute: 100,
+                trusted_proxies: Vec::new(),
+            }),
+        }
+    }
+
     /// A session driven by channels: frames in, parsed server messages out.
     struct Driver {
         input: mpsc::UnboundedSender<Frame>,
@@ -271,6 +426,10 @@ mod tests {
         }
 
         fn with_auth(hub: &Hub, auth: Auth) -> Self {
+            Self::with(hub, auth, limits(), client())
+        }
+
+        fn with(hub: &Hub, auth: Auth, limits: SessionLimits, client: ClientAddr) -> Self {
             let (input, frames_in) = mpsc::unbounded_channel();
             let (frames_out, output) = mpsc::unbounded_channel();
             let stream = Box::pin(futures_util::stream::unfold(
@@ -286,10 +445,9 @@ mod tests {
             ));
             tokio::spawn(run(
                 hub.clone(),
-                SessionLimits {
-                    max_message_bytes: 1000,
-                },
+                limits,
                 Arc::new(auth),
+                client,
                 sink,
                 stream,
             ));
@@ -426,6 +584,121 @@ mod tests {
         }
         s.send(r#"{"type":"publishOffer","sdp":"v=0"}"#);
         s.expect_error(ErrorCode::Forbidden).await;
+    }
+
+    impl Driver {
+        /// The next frame of any kind.
+        async fn frame(&mut self) -> Frame {
+            tokio::time::timeout(DEADLINE, self.output.recv())
+                .await
+                .expect("a frame in time")
+                .expect("session open")
+        }
+    }
+
+    /// Limits with timeouts short enough for a test: pings every 100 ms.
+    fn quick() -> SessionLimits {
+        SessionLimits {
+            join_timeout: Duration::from_millis(350),
+            ping_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(250),
+            ..limits()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_that_does_not_join_is_closed_after_the_join_timeout() {
+        let hub = hub();
+        let mut s = Driver::with(&hub, Auth::default(), quick(), client());
+        // it answers every ping, but never joins
+        let t0 = std::time::Instant::now();
+        loop {
+            match s.frame().await {
+                Frame::Ping => s.input.send(Frame::Pong).expect("alive"),
+                Frame::Close => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(350));
+        // watching the room list is a reason to stay
+        let mut lobby = Driver::with(&hub, Auth::default(), quick(), client());
+        lobby.send(r#"{"type":"listRooms"}"#);
+        assert!(matches!(lobby.next().await, ServerMessage::RoomList { .. }));
+        for _ in 0..8 {
+            assert_eq!(lobby.frame().await, Frame::Ping);
+            lobby.input.send(Frame::Pong).expect("alive");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_answers_no_ping_is_closed() {
+        let hub = hub();
+        let mut s = Driver::with(&hub, Auth::default(), quick(), client());
+        s.send(&join("a", "Ada"));
+        assert!(matches!(s.next().await, ServerMessage::Joined { .. }));
+        let mut pings = 0;
+        loop {
+            match s.frame().await {
+                Frame::Ping => pings += 1,
+                Frame::Close => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(pings >= 1, "pinged before it was closed");
+        // and the room let it go
+        tokio::time::timeout(DEADLINE, async {
+            while !hub.room_list().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the room emptied");
+    }
+
+    #[tokio::test]
+    async fn per_session_limits_refuse_with_typed_errors() {
+        let hub = hub();
+        // messages per second: bursts of twice the rate, then refusals
+        let slow = SessionLimits {
+            max_messages_per_second: 2,
+            ..limits()
+        };
+        let mut s = Driver::with(&hub, Auth::default(), slow, client());
+        for _ in 0..4 {
+            s.send(r#"{"type":"chat","text":"hi"}"#);
+            s.expect_error(ErrorCode::OutOfOrder).await;
+        }
+        s.send(r#"{"type":"chat","text":"hi"}"#);
+        s.expect_error(ErrorCode::RateLimited).await;
+        // SDP size and candidates per peer
+        let mut s = Driver::start(&hub);
+        s.send(&join("b", "Bob"));
+        assert!(matches!(s.next().await, ServerMessage::Joined { .. }));
+        let sdp = "v".repeat(600);
+        s.send(&format!(r#"{{"type":"publishOffer","sdp":"{sdp}"}}"#));
+        s.expect_error(ErrorCode::LimitReached).await;
+        let candidate = r#"{"type":"candidate","peer":"publisher","candidate":{"candidate":""}}"#;
+        for _ in 0..3 {
+            s.send(candidate);
+            s.expect_error(ErrorCode::OutOfOrder).await;
+        }
+        s.send(candidate);
+        s.expect_error(ErrorCode::LimitReached).await;
+        // joins per IP per minute
+        let one_join = ClientAddr {
+            ip: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+            limits: IpLimits::new(crate::limits::IpLimitSettings {
+                max_connections: 10,
+                max_joins_per_minute: 1,
+                trusted_proxies: Vec::new(),
+            }),
+        };
+        let mut s = Driver::with(&hub, Auth::default(), limits(), one_join);
+        s.send(&join("c", "Cy"));
+        assert!(matches!(s.next().await, ServerMessage::Joined { .. }));
+        s.send(r#"{"type":"leave"}"#);
+        s.send(&join("c", "Cy"));
+        s.expect_error(ErrorCode::RateLimited).await;
     }
 
     #[tokio::test]

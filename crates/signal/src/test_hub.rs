@@ -28,6 +28,8 @@ pub(crate) fn hub(max_participants: usize) -> Hub {
                 max_participants,
                 chat_history: 10,
                 max_chat_chars: 100,
+                max_tracks_per_participant: 8,
+                max_subscriptions_per_participant: 100,
             },
             max_rooms: 10,
             max_name_chars: 20,

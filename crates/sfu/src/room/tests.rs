@@ -10,6 +10,8 @@ fn room(max: usize) -> Room {
             max_participants: max,
             chat_history: 2,
             max_chat_chars: 20,
+            max_tracks_per_participant: 8,
+            max_subscriptions_per_participant: 100,
         },
     )
 }
@@ -651,4 +653,46 @@ fn admins_remove_and_mute_others_and_others_may_not() {
         target: ParticipantId(3),
     });
     assert_eq!(r.len(), 1);
+}
+
+#[test]
+fn tracks_and_subscriptions_are_capped_per_participant() {
+    let mut r = Room::new(
+        RoomId::new("test").expect("room id"),
+        RoomLimits {
+            max_participants: 10,
+            chat_history: 2,
+            max_chat_chars: 20,
+            max_tracks_per_participant: 1,
+            max_subscriptions_per_participant: 1,
+        },
+    );
+    join(&mut r, 1, "Ada");
+    join(&mut r, 2, "Grace");
+    // two tracks, one allowed: the second is negotiated but never published
+    let fx = publish(&mut r, 1);
+    assert_eq!(errors_to(&fx, 1), vec![ErrorCode::LimitReached]);
+    assert_eq!(syncs(&fx), vec![(2, vec![10])]);
+    // two declared tracks are refused before anything is negotiated
+    let two = vec![
+        PublishTrack {
+            mid: "0".into(),
+            source: TrackSource::Microphone,
+            layers: Vec::new(),
+        },
+        PublishTrack {
+            mid: "1".into(),
+            source: TrackSource::Camera,
+            layers: Vec::new(),
+        },
+    ];
+    assert_eq!(
+        errors_to(&offer(&mut r, 2, two), 2),
+        vec![ErrorCode::LimitReached]
+    );
+    publish(&mut r, 2);
+    // a third participant would receive 10 and 20: it gets the earliest, and is told
+    let fx = join(&mut r, 3, "Linus");
+    assert_eq!(syncs(&fx), vec![(3, vec![10])]);
+    assert_eq!(errors_to(&fx, 3), vec![ErrorCode::LimitReached]);
 }
