@@ -1087,6 +1087,9 @@ client.on('localMute', ({ source, byAdmin, adminMuted }) => {
 });
 
 client.on('notice', ({ text }) => showBanner('notice', text, { level: 'info' }));
+client.on('draining', ({ seconds }) =>
+  showBanner('notice', `The server is restarting: this call ends within ${seconds} s. Rejoin in a minute.`, { level: 'info' }),
+);
 
 client.on('warning', ({ error }) => console.warn('[chorus]', error));
 

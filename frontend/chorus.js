@@ -139,6 +139,7 @@ const SERVER_FIELDS = {
   error: { code: 'string', message: 'string' },
   bye: { reason: 'string' },
   notice: { text: 'string', time: 'number' },
+  draining: { seconds: 'number' },
   streamState: { trackId: 'id' },
   publishLayers: { trackId: 'id', rids: 'array' },
 };
@@ -390,7 +391,7 @@ function defaultSourceFor(kind) {
  * `connectionState`, `roomList`, `joined`, `participantJoined`, `participantLeft`,
  * `trackPublished`, `trackAdded`, `trackRemoved`, `muteChanged`, `streamState`, `chat`,
  * `activeSpeaker`, `audioLevels`, `quality`, `localTracks`, `screenShare`, `published`,
- * `publishLayers`, `serverError`, `notice`, `bye`, `warning`.
+ * `publishLayers`, `serverError`, `notice`, `draining`, `bye`, `warning`.
  */
 export class ChorusClient {
   constructor(options = {}) {
@@ -974,6 +975,9 @@ export class ChorusClient {
         break;
       case 'notice':
         this._emit('notice', { text: msg.text, time: msg.time });
+        break;
+      case 'draining':
+        this._emit('draining', { seconds: msg.seconds });
         break;
       case 'bye':
         this.lastBye = { reason: msg.reason };

@@ -225,6 +225,25 @@ impl Server {
         &self.config_path
     }
 
+    /// Sends the process a signal (`"TERM"`, `"INT"`).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.pid().context("the server has exited")?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        ensure!(status.success(), "kill -{name} {pid} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, within `within`; its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        wait::within(within, "the server to exit", self.child.wait())
+            .await?
+            .context("waiting for the server")
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

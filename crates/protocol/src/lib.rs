@@ -368,6 +368,11 @@ pub enum ServerMessage {
     Bye {
         reason: ByeReason,
     },
+    /// The server is draining: it takes no new joins and stops within `seconds`. The call
+    /// goes on until then; leave when convenient (or be told `bye` `serverShutdown`).
+    Draining {
+        seconds: u32,
+    },
     /// A message from the operator (the admin API) to the room or to this participant.
     Notice {
         text: String,
@@ -446,6 +451,8 @@ pub enum ErrorCode {
     /// A per-participant cap: tracks published, subscriptions, ICE candidates per peer, or
     /// the size of an SDP.
     LimitReached,
+    /// The server is draining for a restart and takes no new joins; try again shortly.
+    ServerDraining,
     /// Something failed inside the server; the call goes on.
     Internal,
 }

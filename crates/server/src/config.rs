@@ -23,6 +23,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
     pub webhooks: WebhooksConfig,
+    pub shutdown: ShutdownConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +49,20 @@ impl Default for HttpConfig {
                 IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
             ],
         }
+    }
+}
+
+/// `[shutdown]`: how the server stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long a drain waits for the rooms to empty before it ends the calls left.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_secs: 30 }
     }
 }
 

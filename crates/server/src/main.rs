@@ -3,6 +3,7 @@
 
 mod config;
 mod doctor;
+mod drain;
 mod token;
 
 use std::net::{IpAddr, SocketAddr};
@@ -68,6 +69,14 @@ enum Command {
     /// Print a join token (a JWT signed with an API secret from the config's auth.keys)
     /// for an invite link: `http://host:8080/?room=R&token=...`.
     Token(token::TokenArgs),
+    /// Drain the running server (the one at http.listen): it takes no new joins, tells
+    /// everyone, waits up to shutdown.grace_secs for the rooms to empty, then stops.
+    /// Signs in to the admin API with an API key of the config.
+    Drain {
+        /// The API key to sign in with; needed when auth.keys has more than one.
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +115,19 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(Command::Token(args)) = &cli.command {
         println!("{}", token::mint(&config.auth.auth(), args)?);
+        return Ok(());
+    }
+    if let Some(Command::Drain { key }) = &cli.command {
+        let answer = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?
+            .block_on(drain::request(
+                config.http.listen,
+                &config.auth.auth(),
+                key.as_deref(),
+            ))?;
+        println!("draining: {answer}");
         return Ok(());
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -201,6 +223,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             events,
         },
     );
+    // Set by the admin API's `POST /api/v1/drain`; SIGTERM does the same.
+    let drain = Arc::new(tokio::sync::Notify::new());
     let app = chorus_signal::router(
         hub.clone(),
         SignalConfig {
@@ -215,6 +239,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             },
             frontend_dir: config.http.frontend_dir.clone(),
             auth: Arc::new(config.auth.auth()),
+            drain: drain.clone(),
             allowed_origins: config.http.allowed_origins.clone(),
             ip_limits: IpLimitSettings {
                 max_connections: config.limits.max_connections_per_ip,
@@ -227,6 +252,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             },
         },
     );
+    let grace = Duration::from_secs(config.shutdown.grace_secs);
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP {}", config.http.listen))?;
@@ -247,8 +273,21 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: telling participants");
+        tokio::select! {
+            () = shutdown_signal() => tracing::info!("signal: draining"),
+            () = drain.notified() => tracing::info!("admin API: draining"),
+        }
+        // A second signal ends the process at once.
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        });
+        if hub.drain(grace).await {
+            tracing::info!("every room emptied");
+        } else {
+            tracing::info!("drain grace of {grace:?} is over; ending the remaining calls");
+        }
         hub.shutdown().await;
     })
     .await

@@ -83,6 +83,10 @@ pub(crate) enum RoomCommand {
         action: AdminAction,
         reply: oneshot::Sender<Result<(), AdminError>>,
     },
+    /// The server drains: tell the participants.
+    Drain {
+        seconds: u32,
+    },
     Shutdown,
 }
 
@@ -229,8 +233,8 @@ impl Hub {
         }
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(JoinError::Refused(
-                ErrorCode::Internal,
-                "the server is shutting down".into(),
+                ErrorCode::ServerDraining,
+                "the server is draining for a restart; try again shortly".into(),
             ));
         }
         let participant =
@@ -422,6 +426,24 @@ impl Hub {
     /// How long joins took, from request to answer, accepted or refused.
     pub fn join_latency(&self) -> LatencySnapshot {
         self.inner.join_latency.snapshot()
+    }
+
+    /// Drains: refuses new joins (`serverDraining`), tells every participant that the
+    /// server stops within `grace`, and waits until the rooms are empty or `grace` has
+    /// passed. True when they emptied. Calls go on meanwhile; [`shutdown`](Self::shutdown)
+    /// ends the rest.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        let seconds = u32::try_from(grace.as_secs()).unwrap_or(u32::MAX);
+        let senders: Vec<_> = self.inner.rooms.iter().map(|e| e.tx.clone()).collect();
+        for tx in senders {
+            let _ = tx.send(RoomCommand::Drain { seconds }).await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.inner.rooms.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.inner.rooms.is_empty()
     }
 
     /// Tells every participant the server is going away, and waits (briefly) for the rooms

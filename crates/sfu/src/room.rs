@@ -97,6 +97,8 @@ pub enum Input {
     },
     /// The operator closes the room: everyone leaves.
     Close,
+    /// The server drains and stops within `seconds`: everyone is told.
+    Drain { seconds: u32 },
     /// The server is stopping.
     Shutdown,
 }
@@ -272,6 +274,9 @@ impl Room {
                 track,
                 muted,
             } => self.mute_track(by, target, track, muted, &mut out),
+            Input::Drain { seconds } => {
+                self.broadcast(&ServerMessage::Draining { seconds }, &mut out);
+            }
             Input::Close => {
                 let all: Vec<_> = self.members.keys().copied().collect();
                 for participant in all {

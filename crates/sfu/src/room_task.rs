@@ -155,6 +155,7 @@ impl RoomTask {
                 reason: LeaveReason::Disconnected,
             }),
             RoomCommand::Shutdown => Some(Input::Shutdown),
+            RoomCommand::Drain { seconds } => Some(Input::Drain { seconds }),
             RoomCommand::Describe { reply } => {
                 let _ = reply.send(self.room.details());
                 None

@@ -38,7 +38,8 @@ use crate::auth::{ANY_ROOM, Auth, TokenError, bearer_token, same_secret, unix_no
         close_room,
         remove_participant,
         mute_track,
-        send_message
+        send_message,
+        drain
     ),
     modifiers(&Security),
     security(("bearer" = []), ("basic" = []))
@@ -80,6 +81,7 @@ pub(crate) fn routes() -> Router<AppState> {
             post(mute_track),
         )
         .route("/api/v1/rooms/{room}/messages", post(send_message))
+        .route("/api/v1/drain", post(drain))
 }
 
 /// A refused request, as the response it becomes.
@@ -372,6 +374,25 @@ async fn send_message(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Drains the server: it takes no new joins (`serverDraining`), tells everyone
+/// (`draining`), waits up to `shutdown.grace_secs` for the rooms to empty, ends the calls
+/// left and exits. Needs a `"*"` admin grant or an API key.
+#[utoipa::path(
+    post,
+    path = "/api/v1/drain",
+    responses(
+        (status = 202, description = "Draining"),
+        (status = 401, description = "No or bad credentials", body = ApiError),
+        (status = 403, description = "The token is no admin of every room", body = ApiError)
+    )
+)]
+async fn drain(State(state): State<AppState>, headers: HeaderMap) -> Reply<StatusCode> {
+    authorize(&state.config.auth, &headers, None)?;
+    tracing::info!("drain requested through the admin API");
+    state.config.drain.notify_one();
+    Ok(StatusCode::ACCEPTED)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -472,7 +493,7 @@ mod tests {
     fn the_openapi_document_lists_every_route() {
         let doc = serde_json::to_value(openapi()).expect("json");
         let paths = doc["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 5, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 6, "{:?}", paths.keys().collect::<Vec<_>>());
         for schema in [
             "ApiError",
             "RoomDetails",

@@ -47,6 +47,8 @@ pub struct SignalConfig {
     pub frontend_dir: PathBuf,
     /// Who may join, and whether the room list is public.
     pub auth: Arc<Auth>,
+    /// Notified by the admin API's drain request; the server then drains and stops.
+    pub drain: Arc<tokio::sync::Notify>,
     /// Origins besides the server's own whose pages may open `/ws` (see [`origin`]).
     pub allowed_origins: Vec<String>,
     /// WebSockets and joins per client IP.
