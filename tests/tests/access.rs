@@ -327,3 +327,30 @@ async fn connections_per_ip_are_capped_and_the_call_goes_on() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_headers_is_cut_off() -> Result<()> {
+    init_tracing();
+    let server = Server::start_with_config("[http]\nheader_read_timeout_secs = 1\n").await?;
+    let mut slow = tokio::net::TcpStream::connect(server.http_addr()).await?;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await?;
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            break;
+        }
+    }
+    // the server answers 408 or just closes; either way the connection ends
+    let mut rest = Vec::new();
+    let _ended = tokio::time::timeout(T, slow.read_to_end(&mut rest)).await?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "the connection was held for {:?}",
+        started.elapsed()
+    );
+    // a normal request still works
+    let (status, _) = http_get(server.http_addr(), "/healthz").await?;
+    ensure!(status == 200, "healthz: {status}");
+    Ok(())
+}

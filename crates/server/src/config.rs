@@ -35,6 +35,8 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Seconds a client has to send a request's headers.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -48,6 +50,7 @@ impl Default for HttpConfig {
                 IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
                 IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
             ],
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -484,6 +487,10 @@ impl Config {
                 l.max_subscriptions_per_participant,
             ),
             ("limits.join_timeout_secs", l.join_timeout_secs as usize),
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs as usize,
+            ),
             (
                 "limits.ws_ping_interval_secs",
                 l.ws_ping_interval_secs as usize,

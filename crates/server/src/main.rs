@@ -4,6 +4,7 @@
 mod config;
 mod doctor;
 mod drain;
+mod http_serve;
 mod token;
 
 use std::net::{IpAddr, SocketAddr};
@@ -267,12 +268,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     tracing::info!("serving http://{http_addr} (media on udp {udp_addr}, ICE-TCP {tcp_addr})");
     // One machine-readable line on stdout, for scripts and tests started on port 0.
     println!("chorus ready http={http_addr} udp={udp_addr} tcp={tcp_addr}");
-    // Each connection's client address feeds the per-IP limits.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let header_read_timeout = Duration::from_secs(config.http.header_read_timeout_secs);
+    http_serve::serve(listener, app, header_read_timeout, async move {
         tokio::select! {
             () = shutdown_signal() => tracing::info!("signal: draining"),
             () = drain.notified() => tracing::info!("admin API: draining"),
@@ -290,8 +287,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         }
         hub.shutdown().await;
     })
-    .await
-    .context("serving HTTP")?;
+    .await;
     if let Some(webhooks) = webhooks
         && !webhooks.drain(WEBHOOK_DRAIN).await
     {
