@@ -30,6 +30,9 @@ pub struct Stats {
     pub peers: u64,
     pub tracks: u64,
     pub subscriptions: u64,
+    /// Live tokio tasks in the server.
+    #[serde(default)]
+    pub tasks: u64,
 }
 
 /// Where the `chorus` binary is: `$CHORUS_BIN`, else next to the test executable's `deps/`

@@ -190,6 +190,9 @@ pub struct HubStats {
     pub notice_drops: u64,
     /// Room events (webhooks) dropped because their queue was full.
     pub event_drops: u64,
+    /// Live tokio tasks in the server's runtime (sessions, rooms, connections ...): a
+    /// leak shows as a count that does not come back down.
+    pub tasks: u64,
 }
 
 impl Hub {
@@ -362,6 +365,9 @@ impl Hub {
             layer_switches: get(&w.layer_switches),
             notice_drops: get(&w.notice_drops),
             event_drops: get(&self.inner.event_drops),
+            tasks: tokio::runtime::Handle::try_current()
+                .map(|runtime| runtime.metrics().num_alive_tasks() as u64)
+                .unwrap_or(0),
         }
     }
 
