@@ -129,6 +129,7 @@ fn new_server_peer(role: PeerRole) -> Result<Peer> {
         candidates: vec![SERVER],
         tcp_candidates: Vec::new(),
         srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
+        audio: Default::default(),
     };
     Peer::new(
         &settings,

@@ -144,6 +144,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             candidates,
             tcp_candidates,
             srtp_profiles: config.media.srtp_profiles.clone(),
+            audio: config.audio.options(),
         },
         Arc::new(AtomicU64::new(1)),
     )
@@ -183,6 +184,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             max_name_chars: config.limits.max_name_chars,
             ice_servers: Arc::new(ice_servers),
             events: None,
+            speakers: config.audio.speakers(),
         },
     );
     let app = chorus_signal::router(

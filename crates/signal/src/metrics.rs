@@ -450,6 +450,7 @@ mod tests {
                 candidates: vec![addr],
                 tcp_candidates: vec![],
                 srtp_profiles: vec!["aead_aes_128_gcm".into()],
+                audio: Default::default(),
             },
             Arc::new(AtomicU64::new(1)),
         )
@@ -466,6 +467,7 @@ mod tests {
                 max_name_chars: 20,
                 ice_servers: Arc::new(|_| Vec::new()),
                 events: None,
+                speakers: Default::default(),
             },
         )
     }

@@ -270,6 +270,7 @@ mod tests {
                 candidates: vec![addr],
                 tcp_candidates: vec![],
                 srtp_profiles: vec!["aead_aes_128_gcm".into()],
+                audio: Default::default(),
             },
             Arc::new(AtomicU64::new(1)),
         )
@@ -286,6 +287,7 @@ mod tests {
                 max_name_chars: 20,
                 ice_servers: Arc::new(|_| Vec::new()),
                 events: None,
+                speakers: Default::default(),
             },
         )
     }
