@@ -109,6 +109,7 @@ async fn join_one(
     let wire = WireLog::new();
     let options = ClientOptions {
         runtime: Some(wire_runtime(Arc::clone(&wire))),
+        ..Default::default()
     };
     let client = Client::connect_with(http, &name, options).await?;
     client
