@@ -358,6 +358,8 @@ pub struct Worker {
     next_allocation: Instant,
     /// When the audio levels next go to the rooms.
     next_levels: Instant,
+    /// Each room's first speaker, as the rooms said (`WorkerCommand::Speaker`).
+    speakers: Vec<ParticipantId>,
     /// No peer's timer is due before this: the earliest deadline seen since the last walk
     /// over every peer's deadline, or [`MAX_IDLE`] after it. Passes before it skip that
     /// walk, which at hundreds of peers and thousands of passes a second cost 2 % of the
@@ -445,6 +447,7 @@ impl Worker {
             next_reports: Instant::now() + SENDER_REPORT_INTERVAL,
             next_allocation: Instant::now(),
             next_levels: Instant::now() + LEVEL_REPORT_INTERVAL,
+            speakers: Vec::new(),
             timers_from: Instant::now(),
         }
     }
@@ -1098,10 +1101,12 @@ impl Worker {
                             })
                         })
                         .collect();
-                    let importance = match declaration.map(|t| t.source) {
-                        Some(TrackSource::Screen) => Importance::Screen,
-                        _ => Importance::Other,
-                    };
+                    let importance = levels::importance_of(
+                        &self.speakers,
+                        participant,
+                        kind,
+                        declaration.map(|t| t.source) == Some(TrackSource::Screen),
+                    );
                     let history = if kind == MediaKind::Video {
                         (0..count).map(|_| History::default()).collect()
                     } else {
@@ -1204,6 +1209,7 @@ impl Worker {
         let Some(mut media) = self.participants.remove(&participant) else {
             return;
         };
+        self.speakers.retain(|p| *p != participant);
         for peer in [&mut media.publisher, &mut media.subscriber]
             .into_iter()
             .flatten()
