@@ -532,7 +532,7 @@ impl Parts {
         };
         let mut sent = 0;
         for sub in &mut self.subscriptions {
-            let Some(pkt) = sub.rewrite.apply(&src) else {
+            let Ok(pkt) = sub.rewrite.apply(&src) else {
                 continue;
             };
             let Ok(raw) = pkt.marshal() else { continue };
