@@ -3,7 +3,6 @@
 //! of a packet. The RED format itself is in [`crate::red`], the election in
 //! [`crate::speaker`].
 
-use bytes::Bytes;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::rtp::header::Header;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -106,11 +105,16 @@ pub enum LevelRead {
     Invalid,
 }
 
-/// Reads the audio level under extension `id`. No allocation: the element's payload is a
-/// `Bytes` view of the packet.
+/// Reads the audio level under extension `id`. Borrows the element (webrtc-rs's
+/// `get_extension` clones its `Bytes`, which may allocate on a first clone): no
+/// allocation, no reference count touched.
 pub(super) fn read_level(header: &Header, id: u8) -> LevelRead {
-    let payload: Option<Bytes> = header.get_extension(id);
-    match payload.as_deref() {
+    let payload = header
+        .extension
+        .then(|| header.extensions.iter().find(|e| e.id == id))
+        .flatten()
+        .map(|e| &e.payload[..]);
+    match payload {
         None => LevelRead::Absent,
         // V (voice activity) in the top bit, the level in -dBov below it
         Some([byte]) => LevelRead::Loudness(127 - (byte & 0x7f)),
@@ -120,6 +124,7 @@ pub(super) fn read_level(header: &Header, id: u8) -> LevelRead {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use rtc::rtp::header::Extension;
 
     use super::*;

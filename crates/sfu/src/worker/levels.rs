@@ -16,7 +16,8 @@ type RoomLevels = (mpsc::Sender<MediaNotice>, Vec<(ParticipantId, u8)>);
 
 impl Worker {
     /// Sends each room one [`MediaNotice::AudioLevels`] with the mean loudness of each of
-    /// its publishers of audio since the last report. Rooms are told apart by their notice
+    /// its publishers of audio since the last report (silence for a track a room admin
+    /// muted, which is forwarded to nobody). Rooms are told apart by their notice
     /// queue (every participant of a room was registered with the room's). Allocates a
     /// little per report, never per packet.
     pub(super) fn report_levels(&mut self) {
@@ -28,6 +29,8 @@ impl Worker {
             let Some(loudness) = route.level.take() else {
                 continue;
             };
+            // Muted by a room admin: nobody hears it, so it speaks to nobody.
+            let loudness = if route.silenced { 0 } else { loudness };
             let Some(media) = self.participants.get(&route.publisher) else {
                 continue;
             };
