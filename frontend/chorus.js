@@ -142,6 +142,7 @@ const SERVER_FIELDS = {
   draining: { seconds: 'number' },
   streamState: { trackId: 'id' },
   publishLayers: { trackId: 'id', rids: 'array' },
+  activeSpeakers: { speakers: 'array' },
 };
 
 /** Every `type` the server may send. */
@@ -211,6 +212,13 @@ export function parseServerMessage(data) {
       if (msg.layer === undefined && msg.paused === undefined) throw new ProtocolError('streamState: expected layer or paused');
     }
     if (msg.type === 'publishLayers') msg.rids.forEach((r, i) => checkField('string', r, `publishLayers.rids[${i}]`));
+    if (msg.type === 'activeSpeakers') {
+      msg.speakers.forEach((s, i) => {
+        checkField('object', s, `activeSpeakers.speakers[${i}]`);
+        checkField('id', s.participantId, `activeSpeakers.speakers[${i}].participantId`);
+        if (!(Number.isInteger(s.level) && s.level >= 0 && s.level <= 127)) throw new ProtocolError(`activeSpeakers.speakers[${i}].level: expected 0 to 127`);
+      });
+    }
     for (const p of msg.type === 'joined' ? msg.participants : msg.type === 'participantJoined' ? [msg.participant] : []) {
       p.tracks.forEach((t, i) => checkField('track', t, `participant ${p.id}.tracks[${i}]`));
     }
@@ -354,8 +362,6 @@ export async function getLocalMedia({
 // ---------------------------------------------------------------------------------------
 
 const STATS_INTERVAL_MS = 500;
-const SPEAKER_THRESHOLD = 0.02; // audioLevel (0..1) below which nobody is speaking
-const SPEAKER_HOLD_MS = 1200; // keep the last speaker this long after they go quiet
 // A join refused for one of these is not retried: trying again gets the same answer.
 const FATAL_JOIN_ERRORS = new Set(['roomFull', 'invalidName', 'unsupportedVersion', 'tooManyRooms', 'unauthorized', 'tokenExpired', 'forbidden']);
 const PUBLISH_ERRORS = new Set(['invalidSdp', 'outOfOrder', 'invalidMessage', 'internal', 'invalidSimulcast', 'forbidden']);
@@ -380,6 +386,27 @@ export function summarize(msg) {
   return `${type}${sdp ? ` sdp(${sdp.length}b, ${(sdp.match(/^m=/gm) ?? []).length} m-lines)` : ''} ${body.length > 300 ? `${body.slice(0, 300)}…` : body}`;
 }
 
+/**
+ * Lists Opus RED (`audio/red`, RFC 2198) first on a microphone's transceiver, where the
+ * browser has it: the offer's order is what the server's answer echoes, and Chromium sends
+ * the answer's first codec, so this is what makes it send RED. A server that negotiates no
+ * RED (`[audio] red = false`) answers Opus alone, and plain Opus goes. Returns whether RED
+ * is now preferred.
+ */
+export function preferRed(transceiver, RTCRtpSender) {
+  const caps = RTCRtpSender?.getCapabilities?.('audio');
+  if (!caps || typeof transceiver.setCodecPreferences !== 'function') return false;
+  const isRed = (c) => c.mimeType.toLowerCase() === 'audio/red';
+  const red = caps.codecs.filter(isRed);
+  if (red.length === 0) return false;
+  try {
+    transceiver.setCodecPreferences([...red, ...caps.codecs.filter((c) => !isRed(c))]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function defaultSourceFor(kind) {
   return kind === 'audio' ? 'microphone' : 'camera';
 }
@@ -390,7 +417,7 @@ function defaultSourceFor(kind) {
  * Events (subscribe with `on(type, fn)`; every handler receives one detail object):
  * `connectionState`, `roomList`, `joined`, `participantJoined`, `participantLeft`,
  * `trackPublished`, `trackAdded`, `trackRemoved`, `muteChanged`, `streamState`, `chat`,
- * `activeSpeaker`, `audioLevels`, `quality`, `localTracks`, `screenShare`, `published`,
+ * `activeSpeaker`, `activeSpeakers`, `audioLevels`, `quality`, `localTracks`, `screenShare`, `published`,
  * `publishLayers`, `serverError`, `notice`, `draining`, `bye`, `warning`.
  */
 export class ChorusClient {
@@ -411,6 +438,7 @@ export class ChorusClient {
     this._RTCPeerConnection = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
     this._MediaStream = options.MediaStream ?? globalThis.MediaStream;
     this._mediaDevices = options.mediaDevices ?? globalThis.navigator?.mediaDevices;
+    this._RTCRtpSender = options.RTCRtpSender ?? globalThis.RTCRtpSender;
     this._setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
     this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
     this._log = options.log ?? (() => {});
@@ -433,7 +461,12 @@ export class ChorusClient {
     this.participants = new Map();
     this.chat = [];
     this.rooms = [];
+    /** The speaker the server elected (its `activeSpeakers` list's first), or null. */
     this.activeSpeaker = null;
+    /** The server's whole list: [{participantId, level (0..127)}], loudest first. */
+    this.activeSpeakers = [];
+    /** Whether the microphone prefers Opus RED (RFC 2198) where the browser has it. */
+    this.red = options.red ?? true;
     this.quality = { level: 'unknown', rtt: null, loss: null };
     this.iceServers = [];
     this.local = {
@@ -782,10 +815,10 @@ export class ChorusClient {
     this._pendingLocalCandidates = { publisher: [], subscriber: [] };
     this._canSendCandidates = { publisher: false, subscriber: false };
     this._pendingChat = [];
-    this._speaker = { id: null, since: 0, lastLoud: 0 };
     this._prevStats = new Map();
     this._peerStates = { publisher: 'new', subscriber: 'new' };
     this.activeSpeaker = null;
+    this.activeSpeakers = [];
     // trackId -> {want, sent, timer, lastSent}: how the UI shows each subscribed video,
     // and what the server was last told (trackSettings). A new session starts untold.
     this._views = new Map();
@@ -964,6 +997,9 @@ export class ChorusClient {
         break;
       case 'publishLayers':
         await this._onPublishLayers(msg);
+        break;
+      case 'activeSpeakers':
+        this._onActiveSpeakers(msg);
         break;
       case 'roomList':
         this.rooms = msg.rooms;
@@ -1179,6 +1215,7 @@ export class ChorusClient {
     else if (source === 'camera') init.sendEncodings = [{ maxBitrate: SINGLE_CAMERA_BITRATE }];
     else if (source === 'screen') init.sendEncodings = [{ maxBitrate: SCREEN_BITRATE }];
     const transceiver = this._pub.addTransceiver(track, init);
+    if (track.kind === 'audio' && this.red) preferRed(transceiver, this._RTCRtpSender);
     // wantedRids: what the server last said (publishLayers) it needs; null until it says.
     // serverMuted / echoes: what the server holds of its mute, and the muteChanged echoes of ours still to come.
     const pub = { source, transceiver, trackId: null, simulcast, captureSize, wantedRids: null, layersChain: Promise.resolve(), serverMuted: false, echoes: [] };
@@ -1749,7 +1786,6 @@ export class ChorusClient {
   }
 
   async _pollStats() {
-    const now = Date.now();
     if (!this._sub) return;
     const subReport = await this._sub.getStats();
     const inbound = await this.inboundStats(subReport);
@@ -1782,8 +1818,8 @@ export class ChorusClient {
         });
       } catch {}
     }
+    // Levels for meters only: who speaks is the server's decision (activeSpeakers).
     this._emit('audioLevels', { levels });
-    this._updateSpeaker(levels, now);
 
     // Quality: loss over the last interval and the subscriber's round-trip time.
     let rtt = null;
@@ -1808,38 +1844,16 @@ export class ChorusClient {
     if (changed) this._emit('quality', { ...this.quality });
   }
 
-  _updateSpeaker(levels, now) {
-    let best = null;
-    let bestLevel = SPEAKER_THRESHOLD;
-    for (const [id, level] of Object.entries(levels)) {
-      if (level > bestLevel) {
-        best = id;
-        bestLevel = level;
-      }
-    }
-    const toId = (k) => (typeof this.participantId === 'number' ? Number(k) : k);
-    const cur = this._speaker;
-    if (best !== null) {
-      const id = toId(best);
-      const curLevel = cur.id !== null ? levels[cur.id] ?? 0 : 0;
-      // Switch only when the new voice is clearly louder, to avoid flicker.
-      if (cur.id === null || id === cur.id || bestLevel > curLevel * 1.5 || now - cur.lastLoud > SPEAKER_HOLD_MS) {
-        if (id !== cur.id) {
-          cur.id = id;
-          this._setActiveSpeaker(id);
-        }
-        cur.lastLoud = now;
-      }
-    } else if (cur.id !== null && now - cur.lastLoud > SPEAKER_HOLD_MS) {
-      cur.id = null;
-      this._setActiveSpeaker(null);
-    }
+  /** activeSpeakers: the server's election; its first entry is the one to highlight. */
+  _onActiveSpeakers(msg) {
+    this.activeSpeakers = msg.speakers.map((s) => ({ participantId: s.participantId, level: s.level }));
+    this._emit('activeSpeakers', { speakers: this.activeSpeakers });
+    this._setActiveSpeaker(this.activeSpeakers[0]?.participantId ?? null);
   }
 
   _setActiveSpeaker(id) {
     if (this.activeSpeaker === id) return;
     this.activeSpeaker = id;
-    if (this._speaker) this._speaker.id = id;
     this._emit('activeSpeaker', { participantId: id });
   }
 }

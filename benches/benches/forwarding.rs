@@ -7,6 +7,8 @@
 //!   (the rewritten copy `Peer::forward` hands webrtc-rs) on a video packet without header
 //!   extensions, and on one with three, as a browser sends them (transport-cc, mid and the
 //!   like), none of which a subscription forwards.
+//! - `rewrite/red`, `rewrite/red-unwrap`: the same on an Opus RED packet, forwarded as it
+//!   came (a subscriber with RED) or cut to its primary block (one without).
 //! - `fanout/peer/N`: real `chorus_sfu::peer::Peer`s connected in memory (see
 //!   `chorus_benches::inmem::Rig`): one SRTP datagram in, N SRTP datagrams out, through
 //!   webrtc-rs (`handle_read`, interceptors, SRTP) and Chorus's `Peer::forward`, handled in
@@ -135,7 +137,44 @@ fn bench_rewrite_packet(name: &str, extensions: &[(u8, usize)]) -> Row {
         packet.header.sequence_number = i as u16;
         packet.header.timestamp = (i / 10) as u32 * 3000;
         let out = rewrite.apply(black_box(&packet));
-        usize::from(black_box(out).is_some())
+        usize::from(black_box(out).is_ok())
+    })
+}
+
+/// `HeaderRewrite::apply` on an Opus RED packet as Chromium sends it (one redundant frame
+/// and the primary, 2 × 75 bytes): mapped as it came (`unwrap: false`, a RED subscriber)
+/// or cut to its primary block (`unwrap: true`, a subscriber without RED).
+fn bench_rewrite_red(name: &str, unwrap: bool) -> Row {
+    let mut rewrite = HeaderRewrite::new(0x5000_0001);
+    rewrite.pt.insert(111, 109);
+    if unwrap {
+        rewrite.pt.insert(63, 109);
+        rewrite.unwrap_red = Some((63, 111));
+    } else {
+        rewrite.pt.insert(63, 120);
+    }
+    let mut payload = vec![
+        0x80 | 111,
+        (960u32 >> 6) as u8,
+        ((960u32 << 2) & 0xfc) as u8,
+        75,
+        111,
+    ];
+    payload.extend(std::iter::repeat_n(0x11u8, 150));
+    let mut packet = Packet {
+        header: Header {
+            version: 2,
+            payload_type: 63,
+            ssrc: 0x1234,
+            ..Default::default()
+        },
+        payload: Bytes::from(payload),
+    };
+    measure(name, 1_000_000, |i| {
+        packet.header.sequence_number = i as u16;
+        packet.header.timestamp = i as u32 * 960;
+        let out = rewrite.apply(black_box(&packet));
+        usize::from(black_box(out).is_ok_and(|p| p.payload.len() == if unwrap { 75 } else { 155 }))
     })
 }
 
@@ -193,6 +232,12 @@ fn main() -> anyhow::Result<()> {
             "rewrite/packet+dropped-ext",
             &[(1, 2), (6, 1), (7, 3)],
         ));
+    }
+    if wanted("rewrite/red") {
+        print(&bench_rewrite_red("rewrite/red", false));
+    }
+    if wanted("rewrite/red-unwrap") {
+        print(&bench_rewrite_red("rewrite/red-unwrap", true));
     }
     for n in [1, 10, 100] {
         if wanted(&format!("fanout/parts/{n}")) {

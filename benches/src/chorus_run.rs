@@ -102,6 +102,7 @@ async fn join_one(
     room_prefix: &str,
     participant: usize,
     simulcast: bool,
+    red: bool,
 ) -> Result<Joined> {
     let (room, i) = roster.locate(participant);
     let name = name_of(&roster, participant);
@@ -109,6 +110,10 @@ async fn join_one(
     let wire = WireLog::new();
     let options = ClientOptions {
         runtime: Some(wire_runtime(Arc::clone(&wire))),
+        audio: chorus_tests::peer::AudioCaps {
+            red: red && i < roster.publishers,
+            audio_level: red && i < roster.publishers,
+        },
     };
     let client = Client::connect_with(http, &name, options).await?;
     client
@@ -399,7 +404,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         ));
         let prefix = room_prefix.as_str();
         let results: Vec<Result<Joined>> = futures_util::stream::iter(who)
-            .map(|p| join_one(http, roster, prefix, p, opts.simulcast))
+            .map(|p| join_one(http, roster, prefix, p, opts.simulcast, opts.red))
             .buffer_unordered(opts.join_concurrency.max(1))
             .collect()
             .await;

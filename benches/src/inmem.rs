@@ -129,6 +129,7 @@ fn new_server_peer(role: PeerRole) -> Result<Peer> {
         candidates: vec![SERVER],
         tcp_candidates: Vec::new(),
         srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
+        audio: Default::default(),
     };
     Peer::new(
         &settings,
@@ -531,7 +532,7 @@ impl Parts {
         };
         let mut sent = 0;
         for sub in &mut self.subscriptions {
-            let Some(pkt) = sub.rewrite.apply(&src) else {
+            let Ok(pkt) = sub.rewrite.apply(&src) else {
                 continue;
             };
             let Ok(raw) = pkt.marshal() else { continue };

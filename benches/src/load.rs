@@ -293,24 +293,39 @@ pub(crate) async fn send_audio(
     let mut counter = 0u64;
     let mut ticker = tokio::time::interval(shape.audio_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // RED: the previous frame, repeated before each new one (a WebRTC publisher), or the
+    // same number of bytes in a plain packet (the baseline's sinks negotiate no RED).
+    let red_peer = shape.red && matches!(sink, Sink::Peer(_));
+    let size = if shape.red && !red_peer {
+        2 * shape.audio_bytes() + RED_OVERHEAD
+    } else {
+        shape.audio_bytes()
+    };
+    let mut previous: Option<bytes::Bytes> = None;
     loop {
         ticker.tick().await;
         let Some(phase) = phase_of(&switch) else {
             return;
         };
-        let packet = stamped_packet(
+        let mut packet = stamped_packet(
             &sink,
             Stamped {
                 kind: MediaKind::Audio,
                 publisher,
                 phase,
                 counter,
-                size: shape.audio_bytes(),
+                size,
                 part: None,
                 layer: None,
             },
             (seq, ts, true),
         );
+        if red_peer {
+            let primary = packet.payload.clone();
+            packet.payload = red_payload(previous.as_deref(), &primary, shape.audio_ts_step());
+            packet.header.payload_type = RED_PT;
+            previous = Some(primary);
+        }
         match sink.send(packet).await {
             Ok(()) => tally.record(phase),
             Err(err) => {
@@ -322,6 +337,32 @@ pub(crate) async fn send_audio(
         ts = ts.wrapping_add(shape.audio_ts_step());
         counter += 1;
     }
+}
+
+/// Opus RED's payload type in Chromium's offers and the simulated browsers'.
+const RED_PT: u8 = 63;
+/// The Opus payload type RED's blocks carry.
+const OPUS_PT: u8 = 111;
+/// A RED payload's headers with one redundant block: 4 bytes for it, 1 for the primary.
+const RED_OVERHEAD: usize = 5;
+
+/// An RFC 2198 payload: `previous` (`offset` ticks old) as the redundant block when there
+/// is one, then `primary`.
+fn red_payload(previous: Option<&[u8]>, primary: &[u8], offset: u32) -> bytes::Bytes {
+    let mut p = BytesMut::with_capacity(RED_OVERHEAD + 2 * primary.len());
+    if let Some(prev) = previous {
+        let word = (1u32 << 31)
+            | (u32::from(OPUS_PT) << 24)
+            | ((offset & 0x3fff) << 10)
+            | (prev.len() as u32 & 0x3ff);
+        p.extend_from_slice(&word.to_be_bytes());
+        p.extend_from_slice(&[OPUS_PT]);
+        p.extend_from_slice(prev);
+    } else {
+        p.extend_from_slice(&[OPUS_PT]);
+    }
+    p.extend_from_slice(primary);
+    p.freeze()
 }
 
 /// What one stamped payload is, besides its RTP header.

@@ -217,6 +217,9 @@ pub struct MediaShape {
     /// Video sent as three simulcast layers (rids q, h, f) sharing `video_bitrate` as
     /// [`LAYER_SHARES`] says, instead of one encoding.
     pub simulcast: bool,
+    /// Audio as Opus RED (RFC 2198): each packet repeats the previous frame before its own
+    /// (see `load::send_audio`).
+    pub red: bool,
 }
 
 /// The simulcast layers' shares of the video bit rate, lowest first: about what a camera's
@@ -244,6 +247,7 @@ impl Default for MediaShape {
             audio_pps: 50,
             audio_packet_bytes: 80,
             simulcast: false,
+            red: false,
         }
     }
 }

@@ -50,6 +50,12 @@ pub struct Options {
     /// Send no audio (by default each publisher also sends Opus-shaped audio at 50 packets/s).
     #[arg(long)]
     pub no_audio: bool,
+    /// Publishers send their audio as Opus RED (RFC 2198, payload type 63): each packet
+    /// carries the previous frame and its own, twice the bytes. Subscribers negotiate no
+    /// RED, so the server cuts every copy to its primary block (publishers that receive
+    /// take RED as it came). The baseline sends plain audio packets of the RED size.
+    #[arg(long)]
+    pub red: bool,
     /// Also run the baseline forwarder with the same load, and report both side by side.
     #[arg(long)]
     pub baseline: bool,
@@ -101,6 +107,7 @@ impl Options {
             fps: self.fps,
             audio: !self.no_audio,
             simulcast: self.simulcast,
+            red: self.red && !self.no_audio,
             ..MediaShape::default()
         }
     }

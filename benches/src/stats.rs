@@ -147,7 +147,13 @@ impl ReceiverStats {
     pub fn on_packet(&mut self, packet: &Arrival<'_>, wire: Option<&WireLinks>) {
         self.all_packets += 1;
         let payload = packet.payload;
-        let Some(stamp) = read_stamp(payload) else {
+        // A RED copy (a publisher that negotiated RED receives it as sent): the stamp is in
+        // the primary block.
+        let stamp = read_stamp(payload).or_else(|| {
+            let (_, primary) = chorus_sfu::red::primary(payload).ok()?;
+            read_stamp(&payload[primary])
+        });
+        let Some(stamp) = stamp else {
             self.unknown += 1;
             return;
         };

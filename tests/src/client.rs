@@ -173,6 +173,9 @@ pub struct ClientOptions {
     /// default when `None`). The load generator passes one that timestamps every datagram at
     /// the sockets.
     pub runtime: Option<Arc<dyn Runtime>>,
+    /// The audio both peers negotiate beyond plain Opus (RED on both, the audio level on the
+    /// publisher only, as a browser would have it with Chorus).
+    pub audio: peer::AudioCaps,
 }
 
 /// A keyframe request that reached the publisher's video sender.
@@ -710,7 +713,13 @@ impl Client {
             state: state_tx,
             subscriber: None,
         });
-        let pc = peer::build_on(handler, self.inner.options.runtime.clone()).await?;
+        let pc = peer::build_with_audio(
+            handler,
+            self.inner.options.runtime.clone(),
+            true,
+            self.inner.options.audio,
+        )
+        .await?;
 
         let audio_ssrc = random_u32();
         let video_encodings =
@@ -1077,6 +1086,30 @@ impl Client {
                 keyframe: p.camera.is_none().then(|| Arc::clone(&p.want_keyframe)),
             },
         })
+    }
+
+    /// The publisher's negotiated header-extension id for `uri`, from the answer it applied.
+    pub async fn publisher_extension_id(&self, uri: &str) -> Option<u8> {
+        let pc = Arc::clone(&self.inner.publisher()?.pc);
+        let sdp = pc.remote_description().await?.sdp;
+        sdp.lines().find_map(|l| {
+            let rest = l.strip_prefix("a=extmap:")?;
+            let (id, u) = rest.split_once(' ')?;
+            (u.split_whitespace().next() == Some(uri))
+                .then(|| id.split('/').next()?.parse().ok())?
+        })
+    }
+
+    /// The publisher's SDP answer from the server, as applied.
+    pub async fn publisher_answer(&self) -> Option<String> {
+        let pc = Arc::clone(&self.inner.publisher()?.pc);
+        Some(pc.remote_description().await?.sdp)
+    }
+
+    /// The subscriber's own answer, as applied.
+    pub async fn subscriber_answer(&self) -> Option<String> {
+        let pc = Arc::clone(&lock(&self.inner.subscriber.peer).as_ref()?.pc);
+        Some(pc.local_description().await?.sdp)
     }
 
     /// One writer per layer of the simulcast camera, lowest first (empty without simulcast),
@@ -1855,10 +1888,14 @@ async fn answer_subscribe_offer(
                 state: state_tx,
                 subscriber: Some(Arc::downgrade(sub)),
             });
-            let pc = peer::build_with(
+            let pc = peer::build_with_audio(
                 handler,
                 inner.options.runtime.clone(),
                 inner.transport_cc.load(Ordering::Relaxed),
+                peer::AudioCaps {
+                    audio_level: false,
+                    ..inner.options.audio
+                },
             )
             .await?;
             let peer = Arc::new(SubscriberPeer {

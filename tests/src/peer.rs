@@ -35,6 +35,17 @@ use webrtc::runtime::Runtime;
 pub const OPUS_PT: u8 = 111;
 /// VP8 payload type, as Chromium offers it.
 pub const VP8_PT: u8 = 96;
+/// Opus RED payload type (RFC 2198), as Chromium offers it.
+pub const RED_PT: u8 = 63;
+
+/// The audio a simulated browser negotiates beyond plain Opus.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AudioCaps {
+    /// Opus RED (`audio/red/48000/2`, fmtp `111/111`), listed after Opus.
+    pub red: bool,
+    /// The audio-level header extension (RFC 6464).
+    pub audio_level: bool,
+}
 
 /// The Opus codec this client offers.
 pub fn opus_codec() -> RTCRtpCodec {
@@ -96,6 +107,16 @@ pub async fn build_with(
     runtime: Option<Arc<dyn Runtime>>,
     transport_cc: bool,
 ) -> Result<Arc<dyn PeerConnection>> {
+    build_with_audio(handler, runtime, transport_cc, AudioCaps::default()).await
+}
+
+/// [`build_with`], negotiating the audio extras of `audio` too.
+pub async fn build_with_audio(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    runtime: Option<Arc<dyn Runtime>>,
+    transport_cc: bool,
+    audio: AudioCaps,
+) -> Result<Arc<dyn PeerConnection>> {
     let mut media_engine = MediaEngine::default();
     media_engine
         .register_codec(
@@ -106,6 +127,34 @@ pub async fn build_with(
             RtpCodecKind::Audio,
         )
         .context("registering Opus")?;
+    if audio.red {
+        media_engine
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: RTCRtpCodec {
+                        mime_type: "audio/red".to_owned(),
+                        clock_rate: 48000,
+                        channels: 2,
+                        sdp_fmtp_line: format!("{OPUS_PT}/{OPUS_PT}"),
+                        rtcp_feedback: vec![],
+                    },
+                    payload_type: RED_PT,
+                },
+                RtpCodecKind::Audio,
+            )
+            .context("registering RED")?;
+    }
+    if audio.audio_level {
+        media_engine
+            .register_header_extension(
+                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                    uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .context("registering the audio level")?;
+    }
     media_engine
         .register_codec(
             RTCRtpCodecParameters {

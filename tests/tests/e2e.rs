@@ -565,6 +565,7 @@ async fn departure_is_noticed(how: Departure) -> Result<(Client, usize)> {
     let silent = Arc::new(AtomicBool::new(false));
     let options = ClientOptions {
         runtime: Some(SilenceSocket::runtime(Arc::clone(&silent))),
+        ..Default::default()
     };
     let leaver = Client::connect_with(server.http_addr(), "bob", options).await?;
     leaver.join("standup").await?;
@@ -959,6 +960,7 @@ async fn lost_video_is_recovered_by_the_subscribers_nacks() -> Result<()> {
         "bob",
         ClientOptions {
             runtime: Some(lossy),
+            ..Default::default()
         },
     )
     .await?;
@@ -1703,6 +1705,7 @@ async fn a_subscriber_whose_downlink_shrinks_is_moved_down_and_back_up() -> Resu
                 Arc::clone(&cap),
                 Arc::clone(&dropped),
             )),
+            ..Default::default()
         },
     )
     .await?;

@@ -397,6 +397,23 @@ pub enum ServerMessage {
         track_id: TrackId,
         rids: Vec<String>,
     },
+    /// Who speaks now, decided by the server from the publishers' audio levels: the first
+    /// entry is the speaker to highlight, the others follow loudest first. Empty when
+    /// nobody speaks. Sent to everyone in the room when the list (who, or in which order)
+    /// changes, at most every 300 ms.
+    ActiveSpeakers {
+        speakers: Vec<ActiveSpeaker>,
+    },
+}
+
+/// One entry of `activeSpeakers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveSpeaker {
+    pub participant_id: ParticipantId,
+    /// Smoothed loudness from 0 (silence, -127 dBov) to 127 (full scale, 0 dBov): 127
+    /// minus the RFC 6464 audio level.
+    pub level: u8,
 }
 
 /// The code of an `error` message. The session stays open after every one of them.

@@ -24,6 +24,55 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub webhooks: WebhooksConfig,
     pub shutdown: ShutdownConfig,
+    pub audio: AudioConfig,
+}
+
+/// `[audio]`: RED, DTX and the speaker election.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AudioConfig {
+    pub red: bool,
+    pub dtx: bool,
+    pub speaker_min_level: u8,
+    pub speaker_min_duration_ms: u64,
+    pub speaker_hold_ms: u64,
+    pub speaker_margin: u8,
+    pub max_speakers: usize,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        let options = chorus_sfu::AudioOptions::default();
+        let speakers = chorus_sfu::SpeakerSettings::default();
+        Self {
+            red: options.red,
+            dtx: options.dtx,
+            speaker_min_level: speakers.min_level,
+            speaker_min_duration_ms: speakers.min_duration.as_millis() as u64,
+            speaker_hold_ms: speakers.hold.as_millis() as u64,
+            speaker_margin: speakers.margin,
+            max_speakers: speakers.max_speakers,
+        }
+    }
+}
+
+impl AudioConfig {
+    pub fn options(&self) -> chorus_sfu::AudioOptions {
+        chorus_sfu::AudioOptions {
+            red: self.red,
+            dtx: self.dtx,
+        }
+    }
+
+    pub fn speakers(&self) -> chorus_sfu::SpeakerSettings {
+        chorus_sfu::SpeakerSettings {
+            min_level: self.speaker_min_level,
+            min_duration: std::time::Duration::from_millis(self.speaker_min_duration_ms),
+            hold: std::time::Duration::from_millis(self.speaker_hold_ms),
+            margin: self.speaker_margin,
+            max_speakers: self.max_speakers,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -443,6 +492,12 @@ impl Config {
         }
         if let Some(Err(err)) = self.media.stun_discovery_url() {
             bail!("media.stun_discovery: {err}");
+        }
+        if self.audio.speaker_min_level > 127 {
+            bail!("audio.speaker_min_level must be 0 to 127");
+        }
+        if self.audio.max_speakers == 0 {
+            bail!("audio.max_speakers must be at least 1");
         }
         if self.ice.credential_ttl_secs == 0 {
             bail!("ice.credential_ttl_secs must be at least 1");

@@ -171,6 +171,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             candidates,
             tcp_candidates,
             srtp_profiles: config.media.srtp_profiles.clone(),
+            audio: config.audio.options(),
         },
         Arc::new(AtomicU64::new(1)),
     )
@@ -222,6 +223,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             max_name_chars: config.limits.max_name_chars,
             ice_servers: Arc::new(ice_servers),
             events,
+            speakers: config.audio.speakers(),
         },
     );
     // Set by the admin API's `POST /api/v1/drain`; SIGTERM does the same.

@@ -44,6 +44,8 @@ pub struct HubConfig {
     /// Where room events go (the webhook sender), if anywhere. Bounded
     /// ([`crate::events::EVENT_QUEUE`]); rooms never wait on it.
     pub events: Option<mpsc::Sender<RoomEvent>>,
+    /// The rooms' speaker election (`[audio]` in the config).
+    pub speakers: crate::speaker::SpeakerSettings,
 }
 
 /// Who is joining and what it may do, as its join token says (or, in open mode, the

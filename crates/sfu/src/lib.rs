@@ -10,8 +10,13 @@
 //! - [`source`]: a published track's layers: rates, sizes, keyframe requests (sans-IO).
 //! - [`estimate`]: a subscriber's downlink estimate from its TWCC feedback (sans-IO).
 //! - [`events`]: what happens in rooms, for the webhooks.
+//! - [`red`]: RFC 2198 redundant audio: the primary block and the others (sans-IO).
+//! - [`audio_level`], [`speaker`]: audio levels per track, and the room's speaker
+//!   election (sans-IO).
+//! - [`opus`]: the Opus options of the publisher leg's answer.
 
 pub mod allocate;
+pub mod audio_level;
 pub mod batch;
 pub mod estimate;
 pub mod events;
@@ -21,18 +26,22 @@ pub mod idhash;
 pub mod latency;
 pub mod layer;
 pub mod net;
+pub mod opus;
 pub mod peer;
+pub mod red;
 pub mod rewrite;
 pub mod room;
 mod room_task;
 pub mod source;
+pub mod speaker;
 pub mod stun;
 pub mod tcp;
 mod token;
 pub mod worker;
 
 pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership};
-pub use peer::PeerSettings;
+pub use peer::{AudioOptions, PeerSettings};
+pub use speaker::SpeakerSettings;
 
 use chorus_protocol::ErrorCode;
 

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
@@ -14,11 +14,12 @@ use crate::allocate::Tile;
 use crate::events::LeaveReason;
 use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
 use crate::room::{AdminAction, Effect, Input, Room};
+use crate::speaker::Speakers;
 use crate::worker::{MediaNotice, WorkerCommand};
 
-/// Notices from the media worker to one room: peer failures, and the `streamState` and
+/// Notices from the media worker to one room: peer failures, the `streamState` and
 /// `publishLayers` messages of allocation, which change at most once per allocation pass
-/// (200 ms) per subscription. Bounded: the worker `try_send`s and counts what does not
+/// (200 ms) per subscription, and one report of audio levels per 100 ms. Bounded: the worker `try_send`s and counts what does not
 /// fit (`notice_drops`; a lost `streamState` is corrected by the next change); the
 /// WebSocket close path still removes a participant whose failure notice was lost.
 const MEDIA_NOTICE_QUEUE: usize = 256;
@@ -26,6 +27,7 @@ const MEDIA_NOTICE_QUEUE: usize = 256;
 pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
     let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
     let members = Arc::new(AtomicUsize::new(0));
+    let speaker_settings = hub.inner.config.speakers;
     let task = RoomTask {
         room: Room::new(id.clone(), hub.inner.config.limits.clone()),
         id,
@@ -36,6 +38,8 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
         pending_joins: HashMap::new(),
         evicted: Vec::new(),
         notices: mpsc::channel(MEDIA_NOTICE_QUEUE),
+        speakers: Speakers::new(speaker_settings),
+        told_speaker: None,
     };
     tokio::spawn(task.run(rx));
     RoomEntry {
@@ -57,6 +61,10 @@ struct RoomTask {
     /// Sessions that could not keep up, to be removed after the current input.
     evicted: Vec<ParticipantId>,
     notices: (mpsc::Sender<MediaNotice>, mpsc::Receiver<MediaNotice>),
+    /// The speaker election, fed by the worker's level reports.
+    speakers: Speakers,
+    /// The first speaker as the worker was last told it (for allocation).
+    told_speaker: Option<ParticipantId>,
 }
 
 fn now_ms() -> u64 {
@@ -70,6 +78,7 @@ impl RoomTask {
     async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>) {
         tracing::info!(room = %self.id, "room opened");
         loop {
+            let speakers_due = self.speakers.poll_timeout();
             let input = tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => self.input_for(command).await,
@@ -84,7 +93,16 @@ impl RoomTask {
                         self.deliver(participant, message);
                         None
                     }
+                    MediaNotice::AudioLevels(levels) => {
+                        self.speakers.on_levels(Instant::now(), &levels);
+                        self.send_speakers().await;
+                        None
+                    }
                 },
+                _ = sleep_until_some(speakers_due) => {
+                    self.send_speakers().await;
+                    None
+                }
             };
             if let Some(input) = input {
                 self.perform(input).await;
@@ -295,7 +313,16 @@ impl RoomTask {
         while let Some(effect) = queue.pop_front() {
             let next = match effect {
                 Effect::Send(participant, message) => {
+                    let joined = matches!(message, ServerMessage::Joined { .. });
                     self.deliver(participant, message);
+                    // a newcomer learns who speaks now, right after `joined`
+                    let speakers = self.speakers.last_sent();
+                    if joined && !speakers.is_empty() {
+                        let message = ServerMessage::ActiveSpeakers {
+                            speakers: speakers.to_vec(),
+                        };
+                        self.deliver(participant, message);
+                    }
                     None
                 }
                 Effect::Admitted(participant) => {
@@ -361,6 +388,7 @@ impl RoomTask {
                 }
                 Effect::Remove(participant) => {
                     self.sessions.remove(&participant);
+                    self.speakers.remove(participant);
                     let _ = worker.send(WorkerCommand::Remove { participant }).await;
                     None
                 }
@@ -386,6 +414,32 @@ impl RoomTask {
         }
     }
 
+    /// Sends `activeSpeakers` to everyone when the list changed (at most every 300 ms), and
+    /// tells the worker when the first speaker changed.
+    async fn send_speakers(&mut self) {
+        let Some(speakers) = self.speakers.poll(Instant::now()) else {
+            return;
+        };
+        let first = speakers.first().map(|s| s.participant_id);
+        let everyone: Vec<ParticipantId> = self.sessions.keys().copied().collect();
+        let message = ServerMessage::ActiveSpeakers { speakers };
+        for participant in everyone {
+            self.deliver(participant, message.clone());
+        }
+        if first != self.told_speaker {
+            let previous = std::mem::replace(&mut self.told_speaker, first);
+            let _ = self
+                .hub
+                .inner
+                .worker
+                .send(WorkerCommand::Speaker {
+                    previous,
+                    current: first,
+                })
+                .await;
+        }
+    }
+
     /// Queues a message for a session. A session whose queue is full is not keeping up;
     /// it is dropped (its WebSocket closes) rather than allowed to stall the room.
     fn deliver(&mut self, participant: ParticipantId, message: ServerMessage) {
@@ -405,5 +459,13 @@ impl RoomTask {
                 self.sessions.remove(&participant);
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

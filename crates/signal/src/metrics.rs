@@ -306,7 +306,8 @@ impl Collector for HubCollector {
             (
                 "packet_drops",
                 "Packets not delivered, by reason. Forwarded copies: not_connected, \
-                 not_subscribed, not_negotiated, payload_type, rejected; outgoing datagrams \
+                 not_subscribed, not_negotiated, payload_type, rejected, malformed_red (RED \
+                 whose blocks do not parse, for a subscriber without RED); outgoing datagrams \
                  the kernel or an ICE-TCP connection's queue would not take: send_refused; \
                  datagrams from no known peer: unrouted; simulcast packets of no known \
                  layer: unknown_layer.",
@@ -316,6 +317,13 @@ impl Collector for HubCollector {
             &drops,
         )?;
 
+        counter(
+            out,
+            "audio_levels_invalid",
+            "Audio packets whose audio-level element was not one byte: the level is not \
+             counted (the packet is forwarded).",
+            load(&w.audio_levels_invalid),
+        )?;
         counter(
             out,
             "nacks_received",

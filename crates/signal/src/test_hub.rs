@@ -17,6 +17,7 @@ pub(crate) fn hub(max_participants: usize) -> Hub {
             candidates: vec![addr],
             tcp_candidates: vec![],
             srtp_profiles: vec!["aead_aes_128_gcm".into()],
+            audio: Default::default(),
         },
         Arc::new(AtomicU64::new(1)),
     )
@@ -35,6 +36,7 @@ pub(crate) fn hub(max_participants: usize) -> Hub {
             max_name_chars: 20,
             ice_servers: Arc::new(|_| Vec::new()),
             events: None,
+            speakers: Default::default(),
         },
     )
 }

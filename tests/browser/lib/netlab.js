@@ -223,8 +223,10 @@ export function createLab() {
      * chain on the host's end of its veth, inside the host's namespace. The kernel here has
      * no netem; nf_tables `numgen` is built in. Needs `nft` (Debian package nftables, which
      * tests/run-all.sh installs): without it this throws, it never skips silently.
+     * `random: true` drops each packet with probability 1/`every` instead (`numgen random`),
+     * so that losses sometimes come in a row, as on a real link.
      */
-    loss(target, { every = 20 } = {}) {
+    loss(target, { every = 20, random = false } = {}) {
       const host = hostOf(target);
       if (!Number.isInteger(every) || every < 2) throw new Error(`loss every ${every}: an integer >= 2`);
       if (run('nft', ['--version'], { allowFail: true }) === null) {
@@ -234,7 +236,7 @@ export function createLab() {
       if (host.loss) nft('delete', 'table', 'netdev', 'chorus_loss');
       nft('add', 'table', 'netdev', 'chorus_loss');
       nft('add', 'chain', 'netdev', 'chorus_loss', 'in', `{ type filter hook ingress device "${host.cliIf}" priority 0; policy accept; }`);
-      nft('add', 'rule', 'netdev', 'chorus_loss', 'in', 'ip', 'protocol', 'udp', 'counter', 'numgen', 'inc', 'mod', String(every), '0', 'counter', 'drop');
+      nft('add', 'rule', 'netdev', 'chorus_loss', 'in', 'ip', 'protocol', 'udp', 'counter', 'numgen', random ? 'random' : 'inc', 'mod', String(every), '0', 'counter', 'drop');
       host.loss = every;
     },
 

@@ -486,3 +486,37 @@ test('setTrackView sends trackSettings once the track is subscribed, only change
   assert.equal(client.setTrackView(1, { visible: true }), false);
   client.close();
 });
+
+test('activeSpeakers sets the server-elected speaker, in order, and an empty list clears it', async () => {
+  const { client, ws } = await joinedClient();
+  const seen = [];
+  client.on('activeSpeakers', (d) => seen.push(d.speakers.map((s) => s.participantId)));
+  const speakers = [];
+  client.on('activeSpeaker', (d) => speakers.push(d.participantId));
+  ws.receive(fixture('activeSpeakers')); // 4 first, then 2
+  await until(() => seen.length === 1, 1000, 'activeSpeakers event');
+  assert.deepEqual(client.activeSpeakers, [{ participantId: 4, level: 96 }, { participantId: 2, level: 71 }]);
+  assert.equal(client.activeSpeaker, 4);
+  ws.receive({ type: 'activeSpeakers', speakers: [{ participantId: 1, level: 100 }] });
+  ws.receive({ type: 'activeSpeakers', speakers: [] });
+  await until(() => seen.length === 3, 1000, 'two more');
+  assert.equal(client.activeSpeaker, null);
+  assert.deepEqual(speakers, [4, 1, null]);
+  client.close();
+});
+
+test('the microphone lists RED first where the browser has it, and not when turned off', async () => {
+  const caps = { codecs: [{ mimeType: 'audio/opus' }, { mimeType: 'audio/red' }, { mimeType: 'audio/PCMU' }] };
+  const RTCRtpSender = { getCapabilities: (kind) => (kind === 'audio' ? caps : null) };
+  const { client } = await joinedClient({ RTCRtpSender });
+  const pub = FakePeerConnection.instances[0];
+  const mic = pub.transceivers.find((t) => t.sender.track?.kind === 'audio');
+  assert.deepEqual(mic.codecPreferences.map((c) => c.mimeType), ['audio/red', 'audio/opus', 'audio/PCMU']);
+  const cam = pub.transceivers.find((t) => t.sender.track?.kind === 'video');
+  assert.equal(cam.codecPreferences, undefined, 'video untouched');
+  client.close();
+  const off = await joinedClient({ RTCRtpSender, red: false });
+  const mic2 = FakePeerConnection.instances.at(-2).transceivers.find((t) => t.sender.track?.kind === 'audio');
+  assert.equal(mic2.codecPreferences, undefined);
+  off.client.close();
+});

@@ -120,6 +120,9 @@ class FakeTransceiver {
     };
     this.receiver = { track: new FakeTrack(typeof trackOrKind === 'string' ? trackOrKind : trackOrKind.kind, 'remote') };
   }
+  setCodecPreferences(codecs) {
+    this.codecPreferences = codecs;
+  }
   stop() {
     this.stopped = true;
   }

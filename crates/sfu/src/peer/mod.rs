@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use chorus_protocol::{IceCandidate, MediaKind, PeerRole, TrackId};
 use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
@@ -20,7 +20,7 @@ use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -47,12 +47,16 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::MediaError;
 use crate::idhash::IdHashMap;
+use crate::red;
 use crate::rewrite::{IdMap, SeqRewriter};
 
+mod audio;
 mod early_checks;
 mod rid_keeper;
 mod tap;
 mod twcc;
+
+pub use audio::{AudioOptions, LevelRead};
 
 /// SRTP protection profiles the server accepts, by config name.
 pub const SRTP_PROFILE_NAMES: &[&str] = &[
@@ -79,29 +83,40 @@ pub struct PeerSettings {
     /// SRTP profiles, by names from [`SRTP_PROFILE_NAMES`]. The DTLS server takes the
     /// client's first choice among these, so listing only GCM is how to get GCM.
     pub srtp_profiles: Vec<String>,
+    /// RED and DTX (`[audio]` in the config).
+    pub audio: AudioOptions,
 }
 
 /// One forwarded RTP packet, as read from a publisher.
-pub struct MediaPacket(rtc::rtp::packet::Packet);
+pub struct MediaPacket {
+    packet: rtc::rtp::packet::Packet,
+    /// Its audio level, read as it arrived (publisher leg, audio only).
+    level: LevelRead,
+}
 
 impl MediaPacket {
     /// The packet's size on the wire, less SRTP: what a layer's rate meter counts.
     pub fn wire_len(&self) -> usize {
-        12 + 4 * self.0.header.csrc.len() + self.0.payload.len()
+        12 + 4 * self.packet.header.csrc.len() + self.packet.payload.len()
     }
 
     pub fn payload(&self) -> &[u8] {
-        &self.0.payload
+        &self.packet.payload
     }
 
     /// The publisher's SSRC.
     pub fn ssrc(&self) -> u32 {
-        self.0.header.ssrc
+        self.packet.header.ssrc
     }
 
     /// The publisher's sequence number.
     pub fn sequence_number(&self) -> u16 {
-        self.0.header.sequence_number
+        self.packet.header.sequence_number
+    }
+
+    /// The audio level the publisher put on it.
+    pub fn audio_level(&self) -> LevelRead {
+        self.level
     }
 }
 
@@ -139,6 +154,9 @@ pub struct SourceCodec {
     kind: MediaKind,
     codec: RTCRtpCodec,
     payload_type: u8,
+    /// The publisher's RED payload type, when it negotiated RED (audio only): its packets
+    /// carry `codec` inside RED blocks.
+    red: Option<u8>,
 }
 
 impl SourceCodec {
@@ -156,6 +174,10 @@ pub struct HeaderRewrite {
     pub seq: SeqRewriter,
     /// Publisher payload type → the subscriber's.
     pub pt: IdMap,
+    /// For a subscriber that did not negotiate RED: the publisher's RED payload type and
+    /// the payload type its primary blocks must have. Such packets go out as their primary
+    /// block (mapped through `pt` from the RED payload type).
+    pub unwrap_red: Option<(u8, u8)>,
 }
 
 impl HeaderRewrite {
@@ -165,13 +187,18 @@ impl HeaderRewrite {
             ssrc,
             seq: SeqRewriter::new((ssrc >> 16) as u16),
             pt: IdMap::default(),
+            unwrap_red: None,
         }
     }
 
-    /// The packet as this subscription sends it; `None` when its payload type is not
-    /// negotiated with the subscriber. The payload is shared, not copied, and nothing is
+    /// The packet as this subscription sends it; an error when its payload type is not
+    /// negotiated with the subscriber, or it is RED to unwrap and malformed. The payload is
+    /// shared, not copied (an unwrapped RED payload is a slice of it), and nothing is
     /// allocated.
-    pub fn apply(&mut self, src: &rtc::rtp::packet::Packet) -> Option<rtc::rtp::packet::Packet> {
+    pub fn apply(
+        &mut self,
+        src: &rtc::rtp::packet::Packet,
+    ) -> Result<rtc::rtp::packet::Packet, ForwardDrop> {
         self.apply_as(src, false)
     }
 
@@ -180,7 +207,7 @@ impl HeaderRewrite {
     pub fn apply_switching(
         &mut self,
         src: &rtc::rtp::packet::Packet,
-    ) -> Option<rtc::rtp::packet::Packet> {
+    ) -> Result<rtc::rtp::packet::Packet, ForwardDrop> {
         self.apply_as(src, true)
     }
 
@@ -188,8 +215,13 @@ impl HeaderRewrite {
         &mut self,
         src: &rtc::rtp::packet::Packet,
         switching: bool,
-    ) -> Option<rtc::rtp::packet::Packet> {
-        let pt = self.pt.get(src.header.payload_type)?;
+    ) -> Result<rtc::rtp::packet::Packet, ForwardDrop> {
+        let pt = self
+            .pt
+            .get(src.header.payload_type)
+            .ok_or(ForwardDrop::PayloadType)?;
+        // Checked before the numbers move: a dropped packet leaves no gap.
+        let payload = self.payload(src)?;
         let (ssrc, seq, ts) = (
             src.header.ssrc,
             src.header.sequence_number,
@@ -200,25 +232,52 @@ impl HeaderRewrite {
         } else {
             self.seq.rewrite(ssrc, seq, ts)
         };
-        Some(self.copy(src, pt, seq, ts))
+        Ok(self.copy(src, payload, pt, seq, ts))
     }
 
     /// The packet again, with the numbers [`apply`](Self::apply) gave it (answering a
-    /// NACK); `None` when its payload type is not negotiated or its source is not the
+    /// NACK); an error when its payload type is not negotiated or its source is not the
     /// current one any more.
-    pub fn resend(&self, src: &rtc::rtp::packet::Packet) -> Option<rtc::rtp::packet::Packet> {
-        let pt = self.pt.get(src.header.payload_type)?;
-        let (seq, ts) = self.seq.resend(
-            src.header.ssrc,
-            src.header.sequence_number,
-            src.header.timestamp,
-        )?;
-        Some(self.copy(src, pt, seq, ts))
+    pub fn resend(
+        &self,
+        src: &rtc::rtp::packet::Packet,
+    ) -> Result<rtc::rtp::packet::Packet, ForwardDrop> {
+        let pt = self
+            .pt
+            .get(src.header.payload_type)
+            .ok_or(ForwardDrop::PayloadType)?;
+        let (seq, ts) = self
+            .seq
+            .resend(
+                src.header.ssrc,
+                src.header.sequence_number,
+                src.header.timestamp,
+            )
+            .ok_or(ForwardDrop::PayloadType)?;
+        let payload = self.payload(src)?;
+        Ok(self.copy(src, payload, pt, seq, ts))
+    }
+
+    /// The payload this subscription sends: the source's, or for RED to unwrap, a slice of
+    /// it holding the primary block (no copy, no allocation).
+    fn payload(&self, src: &rtc::rtp::packet::Packet) -> Result<Bytes, ForwardDrop> {
+        match self.unwrap_red {
+            Some((red_pt, inner_pt)) if src.header.payload_type == red_pt => {
+                match red::primary(&src.payload) {
+                    Ok((pt, range)) if pt == inner_pt && !range.is_empty() => {
+                        Ok(src.payload.slice(range))
+                    }
+                    _ => Err(ForwardDrop::MalformedRed),
+                }
+            }
+            _ => Ok(src.payload.clone()),
+        }
     }
 
     fn copy(
         &self,
         src: &rtc::rtp::packet::Packet,
+        payload: Bytes,
         payload_type: u8,
         sequence_number: u16,
         timestamp: u32,
@@ -242,7 +301,7 @@ impl HeaderRewrite {
                 extensions: Vec::new(),
                 extensions_padding: 0,
             },
-            payload: src.payload.clone(),
+            payload,
         }
     }
 }
@@ -327,6 +386,8 @@ struct Inbound {
     /// The media SSRC of each layer (index = layer, 0 without simulcast), once known.
     ssrcs: [Option<u32>; LAYERS],
     simulcast: bool,
+    /// The id under which the publisher sends the audio-level extension, if it does.
+    audio_level: Option<u8>,
 }
 
 /// Layers a track can have (simulcast rids q, h and f).
@@ -390,6 +451,7 @@ pub struct Peer {
     layer_ssrcs: rid_keeper::LayerSsrcs,
     /// Subscriber: connectivity checks that came before its first answer.
     early_checks: early_checks::EarlyChecks,
+    audio: AudioOptions,
 }
 
 /// What a peer connection has been given since its datagrams were last collected, which
@@ -431,7 +493,7 @@ fn kind_of(kind: RtpCodecKind) -> Option<MediaKind> {
 /// without RTX the browser resends lost packets on the media SSRC, which every layer
 /// binds. The subscriber leg keeps RTX negotiated, which browsers expect of video; Chorus
 /// itself resends on the media SSRC there too.
-fn media_engine(role: PeerRole) -> Result<MediaEngine, MediaError> {
+fn media_engine(role: PeerRole, audio: AudioOptions) -> Result<MediaEngine, MediaError> {
     let mut engine = MediaEngine::default();
     let video_feedback = vec![
         RTCPFeedback {
@@ -459,19 +521,10 @@ fn media_engine(role: PeerRole) -> Result<MediaEngine, MediaError> {
             payload_type: pt,
         }
     };
-    engine
-        .register_codec(
-            codec(
-                MIME_TYPE_OPUS,
-                48000,
-                2,
-                "minptime=10;useinbandfec=1",
-                &[],
-                111,
-            ),
-            RtpCodecKind::Audio,
-        )
-        .map_err(internal)?;
+    audio::register_codecs(&mut engine, audio).map_err(internal)?;
+    if role == PeerRole::Publisher {
+        audio::negotiate_audio_level(&mut engine).map_err(internal)?;
+    }
     let mut video = vec![
         codec(MIME_TYPE_VP8, 90000, 0, "", &video_feedback, 96),
         codec(
@@ -492,13 +545,13 @@ fn media_engine(role: PeerRole) -> Result<MediaEngine, MediaError> {
             .register_codec(c, RtpCodecKind::Video)
             .map_err(internal)?;
     }
-    // No header extension of the codec's own: the engine has only what `interceptors`
-    // adds per leg (MID and RID, and transport-cc on both legs), none of which is
-    // forwarded: a forwarded copy carries only the subscriber leg's own transport-cc
-    // number. What that leaves out, on purpose:
-    // - the audio level (ssrc-audio-level): a browser computes the `audioLevel` of its
-    //   `inbound-rtp` stats from the audio it decodes, which is what the client's speaker
-    //   detection reads;
+    // Header extensions: the audio level on the publisher leg (read by the worker for the
+    // speaker election), and what `interceptors` adds per leg (MID and RID, and
+    // transport-cc on both legs), none of which is forwarded: a forwarded copy carries
+    // only the subscriber leg's own transport-cc number. What that leaves out, on purpose:
+    // - the audio level on the subscriber leg: the server tells clients who speaks
+    //   (`activeSpeakers`), and a browser computes the `audioLevel` of its `inbound-rtp`
+    //   stats from the audio it decodes;
     // - the video orientation (urn:3gpp:video-orientation): without it a browser rotates
     //   the frames itself before encoding, so a turned phone's video arrives upright;
     // - abs-send-time: it serves a receive-side bandwidth estimate whose feedback
@@ -564,7 +617,7 @@ impl Peer {
         pwd: &str,
         now: Instant,
     ) -> Result<Self, MediaError> {
-        let mut engine = media_engine(role)?;
+        let mut engine = media_engine(role, settings.audio)?;
         let layer_ssrcs = rid_keeper::LayerSsrcs::default();
         let registry = interceptors(role, &mut engine, &layer_ssrcs)?;
         let setting_engine = SettingEngineBuilder::new()
@@ -629,6 +682,7 @@ impl Peer {
             outbound_by_rtc: HashMap::new(),
             send_side: (role == PeerRole::Subscriber).then(|| twcc::SendSide::new(now)),
             layer_ssrcs,
+            audio: settings.audio,
             early_checks: match role {
                 PeerRole::Subscriber => early_checks::EarlyChecks::waiting(),
                 PeerRole::Publisher => early_checks::EarlyChecks::default(),
@@ -672,6 +726,12 @@ impl Peer {
             .ok_or_else(|| MediaError::Internal("no local description".into()))?
             .sdp
             .clone();
+        // What the browser's encoder reads; webrtc-rs's own copy needs no DTX flag.
+        let answer = if self.audio.dtx {
+            crate::opus::answer_with_dtx(&answer)
+        } else {
+            answer
+        };
         let mut offered = Vec::new();
         let ids: Vec<_> = self.pc().get_transceivers().collect();
         for id in ids {
@@ -711,6 +771,14 @@ impl Peer {
                 continue;
             }
             if let Some(receiver) = t.receiver() {
+                let audio_level = self.pc.rtp_receiver(receiver).and_then(|mut r| {
+                    r.get_parameters()
+                        .rtp_parameters
+                        .header_extensions
+                        .iter()
+                        .find(|e| e.uri == audio::AUDIO_LEVEL_URI)
+                        .and_then(|e| u8::try_from(e.id).ok())
+                });
                 self.inbound.retain(|i| i.mid != mid);
                 self.inbound.push(Inbound {
                     mid: mid.to_owned(),
@@ -719,6 +787,7 @@ impl Peer {
                     rtc_track: None,
                     ssrcs: [None; LAYERS],
                     simulcast,
+                    audio_level,
                 });
             }
         }
@@ -735,15 +804,20 @@ impl Peer {
         let mut r = self.pc().rtp_receiver(receiver)?;
         let kind = kind_of(r.track().kind())?;
         let params = r.get_parameters();
-        let primary = params
-            .rtp_parameters
-            .codecs
+        let codecs = &params.rtp_parameters.codecs;
+        let primary = codecs.iter().find(|c| {
+            !c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RTX)
+                && !audio::is_red(&c.rtp_codec)
+        })?;
+        let red = codecs
             .iter()
-            .find(|c| !c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RTX))?;
+            .find(|c| audio::is_red(&c.rtp_codec))
+            .map(|c| c.payload_type);
         Some(SourceCodec {
             kind,
             codec: primary.rtp_codec.clone(),
             payload_type: primary.payload_type,
+            red,
         })
     }
 
@@ -916,12 +990,25 @@ impl Peer {
             let Some(out) = self.outbound.get_mut(&track) else {
                 continue;
             };
-            if let Some(dst) = params.rtp_parameters.codecs.iter().find(|c| {
+            let codecs = &params.rtp_parameters.codecs;
+            let dst = codecs.iter().find(|c| {
                 c.rtp_codec
                     .mime_type
                     .eq_ignore_ascii_case(&out.source.codec.mime_type)
-            }) {
+            });
+            out.rewrite.unwrap_red = None;
+            if let Some(dst) = dst {
                 pt.insert(out.source.payload_type, dst.payload_type);
+                // RED as it came where the subscriber takes it, else its primary blocks
+                if let Some(src_red) = out.source.red {
+                    match codecs.iter().find(|c| audio::is_red(&c.rtp_codec)) {
+                        Some(dst_red) => pt.insert(src_red, dst_red.payload_type),
+                        None => {
+                            pt.insert(src_red, dst.payload_type);
+                            out.rewrite.unwrap_red = Some((src_red, out.source.payload_type));
+                        }
+                    }
+                }
             }
             out.ready = !pt.is_empty();
             out.rewrite.pt = pt;
@@ -1001,7 +1088,11 @@ impl Peer {
                         events.push(PeerEvent::UnknownLayer);
                         continue;
                     };
-                    on_rtp(inbound.track, layer, MediaPacket(packet));
+                    let level = match inbound.audio_level {
+                        Some(id) => audio::read_level(&packet.header, id),
+                        None => LevelRead::Absent,
+                    };
+                    on_rtp(inbound.track, layer, MediaPacket { packet, level });
                 }
                 RTCMessage::RtcpPacket(rtc_track, packets) => {
                     // Transport-wide feedback is about the whole peer, whichever of its
@@ -1139,11 +1230,10 @@ impl Peer {
             return Err(ForwardDrop::NotNegotiated);
         }
         let mut pkt = match kind {
-            CopyKind::Resend => out.rewrite.resend(&packet.0),
-            CopyKind::Switch => out.rewrite.apply_switching(&packet.0),
-            CopyKind::Next => out.rewrite.apply(&packet.0),
-        }
-        .ok_or(ForwardDrop::PayloadType)?;
+            CopyKind::Resend => out.rewrite.resend(&packet.packet),
+            CopyKind::Switch => out.rewrite.apply_switching(&packet.packet),
+            CopyKind::Next => out.rewrite.apply(&packet.packet),
+        }?;
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());
         if let (Some(id), Some(side)) = (out.twcc, self.send_side.as_mut()) {
             side.stamp(&mut pkt, id, now);
@@ -1248,11 +1338,14 @@ pub enum ForwardDrop {
     PayloadType,
     /// webrtc-rs refused the write.
     Rejected,
+    /// A RED packet for a subscriber without RED whose block headers do not parse, or
+    /// whose primary block is empty or not the track's codec.
+    MalformedRed,
 }
 
 impl ForwardDrop {
     /// How many reasons there are: the length of a table indexed by [`ForwardDrop::index`].
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 
     /// Every reason, in [`ForwardDrop::index`] order.
     pub const ALL: [ForwardDrop; ForwardDrop::COUNT] = [
@@ -1261,6 +1354,7 @@ impl ForwardDrop {
         ForwardDrop::NotNegotiated,
         ForwardDrop::PayloadType,
         ForwardDrop::Rejected,
+        ForwardDrop::MalformedRed,
     ];
 
     /// This reason's place in a per-reason counter table.
@@ -1271,6 +1365,7 @@ impl ForwardDrop {
             ForwardDrop::NotNegotiated => 2,
             ForwardDrop::PayloadType => 3,
             ForwardDrop::Rejected => 4,
+            ForwardDrop::MalformedRed => 5,
         }
     }
 
@@ -1282,6 +1377,7 @@ impl ForwardDrop {
             ForwardDrop::NotNegotiated => "not_negotiated",
             ForwardDrop::PayloadType => "payload_type",
             ForwardDrop::Rejected => "rejected",
+            ForwardDrop::MalformedRed => "malformed_red",
         }
     }
 }
@@ -1359,7 +1455,95 @@ mod tests {
     fn a_packet_whose_payload_type_is_not_negotiated_is_not_sent() {
         let mut rewrite = HeaderRewrite::new(1);
         rewrite.pt.insert(96, 96);
-        assert!(rewrite.apply(&browser_packet()).is_none());
+        assert_eq!(
+            rewrite.apply(&browser_packet()).err(),
+            Some(ForwardDrop::PayloadType)
+        );
+    }
+
+    fn red_packet(seq: u16, payload: &'static [u8]) -> Packet {
+        Packet {
+            header: Header {
+                version: 2,
+                payload_type: 63,
+                sequence_number: seq,
+                timestamp: 960 * u32::from(seq),
+                ssrc: 0xabcd,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    /// One redundant block (3 bytes, 960 ticks old) and a primary block of 2 bytes.
+    const RED: &[u8] = &[
+        0x80 | 111,
+        0x0f,
+        0x00,
+        0x03,
+        111,
+        0xa1,
+        0xa2,
+        0xa3,
+        0xb1,
+        0xb2,
+    ];
+
+    #[test]
+    fn red_goes_as_it_came_where_the_subscriber_negotiated_it() {
+        let mut rewrite = HeaderRewrite::new(7);
+        rewrite.pt.insert(111, 109);
+        rewrite.pt.insert(63, 120);
+        let out = rewrite.apply(&red_packet(1, RED)).expect("sent");
+        assert_eq!(out.header.payload_type, 120);
+        assert_eq!(&out.payload[..], RED);
+    }
+
+    #[test]
+    fn red_is_unwrapped_to_its_primary_block_for_a_subscriber_without_it() {
+        let mut rewrite = HeaderRewrite::new(7);
+        rewrite.pt.insert(111, 109);
+        rewrite.pt.insert(63, 109);
+        rewrite.unwrap_red = Some((63, 111));
+        let src = red_packet(1, RED);
+        let out = rewrite.apply(&src).expect("sent");
+        assert_eq!(out.header.payload_type, 109);
+        assert_eq!(out.header.timestamp, src.header.timestamp);
+        assert_eq!(&out.payload[..], &[0xb1, 0xb2]);
+        // a slice of the source's buffer, not a copy
+        assert_eq!(out.payload.as_ptr(), src.payload[8..].as_ptr());
+        // plain Opus from the same publisher passes as it is
+        let mut plain = red_packet(2, &[0xfc, 1]);
+        plain.header.payload_type = 111;
+        assert_eq!(
+            &rewrite.apply(&plain).expect("sent").payload[..],
+            &[0xfc, 1]
+        );
+    }
+
+    #[test]
+    fn malformed_red_is_dropped_without_a_gap_in_the_numbers() {
+        let mut rewrite = HeaderRewrite::new(7);
+        rewrite.pt.insert(63, 109);
+        rewrite.unwrap_red = Some((63, 111));
+        let first = rewrite.apply(&red_packet(1, RED)).expect("sent");
+        for bad in [
+            &[][..],
+            &[0x80 | 111, 0, 0][..],
+            &[0x80 | 111, 0x0f, 0x00, 0x09, 111, 1][..],
+            &[111][..],       // an empty primary block
+            &[100, 1, 2][..], // a primary block of another codec
+        ] {
+            let mut p = red_packet(2, &[]);
+            p.payload = Bytes::copy_from_slice(bad);
+            assert_eq!(rewrite.apply(&p).err(), Some(ForwardDrop::MalformedRed));
+        }
+        let next = rewrite.apply(&red_packet(3, RED)).expect("sent");
+        assert_eq!(
+            next.header.sequence_number,
+            first.header.sequence_number.wrapping_add(2),
+            "the source's own gap, nothing more"
+        );
     }
 
     #[test]

@@ -22,12 +22,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::MediaError;
 use crate::allocate::{Importance, LayerCost, Tile};
+use crate::audio_level::{LEVEL_REPORT_INTERVAL, LevelMeter};
 use crate::batch::{self, RecvBatch, SendBatch};
 use crate::history::History;
 use crate::idhash::IdHashMap;
 use crate::layer::{self, Forward, LayerSwitch};
 use crate::peer::{
-    ForwardDrop, MediaPacket, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec, ntp_time,
+    ForwardDrop, LevelRead, MediaPacket, OfferedTrack, Peer, PeerEvent, PeerSettings, SourceCodec,
+    ntp_time,
 };
 use crate::source::SourceLayers;
 use crate::stun;
@@ -35,6 +37,7 @@ use crate::tcp::{self, TcpEvent};
 use crate::token::{random_token, random_u64};
 
 mod allocation;
+mod levels;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
@@ -63,6 +66,9 @@ pub enum MediaNotice {
     /// A message for this participant that the room only delivers (`streamState`,
     /// `publishLayers`).
     Deliver(ParticipantId, ServerMessage),
+    /// The mean audio loudness (0–127) of each of the room's publishers of audio over the
+    /// last [`LEVEL_REPORT_INTERVAL`], for the room's speaker election.
+    AudioLevels(Vec<(ParticipantId, u8)>),
 }
 
 /// A track the publisher now sends or stopped sending, as a publish offer left it.
@@ -138,6 +144,12 @@ pub enum WorkerCommand {
     /// A room admin muted (or let go of) a track: while silenced it is forwarded to nobody
     /// and its publisher is asked for none of its simulcast layers.
     Silence { track: TrackId, silenced: bool },
+    /// The room's first speaker changed: allocation ranks the new one's camera above the
+    /// other cameras (below screen shares), and the old one's like the others again.
+    Speaker {
+        previous: Option<ParticipantId>,
+        current: Option<ParticipantId>,
+    },
 }
 
 /// Counters the worker keeps; read by `/api/stats` and the load generator.
@@ -202,6 +214,9 @@ pub struct WorkerStats {
     pub subscribers_congested: AtomicU64,
     /// The sum of those subscribers' downlink estimates, in bits per second.
     pub downlink_estimate_bps: AtomicU64,
+    /// Audio packets whose audio-level element was not a level (not one byte); the packet
+    /// is forwarded, the level is not counted.
+    pub audio_levels_invalid: AtomicU64,
 }
 
 /// A handle for sending commands to a running worker.
@@ -292,6 +307,8 @@ struct TrackRoute {
     announced: Option<Option<u8>>,
     /// A room admin muted it: allocation gives it to no subscriber.
     silenced: bool,
+    /// Audio: its levels since the last report to the room.
+    level: LevelMeter,
 }
 
 struct ParticipantMedia {
@@ -339,6 +356,10 @@ pub struct Worker {
     next_reports: Instant,
     /// When the subscribers' allocations next run.
     next_allocation: Instant,
+    /// When the audio levels next go to the rooms.
+    next_levels: Instant,
+    /// Each room's first speaker, as the rooms said (`WorkerCommand::Speaker`).
+    speakers: Vec<ParticipantId>,
     /// No peer's timer is due before this: the earliest deadline seen since the last walk
     /// over every peer's deadline, or [`MAX_IDLE`] after it. Passes before it skip that
     /// walk, which at hundreds of peers and thousands of passes a second cost 2 % of the
@@ -425,6 +446,8 @@ impl Worker {
             due: Vec::new(),
             next_reports: Instant::now() + SENDER_REPORT_INTERVAL,
             next_allocation: Instant::now(),
+            next_levels: Instant::now() + LEVEL_REPORT_INTERVAL,
+            speakers: Vec::new(),
             timers_from: Instant::now(),
         }
     }
@@ -578,6 +601,13 @@ impl Worker {
                     let Some(route) = tracks.get_mut(&track) else {
                         return;
                     };
+                    match packet.audio_level() {
+                        LevelRead::Absent => {}
+                        LevelRead::Loudness(loudness) => route.level.record(loudness),
+                        LevelRead::Invalid => {
+                            stats.audio_levels_invalid.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     let (keyframe, size) = route.keyframes.detect(packet.payload());
                     route.layers.on_packet(layer, wire_len, size, now);
                     // Copies sent, counted once per packet rather than once per copy.
@@ -775,7 +805,8 @@ impl Worker {
         let mut earliest = self
             .next_reports
             .min(self.timers_from)
-            .min(self.next_allocation);
+            .min(self.next_allocation)
+            .min(self.next_levels);
         for route in self.tracks.values() {
             if let Some(due) = route.layers.keyframe_due() {
                 earliest = earliest.min(due);
@@ -794,6 +825,10 @@ impl Worker {
         if now >= self.next_allocation {
             self.allocate(now);
             self.next_allocation = now + ALLOCATION_INTERVAL;
+        }
+        if now >= self.next_levels {
+            self.report_levels();
+            self.next_levels = now + LEVEL_REPORT_INTERVAL;
         }
         let pending: Vec<(TrackId, u8)> = self
             .tracks
@@ -994,6 +1029,10 @@ impl Worker {
                 let _ = reply.send(result);
             }
             WorkerCommand::Remove { participant } => self.remove(participant),
+            WorkerCommand::Speaker { previous, current } => {
+                self.set_speaker(previous, current);
+                self.next_allocation = now;
+            }
             WorkerCommand::Silence { track, silenced } => {
                 if let Some(route) = self.tracks.get_mut(&track) {
                     route.silenced = silenced;
@@ -1062,10 +1101,12 @@ impl Worker {
                             })
                         })
                         .collect();
-                    let importance = match declaration.map(|t| t.source) {
-                        Some(TrackSource::Screen) => Importance::Screen,
-                        _ => Importance::Other,
-                    };
+                    let importance = levels::importance_of(
+                        &self.speakers,
+                        participant,
+                        kind,
+                        declaration.map(|t| t.source) == Some(TrackSource::Screen),
+                    );
                     let history = if kind == MediaKind::Video {
                         (0..count).map(|_| History::default()).collect()
                     } else {
@@ -1084,6 +1125,7 @@ impl Worker {
                             history,
                             announced: None,
                             silenced: false,
+                            level: LevelMeter::default(),
                         },
                     );
                     self.stats.tracks.fetch_add(1, Ordering::Relaxed);
@@ -1167,6 +1209,7 @@ impl Worker {
         let Some(mut media) = self.participants.remove(&participant) else {
             return;
         };
+        self.speakers.retain(|p| *p != participant);
         for peer in [&mut media.publisher, &mut media.subscriber]
             .into_iter()
             .flatten()
