@@ -96,9 +96,13 @@ export async function startServer({ config = '', name = 'server', ip = '127.0.0.
     child,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
+        // SIGTERM drains (up to [shutdown] grace_secs while participants stay); a second
+        // one ends the process at once.
         child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+        const again = setTimeout(() => child.kill('SIGTERM'), 3000);
+        const t = setTimeout(() => child.kill('SIGKILL'), 6000);
         await exited;
+        clearTimeout(again);
         clearTimeout(t);
       }
       rmSync(dir, { recursive: true, force: true });

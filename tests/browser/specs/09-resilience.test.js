@@ -80,4 +80,4 @@ test('server shutdown and an unreachable server show banners', { timeout: 60000 
     await poll(async () => (await a.getAttribute('#conn-indicator', 'data-state')) === 'reconnecting', { message: 'reconnecting indicator' });
     assert.match(await a.textContent('#conn-text'), /Reconnecting/);
     await poll(() => bannerVisible(lobby, 'unreachable'), { message: 'the unreachable banner in the lobby' });
-  }));
+  }, { config: '[shutdown]\ngrace_secs = 1\n' }));
