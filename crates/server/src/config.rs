@@ -210,26 +210,11 @@ impl WebhooksConfig {
                 webhook::Target::parse(url).map_err(|e| anyhow::anyhow!("webhooks.urls: {e}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let key = match &self.key {
-            Some(key) => key.clone(),
-            None => {
-                let mut keys = auth.keys.keys();
-                match (keys.next(), keys.next()) {
-                    (Some(key), None) => key.clone(),
-                    (None, _) => bail!(
-                        "webhooks.urls is set, but there is no API key to sign the webhooks \
-                         with: add one to [auth] keys (`openssl rand -hex 32` makes a secret)"
-                    ),
-                    (Some(_), Some(_)) => bail!(
-                        "webhooks.key: [auth] keys has several keys; name the one whose \
-                         secret signs the webhooks"
-                    ),
-                }
-            }
-        };
-        let Some(secret) = auth.keys.get(&key) else {
-            bail!("webhooks.key: {key:?} is not a key in [auth] keys");
-        };
+        let auth = auth.auth();
+        let (key, secret) = auth
+            .signing_key(self.key.as_deref())
+            .map_err(|e| anyhow::anyhow!("webhooks.key: {e}"))?;
+        let (key, secret) = (key.to_owned(), secret.to_owned());
         for (name, value) in [
             ("webhooks.timeout_secs", self.timeout_secs),
             ("webhooks.max_attempts", u64::from(self.max_attempts)),

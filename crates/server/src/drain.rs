@@ -16,19 +16,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sends the drain request to the server listening on `listen`, signed in with `key` (or
 /// the only key of `auth`). Returns the server's answer line.
 pub async fn request(listen: SocketAddr, auth: &Auth, key: Option<&str>) -> anyhow::Result<String> {
-    let keys = auth.key_names();
-    let key = match (key, keys.as_slice()) {
-        (Some(key), _) => key.to_owned(),
-        (None, [only]) => (*only).to_owned(),
-        (None, []) => bail!("the config has no API key to sign in with: add one to [auth] keys"),
-        (None, several) => bail!(
-            "several API keys ({}): pick one with --key",
-            several.join(", ")
-        ),
-    };
-    let secret = auth
-        .secret(&key)
-        .with_context(|| format!("no API key {key:?} in the config's auth.keys"))?;
+    let (key, secret) = auth
+        .signing_key(key)
+        .context("choosing the API key (--key)")?;
     // A wildcard listen address is reached on loopback.
     let addr = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {

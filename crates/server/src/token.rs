@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chorus_protocol::{Grants, TrackSource};
 use chorus_signal::auth::{Auth, Claims, Grant, sign, unix_now};
 use clap::Args;
@@ -48,23 +48,13 @@ pub struct TokenArgs {
 
 /// The token `args` ask for, signed with the chosen key's secret.
 pub fn mint(auth: &Auth, args: &TokenArgs) -> anyhow::Result<String> {
-    let keys = auth.key_names();
-    let key = match (&args.key, keys.as_slice()) {
-        (Some(key), _) => key.clone(),
-        (None, [only]) => (*only).to_owned(),
-        (None, []) => bail!("the config has no API keys: add one to [auth] keys"),
-        (None, several) => bail!(
-            "several API keys ({}): pick one with --key",
-            several.join(", ")
-        ),
-    };
-    let secret = auth
-        .secret(&key)
-        .with_context(|| format!("no API key {key:?} in the config's auth.keys"))?;
+    let (key, secret) = auth
+        .signing_key(args.key.as_deref())
+        .context("choosing the API key (--key)")?;
     let now = unix_now();
     let defaults = Grants::default();
     let claims = Claims {
-        iss: key,
+        iss: key.to_owned(),
         sub: args.identity.clone(),
         name: args.name.clone(),
         exp: now.saturating_add(args.ttl.as_secs()),

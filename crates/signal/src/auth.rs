@@ -97,6 +97,17 @@ impl TokenError {
     }
 }
 
+/// Why no API key could be chosen to sign with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyChoiceError {
+    #[error("there is no API key in [auth] keys (`openssl rand -hex 32` makes a secret)")]
+    NoKeys,
+    #[error("[auth] keys has several keys ({0}); name the one to use")]
+    Several(String),
+    #[error("{0:?} is not a key in [auth] keys")]
+    Unknown(String),
+}
+
 /// The server's auth settings: the mode and the API keys.
 #[derive(Clone, Default)]
 pub struct Auth {
@@ -203,6 +214,23 @@ impl Auth {
             return Err(TokenError::NoIdentity);
         }
         Ok(claims)
+    }
+
+    /// The key to sign with (tokens, webhooks, the admin API's Basic credentials) and its
+    /// secret: `key` when given, else the only key there is.
+    pub fn signing_key(&self, key: Option<&str>) -> Result<(&str, &str), KeyChoiceError> {
+        let name = match key {
+            Some(key) => key,
+            None => match self.key_names().as_slice() {
+                [only] => only,
+                [] => return Err(KeyChoiceError::NoKeys),
+                several => return Err(KeyChoiceError::Several(several.join(", "))),
+            },
+        };
+        self.keys
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .ok_or_else(|| KeyChoiceError::Unknown(name.to_owned()))
     }
 
     /// The secret of API key `key`, to sign tokens with.
