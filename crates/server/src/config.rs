@@ -6,10 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use chorus::stun_client::{IceUrl, Scheme};
-use chorus::turn::TurnAuth;
 use chorus_signal::auth::{Auth, AuthMode};
 use serde::Deserialize;
+
+use crate::stun_client::{IceUrl, Scheme};
+use crate::turn::TurnAuth;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]

@@ -1,5 +1,7 @@
-//! The parts of the `chorus` binary that tests use too: TURN credentials and a small
-//! STUN/TURN client (for STUN discovery and `chorus doctor`).
+//! The parts of the `chorus` binary that tests (and the fuzz targets) use too: the
+//! configuration file, TURN credentials and a small STUN/TURN client (for STUN discovery
+//! and `chorus doctor`).
 
+pub mod config;
 pub mod stun_client;
 pub mod turn;
