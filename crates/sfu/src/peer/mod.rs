@@ -50,6 +50,8 @@ use crate::idhash::IdHashMap;
 use crate::rewrite::{IdMap, SeqRewriter};
 
 mod early_checks;
+#[doc(hidden)]
+pub mod fuzzing;
 mod rid_keeper;
 mod tap;
 mod twcc;
