@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Chorus test, installing what a fresh machine lacks (as root):
 #   formatting and lints, Rust unit tests, end-to-end tests against a real server with
-#   simulated browsers, then the web app's unit tests and real-browser tests in Chromium.
+#   simulated browsers, a short run of every fuzz target, then the web app's unit tests
+#   and real-browser tests in Chromium.
 # Tests run inside a fresh network namespace (only loopback exists there), so no media
 # ever leaves this machine.
 set -euo pipefail
@@ -50,6 +51,11 @@ in_netns() { unshare --net sh -c 'ip link set lo up && exec "$@"' -- "$@"; }
 
 step "Rust tests (unit + end-to-end)"
 in_netns cargo test --workspace --locked --offline
+
+step "fuzz smoke (fuzz/smoke.sh: builds every fuzz target, runs each for 15 s)"
+# Needs a nightly toolchain and cargo-fuzz, which it installs; where they cannot be had it
+# prints a loud SKIPPED banner (CHORUS_FUZZ_REQUIRED=1 makes that a failure).
+fuzz/smoke.sh
 
 step "web app unit tests and real-browser tests"
 export CHORUS_BIN="$PWD/target/debug/chorus"

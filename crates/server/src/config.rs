@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chorus::stun_client::{IceUrl, Scheme};
-use chorus::turn::TurnAuth;
-use chorus::webhook::{self, WebhookSettings};
 use chorus_signal::auth::{Auth, AuthMode};
 use serde::Deserialize;
+
+use crate::stun_client::{IceUrl, Scheme};
+use crate::turn::TurnAuth;
+use crate::webhook::{self, WebhookSettings};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]

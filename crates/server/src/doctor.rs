@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use chorus::stun_client::{self, Channel, IceUrl, ProbeError, Scheme, Transport};
 
-use crate::config::Config;
+use chorus::config::Config;
 
 /// How long one STUN/TURN exchange may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);

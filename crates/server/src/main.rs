@@ -1,7 +1,6 @@
 //! The `chorus` binary: reads the config, binds the HTTP and media sockets, runs until
 //! SIGINT or SIGTERM, and tells every participant before it goes.
 
-mod config;
 mod doctor;
 mod drain;
 mod http_serve;
@@ -24,7 +23,7 @@ use chorus_signal::{AuthMode, IpLimitSettings, MetricsSettings, SessionLimits, S
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use chorus::config::Config;
 
 /// The default log filter: our crates at info, webrtc-rs quiet unless something breaks.
 const DEFAULT_LOG: &str = "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,\

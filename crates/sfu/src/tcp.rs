@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -70,6 +70,19 @@ async fn serve(stream: TcpStream, from: SocketAddr, events: mpsc::Sender<TcpEven
             }
         }
     });
+    read_frames(read, from, &events).await;
+    writer_task.abort();
+    let _ = events.send(TcpEvent::Closed { from }).await;
+}
+
+/// Reads RFC 4571 frames from one connection's byte stream and hands each to `events` as
+/// a [`TcpEvent::Frame`] from `from`, until the stream ends, breaks off inside a frame, or
+/// the worker is gone. Any byte stream is safe: a frame is at most 64 KiB by construction.
+pub async fn read_frames<R: AsyncRead + Unpin>(
+    read: R,
+    from: SocketAddr,
+    events: &mpsc::Sender<TcpEvent>,
+) {
     let mut read = BufReader::new(read);
     while let Ok(len) = read.read_u16().await {
         let mut data = BytesMut::zeroed(usize::from(len));
@@ -80,8 +93,6 @@ async fn serve(stream: TcpStream, from: SocketAddr, events: mpsc::Sender<TcpEven
             break;
         }
     }
-    writer_task.abort();
-    let _ = events.send(TcpEvent::Closed { from }).await;
 }
 
 /// Prefixes one datagram with its RFC 4571 length.

@@ -52,6 +52,8 @@ use crate::rewrite::{IdMap, SeqRewriter};
 
 mod audio;
 mod early_checks;
+#[doc(hidden)]
+pub mod fuzzing;
 mod rid_keeper;
 mod tap;
 mod twcc;
