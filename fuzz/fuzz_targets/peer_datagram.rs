@@ -30,6 +30,7 @@ fn settings() -> &'static PeerSettings {
         candidates: vec![([192, 0, 2, 10], 3478).into()],
         tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
         srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
+        audio: Default::default(),
     })
 }
 

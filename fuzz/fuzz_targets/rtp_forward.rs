@@ -86,12 +86,12 @@ impl Subscription {
             Forward::Drop => None,
             Forward::Send => {
                 assert_eq!(self.switch.current(), Some(layer));
-                self.rewrite.apply(&packet)
+                self.rewrite.apply(&packet).ok()
             }
             Forward::SwitchAndSend => {
                 assert!(keyframe);
                 assert_eq!(self.switch.current(), Some(layer));
-                self.rewrite.apply_switching(&packet)
+                self.rewrite.apply_switching(&packet).ok()
             }
         };
         if let Some(copy) = copy {
@@ -109,7 +109,7 @@ impl Subscription {
             if let Some(source) = self.rewrite.seq.source_of(h.sequence_number) {
                 assert_eq!(source, (packet.header.ssrc, packet.header.sequence_number));
             }
-            if let Some(again) = self.rewrite.resend(&packet) {
+            if let Ok(again) = self.rewrite.resend(&packet) {
                 assert_eq!(
                     (again.header.sequence_number, again.header.timestamp),
                     (h.sequence_number, h.timestamp)
@@ -131,7 +131,7 @@ impl Subscription {
                     (packet.header.ssrc, packet.header.sequence_number),
                     (ssrc, seq)
                 );
-                if let Some(again) = self.rewrite.resend(packet) {
+                if let Ok(again) = self.rewrite.resend(packet) {
                     assert_eq!(again.header.sequence_number, out_seq);
                     assert_eq!(again.header.ssrc, OUT_SSRC);
                 }

@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         candidates: vec![([192, 0, 2, 10], 3478).into()],
         tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
         srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
+        audio: Default::default(),
     };
     let now = Instant::now();
     let mut peer = Peer::new(
