@@ -3,24 +3,20 @@
 //!
 //! A subscriber's RTCP reaches the code below only after ICE, DTLS and SRTP, which a fuzzer
 //! cannot get through. [`Feedback`] starts where the decrypted bytes do: webrtc-rs's RTCP
-//! parse, the [`FeedbackTap`](super::tap::FeedbackTap), then what
-//! [`Peer::poll_media`](super::Peer::poll_media) does with what the tap lets through
-//! (transport-cc feedback into the downlink estimator, NACKs mapped back through the
+//! parse, the [`FeedbackTap`](super::tap::FeedbackTap), then the
+//! `tap::read_feedback` that [`Peer::poll_media`](super::Peer::poll_media) also reads the
+//! tap's output with (transport-cc feedback into the downlink estimator, NACKs mapped back through the
 //! subscription's rewriter, keyframe requests), with the subscriber leg's own numbering
 //! ([`twcc::SendSide::stamp`](super::twcc::SendSide)) feeding the estimator's history.
 
 use std::time::Instant;
 
 use rtc::interceptor::{AttributedPacket, Packet as ChainPacket, TaggedPacket};
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::TransportContext;
 
 use super::HeaderRewrite;
-use super::tap::FeedbackTap;
+use super::tap::{FeedbackTap, read_feedback};
 use super::twcc::SendSide;
 
 /// What one RTCP compound packet asked of the subscription.
@@ -95,22 +91,14 @@ impl Feedback {
                 continue;
             };
             outcome.delivered = true;
-            for packet in &packets {
-                let any = packet.as_any();
-                if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
-                    self.side.on_feedback(cc, now);
-                }
-                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                    outcome.keyframe = true;
-                } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                    outcome.lost.extend(
-                        nack.nacks
-                            .iter()
-                            .flat_map(|pair| pair.into_iter())
-                            .filter_map(|seq| self.rewrite.seq.source_of(seq)),
-                    );
-                }
-            }
+            let seqs = &self.rewrite.seq;
+            let lost = &mut outcome.lost;
+            outcome.keyframe |= read_feedback(
+                packets.iter().map(|p| p.as_any()),
+                Some(&mut self.side),
+                now,
+                |seq| lost.extend(seqs.source_of(seq)),
+            );
         }
         outcome
     }

@@ -30,11 +30,8 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
 };
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
-use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
@@ -1097,37 +1094,24 @@ impl Peer {
                     on_rtp(inbound.track, layer, MediaPacket { packet, level });
                 }
                 RTCMessage::RtcpPacket(rtc_track, packets) => {
+                    let track = self.outbound_by_rtc.get(&rtc_track).copied();
+                    let seqs = track
+                        .and_then(|t| self.outbound.get(&t))
+                        .map(|out| &out.rewrite.seq);
+                    let mut lost: Vec<(u32, u16)> = Vec::new();
                     // Transport-wide feedback is about the whole peer, whichever of its
                     // streams webrtc-rs filed it under.
-                    for packet in &packets {
-                        if let (Some(cc), Some(side)) = (
-                            packet.as_any().downcast_ref::<TransportLayerCc>(),
-                            self.send_side.as_mut(),
-                        ) {
-                            side.on_feedback(cc, now);
-                        }
-                    }
-                    let Some(track) = self.outbound_by_rtc.get(&rtc_track).copied() else {
+                    let wants_keyframe = tap::read_feedback(
+                        packets.iter().map(|p| p.as_any()),
+                        self.send_side.as_mut(),
+                        now,
+                        |seq| lost.extend(seqs.and_then(|s| s.source_of(seq))),
+                    );
+                    let Some(track) = track else {
                         continue;
                     };
-                    let mut wants_keyframe = false;
-                    for packet in &packets {
-                        let any = packet.as_any();
-                        if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                            wants_keyframe = true;
-                        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>()
-                            && let Some(out) = self.outbound.get(&track)
-                        {
-                            let lost: Vec<(u32, u16)> = nack
-                                .nacks
-                                .iter()
-                                .flat_map(|pair| pair.into_iter())
-                                .filter_map(|seq| out.rewrite.seq.source_of(seq))
-                                .collect();
-                            if !lost.is_empty() {
-                                events.push(PeerEvent::ResendRequested { track, lost });
-                            }
-                        }
+                    if !lost.is_empty() {
+                        events.push(PeerEvent::ResendRequested { track, lost });
                     }
                     if wants_keyframe {
                         events.push(PeerEvent::KeyframeRequested(track));

@@ -12,6 +12,33 @@ use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 
+/// Reads one batch of the RTCP the tap let through: transport-cc feedback goes to `side`
+/// (it is about the whole peer), every sequence number a NACK names to `on_nack`. True
+/// when the batch asks for a keyframe (PLI or FIR).
+pub(super) fn read_feedback<'a>(
+    packets: impl IntoIterator<Item = &'a dyn std::any::Any>,
+    mut side: Option<&mut super::twcc::SendSide>,
+    now: Instant,
+    mut on_nack: impl FnMut(u16),
+) -> bool {
+    let mut keyframe = false;
+    for any in packets {
+        if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+            if let Some(side) = side.as_deref_mut() {
+                side.on_feedback(cc, now);
+            }
+        } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+            keyframe = true;
+        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+            nack.nacks
+                .iter()
+                .flat_map(|pair| pair.into_iter())
+                .for_each(&mut on_nack);
+        }
+    }
+    keyframe
+}
+
 /// Where [`FeedbackTap`] sits in the subscriber's interceptor chain (alone there).
 pub(super) const FEEDBACK_TAP_SLOT: Slot = Slot::Custom(11_500);
 
