@@ -3,26 +3,15 @@
 //! message must pass.
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use chorus_protocol::ClientMessage;
+use chorus_protocol::{CLIENT_TYPES, ClientMessage};
 use serde_json::{Map, Number, Value};
 
-/// Words the wire types use: the client messages' `type` values and the field names of
-/// every message, track, layer, candidate, grant and token claim. Generated objects draw
+/// Words the wire types use besides the client messages' `type` values
+/// ([`CLIENT_TYPES`]): the field names of every message, track, layer, candidate, grant
+/// and token claim, and some of their values. Generated objects draw
 /// their keys (and some strings) from here, so that they reach the fields' own checks
 /// instead of stopping at an unknown key.
 pub const WORDS: &[&str] = &[
-    // ClientMessage types
-    "join",
-    "leave",
-    "publishOffer",
-    "subscribeAnswer",
-    "candidate",
-    "setMute",
-    "chat",
-    "listRooms",
-    "trackSettings",
-    "removeParticipant",
-    "muteTrack",
     // fields
     "type",
     "version",
@@ -93,7 +82,7 @@ impl<'a> Arbitrary<'a> for Message {
         let mut object = Map::new();
         if u.ratio(15, 16)? {
             let kind = if u.ratio(7, 8)? {
-                Value::String(u.choose(&WORDS[..11])?.to_string())
+                Value::String(u.choose(CLIENT_TYPES)?.to_string())
             } else {
                 value(u, MAX_DEPTH - 1)?
             };
@@ -104,11 +93,20 @@ impl<'a> Arbitrary<'a> for Message {
     }
 }
 
+/// A word of the wire types: a client message type or one of [`WORDS`].
+fn word(u: &mut Unstructured<'_>) -> Result<&'static str> {
+    if u.ratio(1, 4)? {
+        u.choose(CLIENT_TYPES).copied()
+    } else {
+        u.choose(WORDS).copied()
+    }
+}
+
 fn fields(u: &mut Unstructured<'_>, object: &mut Map<String, Value>, depth: u32) -> Result<()> {
     let count = u.int_in_range(0..=6)?;
     for _ in 0..count {
         let key = if u.ratio(7, 8)? {
-            u.choose(WORDS)?.to_string()
+            word(u)?.to_string()
         } else {
             String::arbitrary(u)?
         };
@@ -129,7 +127,7 @@ fn value(u: &mut Unstructured<'_>, depth: u32) -> Result<Value> {
             _ => Number::from_f64(f64::arbitrary(u)?).unwrap_or_else(|| Number::from(0)),
         }),
         3 => Value::String(String::arbitrary(u)?),
-        4 | 5 => Value::String(u.choose(WORDS)?.to_string()),
+        4 | 5 => Value::String(word(u)?.to_string()),
         6 => {
             let count = u.int_in_range(0..=4)?;
             let mut items = Vec::with_capacity(count);

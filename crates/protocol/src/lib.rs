@@ -503,7 +503,7 @@ impl ParseError {
 }
 
 /// The `type` names of every client message, to tell an unknown type from a bad field.
-const CLIENT_TYPES: &[&str] = &[
+pub const CLIENT_TYPES: &[&str] = &[
     "join",
     "leave",
     "publishOffer",
