@@ -199,15 +199,25 @@ struct Session {
 impl Session {
     /// Handles one frame; returns a direct reply, if any.
     async fn on_frame(&mut self, frame: Frame) -> Option<ServerMessage> {
-        let text = match frame {
-            Frame::Text(text) => text,
-            Frame::Binary(_) => {
-                return Some(ServerMessage::error(
-                    ErrorCode::MalformedJson,
-                    "send JSON in text frames",
-                ));
-            }
-            Frame::Close | Frame::Ping | Frame::Pong => return None,
+        if matches!(frame, Frame::Close | Frame::Ping | Frame::Pong) {
+            return None;
+        }
+        // Every data frame counts against the rate, whether or not it parses: a client
+        // that floods garbage is throttled like one that floods chat.
+        if !self.rate.take(std::time::Instant::now()) {
+            return Some(ServerMessage::error(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages a second; this one was dropped",
+                    self.limits.max_messages_per_second
+                ),
+            ));
+        }
+        let Frame::Text(text) = frame else {
+            return Some(ServerMessage::error(
+                ErrorCode::MalformedJson,
+                "send JSON in text frames",
+            ));
         };
         if text.len() > self.limits.max_message_bytes {
             return Some(ServerMessage::error(
@@ -231,15 +241,6 @@ impl Session {
     /// The refusal of a message over one of the session's limits, if it is.
     fn over_limit(&mut self, message: &ClientMessage) -> Option<ServerMessage> {
         let limits = &self.limits;
-        if !self.rate.take(std::time::Instant::now()) {
-            return Some(ServerMessage::error(
-                ErrorCode::RateLimited,
-                format!(
-                    "more than {} messages a second; this one was dropped",
-                    limits.max_messages_per_second
-                ),
-            ));
-        }
         match message {
             ClientMessage::PublishOffer { sdp, .. } | ClientMessage::SubscribeAnswer { sdp }
                 if sdp.len() > limits.max_sdp_bytes =>
@@ -669,6 +670,14 @@ mod tests {
             s.expect_error(ErrorCode::OutOfOrder).await;
         }
         s.send(r#"{"type":"chat","text":"hi"}"#);
+        s.expect_error(ErrorCode::RateLimited).await;
+        // frames that do not parse count against the same rate
+        let mut s = Driver::with(&hub, Auth::default(), slow, client());
+        for _ in 0..4 {
+            s.send("{not json");
+            s.expect_error(ErrorCode::MalformedJson).await;
+        }
+        s.send("{not json");
         s.expect_error(ErrorCode::RateLimited).await;
         // SDP size and candidates per peer
         let mut s = Driver::start(&hub);
