@@ -58,6 +58,8 @@ fuzz_seeds() {
     ice_tcp_frames) echo "$FUZZ_DIR/seeds/ice_tcp_frames" ;;
     simulcast_sdp | sdp_offer) echo "$FUZZ_DIR/seeds/sdp" ;;
     config) echo "$root/config" ;;
+    red) echo "$FUZZ_DIR/seeds/red" ;;
+    subscriber_answer) echo "$FUZZ_DIR/seeds/subscriber_answer" ;;
     *) echo "" ;;
   esac
 }

@@ -108,3 +108,104 @@ impl Feedback {
         self.side.estimate().map(|e| e.bps)
     }
 }
+
+/// What one offered track negotiated: whether it is ready to send, where the source's
+/// payload types 111 (Opus), 63 (RED) and 96 (VP8) map on the leg, and the RED unwrapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    pub ready: bool,
+    pub opus: Option<u8>,
+    pub red: Option<u8>,
+    pub vp8: Option<u8>,
+    pub unwrap_red: Option<(u8, u8)>,
+}
+
+/// A subscriber leg that has offered an Opus track (with RED, which a subscriber may or
+/// may not take) and a VP8 track, waiting for the client's answer and candidates: what
+/// `subscribeAnswer` and the subscriber's `candidate` messages reach.
+pub struct SubscriberLeg {
+    peer: super::Peer,
+    /// The offer the client answers.
+    pub offer: String,
+}
+
+impl SubscriberLeg {
+    /// The leg at `now`, with its offer made.
+    pub fn new(now: Instant) -> Result<Self, crate::MediaError> {
+        use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+
+        let settings = crate::PeerSettings {
+            candidates: vec![([192, 0, 2, 10], 3478).into()],
+            tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
+            srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
+            audio: Default::default(),
+        };
+        let mut peer = super::Peer::new(
+            &settings,
+            chorus_protocol::PeerRole::Subscriber,
+            "fuzzsubscriber",
+            "fuzzpasswordfuzzpassword",
+            now,
+        )?;
+        let codec = |mime: &str, clock_rate, channels| RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: Vec::new(),
+        };
+        let opus = super::SourceCodec {
+            kind: chorus_protocol::MediaKind::Audio,
+            codec: codec("audio/opus", 48000, 2),
+            payload_type: 111,
+            red: Some(63),
+        };
+        let vp8 = super::SourceCodec {
+            kind: chorus_protocol::MediaKind::Video,
+            codec: codec("video/VP8", 90000, 0),
+            payload_type: 96,
+            red: None,
+        };
+        peer.add_outbound(chorus_protocol::TrackId(1), opus, 0x1111_0001)?;
+        peer.add_outbound(chorus_protocol::TrackId(2), vp8, 0x2222_0002)?;
+        let (offer, _) = peer.create_offer(now)?;
+        Ok(Self { peer, offer })
+    }
+
+    /// Applies the client's answer, as `subscribeAnswer` does.
+    pub fn answer(&mut self, sdp: &str, now: Instant) -> Result<(), crate::MediaError> {
+        self.peer.apply_answer(sdp.to_owned(), now)
+    }
+
+    /// Adds a trickled candidate, as the subscriber's `candidate` message does.
+    pub fn candidate(
+        &mut self,
+        candidate: chorus_protocol::IceCandidate,
+    ) -> Result<(), crate::MediaError> {
+        self.peer.add_remote_candidate(candidate)
+    }
+
+    /// What each offered track (Opus, then VP8) negotiated.
+    pub fn negotiated(&self) -> Vec<Negotiated> {
+        let mut out: Vec<_> = self.peer.outbound.iter().collect();
+        out.sort_by_key(|(track, _)| **track);
+        out.into_iter()
+            .map(|(_, o)| Negotiated {
+                ready: o.ready,
+                opus: o.rewrite.pt.get(111),
+                red: o.rewrite.pt.get(63),
+                vp8: o.rewrite.pt.get(96),
+                unwrap_red: o.rewrite.unwrap_red,
+            })
+            .collect()
+    }
+
+    /// Lets time pass and drains what the leg would send, as the worker does.
+    pub fn run(&mut self, now: Instant) {
+        self.peer.handle_timeout(now);
+        let mut events = Vec::new();
+        self.peer.poll_events(&mut events);
+        self.peer.poll_media(|_, _, _| {}, &mut events);
+        self.peer.poll_transmit(|_, _, _| {});
+    }
+}
