@@ -401,6 +401,19 @@ impl Collector for HubCollector {
              not fit their queue; sent again on a later allocation.",
             hub.notice_drops,
         )?;
+        counter(
+            out,
+            "paced_datagrams",
+            "Video datagrams that waited in a congested subscriber's pacer, so that a \
+             keyframe reaches the link spread out rather than as one burst.",
+            hub.paced,
+        )?;
+        counter(
+            out,
+            "pacer_late_datagrams",
+            "Datagrams the pacer let go late: they had waited a second, or its queue was full.",
+            hub.pacer_late,
+        )?;
 
         out.encode_descriptor(
             "worker_busy_seconds",
@@ -493,6 +506,8 @@ mod tests {
             "# TYPE chorus_subscribers_congested gauge",
             "# TYPE chorus_downlink_estimate_bits_per_second gauge",
             "# TYPE chorus_notice_drops counter",
+            "# TYPE chorus_paced_datagrams counter",
+            "# TYPE chorus_pacer_late_datagrams counter",
             "# TYPE chorus_worker_busy_seconds counter",
             "# TYPE chorus_join_latency_seconds histogram",
         ] {

@@ -44,6 +44,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::MediaError;
 use crate::idhash::IdHashMap;
+use crate::pacer::{self, Pacer};
 use crate::red;
 use crate::rewrite::{IdMap, SeqRewriter};
 
@@ -84,6 +85,8 @@ pub struct PeerSettings {
     pub srtp_profiles: Vec<String>,
     /// RED and DTX (`[audio]` in the config).
     pub audio: AudioOptions,
+    /// Pace a congested subscriber's video (`media.pacing`; see `crate::pacer`).
+    pub pacing: bool,
 }
 
 /// One forwarded RTP packet, as read from a publisher.
@@ -451,6 +454,11 @@ pub struct Peer {
     /// Subscriber: connectivity checks that came before its first answer.
     early_checks: early_checks::EarlyChecks,
     audio: AudioOptions,
+    /// Subscriber: holds its video datagrams while its link is known to congest
+    /// (`crate::pacer`).
+    pacer: Pacer<(SocketAddr, bool, BytesMut)>,
+    /// Whether the pacer is used at all (`media.pacing`).
+    pacing: bool,
 }
 
 /// What a peer connection has been given since its datagrams were last collected, which
@@ -682,6 +690,8 @@ impl Peer {
             send_side: (role == PeerRole::Subscriber).then(|| twcc::SendSide::new(now)),
             layer_ssrcs,
             audio: settings.audio,
+            pacer: Pacer::default(),
+            pacing: settings.pacing,
             early_checks: match role {
                 PeerRole::Subscriber => early_checks::EarlyChecks::waiting(),
                 PeerRole::Publisher => early_checks::EarlyChecks::default(),
@@ -1270,10 +1280,14 @@ impl Peer {
     }
 
     /// When the peer next wants [`Peer::handle_timeout`], as of the last
-    /// [`Peer::refresh_timeout`]. Cached, because asking webrtc-rs walks its whole stack and
-    /// the worker looks at every peer's deadline on every pass.
+    /// [`Peer::refresh_timeout`], or its pacer releases video, whichever comes first.
+    /// Cached, because asking webrtc-rs walks its whole stack and the worker looks at every
+    /// peer's deadline on every pass.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.next_timeout
+        match (self.next_timeout, self.pacer.next_release()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Re-reads the peer's next deadline; call after [`Peer::poll_transmit`] on anything
@@ -1285,8 +1299,14 @@ impl Peer {
         }
     }
 
-    /// Drains outgoing datagrams: `send(to, over_tcp, datagram)`.
-    pub fn poll_transmit(&mut self, mut send: impl FnMut(SocketAddr, bool, BytesMut)) {
+    /// Drains outgoing datagrams at `now`: `send(to, over_tcp, datagram)`. A subscriber's
+    /// video goes through its pacer while its link is known to congest; what the pacer
+    /// held goes out first, when due.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        mut send: impl FnMut(SocketAddr, bool, BytesMut),
+    ) {
         let limit = match std::mem::replace(&mut self.queued, Queued::Copies(0)) {
             Queued::Copies(n) => n,
             Queued::Anything => {
@@ -1294,13 +1314,71 @@ impl Peer {
                 usize::MAX
             }
         };
+        let pacing = self.pace(now, &mut send);
         for _ in 0..limit {
             let Some(msg) = self.pc.poll_write() else {
                 break;
             };
             let tcp = msg.transport.transport_protocol == TransportProtocol::TCP;
-            send(msg.transport.peer_addr, tcp, msg.message);
+            let to = msg.transport.peer_addr;
+            if pacing {
+                let bytes = msg.message.len();
+                if self.is_video(&msg.message) {
+                    if let Some((to, tcp, datagram)) =
+                        self.pacer.offer((to, tcp, msg.message), bytes, now)
+                    {
+                        send(to, tcp, datagram);
+                    }
+                    continue;
+                }
+                self.pacer.account(bytes, now);
+            }
+            send(to, tcp, msg.message);
         }
+    }
+
+    /// Subscriber: sets the pacer's rate from the estimate and sends what it has due;
+    /// whether video must be offered to it.
+    fn pace(&mut self, now: Instant, send: &mut impl FnMut(SocketAddr, bool, BytesMut)) -> bool {
+        let rate = self
+            .send_side
+            .as_ref()
+            .filter(|_| self.pacing)
+            .and_then(|side| side.pacing_rate(now));
+        if rate.is_none() && self.pacer.is_idle() {
+            return false;
+        }
+        self.pacer.set_rate(rate, now);
+        let twcc = self.outbound.values().find_map(|out| out.twcc);
+        let side = &mut self.send_side;
+        self.pacer.release(now, |(to, tcp, datagram)| {
+            // It leaves now, not when it was numbered: the wait is the pacer's, not the path's.
+            if let (Some(id), Some(side)) = (twcc, side.as_mut())
+                && let Some(&[hi, lo]) = pacer::one_byte_extension(&datagram, id)
+            {
+                side.retime(u16::from_be_bytes([hi, lo]), now);
+            }
+            send(to, tcp, datagram);
+        });
+        rate.is_some()
+    }
+
+    /// Whether a datagram is RTP of one of this subscriber's video subscriptions.
+    fn is_video(&self, datagram: &[u8]) -> bool {
+        pacer::rtp_ssrc(datagram).is_some_and(|ssrc| {
+            self.outbound
+                .values()
+                .any(|out| out.rewrite.ssrc == ssrc && out.source.kind == MediaKind::Video)
+        })
+    }
+
+    /// Subscriber: datagrams its pacer held (since the last call), and of those how many
+    /// it let go late (they waited the longest allowed, or the queue was full).
+    pub fn take_pacer_counts(&mut self) -> (u64, u64) {
+        let counts = (self.pacer.paced, self.pacer.late);
+        self.pacer.paced = 0;
+        self.pacer.late = 0;
+        counts
     }
 
     /// Closes the peer connection (sends DTLS close_notify where it can).
