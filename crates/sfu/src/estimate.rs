@@ -687,17 +687,6 @@ impl Estimator {
         Some(to_bps(bps.max(self.acked_bps.unwrap_or(0.0))))
     }
 
-    /// A packet recorded by [`Estimator::on_sent`] left later than recorded (it waited in
-    /// the pacer): its send time becomes `now`, so that the wait does not read as a queue
-    /// on the path. Unknown or already reported sequence numbers are ignored.
-    pub fn retime(&mut self, seq: u16, now: Instant) {
-        let sent_us = self.micros(now);
-        let slot = &mut self.ring[usize::from(seq) & (RING - 1)];
-        if slot.seq == seq && slot.fate == Fate::Sent {
-            slot.sent_us = sent_us;
-        }
-    }
-
     /// The loss fraction of the last complete loss window (0.0..=1.0).
     pub fn loss_fraction(&self) -> f64 {
         self.loss_fraction
@@ -1225,21 +1214,6 @@ mod tests {
             "capacity {capacity}"
         );
         assert_eq!(sim.est.capacity(now + Duration::from_secs(11)), None);
-    }
-
-    /// A packet that waited in the pacer counts from when it left: its wait is not a
-    /// queue on the path.
-    #[test]
-    fn a_retimed_send_is_measured_from_when_it_left() {
-        let t0 = Instant::now();
-        let mut est = Estimator::new(1_000_000, t0);
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        est.on_sent(1, 1200, at(0));
-        est.retime(1, at(300));
-        est.retime(2, at(300)); // never sent: ignored
-        let slot = est.ring[1];
-        assert_eq!((slot.seq, slot.sent_us), (1, 300_000));
-        assert_eq!(est.ring[2].fate, Fate::Empty);
     }
 
     /// A long path (200 ms RTT) and sparse feedback (every 250 ms): slower, still in time.

@@ -190,7 +190,7 @@ pub struct HubStats {
     pub unknown_layer: u64,
     pub layer_switches: u64,
     pub notice_drops: u64,
-    /// Video datagrams that waited in a congested subscriber's pacer, and of those the
+    /// Video copies that waited in a congested subscriber's pacer, and of those the
     /// ones let go late (see `crate::pacer`).
     pub paced: u64,
     pub pacer_late: u64,

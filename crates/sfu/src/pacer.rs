@@ -5,35 +5,35 @@
 //! the moment it arrives. On a link whose bottleneck queue holds less than the burst (a
 //! 300 kbit/s link with 300 ms of buffer holds 11 KB; a 640×360 keyframe is 15 to 30 KB),
 //! the tail of the burst is dropped, and with it the audio packets queued among it. The
-//! pacer holds a congested subscriber's video datagrams in a queue of its own on the
+//! pacer holds a congested subscriber's video copies in a queue of its own on the
 //! server and releases them so that everything the subscriber is sent stays at a little
 //! more than the rate the link was seen to carry: the bottleneck queue grows by a fraction
-//! of the burst. Audio and control never wait (they go out at once and take their share
-//! of the rate from the video).
+//! of the burst. Audio never waits (it goes out at once and takes its share of the rate
+//! from the video).
 //!
-//! Sans-IO: the owner offers each video datagram with its size, accounts for the others,
+//! Sans-IO: the owner offers each video copy with its size, accounts for the others,
 //! asks what is due at an instant, and asks when the next release is due. Items are
 //! generic, so the tests pace plain numbers.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How much faster than the link's known capacity the pacer lets a subscriber's datagrams
-/// out (audio and control count against the rate but never wait): above one, so that the
+/// How much faster than the link's known capacity the pacer lets a subscriber's media out
+/// (audio counts against the rate but never waits): above one, so that the
 /// pacer does not hold a link that has recovered a little to its old rate (the capacity
 /// also follows what arrives), and low enough that a link overloaded for a couple of
 /// seconds (a camera that resumed and then was taken back) fills its bottleneck queue by
 /// under 4 KB a second at 300 kbit/s, rather than drop audio.
 pub const PACING_FACTOR: f64 = 1.1;
 
-/// The longest a datagram waits in the pacer. Past it the head goes out regardless
-/// (counted as late): video that waits longer is better dropped by the link than delayed
-/// further, and the estimate, which sees the real send times, then takes the rate down.
-/// A second lets the largest keyframe of a layer that fits the link through at the pacing
-/// rate (a 30 KB keyframe takes 0.73 s at 1.1 × 300 kbit/s).
-pub const MAX_QUEUE_DELAY: Duration = Duration::from_secs(1);
+/// The longest a copy waits in the pacer. Past it the head goes out regardless
+/// (counted as late). Short: the pacer smooths bursts (a keyframe of the layer the link
+/// carries: 10 KB take 0.24 s at 1.1 × 300 kbit/s), it does not hold an overload. Video
+/// that the link cannot carry at all is the allocator's to take away, and every packet
+/// held longer would be older video still to send when it has.
+pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(250);
 
-/// Datagrams one subscriber's pacer holds at most: half a second of a 2.5 Mbit/s layer and
+/// Copies one subscriber's pacer holds at most: half a second of a 2.5 Mbit/s layer and
 /// then some (about 1.2 MB at 1200 bytes each). When it is full the oldest goes out at
 /// once (counted as late), so nothing is dropped here and the queue never grows without
 /// bound.
@@ -105,7 +105,7 @@ impl<T> Pacer<T> {
         self.rate.is_none() && self.queue.is_empty()
     }
 
-    /// A datagram that is not paced (audio, RTCP) went out at `now`: it takes its share of
+    /// A packet that is not paced (audio) went out at `now`: it takes its share of
     /// the rate, so that video leaves room for it.
     pub fn account(&mut self, bytes: usize, now: Instant) {
         if self.rate.is_some() {
@@ -114,7 +114,7 @@ impl<T> Pacer<T> {
         }
     }
 
-    /// A video datagram of `bytes` going out at `now`: returned when it may go at once,
+    /// A video copy of `bytes` going out at `now`: returned when it may go at once,
     /// else held (released by [`Pacer::release`]).
     pub fn offer(&mut self, item: T, bytes: usize, now: Instant) -> Option<T> {
         self.refill(now);
@@ -182,51 +182,6 @@ impl<T> Pacer<T> {
     }
 }
 
-/// The SSRC of an RTP datagram (SRTP leaves the header in the clear); `None` for RTCP,
-/// STUN, DTLS or anything too short. RTCP is told apart by its packet types 192 to 223
-/// (RFC 5761).
-pub fn rtp_ssrc(datagram: &[u8]) -> Option<u32> {
-    let header = datagram.get(..12)?;
-    if header[0] >> 6 != 2 || (64..96).contains(&(header[1] & 0x7f)) {
-        return None;
-    }
-    Some(u32::from_be_bytes([
-        header[8], header[9], header[10], header[11],
-    ]))
-}
-
-/// The data of one-byte header extension `id` (RFC 8285) in an RTP datagram, if it has it.
-pub fn one_byte_extension(datagram: &[u8], id: u8) -> Option<&[u8]> {
-    let first = *datagram.first()?;
-    if first & 0x10 == 0 {
-        return None;
-    }
-    let at = 12 + 4 * usize::from(first & 0x0f);
-    let block = datagram.get(at..at + 4)?;
-    if block[..2] != [0xbe, 0xde] {
-        return None;
-    }
-    let len = 4 * usize::from(u16::from_be_bytes([block[2], block[3]]));
-    let mut elements = datagram.get(at + 4..at + 4 + len)?;
-    while let Some((&head, rest)) = elements.split_first() {
-        let element_id = head >> 4;
-        if element_id == 0 {
-            elements = rest; // padding
-            continue;
-        }
-        if element_id == 15 {
-            return None;
-        }
-        let size = usize::from(head & 0x0f) + 1;
-        let data = rest.get(..size)?;
-        if element_id == id {
-            return Some(data);
-        }
-        elements = &rest[size..];
-    }
-    None
-}
-
 /// The most budget a pacer at `rate` bytes per second may build up.
 fn burst(rate: f64) -> f64 {
     (rate * BURST.as_secs_f64()).max(MIN_BURST_BYTES)
@@ -246,33 +201,6 @@ mod tests {
             pacer.release(t, |i| out.push((i, t)));
             t += MS;
         }
-    }
-
-    #[test]
-    fn reads_the_ssrc_and_an_extension_of_rtp_only() {
-        // V=2, X=1, PT 96, seq 7, ts 0, SSRC 0x01020304, extension block with padding, a
-        // two-byte element id 3 (the transport-wide number 0x0a0b), then the payload
-        let rtp = [
-            0x90, 96, 0, 7, 0, 0, 0, 0, 1, 2, 3, 4, 0xbe, 0xde, 0, 1, 0, 0x31, 0x0a, 0x0b, 0xff,
-        ];
-        assert_eq!(rtp_ssrc(&rtp), Some(0x0102_0304));
-        assert_eq!(one_byte_extension(&rtp, 3), Some(&[0x0a, 0x0b][..]));
-        assert_eq!(one_byte_extension(&rtp, 4), None);
-        // a receiver report (PT 201), STUN and truncated datagrams are not RTP
-        let rtcp = [0x80, 201, 0, 1, 1, 2, 3, 4, 0, 0, 0, 0];
-        assert_eq!(rtp_ssrc(&rtcp), None);
-        assert_eq!(
-            rtp_ssrc(&[0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]),
-            None
-        );
-        assert_eq!(rtp_ssrc(&rtp[..11]), None);
-        for cut in 0..rtp.len() {
-            let _ = one_byte_extension(&rtp[..cut], 3);
-        }
-        // no extension bit
-        let mut plain = rtp;
-        plain[0] = 0x80;
-        assert_eq!(one_byte_extension(&plain, 3), None);
     }
 
     /// A bottleneck like `tc tbf`: drains `bps`, drops what would wait over `max_wait`.
@@ -348,7 +276,10 @@ mod tests {
             unpaced >= 10,
             "unpaced, the link's buffer overflows: {unpaced}"
         );
-        assert_eq!(paced, 0, "paced, no audio is lost (unpaced: {unpaced})");
+        assert!(
+            paced * 5 <= unpaced,
+            "paced, far less audio is lost: {paced} against {unpaced}"
+        );
     }
 
     #[test]
@@ -369,21 +300,19 @@ mod tests {
         // 375 kbit/s = 46,875 bytes a second
         p.set_rate(Some(375_000), t0);
         let mut out = Vec::new();
-        for i in 0..30 {
+        for i in 0..8 {
             if let Some(i) = p.offer(i, 1200, t0) {
                 out.push((i, t0));
             }
         }
-        assert!(
-            !out.is_empty() && out.len() < 3,
-            "only the burst goes at once"
-        );
-        run(&mut p, t0, Duration::from_secs(2), &mut out);
-        assert_eq!(out.len(), 30);
+        assert_eq!(out.len(), 2, "only the first burst goes at once");
+        run(&mut p, t0, Duration::from_secs(1), &mut out);
+        assert_eq!(out.len(), 8);
         assert!(out.windows(2).all(|w| w[0].0 < w[1].0), "in order");
-        // 36 KB at 46.9 KB/s, less the first burst: the last leaves 0.74 s after the first
-        let last = out[29].1.duration_since(t0);
-        assert!((700 * MS..=780 * MS).contains(&last), "{last:?}");
+        // a datagram leaves once the budget is above zero: the last, after the 6.9 KB
+        // before it have been paid for at 46.9 KB/s, 0.15 s after the first
+        let last = out[7].1.duration_since(t0);
+        assert!((140 * MS..=160 * MS).contains(&last), "{last:?}");
         assert_eq!(p.late, 0);
         assert_eq!(p.next_release(), None);
     }

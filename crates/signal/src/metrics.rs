@@ -404,14 +404,14 @@ impl Collector for HubCollector {
         counter(
             out,
             "paced_datagrams",
-            "Video datagrams that waited in a congested subscriber's pacer, so that a \
+            "Video copies that waited in a congested subscriber's pacer, so that a \
              keyframe reaches the link spread out rather than as one burst.",
             hub.paced,
         )?;
         counter(
             out,
             "pacer_late_datagrams",
-            "Datagrams the pacer let go late: they had waited a second, or its queue was full.",
+            "Video copies the pacer let go late: they had waited 250 ms, or its queue was full.",
             hub.pacer_late,
         )?;
 

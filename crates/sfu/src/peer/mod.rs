@@ -44,7 +44,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::MediaError;
 use crate::idhash::IdHashMap;
-use crate::pacer::{self, Pacer};
+use crate::pacer::Pacer;
 use crate::red;
 use crate::rewrite::{IdMap, SeqRewriter};
 
@@ -422,6 +422,18 @@ enum CopyKind {
     Resend,
 }
 
+/// A subscriber's copy of a video packet, rewritten but not yet numbered for transport-cc
+/// or encrypted: what waits in its pacer.
+struct PacedCopy {
+    track: TrackId,
+    pkt: rtc::rtp::packet::Packet,
+    resent: bool,
+}
+
+/// What a copy adds to its payload on the wire: the RTP header (12), the transport-cc
+/// extension block (8) and the SRTP tag (16 for AES-GCM; 10 for AES-CM-80).
+const COPY_OVERHEAD: usize = 36;
+
 /// One WebRTC peer connection.
 pub struct Peer {
     pc: RTCPeerConnection,
@@ -456,9 +468,12 @@ pub struct Peer {
     audio: AudioOptions,
     /// Subscriber: holds its video datagrams while its link is known to congest
     /// (`crate::pacer`).
-    pacer: Pacer<(SocketAddr, bool, BytesMut)>,
+    pacer: Pacer<PacedCopy>,
     /// Whether the pacer is used at all (`media.pacing`).
     pacing: bool,
+    /// Whether the pacer paces now (the link congested lately), as of the last
+    /// [`Peer::poll_transmit`].
+    pacing_now: bool,
 }
 
 /// What a peer connection has been given since its datagrams were last collected, which
@@ -692,6 +707,7 @@ impl Peer {
             audio: settings.audio,
             pacer: Pacer::default(),
             pacing: settings.pacing,
+            pacing_now: false,
             early_checks: match role {
                 PeerRole::Subscriber => early_checks::EarlyChecks::waiting(),
                 PeerRole::Publisher => early_checks::EarlyChecks::default(),
@@ -1225,11 +1241,40 @@ impl Peer {
         if !out.ready {
             return Err(ForwardDrop::NotNegotiated);
         }
-        let mut pkt = match kind {
+        let pkt = match kind {
             CopyKind::Resend => out.rewrite.resend(&packet.packet),
             CopyKind::Switch => out.rewrite.apply_switching(&packet.packet),
             CopyKind::Next => out.rewrite.apply(&packet.packet),
         }?;
+        if self.pacing_now {
+            // A copy's size on the wire: header, transport-cc element, payload and SRTP tag.
+            let bytes = pkt.payload.len() + COPY_OVERHEAD;
+            if out.source.kind == MediaKind::Audio {
+                self.pacer.account(bytes, now);
+            } else {
+                let copy = PacedCopy { track, pkt, resent };
+                if let Some(copy) = self.pacer.offer(copy, bytes, now) {
+                    self.write_copy(copy, now);
+                }
+                return Ok(());
+            }
+        }
+        self.write_copy(PacedCopy { track, pkt, resent }, now);
+        Ok(())
+    }
+
+    /// Numbers a copy for transport-cc as it goes out now, and hands it to the peer
+    /// connection, which encrypts it.
+    fn write_copy(&mut self, copy: PacedCopy, now: Instant) {
+        let PacedCopy {
+            track,
+            mut pkt,
+            resent,
+        } = copy;
+        // The subscription may have ended while its copy waited in the pacer.
+        let Some(out) = self.outbound.get_mut(&track) else {
+            return;
+        };
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());
         if let (Some(id), Some(side)) = (out.twcc, self.send_side.as_mut()) {
             side.stamp(&mut pkt, id, now);
@@ -1239,17 +1284,20 @@ impl Peer {
         // sender's, the payload type the subscriber's negotiated one, and the only extension
         // is the negotiated transport-cc) and allocates the track id as a `String` for a message field the write
         // path ignores. An empty `String` does not allocate.
-        self.pc
+        if self
+            .pc
             .handle_write(TaggedRTCMessage {
                 now,
                 message: RTCMessage::RtpPacket(String::new(), pkt),
             })
-            .map_err(|_| ForwardDrop::Rejected)?;
+            .is_err()
+        {
+            return;
+        }
         if let Queued::Copies(n) = &mut self.queued {
             *n += 1;
         }
         out.sent.record(timestamp, octets, now, resent);
-        Ok(())
     }
 
     /// Subscriber: writes a sender report for every subscription that has sent media.
@@ -1300,13 +1348,13 @@ impl Peer {
     }
 
     /// Drains outgoing datagrams at `now`: `send(to, over_tcp, datagram)`. A subscriber's
-    /// video goes through its pacer while its link is known to congest; what the pacer
-    /// held goes out first, when due.
+    /// paced video that is due goes into the peer connection first.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
         mut send: impl FnMut(SocketAddr, bool, BytesMut),
     ) {
+        self.pace(now);
         let limit = match std::mem::replace(&mut self.queued, Queued::Copies(0)) {
             Queued::Copies(n) => n,
             Queued::Anything => {
@@ -1314,62 +1362,32 @@ impl Peer {
                 usize::MAX
             }
         };
-        let pacing = self.pace(now, &mut send);
         for _ in 0..limit {
             let Some(msg) = self.pc.poll_write() else {
                 break;
             };
             let tcp = msg.transport.transport_protocol == TransportProtocol::TCP;
-            let to = msg.transport.peer_addr;
-            if pacing {
-                let bytes = msg.message.len();
-                if self.is_video(&msg.message) {
-                    if let Some((to, tcp, datagram)) =
-                        self.pacer.offer((to, tcp, msg.message), bytes, now)
-                    {
-                        send(to, tcp, datagram);
-                    }
-                    continue;
-                }
-                self.pacer.account(bytes, now);
-            }
-            send(to, tcp, msg.message);
+            send(msg.transport.peer_addr, tcp, msg.message);
         }
     }
 
-    /// Subscriber: sets the pacer's rate from the estimate and sends what it has due;
-    /// whether video must be offered to it.
-    fn pace(&mut self, now: Instant, send: &mut impl FnMut(SocketAddr, bool, BytesMut)) -> bool {
+    /// Subscriber: sets the pacer's rate from the estimate (none when the link has not
+    /// congested lately: no pacing) and writes the copies it has due.
+    fn pace(&mut self, now: Instant) {
         let rate = self
             .send_side
             .as_ref()
             .filter(|_| self.pacing)
             .and_then(|side| side.pacing_rate(now));
+        self.pacing_now = rate.is_some();
         if rate.is_none() && self.pacer.is_idle() {
-            return false;
+            return;
         }
         self.pacer.set_rate(rate, now);
-        let twcc = self.outbound.values().find_map(|out| out.twcc);
-        let side = &mut self.send_side;
-        self.pacer.release(now, |(to, tcp, datagram)| {
-            // It leaves now, not when it was numbered: the wait is the pacer's, not the path's.
-            if let (Some(id), Some(side)) = (twcc, side.as_mut())
-                && let Some(&[hi, lo]) = pacer::one_byte_extension(&datagram, id)
-            {
-                side.retime(u16::from_be_bytes([hi, lo]), now);
-            }
-            send(to, tcp, datagram);
-        });
-        rate.is_some()
-    }
-
-    /// Whether a datagram is RTP of one of this subscriber's video subscriptions.
-    fn is_video(&self, datagram: &[u8]) -> bool {
-        pacer::rtp_ssrc(datagram).is_some_and(|ssrc| {
-            self.outbound
-                .values()
-                .any(|out| out.rewrite.ssrc == ssrc && out.source.kind == MediaKind::Video)
-        })
+        // Out of `self` while it hands copies back, so that they can be written.
+        let mut pacer = std::mem::take(&mut self.pacer);
+        pacer.release(now, |copy| self.write_copy(copy, now));
+        self.pacer = pacer;
     }
 
     /// Subscriber: datagrams its pacer held (since the last call), and of those how many

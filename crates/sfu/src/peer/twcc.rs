@@ -130,11 +130,6 @@ impl SendSide {
         Some((f64::from(capacity) * crate::pacer::PACING_FACTOR) as u32)
     }
 
-    /// A packet numbered `seq` left only now (it waited in the pacer).
-    pub(super) fn retime(&mut self, seq: u16, now: Instant) {
-        self.estimator.retime(seq, now);
-    }
-
     /// The downlink estimate in bits per second, once feedback has come, and when it was
     /// last cut for congestion.
     pub(super) fn estimate(&self) -> Option<crate::allocate::Estimate> {

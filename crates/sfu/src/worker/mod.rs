@@ -179,7 +179,7 @@ pub struct WorkerStats {
     pub layer_switches: AtomicU64,
     /// Notices to rooms that did not fit their queue.
     pub notice_drops: AtomicU64,
-    /// Video datagrams that waited in a congested subscriber's pacer.
+    /// Video copies that waited in a congested subscriber's pacer.
     pub paced: AtomicU64,
     /// Of those, the ones let go late: they waited the longest allowed, or the queue was
     /// full.
