@@ -63,9 +63,9 @@ pub struct Pacer<T> {
     budget: f64,
     /// When `budget` was last brought up to date.
     updated: Option<Instant>,
-    /// Datagrams released because they waited [`MAX_QUEUE_DELAY`] or the queue was full.
+    /// Items released because they waited [`MAX_QUEUE_DELAY`] or the queue was full.
     pub late: u64,
-    /// Datagrams that waited in the queue (not counting those sent at once).
+    /// Items that waited in the queue (not counting those sent at once).
     pub paced: u64,
 }
 
@@ -99,7 +99,7 @@ impl<T> Pacer<T> {
         }
     }
 
-    /// Whether the pacer holds anything or paces: when neither, datagrams need not be
+    /// Whether the pacer holds anything or paces: when neither, items need not be
     /// offered at all (the owner skips looking into them).
     pub fn is_idle(&self) -> bool {
         self.rate.is_none() && self.queue.is_empty()

@@ -466,7 +466,7 @@ pub struct Peer {
     /// Subscriber: connectivity checks that came before its first answer.
     early_checks: early_checks::EarlyChecks,
     audio: AudioOptions,
-    /// Subscriber: holds its video datagrams while its link is known to congest
+    /// Subscriber: holds its video copies while its link is known to congest
     /// (`crate::pacer`).
     pacer: Pacer<PacedCopy>,
     /// Whether the pacer is used at all (`media.pacing`).
@@ -1253,28 +1253,29 @@ impl Peer {
                 self.pacer.account(bytes, now);
             } else {
                 let copy = PacedCopy { track, pkt, resent };
-                if let Some(copy) = self.pacer.offer(copy, bytes, now) {
-                    self.write_copy(copy, now);
-                }
-                return Ok(());
+                return match self.pacer.offer(copy, bytes, now) {
+                    Some(copy) => self.write_copy(copy, now),
+                    // Held: it goes out when due (a switch is complete from here on).
+                    None => Ok(()),
+                };
             }
         }
-        self.write_copy(PacedCopy { track, pkt, resent }, now);
-        Ok(())
+        self.write_copy(PacedCopy { track, pkt, resent }, now)
     }
 
     /// Numbers a copy for transport-cc as it goes out now, and hands it to the peer
     /// connection, which encrypts it.
-    fn write_copy(&mut self, copy: PacedCopy, now: Instant) {
+    fn write_copy(&mut self, copy: PacedCopy, now: Instant) -> Result<(), ForwardDrop> {
         let PacedCopy {
             track,
             mut pkt,
             resent,
         } = copy;
         // The subscription may have ended while its copy waited in the pacer.
-        let Some(out) = self.outbound.get_mut(&track) else {
-            return;
-        };
+        let out = self
+            .outbound
+            .get_mut(&track)
+            .ok_or(ForwardDrop::NotSubscribed)?;
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());
         if let (Some(id), Some(side)) = (out.twcc, self.send_side.as_mut()) {
             side.stamp(&mut pkt, id, now);
@@ -1284,20 +1285,17 @@ impl Peer {
         // sender's, the payload type the subscriber's negotiated one, and the only extension
         // is the negotiated transport-cc) and allocates the track id as a `String` for a message field the write
         // path ignores. An empty `String` does not allocate.
-        if self
-            .pc
+        self.pc
             .handle_write(TaggedRTCMessage {
                 now,
                 message: RTCMessage::RtpPacket(String::new(), pkt),
             })
-            .is_err()
-        {
-            return;
-        }
+            .map_err(|_| ForwardDrop::Rejected)?;
         if let Queued::Copies(n) = &mut self.queued {
             *n += 1;
         }
         out.sent.record(timestamp, octets, now, resent);
+        Ok(())
     }
 
     /// Subscriber: writes a sender report for every subscription that has sent media.
@@ -1386,11 +1384,15 @@ impl Peer {
         self.pacer.set_rate(rate, now);
         // Out of `self` while it hands copies back, so that they can be written.
         let mut pacer = std::mem::take(&mut self.pacer);
-        pacer.release(now, |copy| self.write_copy(copy, now));
+        pacer.release(now, |copy| {
+            // A copy the peer connection refuses now (it is closing) is lost like any
+            // other send to a peer that is going away.
+            let _ = self.write_copy(copy, now);
+        });
         self.pacer = pacer;
     }
 
-    /// Subscriber: datagrams its pacer held (since the last call), and of those how many
+    /// Subscriber: video copies its pacer held (since the last call), and of those how many
     /// it let go late (they waited the longest allowed, or the queue was full).
     pub fn take_pacer_counts(&mut self) -> (u64, u64) {
         let counts = (self.pacer.paced, self.pacer.late);
