@@ -108,12 +108,7 @@ impl Server {
             .arg(&config_path)
             .arg("--http")
             .arg(http.to_string())
-            .args([
-                "--udp",
-                "127.0.0.1:0",
-                "--announce",
-                "127.0.0.1",
-            ])
+            .args(["--udp", "127.0.0.1:0", "--announce", "127.0.0.1"])
             // Quiet by default; CHORUS_LOG, else RUST_LOG, sets the server's filter.
             .env(
                 "RUST_LOG",

@@ -13,9 +13,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use chorus_cluster::record::NodeRecord;
 use chorus_protocol::{ErrorCode, MediaKind};
 use chorus_tests::media::{expected_payload, parse_tag};
-use chorus_tests::{
-    Client, MediaRate, Server, init_tracing, redirect_url, refusal_code, wait,
-};
+use chorus_tests::{Client, MediaRate, Server, init_tracing, redirect_url, refusal_code, wait};
 use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(15);
@@ -91,7 +89,9 @@ impl Redis {
     }
 
     fn keys(&self, pattern: &str) -> Result<Vec<String>> {
-        Ok(redis::cmd("KEYS").arg(pattern).query(&mut self.connection()?)?)
+        Ok(redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut self.connection()?)?)
     }
 
     fn get(&self, key: &str) -> Result<Option<String>> {
@@ -99,7 +99,9 @@ impl Redis {
     }
 
     fn members(&self, key: &str) -> Result<Vec<String>> {
-        Ok(redis::cmd("SMEMBERS").arg(key).query(&mut self.connection()?)?)
+        Ok(redis::cmd("SMEMBERS")
+            .arg(key)
+            .query(&mut self.connection()?)?)
     }
 }
 
@@ -188,16 +190,27 @@ fn assert_bytes_match(receiver: &Client, sender: &Client, kind: MediaKind) -> Re
     };
     let got = receiver.received(id, track);
     let sent = sender.sent();
-    ensure!(!got.is_empty(), "{} got nothing of {kind:?}", receiver.name());
+    ensure!(
+        !got.is_empty(),
+        "{} got nothing of {kind:?}",
+        receiver.name()
+    );
     for packet in &got {
         let tag = parse_tag(&packet.payload).context("untagged payload")?;
-        ensure!(tag.sender == sender.name() && tag.kind == kind, "foreign packet");
+        ensure!(
+            tag.sender == sender.name() && tag.kind == kind,
+            "foreign packet"
+        );
         ensure!(packet.payload == expected_payload(&tag), "payload differs");
         let original = sent
             .iter()
             .find(|s| s.kind == kind && s.counter == tag.counter)
             .with_context(|| format!("counter {} never sent", tag.counter))?;
-        ensure!(original.payload == packet.payload, "packet {} differs", tag.counter);
+        ensure!(
+            original.payload == packet.payload,
+            "packet {} differs",
+            tag.counter
+        );
     }
     Ok(got.len())
 }
@@ -230,10 +243,14 @@ async fn two_clients_on_different_nodes_meet_in_one_room_and_get_each_others_med
     ensure!(redis.get("chorus:room:standup")?.as_deref() == Some(host.id.as_str()));
     let ada_tracks = ada.publish_and_stream(MediaRate::default()).await?;
     let bob_tracks = bob.publish_and_stream(MediaRate::default()).await?;
-    bob.wait_for_packets(ada.id()?, ada_tracks.audio, 100, T).await?;
-    bob.wait_for_packets(ada.id()?, ada_tracks.video, 60, T).await?;
-    ada.wait_for_packets(bob.id()?, bob_tracks.audio, 100, T).await?;
-    ada.wait_for_packets(bob.id()?, bob_tracks.video, 60, T).await?;
+    bob.wait_for_packets(ada.id()?, ada_tracks.audio, 100, T)
+        .await?;
+    bob.wait_for_packets(ada.id()?, ada_tracks.video, 60, T)
+        .await?;
+    ada.wait_for_packets(bob.id()?, bob_tracks.audio, 100, T)
+        .await?;
+    ada.wait_for_packets(bob.id()?, bob_tracks.video, 60, T)
+        .await?;
     for kind in [MediaKind::Audio, MediaKind::Video] {
         assert_bytes_match(&bob, &ada, kind)?;
         assert_bytes_match(&ada, &bob, kind)?;
@@ -254,7 +271,11 @@ async fn two_clients_on_different_nodes_meet_in_one_room_and_get_each_others_med
     ada.leave().await?;
     bob.leave().await?;
     wait::poll_until(T, "the room key to go", || {
-        redis.get("chorus:room:standup").ok()?.is_none().then_some(())
+        redis
+            .get("chorus:room:standup")
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await?;
     Ok(())
@@ -305,7 +326,8 @@ async fn a_killed_nodes_participants_are_back_in_a_call_within_10_s_and_redis_fo
     let (ada, host) = join_via(nodes[0].addr(), "standup", "ada").await?;
     let (bob, _) = join_via(nodes[1].addr(), "standup", "bob").await?;
     let ada_tracks = ada.publish_and_stream(MediaRate::default()).await?;
-    bob.wait_for_packets(ada.id()?, ada_tracks.audio, 50, T).await?;
+    bob.wait_for_packets(ada.id()?, ada_tracks.audio, 50, T)
+        .await?;
     let dead = nodes
         .iter()
         .position(|n| n.addr() == host)
@@ -336,9 +358,13 @@ async fn a_killed_nodes_participants_are_back_in_a_call_within_10_s_and_redis_fo
         }
     };
     let ((ada2, ada_node), (bob2, bob_node)) = tokio::try_join!(rejoin("ada"), rejoin("bob"))?;
-    ensure!(ada_node == bob_node && ada_node != host, "rejoined on {ada_node}/{bob_node}");
+    ensure!(
+        ada_node == bob_node && ada_node != host,
+        "rejoined on {ada_node}/{bob_node}"
+    );
     let tracks = ada2.publish_and_stream(MediaRate::default()).await?;
-    bob2.wait_for_packets(ada2.id()?, tracks.audio, 10, T).await?;
+    bob2.wait_for_packets(ada2.id()?, tracks.audio, 10, T)
+        .await?;
     let back = killed_at.elapsed();
     tracing::info!(?back, "the call is back");
     ensure!(
@@ -362,8 +388,8 @@ async fn a_killed_nodes_participants_are_back_in_a_call_within_10_s_and_redis_fo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_restart_leaves_calls_going_fails_new_placements_clearly_and_recovers()
--> Result<()> {
+async fn a_redis_restart_leaves_calls_going_fails_new_placements_clearly_and_recovers() -> Result<()>
+{
     init_tracing();
     let mut redis = Redis::start().await?;
     let nodes = start_nodes(&redis, "placement_wait_ms = 1500\n").await?;
@@ -379,7 +405,8 @@ async fn a_redis_restart_leaves_calls_going_fails_new_placements_clearly_and_rec
     redis.kill().await?;
     // The call goes on.
     let got = bob.received_count(ada.id()?, tracks.audio);
-    bob.wait_for_packets(ada.id()?, tracks.audio, got + 100, T).await?;
+    bob.wait_for_packets(ada.id()?, tracks.audio, got + 100, T)
+        .await?;
     // A join to the call's node for the call's room still works: no Redis needed.
     let cy = Client::connect(host, "cy").await?;
     cy.join("standup").await?;
@@ -389,17 +416,26 @@ async fn a_redis_restart_leaves_calls_going_fails_new_placements_clearly_and_rec
         .find(|n| n.addr() != host)
         .context("another node")?;
     let late = Client::connect(other.addr(), "dee").await?;
-    let refused = late.join("elsewhere").await.expect_err("no placement without Redis");
+    let refused = late
+        .join("elsewhere")
+        .await
+        .expect_err("no placement without Redis");
     ensure!(
         refusal_code(&refused) == Some(ErrorCode::ClusterUnavailable),
         "expected clusterUnavailable, got {refused:#}"
     );
-    ensure!(ada.is_connected() && bob.is_connected(), "the call was dropped");
+    ensure!(
+        ada.is_connected() && bob.is_connected(),
+        "the call was dropped"
+    );
 
     redis.restart().await?;
     // New joins work again, and the host claims its room again in the empty Redis.
     wait::poll_until_async(T, "a placement after the restart", || async {
-        join_via(other.addr(), "elsewhere", "dee").await.ok().map(drop)
+        join_via(other.addr(), "elsewhere", "dee")
+            .await
+            .ok()
+            .map(drop)
     })
     .await?;
     wait::poll_until(T, "the host to claim its room again", || {
@@ -408,7 +444,8 @@ async fn a_redis_restart_leaves_calls_going_fails_new_placements_clearly_and_rec
     })
     .await?;
     let got = bob.received_count(ada.id()?, tracks.audio);
-    bob.wait_for_packets(ada.id()?, tracks.audio, got + 50, T).await?;
+    bob.wait_for_packets(ada.id()?, tracks.audio, got + 50, T)
+        .await?;
     assert_bytes_match(&bob, &ada, MediaKind::Audio)?;
     Ok(())
 }
@@ -524,6 +561,7 @@ async fn a_draining_node_takes_no_new_rooms_and_keeps_its_own() -> Result<()> {
     ensure!(rooms_on(&nodes[0]).await? == before, "node A took a room");
     // Its call goes on.
     let got = bob.received_count(ada.id()?, tracks.audio);
-    bob.wait_for_packets(ada.id()?, tracks.audio, got + 50, T).await?;
+    bob.wait_for_packets(ada.id()?, tracks.audio, got + 50, T)
+        .await?;
     Ok(())
 }

@@ -143,16 +143,13 @@ pub fn choose<'a>(
     nodes: &'a [NodeRecord],
     recent: impl Fn(&str) -> u64,
 ) -> Option<&'a NodeRecord> {
-    nodes
-        .iter()
-        .filter(|n| !n.draining)
-        .min_by_key(|n| {
-            (
-                n.cpu >= CPU_HIGH,
-                load_of(n, recent(&n.id)),
-                std::cmp::Reverse(tie_rank(room, &n.id)),
-            )
-        })
+    nodes.iter().filter(|n| !n.draining).min_by_key(|n| {
+        (
+            n.cpu >= CPU_HIGH,
+            load_of(n, recent(&n.id)),
+            std::cmp::Reverse(tie_rank(room, &n.id)),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -241,7 +238,10 @@ mod tests {
         assert_eq!(chosen.len(), 3, "every node wins some ties");
         // and the same room always gets the same answer
         let first = choose("standup", &nodes, |_| 0).map(|n| n.id.clone());
-        assert_eq!(choose("standup", &nodes, |_| 0).map(|n| n.id.clone()), first);
+        assert_eq!(
+            choose("standup", &nodes, |_| 0).map(|n| n.id.clone()),
+            first
+        );
     }
 
     #[test]

@@ -207,7 +207,10 @@ mod tests {
             ws_url("https://example.com/chorus"),
             "wss://example.com/chorus/ws"
         );
-        assert_eq!(origin_of("https://example.com/chorus"), "https://example.com");
+        assert_eq!(
+            origin_of("https://example.com/chorus"),
+            "https://example.com"
+        );
         assert_eq!(origin_of("http://127.0.0.1:8081"), "http://127.0.0.1:8081");
     }
 }

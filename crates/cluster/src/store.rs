@@ -96,7 +96,9 @@ pub async fn heartbeat(
 }
 
 /// Every listed node id with its stored record (None when the key is gone).
-pub async fn nodes(redis: &mut ConnectionManager) -> redis::RedisResult<Vec<(String, Option<String>)>> {
+pub async fn nodes(
+    redis: &mut ConnectionManager,
+) -> redis::RedisResult<Vec<(String, Option<String>)>> {
     let ids: Vec<String> = redis.smembers(NODES_KEY).await?;
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -120,7 +122,10 @@ pub async fn node(redis: &mut ConnectionManager, id: &str) -> redis::RedisResult
 }
 
 /// The room's owner, if any.
-pub async fn owner(redis: &mut ConnectionManager, room: &str) -> redis::RedisResult<Option<String>> {
+pub async fn owner(
+    redis: &mut ConnectionManager,
+    room: &str,
+) -> redis::RedisResult<Option<String>> {
     redis.get(room_key(room)).await
 }
 
@@ -160,11 +165,7 @@ pub async fn refresh(
     for room in rooms {
         script.key(room_key(room));
     }
-    let conflicts: Vec<String> = script
-        .arg(me)
-        .arg(millis(ttl))
-        .invoke_async(redis)
-        .await?;
+    let conflicts: Vec<String> = script.arg(me).arg(millis(ttl)).invoke_async(redis).await?;
     Ok(conflicts
         .into_iter()
         .map(|key| key.trim_start_matches("chorus:room:").to_owned())
@@ -172,7 +173,11 @@ pub async fn refresh(
 }
 
 /// Runs [`RELEASE`] for `rooms`.
-pub async fn release(redis: &mut ConnectionManager, rooms: &[String], me: &str) -> redis::RedisResult<()> {
+pub async fn release(
+    redis: &mut ConnectionManager,
+    rooms: &[String],
+    me: &str,
+) -> redis::RedisResult<()> {
     if rooms.is_empty() {
         return Ok(());
     }

@@ -93,7 +93,8 @@ impl ClusterConfig {
                 chorus_cluster::record::MIN_SECRET_BYTES
             );
         }
-        if !(self.advertise_url.starts_with("http://") || self.advertise_url.starts_with("https://"))
+        if !(self.advertise_url.starts_with("http://")
+            || self.advertise_url.starts_with("https://"))
         {
             bail!("cluster.advertise_url must be an http:// or https:// URL");
         }

@@ -368,7 +368,9 @@ async fn discover_public_ip(config: &Config, udp: &tokio::net::UdpSocket) -> Opt
 /// A Redis URL without its password, for the log.
 fn redact_redis(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
         _ => url.to_owned(),
     }
 }

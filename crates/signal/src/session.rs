@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use chorus_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerRole, ServerMessage};
 use chorus_cluster::{Cluster, JoinRoute};
+use chorus_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerRole, ServerMessage};
 use chorus_sfu::{Hub, Membership};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
