@@ -519,7 +519,7 @@ async fn a_node_record_with_a_bad_signature_is_ignored_and_counted() -> Result<(
 async fn a_draining_node_takes_no_new_rooms_and_keeps_its_own() -> Result<()> {
     init_tracing();
     let redis = Redis::start().await?;
-    let nodes = start_nodes(&redis, "[shutdown]\ngrace_secs = 60\n").await?;
+    let mut nodes = start_nodes(&redis, "[shutdown]\ngrace_secs = 60\n").await?;
     // Find a room that lands on node A.
     let mut on_a = None;
     let mut others = Vec::new();
@@ -563,5 +563,25 @@ async fn a_draining_node_takes_no_new_rooms_and_keeps_its_own() -> Result<()> {
     let got = bob.received_count(ada.id()?, tracks.audio);
     bob.wait_for_packets(ada.id()?, tracks.audio, got + 50, T)
         .await?;
+    // Once its call is over it exits, and leaves nothing behind in Redis: its record and
+    // claim are deleted at exit, not left to expire.
+    ada.leave().await?;
+    bob.leave().await?;
+    let status = nodes[0].server.wait_exit(T).await?;
+    ensure!(status.success(), "node A exited with {status}");
+    ensure!(
+        redis.get("chorus:node:node-a")?.is_none(),
+        "node A's record is still in Redis"
+    );
+    ensure!(
+        !redis
+            .members("chorus:nodes")?
+            .contains(&"node-a".to_owned()),
+        "node A is still listed"
+    );
+    ensure!(
+        redis.get(&format!("chorus:room:{room}"))?.is_none(),
+        "node A's room is still claimed"
+    );
     Ok(())
 }

@@ -104,6 +104,8 @@ struct Inner {
     hub: Hub,
     redis: ConnectionManager,
     draining: AtomicBool,
+    /// Set by [`Cluster::leave`]: no more heartbeats, which would write the record again.
+    left: AtomicBool,
     /// Wakes the heartbeat task early (a drain began).
     wake: Notify,
     recent: Mutex<Recent>,
@@ -173,6 +175,7 @@ impl Cluster {
                 hub,
                 redis,
                 draining: AtomicBool::new(false),
+                left: AtomicBool::new(false),
                 wake: Notify::new(),
                 recent: Mutex::new(Recent::default()),
                 others: Mutex::new(Vec::new()),
@@ -477,6 +480,9 @@ impl Cluster {
     /// those that emptied, and read the other nodes.
     async fn beat(&self) -> Result<(), ClusterError> {
         let inner = &self.inner;
+        if inner.left.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let me = inner.settings.node_id.as_str();
         let mut redis = inner.redis.clone();
         let record = self.own_record(true);
@@ -512,6 +518,8 @@ impl Cluster {
     /// node's record, so that nobody waits for its TTL.
     pub async fn leave(&self) {
         let inner = &self.inner;
+        inner.left.store(true, Ordering::Relaxed);
+        inner.wake.notify_one();
         let me = inner.settings.node_id.as_str();
         let mut redis = inner.redis.clone();
         let hosted: Vec<String> = std::mem::take(&mut *lock(&inner.hosted))
@@ -542,6 +550,9 @@ async fn heartbeat_loop(weak: std::sync::Weak<Inner>) {
     let mut was_ok = true;
     loop {
         let Some(inner) = weak.upgrade() else { return };
+        if inner.left.load(Ordering::Relaxed) {
+            return;
+        }
         let cluster = Cluster { inner };
         match cluster.beat().await {
             Ok(()) => {
