@@ -57,6 +57,18 @@ end
 return conflicts
 ";
 
+/// Removes each id (ARGV[i]) whose node key (KEYS[i + 1]) no longer exists from the node
+/// set (KEYS[1]). Checked inside Redis: a node that wrote its record again since the caller
+/// read the set stays listed.
+const FORGET: &str = r"
+for i, id in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return 0
+";
+
 /// Compare and delete: removes each room key (KEYS) only while it names ARGV[1].
 const RELEASE: &str = r"
 local n = 0
@@ -81,6 +93,7 @@ pub async fn heartbeat(
     ttl: Duration,
 ) -> redis::RedisResult<()> {
     redis::pipe()
+        .atomic()
         .cmd("SET")
         .arg(node_key(id))
         .arg(signed)
@@ -113,7 +126,13 @@ pub async fn forget_nodes(redis: &mut ConnectionManager, ids: &[String]) -> redi
     if ids.is_empty() {
         return Ok(());
     }
-    redis.srem::<_, _, ()>(NODES_KEY, ids).await
+    let script = Script::new(FORGET);
+    let mut script = script.prepare_invoke();
+    script.key(NODES_KEY);
+    for id in ids {
+        script.key(node_key(id)).arg(id);
+    }
+    script.invoke_async::<i64>(redis).await.map(drop)
 }
 
 /// One node's stored record, if its key exists.
