@@ -691,6 +691,43 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_section_is_optional_and_checked() {
+        assert!(
+            Config::default().cluster.is_none(),
+            "alone unless configured"
+        );
+        let good = "[cluster]\nadvertise_url = \"https://node1.example.com/\"\n\
+                    secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let config: Config = toml::from_str(good).expect("toml");
+        config.validate().expect("valid");
+        let cluster = config.cluster.expect("cluster");
+        let settings = cluster.settings();
+        assert_eq!(settings.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(settings.advertise_url, "https://node1.example.com");
+        assert_eq!(settings.heartbeat, Duration::from_secs(1));
+        assert_eq!(settings.ttl, Duration::from_secs(3));
+        assert!(!settings.node_id.is_empty(), "a generated node id");
+        assert!(
+            format!("{cluster:?}").contains("secret: \"…\""),
+            "the secret is not logged"
+        );
+        for bad in [
+            // no secret, a short one, no URL, a bad URL, a bad id, a TTL under two beats
+            "[cluster]\nadvertise_url = \"https://n.example\"\n",
+            "[cluster]\nadvertise_url = \"https://n.example\"\nsecret = \"short\"\n",
+            "[cluster]\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+            "[cluster]\nadvertise_url = \"n.example\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+            "[cluster]\nadvertise_url = \"https://n.example\"\nsecret = \"0123456789abcdef0123456789abcdef\"\nnode_id = \"a b\"\n",
+            "[cluster]\nadvertise_url = \"https://n.example\"\nsecret = \"0123456789abcdef0123456789abcdef\"\nttl_ms = 1500\n",
+        ] {
+            let refused = toml::from_str::<Config>(bad)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| c.validate());
+            assert!(refused.is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = toml::from_str::<Config>("[http]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n")
             .expect_err("unknown key");
