@@ -585,3 +585,63 @@ async fn a_draining_node_takes_no_new_rooms_and_keeps_its_own() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_is_far_off_keeps_its_rooms_until_its_key_expires() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "").await?;
+    // A genuine node (signed with the cluster secret) whose clock says 1970, owning a room.
+    // Its record and claim live 5 s in Redis, as a real node's would between heartbeats.
+    let elsewhere: SocketAddr = format!("127.0.0.1:{}", spare_port()?).parse()?;
+    let record = NodeRecord {
+        id: "skewed".into(),
+        url: format!("http://{elsewhere}"),
+        draining: false,
+        participants: 1,
+        forwarded_pps: 0,
+        cpu: 0.0,
+        rooms: [("standup".to_owned(), 1)].into(),
+        sent_at_ms: 0,
+    }
+    .sign(SECRET.as_bytes());
+    let mut conn = redis.connection()?;
+    redis::pipe()
+        .cmd("SET")
+        .arg("chorus:node:skewed")
+        .arg(&record)
+        .arg("PX")
+        .arg(5000)
+        .cmd("SADD")
+        .arg("chorus:nodes")
+        .arg("skewed")
+        .cmd("SET")
+        .arg("chorus:room:standup")
+        .arg("skewed")
+        .arg("PX")
+        .arg(5000)
+        .query::<()>(&mut conn)?;
+    // While its key lives, its room is its own: every node redirects there, none takes it.
+    for node in &nodes {
+        let client = Client::connect(node.addr(), "ada").await?;
+        let err = client.join("standup").await.expect_err("a redirect");
+        ensure!(
+            redirect_url(&err).as_deref() == Some(format!("ws://{elsewhere}/ws").as_str()),
+            "{}: expected a redirect to the skewed node, got {err:#}",
+            node.id
+        );
+    }
+    ensure!(redis.get("chorus:room:standup")?.as_deref() == Some("skewed"));
+    // Once its key expires (Redis's clock), the room is placed on a live node.
+    wait::poll_until(T, "the skewed node's key to expire", || {
+        redis
+            .get("chorus:node:skewed")
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    let (_ada, node) = join_via(nodes[0].addr(), "standup", "ada").await?;
+    ensure!(nodes.iter().any(|n| n.addr() == node), "placed on {node}");
+    Ok(())
+}
