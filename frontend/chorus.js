@@ -143,6 +143,7 @@ const SERVER_FIELDS = {
   streamState: { trackId: 'id' },
   publishLayers: { trackId: 'id', rids: 'array' },
   activeSpeakers: { speakers: 'array' },
+  redirect: { room: 'string', url: 'string' },
 };
 
 /** Every `type` the server may send. */
@@ -373,6 +374,22 @@ const ROOM_LIST_REFUSALS = new Set(['unauthorized', 'forbidden']);
 // changes, and the server's allocation runs every 200 ms anyway.
 const TRACK_SETTINGS_INTERVAL_MS = 300;
 
+/**
+ * How many `redirect`s one join follows. A cluster redirects a join at most once (to the
+ * room's node); a second can happen when the room moved in between, more means a loop.
+ */
+const MAX_REDIRECTS = 3;
+
+/** Whether `url` is a WebSocket URL a `redirect` may send the client to. */
+export function redirectTarget(url) {
+  try {
+    const u = new URL(url);
+    return u.protocol === 'ws:' || u.protocol === 'wss:' ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
 function defaultUrl() {
   const loc = globalThis.location;
   if (!loc) return null;
@@ -418,11 +435,17 @@ function defaultSourceFor(kind) {
  * `connectionState`, `roomList`, `joined`, `participantJoined`, `participantLeft`,
  * `trackPublished`, `trackAdded`, `trackRemoved`, `muteChanged`, `streamState`, `chat`,
  * `activeSpeaker`, `activeSpeakers`, `audioLevels`, `quality`, `localTracks`, `screenShare`, `published`,
- * `publishLayers`, `serverError`, `notice`, `draining`, `bye`, `warning`.
+ * `publishLayers`, `serverError`, `notice`, `draining`, `bye`, `redirect`, `warning`.
  */
 export class ChorusClient {
   constructor(options = {}) {
     this.url = options.url ?? defaultUrl();
+    /**
+     * Where every join starts: `url` as given. A `redirect` (a cluster node that does not
+     * host the room) moves `url` to the room's node for that join; a rejoin after a failure
+     * starts here again, so that it lands on a live node (docs/cluster.md).
+     */
+    this.entryUrl = this.url;
     this.reconnect = options.reconnect ?? true;
     this.joinTimeoutMs = options.joinTimeoutMs ?? 10000;
     this.statsIntervalMs = options.statsIntervalMs ?? STATS_INTERVAL_MS;
@@ -726,15 +749,26 @@ export class ChorusClient {
 
   async _connectAndJoin() {
     this._setConnectionState(this._reconnectAttempt > 0 ? 'reconnecting' : 'joining');
-    await this.connect();
-    const p = this._waitFor(
-      (m) => m.type === 'joined',
-      (m) => m.type === 'error',
-      this.joinTimeoutMs,
-      'joined',
-    );
-    this._send(messages.join(this.room, this.name, this.token));
-    const joined = await p;
+    let joined;
+    for (let redirects = 0; ; redirects++) {
+      await this.connect();
+      const p = this._waitFor(
+        (m) => m.type === 'joined' || m.type === 'redirect',
+        (m) => m.type === 'error',
+        this.joinTimeoutMs,
+        'joined',
+      );
+      this._send(messages.join(this.room, this.name, this.token));
+      const reply = await p;
+      if (reply.type === 'joined') {
+        joined = reply;
+        break;
+      }
+      const target = redirectTarget(reply.url);
+      if (!target) throw new ChorusError('unreachable', `the server redirected to ${JSON.stringify(reply.url)}, not a WebSocket URL`);
+      if (redirects + 1 >= MAX_REDIRECTS) throw new ChorusError('unreachable', `redirected ${MAX_REDIRECTS} times; giving up`);
+      this._followRedirect(target);
+    }
     this._reconnectAttempt = 0;
     // Publish in the background; the caller does not wait for media.
     this._publishInitial().catch((err) => {
@@ -742,6 +776,23 @@ export class ChorusClient {
       this._emit('warning', { error: err, during: 'publish' });
     });
     return joined;
+  }
+
+  /** Drops the socket quietly and points `url` at the room's node; the join goes on there. */
+  _followRedirect(url) {
+    this._log('redirected to', url);
+    const ws = this._socket;
+    this._epoch++;
+    this._socket = null;
+    this._socketOpen = null;
+    try {
+      if (ws) {
+        ws.onclose = null;
+        ws.close();
+      }
+    } catch {}
+    this.url = url;
+    this._emit('redirect', { url, room: this.room });
   }
 
   _scheduleReconnect() {
@@ -754,6 +805,20 @@ export class ChorusClient {
       if (!this._wantJoined) return;
       try {
         this.lastBye = null;
+        // Back through the entry: the node that hosted the call may be the one that failed.
+        if (this.url !== this.entryUrl) {
+          const ws = this._socket;
+          this._epoch++;
+          this._socket = null;
+          this._socketOpen = null;
+          try {
+            if (ws) {
+              ws.onclose = null;
+              ws.close();
+            }
+          } catch {}
+          this.url = this.entryUrl;
+        }
         await this._connectAndJoin();
       } catch (err) {
         if (!this._wantJoined) return;
@@ -930,7 +995,7 @@ export class ChorusClient {
   // ----- message handling (one at a time, in arrival order) ------------------------------
 
   async _handle(msg) {
-    const callMessage = !['joined', 'roomList', 'error', 'bye', 'notice'].includes(msg.type);
+    const callMessage = !['joined', 'roomList', 'error', 'bye', 'notice', 'redirect'].includes(msg.type);
     if (callMessage && this.participantId === null) {
       this._log('not in a room; ignoring', msg.type);
       this._settleWaiters(msg);
@@ -1014,6 +1079,9 @@ export class ChorusClient {
         break;
       case 'draining':
         this._emit('draining', { seconds: msg.seconds });
+        break;
+      case 'redirect':
+        // The answer to our join: `_connectAndJoin` follows it.
         break;
       case 'bye':
         this.lastBye = { reason: msg.reason };

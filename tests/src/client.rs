@@ -249,6 +249,28 @@ impl fmt::Display for ServerRefused {
 
 impl std::error::Error for ServerRefused {}
 
+/// The server answered `join` with `redirect`: the room lives on another cluster node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirected {
+    /// The node's WebSocket URL.
+    pub url: String,
+}
+
+impl fmt::Display for Redirected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server redirected the join to {}", self.url)
+    }
+}
+
+impl std::error::Error for Redirected {}
+
+/// The redirect's URL, if `err` is (or wraps) a [`Redirected`].
+pub fn redirect_url(err: &anyhow::Error) -> Option<String> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Redirected>())
+        .map(|r| r.url.clone())
+}
+
 /// The error code, if `err` is (or wraps) a [`ServerRefused`].
 pub fn refusal_code(err: &anyhow::Error) -> Option<ErrorCode> {
     err.chain()
@@ -663,7 +685,9 @@ impl Client {
             .wait_for_after(mark, SIGNALING_TIMEOUT, "joined or error", |m| {
                 matches!(
                     m,
-                    ServerMessage::Joined { .. } | ServerMessage::Error { .. }
+                    ServerMessage::Joined { .. }
+                        | ServerMessage::Error { .. }
+                        | ServerMessage::Redirect { .. }
                 )
             })
             .await?;
@@ -686,6 +710,7 @@ impl Client {
                 })
             }
             ServerMessage::Error { code, message } => Err(ServerRefused { code, message }.into()),
+            ServerMessage::Redirect { url, .. } => Err(Redirected { url }.into()),
             other => bail!("unexpected reply to join: {other:?}"),
         }
     }

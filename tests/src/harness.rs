@@ -78,6 +78,16 @@ impl Server {
 
     /// Starts the `chorus` binary at `bin` with `config` (TOML) as its config file.
     pub async fn start_bin(bin: &Path, config: &str) -> Result<Self> {
+        Self::start_bin_at(bin, config, "127.0.0.1:0".parse()?).await
+    }
+
+    /// [`start_with_config`](Self::start_with_config) with HTTP on `http` (a cluster node
+    /// must know its own URL before it starts).
+    pub async fn start_at(http: SocketAddr, config: &str) -> Result<Self> {
+        Self::start_bin_at(&chorus_bin()?, config, http).await
+    }
+
+    async fn start_bin_at(bin: &Path, config: &str, http: SocketAddr) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         if !bin.exists() {
             bail!(
@@ -96,14 +106,9 @@ impl Server {
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(&config_path)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--udp",
-                "127.0.0.1:0",
-                "--announce",
-                "127.0.0.1",
-            ])
+            .arg("--http")
+            .arg(http.to_string())
+            .args(["--udp", "127.0.0.1:0", "--announce", "127.0.0.1"])
             // Quiet by default; CHORUS_LOG, else RUST_LOG, sets the server's filter.
             .env(
                 "RUST_LOG",

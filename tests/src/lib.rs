@@ -18,8 +18,8 @@ pub mod wait;
 
 pub use client::{
     Client, ClientOptions, JoinedInfo, KeyframeRequest, KeyframeRequestKind, Logged, MediaRate,
-    PublishOptions, PublishedTracks, ReceivedPacket, RtpWriter, SenderReportSeen, SentPacket,
-    ServerRefused, refusal_code,
+    PublishOptions, PublishedTracks, ReceivedPacket, Redirected, RtpWriter, SenderReportSeen,
+    SentPacket, ServerRefused, redirect_url, refusal_code,
 };
 pub use harness::{Server, Stats};
 pub use raw::{RawEvent, RawWs};

@@ -404,6 +404,16 @@ pub enum ServerMessage {
     ActiveSpeakers {
         speakers: Vec<ActiveSpeaker>,
     },
+    /// The answer to a `join` on a node of a cluster that does not host the room: the room
+    /// lives on another node. The client opens a WebSocket to `url` and sends the same
+    /// `join` there (same room, name and token). Nothing else changed on this session; it
+    /// stays open and not joined.
+    Redirect {
+        /// The room the join asked for.
+        room: RoomId,
+        /// The WebSocket URL of the room's node, e.g. `wss://node2.example.com/ws`.
+        url: String,
+    },
 }
 
 /// One entry of `activeSpeakers`.
@@ -470,6 +480,10 @@ pub enum ErrorCode {
     LimitReached,
     /// The server is draining for a restart and takes no new joins; try again shortly.
     ServerDraining,
+    /// The server runs in a cluster and cannot reach the cluster's Redis (or every node
+    /// is draining), so it cannot tell which node hosts the room; try again shortly. Calls
+    /// in progress are not affected.
+    ClusterUnavailable,
     /// Something failed inside the server; the call goes on.
     Internal,
 }

@@ -46,7 +46,7 @@ fn every_client_fixture_round_trips() {
 #[test]
 fn every_server_fixture_round_trips() {
     let all = fixtures("server");
-    assert_eq!(all.len(), 18, "one fixture per server message type");
+    assert_eq!(all.len(), 19, "one fixture per server message type");
     for (name, text) in all {
         let parsed: ServerMessage =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -26,6 +26,130 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub shutdown: ShutdownConfig,
     pub audio: AudioConfig,
+    /// `[cluster]`: absent, the server runs alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: this server is one node of several sharing a Redis (docs/cluster.md).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The Redis every node uses: `redis://host:port[/db]` (`redis://:password@host:port`).
+    #[serde(default = "ClusterConfig::default_redis")]
+    pub redis: String,
+    /// This node's id, unique in the cluster; generated at start-up when left out.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// How browsers and the other nodes reach this node's HTTP side, e.g.
+    /// `https://node2.example.com`. Redirects send clients to its `/ws`.
+    pub advertise_url: String,
+    /// The cluster secret (at least 32 bytes), the same on every node: node records are
+    /// signed with it, and records that do not verify are ignored.
+    pub secret: String,
+    /// How often the node writes its record, in ms.
+    #[serde(default = "ClusterConfig::default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// How long a record and a room claim live without a heartbeat, in ms: a dead node's
+    /// rooms can be placed again after this.
+    #[serde(default = "ClusterConfig::default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// How long a join that needs Redis waits for it before `clusterUnavailable`, in ms.
+    #[serde(default = "ClusterConfig::default_placement_wait_ms")]
+    pub placement_wait_ms: u64,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &"…")
+            .field("node_id", &self.node_id)
+            .field("advertise_url", &self.advertise_url)
+            .field("secret", &"…")
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("ttl_ms", &self.ttl_ms)
+            .field("placement_wait_ms", &self.placement_wait_ms)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    fn default_redis() -> String {
+        "redis://127.0.0.1:6379".into()
+    }
+    fn default_heartbeat_ms() -> u64 {
+        1000
+    }
+    fn default_ttl_ms() -> u64 {
+        3000
+    }
+    fn default_placement_wait_ms() -> u64 {
+        3000
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.secret.len() < chorus_cluster::record::MIN_SECRET_BYTES {
+            bail!(
+                "cluster.secret must have at least {} bytes (e.g. `openssl rand -hex 32`)",
+                chorus_cluster::record::MIN_SECRET_BYTES
+            );
+        }
+        if !(self.advertise_url.starts_with("http://")
+            || self.advertise_url.starts_with("https://"))
+        {
+            bail!("cluster.advertise_url must be an http:// or https:// URL");
+        }
+        if !self.redis.starts_with("redis://") {
+            bail!("cluster.redis must be a redis:// URL");
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'))
+        {
+            bail!("cluster.node_id must be 1 to 64 of A-Z a-z 0-9 - _ .");
+        }
+        if self.heartbeat_ms < 100 {
+            bail!("cluster.heartbeat_ms must be at least 100");
+        }
+        if self.ttl_ms < 2 * self.heartbeat_ms {
+            bail!("cluster.ttl_ms must be at least twice cluster.heartbeat_ms");
+        }
+        Ok(())
+    }
+
+    /// The settings the cluster crate takes; generates the node id when none is set.
+    pub fn settings(&self) -> chorus_cluster::ClusterSettings {
+        let node_id = self.node_id.clone().unwrap_or_else(generated_node_id);
+        chorus_cluster::ClusterSettings {
+            redis_url: self.redis.clone(),
+            node_id,
+            advertise_url: self.advertise_url.trim_end_matches('/').to_owned(),
+            secret: self.secret.as_bytes().to_vec(),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            ttl: Duration::from_millis(self.ttl_ms),
+            placement_wait: Duration::from_millis(self.placement_wait_ms),
+        }
+    }
+}
+
+/// A node id for a node that names none: the host name (when it is a valid id) and a
+/// random suffix, so that two processes on one host differ.
+fn generated_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 40
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .unwrap_or_else(|| "node".to_owned());
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("{host}-{:08x}", hasher.finish() as u32)
 }
 
 /// `[audio]`: RED, DTX and the speaker election.
@@ -495,6 +619,9 @@ impl Config {
             server.validate(i)?;
         }
         self.auth.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         if let Some(token) = &self.metrics.bearer_token
             && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -564,6 +691,43 @@ mod tests {
         let shipped = Config::load(&path, true).expect("config/chorus.toml");
         let defaults = Config::default();
         assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn the_cluster_section_is_optional_and_checked() {
+        assert!(
+            Config::default().cluster.is_none(),
+            "alone unless configured"
+        );
+        let good = "[cluster]\nadvertise_url = \"https://node1.example.com/\"\n\
+                    secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let config: Config = toml::from_str(good).expect("toml");
+        config.validate().expect("valid");
+        let cluster = config.cluster.expect("cluster");
+        let settings = cluster.settings();
+        assert_eq!(settings.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(settings.advertise_url, "https://node1.example.com");
+        assert_eq!(settings.heartbeat, Duration::from_secs(1));
+        assert_eq!(settings.ttl, Duration::from_secs(3));
+        assert!(!settings.node_id.is_empty(), "a generated node id");
+        assert!(
+            format!("{cluster:?}").contains("secret: \"…\""),
+            "the secret is not logged"
+        );
+        for bad in [
+            // no secret, a short one, no URL, a bad URL, a bad id, a TTL under two beats
+            "[cluster]\nadvertise_url = \"https://n.example\"\n",
+            "[cluster]\nadvertise_url = \"https://n.example\"\nsecret = \"short\"\n",
+            "[cluster]\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+            "[cluster]\nadvertise_url = \"n.example\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+            "[cluster]\nadvertise_url = \"https://n.example\"\nsecret = \"0123456789abcdef0123456789abcdef\"\nnode_id = \"a b\"\n",
+            "[cluster]\nadvertise_url = \"https://n.example\"\nsecret = \"0123456789abcdef0123456789abcdef\"\nttl_ms = 1500\n",
+        ] {
+            let refused = toml::from_str::<Config>(bad)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| c.validate());
+            assert!(refused.is_err(), "accepted {bad:?}");
+        }
     }
 
     #[test]

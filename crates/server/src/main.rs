@@ -228,6 +228,23 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     );
     // Set by the admin API's `POST /api/v1/drain`; SIGTERM does the same.
     let drain = Arc::new(tokio::sync::Notify::new());
+    // One node of a cluster (docs/cluster.md); without `[cluster]` no Redis code runs.
+    let cluster = match &config.cluster {
+        Some(cluster_config) => {
+            let settings = cluster_config.settings();
+            tracing::info!(
+                node = %settings.node_id,
+                url = %settings.advertise_url,
+                "cluster node (Redis at {})",
+                redact_redis(&settings.redis_url)
+            );
+            Some(
+                chorus_cluster::Cluster::start(settings, hub.clone())
+                    .context("joining the cluster")?,
+            )
+        }
+        None => None,
+    };
     let app = chorus_signal::router(
         hub.clone(),
         SignalConfig {
@@ -253,6 +270,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 enabled: config.metrics.enabled,
                 bearer_token: config.metrics.bearer_token.clone(),
             },
+            cluster: cluster.clone(),
         },
     );
     let grace = Duration::from_secs(config.shutdown.grace_secs);
@@ -276,6 +294,10 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             () = shutdown_signal() => tracing::info!("signal: draining"),
             () = drain.notified() => tracing::info!("admin API: draining"),
         }
+        // A draining node takes no new rooms: its heartbeat says so now.
+        if let Some(cluster) = &cluster {
+            cluster.set_draining();
+        }
         // A second signal ends the process at once.
         tokio::spawn(async {
             shutdown_signal().await;
@@ -288,6 +310,9 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             tracing::info!("drain grace of {grace:?} is over; ending the remaining calls");
         }
         hub.shutdown().await;
+        if let Some(cluster) = &cluster {
+            cluster.leave().await;
+        }
     })
     .await;
     if let Some(webhooks) = webhooks
@@ -338,6 +363,16 @@ async fn discover_public_ip(config: &Config, udp: &tokio::net::UdpSocket) -> Opt
             );
             None
         }
+    }
+}
+
+/// A Redis URL without its password, for the log.
+fn redact_redis(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -338,6 +338,12 @@ impl Hub {
         list
     }
 
+    /// Whether this server has `room` now (for cluster placement: a join for a room held
+    /// here stays here).
+    pub fn hosts(&self, room: &RoomId) -> bool {
+        self.inner.rooms.contains_key(room)
+    }
+
     /// A receiver that changes whenever the room list does.
     pub fn watch_rooms(&self) -> watch::Receiver<Vec<RoomSummary>> {
         self.inner.room_list.subscribe()

@@ -216,7 +216,7 @@ async fn openapi_json() -> Response {
 async fn list_rooms(State(state): State<AppState>, headers: HeaderMap) -> Reply<Response> {
     authorize(&state.config.auth, &headers, None)?;
     Ok(axum::Json(RoomList {
-        rooms: state.hub.room_list(),
+        rooms: state.room_list(),
     })
     .into_response())
 }

@@ -55,6 +55,9 @@ pub struct SignalConfig {
     pub ip_limits: IpLimitSettings,
     /// Whether and how `/metrics` is served.
     pub metrics: MetricsSettings,
+    /// This node's cluster membership (`[cluster]`), if it is one of several: joins are
+    /// placed through it and room lists show the whole cluster. None: a single server.
+    pub cluster: Option<chorus_cluster::Cluster>,
 }
 
 #[derive(Clone)]
@@ -77,6 +80,7 @@ pub fn router(hub: Hub, config: SignalConfig) -> Router {
         .route("/ws", get(ws))
         .route("/api/rooms", get(rooms))
         .route("/api/stats", get(stats))
+        .route("/api/cluster", get(cluster_status))
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(index))
         .route("/connectivity", get(connectivity))
@@ -103,7 +107,14 @@ async fn ws(
 ) -> Response {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let origin = header(header::ORIGIN);
-    if !origin::allowed(origin, header(header::HOST), &state.config.allowed_origins) {
+    // A page served by another node of the cluster may open a session here (a redirect).
+    let cluster_page = match (&state.config.cluster, origin) {
+        (Some(cluster), Some(origin)) => cluster.is_node_origin(origin),
+        _ => false,
+    };
+    if !cluster_page
+        && !origin::allowed(origin, header(header::HOST), &state.config.allowed_origins)
+    {
         tracing::warn!(?origin, "WebSocket refused: origin not allowed");
         return api_error(
             StatusCode::FORBIDDEN,
@@ -162,6 +173,7 @@ async fn serve_socket(state: AppState, client: ClientAddr, socket: WebSocket) {
     });
     session::run(
         state.hub,
+        state.config.cluster.clone(),
         state.config.limits,
         state.config.auth.clone(),
         client,
@@ -179,7 +191,30 @@ async fn rooms(State(state): State<AppState>) -> Response {
             "this server lists its rooms only to invited participants",
         );
     }
-    axum::Json(serde_json::json!({ "rooms": state.hub.room_list() })).into_response()
+    axum::Json(serde_json::json!({ "rooms": state.room_list() })).into_response()
+}
+
+/// The cluster as this node sees it: the live nodes and their load, and the counters of
+/// placement (404 for a server that is not in a cluster).
+async fn cluster_status(State(state): State<AppState>) -> Response {
+    match &state.config.cluster {
+        Some(cluster) => axum::Json(cluster.status()).into_response(),
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownRoom,
+            "this server is not in a cluster ([cluster] in the config)",
+        ),
+    }
+}
+
+impl AppState {
+    /// The room list: the whole cluster's in a cluster, else this server's.
+    pub(crate) fn room_list(&self) -> Vec<chorus_protocol::RoomSummary> {
+        match &self.config.cluster {
+            Some(cluster) => cluster.room_list(),
+            None => self.hub.room_list(),
+        }
+    }
 }
 
 async fn stats(State(state): State<AppState>) -> Response {

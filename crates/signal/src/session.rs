@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use chorus_cluster::{Cluster, JoinRoute};
 use chorus_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerRole, ServerMessage};
 use chorus_sfu::{Hub, Membership};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -61,6 +62,7 @@ pub struct ClientAddr {
 /// may join and list rooms.
 pub async fn run<S, R>(
     hub: Hub,
+    cluster: Option<Cluster>,
     limits: SessionLimits,
     auth: Arc<Auth>,
     client: ClientAddr,
@@ -72,6 +74,7 @@ pub async fn run<S, R>(
 {
     let mut session = Session {
         hub,
+        cluster,
         limits,
         auth,
         membership: None,
@@ -180,6 +183,8 @@ async fn watch_next(
 
 struct Session {
     hub: Hub,
+    /// The cluster this node belongs to, if any: joins ask it where the room lives.
+    cluster: Option<Cluster>,
     limits: SessionLimits,
     auth: Arc<Auth>,
     membership: Option<Membership>,
@@ -309,6 +314,23 @@ impl Session {
                     }
                 };
                 let name = admitted.name.unwrap_or(name);
+                if let Some(cluster) = &self.cluster {
+                    match cluster.route_join(&room).await {
+                        Ok(JoinRoute::Local) => {}
+                        Ok(JoinRoute::Redirect { url, .. }) => {
+                            return Some(ServerMessage::Redirect { room, url });
+                        }
+                        Err(err) => {
+                            tracing::info!(%room, %err, "join refused: no placement");
+                            // Redis unreachable, or every node draining: either way the
+                            // client may try again shortly.
+                            return Some(ServerMessage::error(
+                                ErrorCode::ClusterUnavailable,
+                                err.to_string(),
+                            ));
+                        }
+                    }
+                }
                 let (to_session, from_room) = mpsc::channel(SESSION_QUEUE);
                 match self
                     .hub
@@ -335,13 +357,19 @@ impl Session {
                     ));
                 }
                 if self.membership.is_none() {
-                    let mut watch = self.hub.watch_rooms();
+                    let mut watch = match &self.cluster {
+                        Some(cluster) => cluster.watch_rooms(),
+                        None => self.hub.watch_rooms(),
+                    };
                     watch.mark_unchanged();
                     self.room_watch = Some(watch);
                     self.idle_since = None;
                 }
                 Some(ServerMessage::RoomList {
-                    rooms: self.hub.room_list(),
+                    rooms: match &self.cluster {
+                        Some(cluster) => cluster.room_list(),
+                        None => self.hub.room_list(),
+                    },
                 })
             }
             ClientMessage::Leave => match self.membership.take() {
@@ -446,6 +474,7 @@ mod tests {
             ));
             tokio::spawn(run(
                 hub.clone(),
+                None,
                 limits,
                 Arc::new(auth),
                 client,

@@ -47,13 +47,14 @@ export async function poll(fn, { timeout = 15000, interval = 200, message = 'con
  * `config` is the TOML text of its config file. `ip` is the address it listens on (HTTP,
  * media UDP and ICE-TCP, ephemeral ports) and announces; `wrap` is a command prefix that
  * runs it, such as `['ip', 'netns', 'exec', NS]` (it must exec, so the child is chorus).
+ * `port` fixes the HTTP port (a cluster node must know its own URL before it starts).
  */
-export async function startServer({ config = '', name = 'server', ip = '127.0.0.1', wrap = [] } = {}) {
+export async function startServer({ config = '', name = 'server', ip = '127.0.0.1', wrap = [], port = 0 } = {}) {
   if (!existsSync(CHORUS_BIN)) throw new Error(`no chorus binary at ${CHORUS_BIN} (cargo build -p chorus, or set CHORUS_BIN)`);
   const dir = mkdtempSync(path.join(tmpdir(), 'chorus-test-'));
   const cfg = path.join(dir, 'chorus.toml');
   writeFileSync(cfg, config);
-  const args = ['--config', cfg, '--http', `${ip}:0`, '--udp', `${ip}:0`, '--announce', ip, '--frontend', path.join(REPO, 'frontend')];
+  const args = ['--config', cfg, '--http', `${ip}:${port}`, '--udp', `${ip}:0`, '--announce', ip, '--frontend', path.join(REPO, 'frontend')];
   const cmd = [...wrap, CHORUS_BIN, ...args];
   const child = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { RUST_LOG: process.env.RUST_LOG ?? 'info', ...process.env } });
   let stdout = '';

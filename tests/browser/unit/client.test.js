@@ -253,6 +253,51 @@ test('after the socket drops, the client rejoins and rebuilds the room', async (
   client.close();
 });
 
+test('a redirect moves the join to the named node, with the same room, name and token; a rejoin starts at the entry again', async () => {
+  const env = fakeEnv();
+  const client = new ChorusClient(env);
+  const redirects = [];
+  client.on('redirect', (d) => redirects.push(d));
+  const joining = client.join({ room: 'standup', name: 'Grace', token: 'T', stream: null });
+  const entry = await until(() => FakeWebSocket.last?.sent.length && FakeWebSocket.last, 1000, 'join sent');
+  assert.equal(entry.url, 'ws://test/ws');
+  entry.receive(fixture('redirect'));
+  const node = await until(() => FakeWebSocket.instances.length === 2 && FakeWebSocket.last.sent.length && FakeWebSocket.last, 1000, 'join at the node');
+  assert.equal(node.url, 'wss://node2.example.com/ws');
+  assert.equal(entry.readyState, 3, 'the entry socket is closed');
+  assert.deepEqual(node.sent[0], { type: 'join', version: 1, room: 'standup', name: 'Grace', token: 'T' });
+  assert.deepEqual(redirects, [{ url: 'wss://node2.example.com/ws', room: 'standup' }]);
+  const joined = fixture('joined');
+  joined.iceServers = [];
+  node.receive(joined);
+  await joining;
+  assert.equal(client.connectionState, 'joined');
+  // The node dies: the rejoin goes through the entry, which may redirect elsewhere.
+  node.drop();
+  const again = await until(() => FakeWebSocket.instances.length === 3 && FakeWebSocket.last.sent.length && FakeWebSocket.last, 2000, 'rejoin');
+  assert.equal(again.url, 'ws://test/ws');
+  assert.deepEqual(again.sent[0], { type: 'join', version: 1, room: 'standup', name: 'Grace', token: 'T' });
+  client.close();
+});
+
+test('a redirect that is not a WebSocket URL, or a redirect loop, fails the join', async () => {
+  const env = fakeEnv();
+  const client = new ChorusClient(env);
+  let joining = client.join({ room: 'standup', name: 'Grace', stream: null });
+  let ws = await until(() => FakeWebSocket.last?.sent.length && FakeWebSocket.last, 1000, 'join sent');
+  ws.receive({ type: 'redirect', room: 'standup', url: 'javascript:alert(1)' });
+  await assert.rejects(joining, (err) => err instanceof ChorusError && err.code === 'unreachable');
+  joining = client.join({ room: 'standup', name: 'Grace', stream: null });
+  for (let i = 0; i < 3; i++) {
+    ws = await until(() => FakeWebSocket.last?.readyState === 1 && FakeWebSocket.last.sent.some((m) => m.type === 'join') && FakeWebSocket.last, 1000, `join ${i}`);
+    const count = FakeWebSocket.instances.length;
+    ws.receive({ type: 'redirect', room: 'standup', url: `ws://node${i}.test/ws` });
+    if (i < 2) await until(() => FakeWebSocket.instances.length > count, 1000, `redirect ${i} followed`);
+  }
+  await assert.rejects(joining, (err) => err instanceof ChorusError && err.code === 'unreachable' && /redirected 3 times/.test(err.message));
+  client.close();
+});
+
 test('bye removed ends the call without reconnecting', async () => {
   const { client, ws, events } = await joinedClient();
   ws.receive({ type: 'bye', reason: 'removed' });

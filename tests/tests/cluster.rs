@@ -1,0 +1,647 @@
+//! A cluster: a real `redis-server` and three Chorus nodes on loopback, simulated browsers
+//! connecting to different nodes. Rooms are placed through Redis, joins are redirected to
+//! the room's node, a dead node's rooms come back on a live one, and a Redis restart stops
+//! only new placements. Build the server first: `cargo build -p chorus`. Needs
+//! `redis-server` (Debian's `redis-server` package); without it every test fails.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use chorus_cluster::record::NodeRecord;
+use chorus_protocol::{ErrorCode, MediaKind};
+use chorus_tests::media::{expected_payload, parse_tag};
+use chorus_tests::{Client, MediaRate, Server, init_tracing, redirect_url, refusal_code, wait};
+use tokio::process::{Child, Command};
+
+const T: Duration = Duration::from_secs(15);
+
+/// The cluster secret of the test nodes.
+const SECRET: &str = "a-cluster-test-secret-of-at-least-32-bytes";
+
+/// A port nobody listens on right now.
+fn spare_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `redis-server` on a spare loopback port, without persistence. Killed when dropped.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Redis {
+    async fn start() -> Result<Self> {
+        let port = spare_port()?;
+        let mut redis = Self { child: None, port };
+        redis.restart().await?;
+        Ok(redis)
+    }
+
+    /// Starts the server (again) on the same port: empty, as a restart without
+    /// persistence leaves it.
+    async fn restart(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        self.child = Some(child);
+        let port = self.port;
+        wait::poll_until(T, "redis-server to answer PING", || {
+            let pong: Option<String> = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .ok()?
+                .get_connection()
+                .ok()
+                .and_then(|mut c| redis::cmd("PING").query(&mut c).ok());
+            pong
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn connection(&self) -> Result<redis::Connection> {
+        Ok(redis::Client::open(self.url())?.get_connection()?)
+    }
+
+    fn keys(&self, pattern: &str) -> Result<Vec<String>> {
+        Ok(redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut self.connection()?)?)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<String>> {
+        Ok(redis::cmd("GET").arg(key).query(&mut self.connection()?)?)
+    }
+
+    fn members(&self, key: &str) -> Result<Vec<String>> {
+        Ok(redis::cmd("SMEMBERS")
+            .arg(key)
+            .query(&mut self.connection()?)?)
+    }
+}
+
+/// One Chorus node of the cluster.
+struct Node {
+    id: String,
+    server: Server,
+}
+
+impl Node {
+    async fn start(redis: &Redis, id: &str, extra: &str) -> Result<Self> {
+        let http: SocketAddr = format!("127.0.0.1:{}", spare_port()?).parse()?;
+        let config = format!(
+            "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nadvertise_url = \"http://{http}\"\n\
+             secret = \"{SECRET}\"\n{extra}",
+            redis.url()
+        );
+        let server = Server::start_at(http, &config).await?;
+        Ok(Self {
+            id: id.to_owned(),
+            server,
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.http_addr()
+    }
+}
+
+async fn start_nodes(redis: &Redis, extra: &str) -> Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b", "node-c"] {
+        nodes.push(Node::start(redis, id, extra).await?);
+    }
+    // Every node has heartbeated and seen the others.
+    for node in &nodes {
+        wait::poll_until_async(T, "every node to see three nodes", || async {
+            let (status, body) = chorus_tests::harness::http_get(node.addr(), "/api/cluster")
+                .await
+                .ok()?;
+            let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (status == 200 && json["nodes"].as_array()?.len() == 3).then_some(())
+        })
+        .await?;
+    }
+    Ok(nodes)
+}
+
+/// `ws://127.0.0.1:P/ws` → `127.0.0.1:P`.
+fn addr_of(url: &str) -> Result<SocketAddr> {
+    url.strip_prefix("ws://")
+        .and_then(|rest| rest.strip_suffix("/ws"))
+        .ok_or_else(|| anyhow!("not a ws://host:port/ws URL: {url}"))?
+        .parse()
+        .with_context(|| format!("redirect URL {url}"))
+}
+
+/// Joins `room` as `name` through `entry`, following redirects as chorus.js does. Returns
+/// the client and the node it joined on.
+async fn join_via(entry: SocketAddr, room: &str, name: &str) -> Result<(Client, SocketAddr)> {
+    let mut addr = entry;
+    for _ in 0..3 {
+        let client = Client::connect(addr, name).await?;
+        match client.join(room).await {
+            Ok(_) => return Ok((client, addr)),
+            Err(err) => match redirect_url(&err) {
+                Some(url) => {
+                    client.close().await;
+                    addr = addr_of(&url)?;
+                }
+                None => return Err(err),
+            },
+        }
+    }
+    bail!("{name}: more than 3 redirects for {room}")
+}
+
+/// Checks that every packet `receiver` got from `sender`'s `kind` track is byte-identical
+/// to the one sent with the same counter; returns how many there were.
+fn assert_bytes_match(receiver: &Client, sender: &Client, kind: MediaKind) -> Result<usize> {
+    let id = sender.id()?;
+    let tracks = sender.published().context("not published")?;
+    let track = match kind {
+        MediaKind::Audio => tracks.audio,
+        MediaKind::Video => tracks.video,
+    };
+    let got = receiver.received(id, track);
+    let sent = sender.sent();
+    ensure!(
+        !got.is_empty(),
+        "{} got nothing of {kind:?}",
+        receiver.name()
+    );
+    for packet in &got {
+        let tag = parse_tag(&packet.payload).context("untagged payload")?;
+        ensure!(
+            tag.sender == sender.name() && tag.kind == kind,
+            "foreign packet"
+        );
+        ensure!(packet.payload == expected_payload(&tag), "payload differs");
+        let original = sent
+            .iter()
+            .find(|s| s.kind == kind && s.counter == tag.counter)
+            .with_context(|| format!("counter {} never sent", tag.counter))?;
+        ensure!(
+            original.payload == packet.payload,
+            "packet {} differs",
+            tag.counter
+        );
+    }
+    Ok(got.len())
+}
+
+/// The rooms a node hosts now, from its `/api/stats`.
+async fn rooms_on(node: &Node) -> Result<u64> {
+    Ok(node.server.stats().await?.rooms)
+}
+
+async fn cluster_status(node: &Node) -> Result<serde_json::Value> {
+    let (status, body) = chorus_tests::harness::http_get(node.addr(), "/api/cluster").await?;
+    ensure!(status == 200, "/api/cluster: {status} {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_on_different_nodes_meet_in_one_room_and_get_each_others_media_intact()
+-> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "").await?;
+    let (ada, ada_node) = join_via(nodes[0].addr(), "standup", "ada").await?;
+    let (bob, bob_node) = join_via(nodes[1].addr(), "standup", "bob").await?;
+    ensure!(ada_node == bob_node, "ada on {ada_node}, bob on {bob_node}");
+    // The room is claimed in Redis by the node that hosts it.
+    let host = nodes
+        .iter()
+        .find(|n| n.addr() == ada_node)
+        .context("a node of ours")?;
+    ensure!(redis.get("chorus:room:standup")?.as_deref() == Some(host.id.as_str()));
+    let ada_tracks = ada.publish_and_stream(MediaRate::default()).await?;
+    let bob_tracks = bob.publish_and_stream(MediaRate::default()).await?;
+    bob.wait_for_packets(ada.id()?, ada_tracks.audio, 100, T)
+        .await?;
+    bob.wait_for_packets(ada.id()?, ada_tracks.video, 60, T)
+        .await?;
+    ada.wait_for_packets(bob.id()?, bob_tracks.audio, 100, T)
+        .await?;
+    ada.wait_for_packets(bob.id()?, bob_tracks.video, 60, T)
+        .await?;
+    for kind in [MediaKind::Audio, MediaKind::Video] {
+        assert_bytes_match(&bob, &ada, kind)?;
+        assert_bytes_match(&ada, &bob, kind)?;
+    }
+    // Every node's room list shows the room, with both participants.
+    for node in &nodes {
+        wait::poll_until_async(T, "the room in every node's list", || async {
+            let (_, body) = chorus_tests::harness::http_get(node.addr(), "/api/rooms")
+                .await
+                .ok()?;
+            let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (json["rooms"] == serde_json::json!([{"room": "standup", "participants": 2}]))
+                .then_some(())
+        })
+        .await?;
+    }
+    // Both leave: the owner releases the room at once.
+    ada.leave().await?;
+    bob.leave().await?;
+    wait::poll_until(T, "the room key to go", || {
+        redis
+            .get("chorus:room:standup")
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_rooms_spread_over_three_nodes_by_load() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "").await?;
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let entry = nodes[i % 3].addr();
+        let (client, _) = join_via(entry, &format!("room-{i}"), &format!("p{i}")).await?;
+        clients.push(client);
+    }
+    let mut per_node = HashMap::new();
+    for node in &nodes {
+        per_node.insert(node.id.clone(), rooms_on(node).await?);
+    }
+    tracing::info!(?per_node, "rooms per node");
+    ensure!(
+        per_node.values().sum::<u64>() == 30,
+        "every room is on one node: {per_node:?}"
+    );
+    ensure!(
+        per_node.values().all(|&n| n >= 6),
+        "every node takes at least 6 of 30 rooms: {per_node:?}"
+    );
+    // The cluster's room list (any node's) has all 30.
+    wait::poll_until_async(T, "30 rooms in the cluster's list", || async {
+        let (_, body) = chorus_tests::harness::http_get(nodes[2].addr(), "/api/rooms")
+            .await
+            .ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (json["rooms"].as_array()?.len() == 30).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_participants_are_back_in_a_call_within_10_s_and_redis_forgets_it()
+-> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "").await?;
+    let (ada, host) = join_via(nodes[0].addr(), "standup", "ada").await?;
+    let (bob, _) = join_via(nodes[1].addr(), "standup", "bob").await?;
+    let ada_tracks = ada.publish_and_stream(MediaRate::default()).await?;
+    bob.wait_for_packets(ada.id()?, ada_tracks.audio, 50, T)
+        .await?;
+    let dead = nodes
+        .iter()
+        .position(|n| n.addr() == host)
+        .context("the host is ours")?;
+    let dead_id = nodes[dead].id.clone();
+    // The clients' entry is a live node, as a load balancer in front of the cluster
+    // would give them after the failure.
+    let entry = nodes[(dead + 1) % 3].addr();
+
+    let killed_at = Instant::now();
+    nodes[dead].server.signal("KILL")?;
+    ada.wait_closed(T).await?;
+    bob.wait_closed(T).await?;
+    // Rejoin as chorus.js does: back off 0.5, 1, 2, 4 s through the entry, following
+    // redirects (a redirect to the dead node fails to connect until its key expires).
+    let rejoin = |name: &'static str| async move {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            tokio::time::sleep(delay).await;
+            match join_via(entry, "standup", name).await {
+                Ok(joined) => return Ok::<_, anyhow::Error>(joined),
+                Err(err) => {
+                    tracing::info!("{name} rejoin failed: {err:#}");
+                    ensure!(killed_at.elapsed() < T, "{name} could not rejoin: {err:#}");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    };
+    let ((ada2, ada_node), (bob2, bob_node)) = tokio::try_join!(rejoin("ada"), rejoin("bob"))?;
+    ensure!(
+        ada_node == bob_node && ada_node != host,
+        "rejoined on {ada_node}/{bob_node}"
+    );
+    let tracks = ada2.publish_and_stream(MediaRate::default()).await?;
+    bob2.wait_for_packets(ada2.id()?, tracks.audio, 10, T)
+        .await?;
+    let back = killed_at.elapsed();
+    tracing::info!(?back, "the call is back");
+    ensure!(
+        back < Duration::from_secs(10),
+        "the call took {back:?} to come back"
+    );
+    assert_bytes_match(&bob2, &ada2, MediaKind::Audio)?;
+    // After its TTL (3 s) and a heartbeat of the others, Redis holds nothing of it.
+    wait::poll_until(T, "no trace of the dead node in Redis", || {
+        let node_key = redis.get(&format!("chorus:node:{dead_id}")).ok()?;
+        let listed = redis.members("chorus:nodes").ok()?.contains(&dead_id);
+        let rooms_of_dead = redis
+            .keys("chorus:room:*")
+            .ok()?
+            .iter()
+            .any(|k| redis.get(k).ok().flatten().as_deref() == Some(dead_id.as_str()));
+        (node_key.is_none() && !listed && !rooms_of_dead).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_leaves_calls_going_fails_new_placements_clearly_and_recovers() -> Result<()>
+{
+    init_tracing();
+    let mut redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "placement_wait_ms = 1500\n").await?;
+    let (ada, host) = join_via(nodes[0].addr(), "standup", "ada").await?;
+    let (bob, _) = join_via(nodes[1].addr(), "standup", "bob").await?;
+    let tracks = ada.publish_and_stream(MediaRate::default()).await?;
+    bob.wait_for_packets(ada.id()?, tracks.audio, 50, T).await?;
+    let host_node = nodes
+        .iter()
+        .find(|n| n.addr() == host)
+        .context("the host is ours")?;
+
+    redis.kill().await?;
+    // The call goes on.
+    let got = bob.received_count(ada.id()?, tracks.audio);
+    bob.wait_for_packets(ada.id()?, tracks.audio, got + 100, T)
+        .await?;
+    // A join to the call's node for the call's room still works: no Redis needed.
+    let cy = Client::connect(host, "cy").await?;
+    cy.join("standup").await?;
+    // A join that needs placement fails with a typed error after the wait.
+    let other = nodes
+        .iter()
+        .find(|n| n.addr() != host)
+        .context("another node")?;
+    let late = Client::connect(other.addr(), "dee").await?;
+    let refused = late
+        .join("elsewhere")
+        .await
+        .expect_err("no placement without Redis");
+    ensure!(
+        refusal_code(&refused) == Some(ErrorCode::ClusterUnavailable),
+        "expected clusterUnavailable, got {refused:#}"
+    );
+    ensure!(
+        ada.is_connected() && bob.is_connected(),
+        "the call was dropped"
+    );
+
+    redis.restart().await?;
+    // New joins work again, and the host claims its room again in the empty Redis.
+    wait::poll_until_async(T, "a placement after the restart", || async {
+        join_via(other.addr(), "elsewhere", "dee")
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await?;
+    wait::poll_until(T, "the host to claim its room again", || {
+        (redis.get("chorus:room:standup").ok()?.as_deref() == Some(host_node.id.as_str()))
+            .then_some(())
+    })
+    .await?;
+    let got = bob.received_count(ada.id()?, tracks.audio);
+    bob.wait_for_packets(ada.id()?, tracks.audio, got + 50, T)
+        .await?;
+    assert_bytes_match(&bob, &ada, MediaKind::Audio)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_record_with_a_bad_signature_is_ignored_and_counted() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "").await?;
+    // A record for an unknown node, signed with another secret, with no load at all: were
+    // it believed, every new room would go there.
+    let trap: SocketAddr = format!("127.0.0.1:{}", spare_port()?).parse()?;
+    let forged = NodeRecord {
+        id: "evil".into(),
+        url: format!("http://{trap}"),
+        draining: false,
+        participants: 0,
+        forwarded_pps: 0,
+        cpu: 0.0,
+        rooms: Default::default(),
+        sent_at_ms: 0,
+    }
+    .sign(b"not the cluster secret, but as long as one");
+    let mut conn = redis.connection()?;
+    redis::cmd("SET")
+        .arg("chorus:node:evil")
+        .arg(&forged)
+        .query::<()>(&mut conn)?;
+    redis::cmd("SADD")
+        .arg("chorus:nodes")
+        .arg("evil")
+        .query::<()>(&mut conn)?;
+    // A room claimed for it, for 1.5 s: no node redirects there; a join waits for the
+    // claim to expire and then places the room on a real node.
+    redis::cmd("SET")
+        .arg("chorus:room:trapped")
+        .arg("evil")
+        .arg("PX")
+        .arg(1500)
+        .query::<()>(&mut conn)?;
+    let (_held, node) = join_via(nodes[0].addr(), "trapped", "ada").await?;
+    ensure!(node != trap, "redirected to the forged node");
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (client, node) = join_via(nodes[i % 3].addr(), &format!("r{i}"), "bob").await?;
+        ensure!(
+            nodes.iter().any(|n| n.addr() == node),
+            "room r{i} went to {node}"
+        );
+        clients.push(client);
+    }
+    for node in &nodes {
+        let status = cluster_status(node).await?;
+        ensure!(
+            status["badRecords"].as_u64().unwrap_or(0) > 0,
+            "{}: no bad record counted: {status}",
+            node.id
+        );
+        let ids: Vec<&str> = status["nodes"]
+            .as_array()
+            .context("nodes")?
+            .iter()
+            .filter_map(|n| n["id"].as_str())
+            .collect();
+        ensure!(!ids.contains(&"evil"), "{}: lists {ids:?}", node.id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_takes_no_new_rooms_and_keeps_its_own() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let mut nodes = start_nodes(&redis, "[shutdown]\ngrace_secs = 60\n").await?;
+    // Find a room that lands on node A.
+    let mut on_a = None;
+    let mut others = Vec::new();
+    for i in 0..12 {
+        let (client, node) = join_via(nodes[1].addr(), &format!("old-{i}"), "ada").await?;
+        if node == nodes[0].addr() {
+            on_a = Some((client, format!("old-{i}")));
+            break;
+        }
+        others.push(client);
+    }
+    let (ada, room) = on_a.context("no room landed on node A in 12 tries")?;
+    let tracks = ada.publish_and_stream(MediaRate::default()).await?;
+    let (bob, _) = join_via(nodes[2].addr(), &room, "bob").await?;
+    bob.wait_for_packets(ada.id()?, tracks.audio, 20, T).await?;
+
+    nodes[0].server.signal("TERM")?;
+    ada.wait_for(T, "draining", |m| {
+        matches!(m, chorus_protocol::ServerMessage::Draining { .. })
+    })
+    .await?;
+    wait::poll_until_async(T, "node A's record to say draining", || async {
+        let status = cluster_status(&nodes[1]).await.ok()?;
+        status["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["id"] == "node-a" && n["draining"] == true)
+            .then_some(())
+    })
+    .await?;
+    let before = rooms_on(&nodes[0]).await?;
+    let mut new = Vec::new();
+    for i in 0..9 {
+        // A third of them reach node A first: it redirects them elsewhere.
+        let (client, node) = join_via(nodes[i % 3].addr(), &format!("new-{i}"), "cy").await?;
+        ensure!(node != nodes[0].addr(), "new-{i} went to the draining node");
+        new.push(client);
+    }
+    ensure!(rooms_on(&nodes[0]).await? == before, "node A took a room");
+    // Its call goes on.
+    let got = bob.received_count(ada.id()?, tracks.audio);
+    bob.wait_for_packets(ada.id()?, tracks.audio, got + 50, T)
+        .await?;
+    // Once its call is over it exits, and leaves nothing behind in Redis: its record and
+    // claim are deleted at exit, not left to expire.
+    ada.leave().await?;
+    bob.leave().await?;
+    let status = nodes[0].server.wait_exit(T).await?;
+    ensure!(status.success(), "node A exited with {status}");
+    ensure!(
+        redis.get("chorus:node:node-a")?.is_none(),
+        "node A's record is still in Redis"
+    );
+    ensure!(
+        !redis
+            .members("chorus:nodes")?
+            .contains(&"node-a".to_owned()),
+        "node A is still listed"
+    );
+    ensure!(
+        redis.get(&format!("chorus:room:{room}"))?.is_none(),
+        "node A's room is still claimed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_is_far_off_keeps_its_rooms_until_its_key_expires() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "").await?;
+    // A genuine node (signed with the cluster secret) whose clock says 1970, owning a room.
+    // Its record and claim live 5 s in Redis, as a real node's would between heartbeats.
+    let elsewhere: SocketAddr = format!("127.0.0.1:{}", spare_port()?).parse()?;
+    let record = NodeRecord {
+        id: "skewed".into(),
+        url: format!("http://{elsewhere}"),
+        draining: false,
+        participants: 1,
+        forwarded_pps: 0,
+        cpu: 0.0,
+        rooms: [("standup".to_owned(), 1)].into(),
+        sent_at_ms: 0,
+    }
+    .sign(SECRET.as_bytes());
+    let mut conn = redis.connection()?;
+    redis::pipe()
+        .cmd("SET")
+        .arg("chorus:node:skewed")
+        .arg(&record)
+        .arg("PX")
+        .arg(5000)
+        .cmd("SADD")
+        .arg("chorus:nodes")
+        .arg("skewed")
+        .cmd("SET")
+        .arg("chorus:room:standup")
+        .arg("skewed")
+        .arg("PX")
+        .arg(5000)
+        .query::<()>(&mut conn)?;
+    // While its key lives, its room is its own: every node redirects there, none takes it.
+    for node in &nodes {
+        let client = Client::connect(node.addr(), "ada").await?;
+        let err = client.join("standup").await.expect_err("a redirect");
+        ensure!(
+            redirect_url(&err).as_deref() == Some(format!("ws://{elsewhere}/ws").as_str()),
+            "{}: expected a redirect to the skewed node, got {err:#}",
+            node.id
+        );
+    }
+    ensure!(redis.get("chorus:room:standup")?.as_deref() == Some("skewed"));
+    // Once its key expires (Redis's clock), the room is placed on a live node.
+    wait::poll_until(T, "the skewed node's key to expire", || {
+        redis
+            .get("chorus:node:skewed")
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    let (_ada, node) = join_via(nodes[0].addr(), "standup", "ada").await?;
+    ensure!(nodes.iter().any(|n| n.addr() == node), "placed on {node}");
+    Ok(())
+}
