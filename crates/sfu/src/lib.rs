@@ -36,7 +36,7 @@ pub mod source;
 pub mod speaker;
 pub mod stun;
 pub mod tcp;
-mod token;
+pub mod token;
 pub mod worker;
 
 pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership};

@@ -65,6 +65,25 @@ pub const SRTP_PROFILE_NAMES: &[&str] = &[
     "aes128_cm_hmac_sha1_32",
 ];
 
+/// The SRTP profile a broadcast ingest (WHIP) publisher's leg accepts besides
+/// `media.srtp_profiles`, last: encoders such as ffmpeg's WHIP muxer offer only AES-CM.
+/// Browsers' legs keep the configured list, since the server takes the client's first
+/// choice and Chromium lists AES-CM first.
+pub const INGEST_SRTP_PROFILE: &str = "aes128_cm_hmac_sha1_80";
+
+/// The settings of a broadcast ingest publisher's peer: [`INGEST_SRTP_PROFILE`] appended.
+pub fn ingest_settings(settings: &PeerSettings) -> PeerSettings {
+    let mut settings = settings.clone();
+    if !settings
+        .srtp_profiles
+        .iter()
+        .any(|p| p == INGEST_SRTP_PROFILE)
+    {
+        settings.srtp_profiles.push(INGEST_SRTP_PROFILE.to_owned());
+    }
+    settings
+}
+
 /// Silence (no STUN, no media, no RTCP) after which a peer counts as disconnected.
 /// Browsers check consent at least every 5 s or so and send RTCP every second.
 const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(4);

@@ -104,6 +104,8 @@ pub enum WorkerCommand {
     Register {
         participant: ParticipantId,
         notices: mpsc::Sender<MediaNotice>,
+        /// A WHIP publisher (see [`crate::Admission::ingest`]).
+        ingest: bool,
     },
     /// Apply a publisher offer (the publisher peer is created on the first one). `tracks`
     /// is what the client declared of its m-lines.
@@ -320,6 +322,8 @@ struct ParticipantMedia {
     /// What this participant receives: its allocation.
     downlink: Downlink,
     failed: bool,
+    /// A WHIP publisher: its publisher leg also accepts [`crate::peer::INGEST_SRTP_PROFILE`].
+    ingest: bool,
 }
 
 impl ParticipantMedia {
@@ -932,21 +936,23 @@ impl Worker {
         participant: ParticipantId,
         role: PeerRole,
     ) -> Result<(), MediaError> {
-        let slot = self
+        let media = self
             .participants
             .get_mut(&participant)
-            .ok_or(MediaError::UnknownParticipant)?
-            .slot(role);
+            .ok_or(MediaError::UnknownParticipant)?;
+        let ingest = media.ingest && role == PeerRole::Publisher;
+        let slot = media.slot(role);
         if slot.is_none() {
             let ufrag = random_token(16);
             let pwd = random_token(32);
-            *slot = Some(Peer::new(
-                &self.settings,
-                role,
-                &ufrag,
-                &pwd,
-                Instant::now(),
-            )?);
+            let ingest_settings;
+            let settings = if ingest {
+                ingest_settings = crate::peer::ingest_settings(&self.settings);
+                &ingest_settings
+            } else {
+                &self.settings
+            };
+            *slot = Some(Peer::new(settings, role, &ufrag, &pwd, Instant::now())?);
             self.by_ufrag.insert(ufrag, (participant, role));
             self.stats.peers.fetch_add(1, Ordering::Relaxed);
             self.timers_from = Instant::now();
@@ -960,6 +966,7 @@ impl Worker {
             WorkerCommand::Register {
                 participant,
                 notices,
+                ingest,
             } => {
                 self.participants.insert(
                     participant,
@@ -970,6 +977,7 @@ impl Worker {
                         published: HashMap::new(),
                         downlink: Downlink::default(),
                         failed: false,
+                        ingest,
                     },
                 );
             }
