@@ -37,6 +37,7 @@ pub mod speaker;
 pub mod stun;
 pub mod tcp;
 pub mod token;
+pub mod viewer;
 pub mod worker;
 
 pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership};

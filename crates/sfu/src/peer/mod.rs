@@ -54,8 +54,10 @@ pub mod fuzzing;
 mod rid_keeper;
 mod tap;
 mod twcc;
+mod viewer;
 
 pub use audio::{AudioOptions, LevelRead};
+pub use viewer::{MAX_VIEWER_SLOTS, ViewerSlot};
 
 /// SRTP protection profiles the server accepts, by config name.
 pub const SRTP_PROFILE_NAMES: &[&str] = &[
@@ -996,48 +998,54 @@ impl Peer {
         }
         let tracks: Vec<TrackId> = self.outbound.keys().copied().collect();
         for track in tracks {
-            let Some(out) = self.outbound.get(&track) else {
-                continue;
-            };
-            let sender = out.sender;
-            let Some(mut s) = self.pc.rtp_sender(sender) else {
-                continue;
-            };
-            let params = s.get_parameters();
-            let mut pt = IdMap::default();
-            let Some(out) = self.outbound.get_mut(&track) else {
-                continue;
-            };
-            let codecs = &params.rtp_parameters.codecs;
-            let dst = codecs.iter().find(|c| {
-                c.rtp_codec
-                    .mime_type
-                    .eq_ignore_ascii_case(&out.source.codec.mime_type)
-            });
-            out.rewrite.unwrap_red = None;
-            if let Some(dst) = dst {
-                pt.insert(out.source.payload_type, dst.payload_type);
-                // RED as it came where the subscriber takes it, else its primary blocks
-                if let Some(src_red) = out.source.red {
-                    match codecs.iter().find(|c| audio::is_red(&c.rtp_codec)) {
-                        Some(dst_red) => pt.insert(src_red, dst_red.payload_type),
-                        None => {
-                            pt.insert(src_red, dst.payload_type);
-                            out.rewrite.unwrap_red = Some((src_red, out.source.payload_type));
-                        }
+            self.ready_outbound(track);
+        }
+        Ok(())
+    }
+
+    /// Subscriber: reads what the answer negotiated for `track`'s sender (payload types,
+    /// RED, transport-cc) into its rewrite, and readies it when its codec was negotiated.
+    fn ready_outbound(&mut self, track: TrackId) {
+        let Some(out) = self.outbound.get(&track) else {
+            return;
+        };
+        let sender = out.sender;
+        let Some(mut s) = self.pc.rtp_sender(sender) else {
+            return;
+        };
+        let params = s.get_parameters();
+        let mut pt = IdMap::default();
+        let Some(out) = self.outbound.get_mut(&track) else {
+            return;
+        };
+        let codecs = &params.rtp_parameters.codecs;
+        let dst = codecs.iter().find(|c| {
+            c.rtp_codec
+                .mime_type
+                .eq_ignore_ascii_case(&out.source.codec.mime_type)
+        });
+        out.rewrite.unwrap_red = None;
+        if let Some(dst) = dst {
+            pt.insert(out.source.payload_type, dst.payload_type);
+            // RED as it came where the subscriber takes it, else its primary blocks
+            if let Some(src_red) = out.source.red {
+                match codecs.iter().find(|c| audio::is_red(&c.rtp_codec)) {
+                    Some(dst_red) => pt.insert(src_red, dst_red.payload_type),
+                    None => {
+                        pt.insert(src_red, dst.payload_type);
+                        out.rewrite.unwrap_red = Some((src_red, out.source.payload_type));
                     }
                 }
             }
-            out.ready = !pt.is_empty();
-            out.rewrite.pt = pt;
-            out.twcc = params
-                .rtp_parameters
-                .header_extensions
-                .iter()
-                .find(|e| e.uri == twcc::URI)
-                .and_then(|e| u8::try_from(e.id).ok());
         }
-        Ok(())
+        out.ready = !pt.is_empty();
+        out.rewrite.pt = pt;
+        out.twcc = params
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == twcc::URI)
+            .and_then(|e| u8::try_from(e.id).ok());
     }
 
     /// Either peer: a trickled remote candidate.

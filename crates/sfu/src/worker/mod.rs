@@ -38,6 +38,7 @@ use crate::token::{random_token, random_u64};
 
 mod allocation;
 mod levels;
+mod viewer;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
@@ -140,6 +141,19 @@ pub enum WorkerCommand {
         role: PeerRole,
         candidate: IceCandidate,
         reply: Reply<()>,
+    },
+    /// A WHEP viewer's offer: create its answering subscriber peer (see `viewer.rs`).
+    ViewerOffer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<(String, Vec<crate::peer::ViewerSlot>)>,
+    },
+    /// Bind a WHEP viewer's slots (by mid) to tracks, or to nothing. The reply lists the
+    /// mids whose track's codec the viewer did not accept.
+    ViewerBind {
+        participant: ParticipantId,
+        slots: Vec<(String, Option<TrackId>)>,
+        reply: Reply<Vec<String>>,
     },
     /// The participant is gone: close its peers, stop its tracks.
     Remove { participant: ParticipantId },
@@ -1037,6 +1051,20 @@ impl Worker {
                 let _ = reply.send(result);
             }
             WorkerCommand::Remove { participant } => self.remove(participant),
+            WorkerCommand::ViewerOffer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.viewer_offer(participant, sdp, now));
+            }
+            WorkerCommand::ViewerBind {
+                participant,
+                slots,
+                reply,
+            } => {
+                let _ = reply.send(self.viewer_bind(participant, slots, now));
+            }
             WorkerCommand::Speaker { previous, current } => {
                 self.set_speaker(previous, current);
                 self.next_allocation = now;

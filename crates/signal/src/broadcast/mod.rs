@@ -7,21 +7,165 @@
 //! room as a `publishOffer`. What is shared here: the problem bodies (RFC 9457), CORS, and
 //! the table of live sessions that `DELETE` ends.
 
+pub mod whep;
 pub mod whip;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chorus_protocol::ErrorCode;
+use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
+use chorus_sfu::Membership;
 use dashmap::DashMap;
+use tokio::sync::mpsc;
 
+use crate::auth::unix_now;
 use crate::origin;
 
 /// The live WHIP and WHEP sessions of the server.
 #[derive(Default)]
 pub struct Registry {
-    pub whip: Arc<Sessions<whip::WhipSession>>,
+    pub whip: Arc<Sessions<Session>>,
+    pub whep: Arc<Sessions<Session>>,
+}
+
+/// The methods of a session resource.
+const RESOURCE_METHODS: &str = "OPTIONS, PATCH, DELETE";
+
+/// One live WHIP or WHEP session: a participant whose message queue the adapter reads.
+pub struct Session {
+    pub room: RoomId,
+    pub participant: ParticipantId,
+    /// The client's ICE username fragment from its offer: a `PATCH` with another one is
+    /// an ICE restart.
+    pub(crate) client_ufrag: Option<String>,
+    /// Taken by `DELETE`, which ends the participant with it.
+    pub(crate) membership: Mutex<Option<Membership>>,
+}
+
+/// Reads and drops the participant's messages until the room lets it go (the queue
+/// ends, or `bye`), then forgets the session.
+pub(crate) async fn drain(
+    sessions: Arc<Sessions<Session>>,
+    id: String,
+    session: Arc<Session>,
+    mut from_room: mpsc::Receiver<ServerMessage>,
+    what: &'static str,
+) {
+    let reason = loop {
+        match from_room.recv().await {
+            Some(ServerMessage::Bye { reason }) => break format!("{reason:?}"),
+            None => break "left".to_owned(),
+            Some(_) => {}
+        }
+    };
+    forget(&sessions, &id, &session, &reason, what);
+}
+
+/// Forgets a session whose participant the room has let go.
+pub(crate) fn forget(
+    sessions: &Sessions<Session>,
+    id: &str,
+    session: &Arc<Session>,
+    reason: &str,
+    what: &str,
+) {
+    // The room has let the participant go: nothing to tell it.
+    drop(session.membership.lock().map(|mut m| m.take()));
+    if sessions.get(id).is_some_and(|s| Arc::ptr_eq(&s, session)) {
+        sessions.remove(id);
+    }
+    tracing::info!(room = %session.room, participant = %session.participant, session = %id, %reason, "{what} session ended");
+}
+
+/// `OPTIONS` on a session resource: CORS preflight for `PATCH` and `DELETE`.
+pub(crate) async fn resource_options(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    headers: HeaderMap,
+) -> Response {
+    match Cors::of(&headers, &state.config.allowed_origins) {
+        Cors::Refused => Cors::refusal(),
+        cors => cors.preflight(RESOURCE_METHODS),
+    }
+}
+
+/// `PATCH` on a session resource: trickled candidates are accepted and ignored (`204`);
+/// an ICE restart is refused (`422`).
+pub(crate) fn patch_resource(
+    state: &crate::AppState,
+    sessions: &Sessions<Session>,
+    room: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let cors = Cors::of(headers, &state.config.allowed_origins);
+    if matches!(cors, Cors::Refused) {
+        return Cors::refusal();
+    }
+    let Some(session) = sessions.get(id).filter(|s| s.room.as_str() == room) else {
+        return cors.apply(unknown_session());
+    };
+    if !has_content_type(headers, TRICKLE_FRAGMENT) {
+        return cors.apply(problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::InvalidMessage,
+            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
+        ));
+    }
+    let fragment = String::from_utf8_lossy(body);
+    let restart = ice_ufrag(&fragment)
+        .is_some_and(|ufrag| session.client_ufrag.as_deref().is_some_and(|u| u != ufrag));
+    if restart {
+        return cors.apply(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidCandidate,
+            "ICE restarts are not supported: DELETE the session and start again",
+        ));
+    }
+    cors.apply(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE` on a session resource: the participant leaves.
+pub(crate) async fn delete_resource(
+    state: &crate::AppState,
+    sessions: &Sessions<Session>,
+    room: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let cors = Cors::of(headers, &state.config.allowed_origins);
+    if matches!(cors, Cors::Refused) {
+        return Cors::refusal();
+    }
+    let found = sessions
+        .get(id)
+        .filter(|s| s.room.as_str() == room)
+        .and_then(|_| sessions.remove(id));
+    let Some(session) = found else {
+        return cors.apply(unknown_session());
+    };
+    let membership = session.membership.lock().ok().and_then(|mut m| m.take());
+    if let Some(membership) = membership {
+        membership.send(ClientMessage::Leave).await;
+    }
+    tracing::info!(%room, participant = %session.participant, session = %id, "session deleted");
+    cors.apply(StatusCode::OK.into_response())
+}
+
+fn unknown_session() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        ErrorCode::UnknownParticipant,
+        "no such session (it ended, or it never existed)",
+    )
+}
+
+/// The first `a=ice-ufrag:` of an SDP or SDP fragment.
+pub(crate) fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
 }
 
 /// The WHIP and WHEP routes.
@@ -34,9 +178,19 @@ pub(crate) fn routes() -> axum::Router<crate::AppState> {
         )
         .route(
             "/whip/{room}/{session}",
-            options(whip::resource_options)
+            options(resource_options)
                 .patch(whip::patch)
                 .delete(whip::delete),
+        )
+        .route(
+            "/whep/{room}",
+            post(whep::post).options(whep::endpoint_options),
+        )
+        .route(
+            "/whep/{room}/{session}",
+            options(resource_options)
+                .patch(whep::patch)
+                .delete(whep::delete),
         )
 }
 
@@ -167,6 +321,84 @@ impl Cors {
             );
         }
         response
+    }
+}
+
+/// The checks every offer passes before anything is created for it: the room name,
+/// the content type, the size, a quick look at the SDP, and the token. Returns the room,
+/// the offer and what the token (or open mode) admits.
+// The refusal is the response itself, built once per refused request: boxing it buys
+// nothing.
+#[allow(clippy::result_large_err)]
+pub(crate) fn accept_offer(
+    state: &crate::AppState,
+    room: String,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<(RoomId, String, crate::auth::Admitted), Response> {
+    let room = match RoomId::new(room) {
+        Ok(room) => room,
+        Err(err) => {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidMessage,
+                err.to_string(),
+            ));
+        }
+    };
+    if !has_content_type(headers, SDP) {
+        return Err(problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::InvalidMessage,
+            format!("a {what} offer is sent as Content-Type: application/sdp"),
+        ));
+    }
+    let max = state.config.limits.max_sdp_bytes;
+    if body.len() > max {
+        return Err(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::LimitReached,
+            format!(
+                "an SDP of {} bytes is over the limit of {max} (limits.max_sdp_bytes)",
+                body.len()
+            ),
+        ));
+    }
+    let sdp = match check_offer(body) {
+        Ok(sdp) => sdp.to_owned(),
+        Err((code, detail)) => return Err(problem(StatusCode::BAD_REQUEST, code, detail)),
+    };
+    let admitted = match state.config.auth.admit(bearer(headers), &room, unix_now()) {
+        Ok(admitted) => admitted,
+        Err(err) => {
+            tracing::info!(%room, %err, "{what} request refused");
+            let mut response = problem(StatusCode::UNAUTHORIZED, err.code(), err.to_string());
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Err(response);
+        }
+    };
+    Ok((room, sdp, admitted))
+}
+
+/// The per-address join limit, which WHIP and WHEP sessions count towards like joins.
+#[allow(clippy::result_large_err)]
+pub(crate) fn allow_join(
+    state: &crate::AppState,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let ip = state.ip_limits.client_ip(peer, headers);
+    if state.ip_limits.allow_join(ip, std::time::Instant::now()) {
+        Ok(())
+    } else {
+        Err(problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many joins from your address in the last minute",
+        ))
     }
 }
 

@@ -24,15 +24,14 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
-use chorus_sfu::{Admission, JoinError, Membership};
+use chorus_protocol::{ClientMessage, ErrorCode, ServerMessage};
+use chorus_sfu::{Admission, JoinError};
 use tokio::sync::mpsc;
 
 use super::{
-    Cors, SDP, Sessions, TRICKLE_FRAGMENT, bearer, check_offer, has_content_type, problem,
+    Cors, SDP, Session, TRICKLE_FRAGMENT, accept_offer, allow_join, drain, ice_ufrag, problem,
 };
 use crate::AppState;
-use crate::auth::unix_now;
 use crate::session::SESSION_QUEUE;
 
 /// How long a `POST` waits for the room's answer. The worker applies an offer in well
@@ -42,20 +41,8 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// The display name of a WHIP publisher that gave none (open mode without `?name=`).
 pub const DEFAULT_NAME: &str = "WHIP publisher";
 
-/// The methods of `/whip/{room}` and of a session resource.
+/// The methods of `/whip/{room}`.
 const ENDPOINT_METHODS: &str = "OPTIONS, POST";
-const RESOURCE_METHODS: &str = "OPTIONS, PATCH, DELETE";
-
-/// One live WHIP session.
-pub struct WhipSession {
-    pub room: RoomId,
-    pub participant: ParticipantId,
-    /// The client's ICE username fragment from its offer: a `PATCH` with another one is
-    /// an ICE restart.
-    client_ufrag: Option<String>,
-    /// Taken by `DELETE`, which ends the participant with it.
-    membership: Mutex<Option<Membership>>,
-}
 
 /// `?name=` on the endpoint: the display name in open mode (a token's name wins).
 #[derive(Debug, serde::Deserialize)]
@@ -71,17 +58,6 @@ pub(crate) async fn endpoint_options(
     match Cors::of(&headers, &state.config.allowed_origins) {
         Cors::Refused => Cors::refusal(),
         cors => cors.preflight(ENDPOINT_METHODS),
-    }
-}
-
-/// `OPTIONS /whip/{room}/{session}`: CORS preflight for `PATCH` and `DELETE`.
-pub(crate) async fn resource_options(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Response {
-    match Cors::of(&headers, &state.config.allowed_origins) {
-        Cors::Refused => Cors::refusal(),
-        cors => cors.preflight(RESOURCE_METHODS),
     }
 }
 
@@ -109,48 +85,9 @@ async fn publish(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let room = match RoomId::new(room) {
-        Ok(room) => room,
-        Err(err) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidMessage,
-                err.to_string(),
-            );
-        }
-    };
-    if !has_content_type(headers, SDP) {
-        return problem(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::InvalidMessage,
-            "a WHIP offer is sent as Content-Type: application/sdp",
-        );
-    }
-    let max = state.config.limits.max_sdp_bytes;
-    if body.len() > max {
-        return problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::LimitReached,
-            format!(
-                "an SDP of {} bytes is over the limit of {max} (limits.max_sdp_bytes)",
-                body.len()
-            ),
-        );
-    }
-    let sdp = match check_offer(body) {
-        Ok(sdp) => sdp.to_owned(),
-        Err((code, detail)) => return problem(StatusCode::BAD_REQUEST, code, detail),
-    };
-    let admitted = match state.config.auth.admit(bearer(headers), &room, unix_now()) {
-        Ok(admitted) => admitted,
-        Err(err) => {
-            tracing::info!(%room, %err, "WHIP publish refused");
-            let mut response = problem(StatusCode::UNAUTHORIZED, err.code(), err.to_string());
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        }
+    let (room, sdp, admitted) = match accept_offer(state, room, headers, body, "WHIP") {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal,
     };
     let mut grants = admitted.admission.grants;
     if !grants.can_publish || grants.hidden {
@@ -160,13 +97,8 @@ async fn publish(
             "the token's grants do not allow publishing (canPublish)",
         );
     }
-    let ip = state.ip_limits.client_ip(peer, headers);
-    if !state.ip_limits.allow_join(ip, std::time::Instant::now()) {
-        return problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            "too many joins from your address in the last minute",
-        );
+    if let Err(refusal) = allow_join(state, peer, headers) {
+        return refusal;
     }
     // A publisher only: no subscriber peer, no chat.
     grants.can_subscribe = false;
@@ -221,7 +153,7 @@ async fn publish(
         }
     };
     let participant = membership.participant;
-    let session = Arc::new(WhipSession {
+    let session = Arc::new(Session {
         room: room.clone(),
         participant,
         client_ufrag,
@@ -230,7 +162,7 @@ async fn publish(
     let sessions = state.broadcast.whip.clone();
     let id = sessions.insert(session.clone());
     tracing::info!(%room, %participant, session = %id, "WHIP session started");
-    tokio::spawn(drain(sessions, id.clone(), session, from_room));
+    tokio::spawn(drain(sessions, id.clone(), session, from_room, "WHIP"));
     let location = format!("/whip/{}/{id}", encode_segment(room.as_str()));
     let mut response = (StatusCode::CREATED, answer).into_response();
     let headers = response.headers_mut();
@@ -285,102 +217,6 @@ async fn wait_for_answer(
     }
 }
 
-/// Reads the participant's messages until the room lets it go, then forgets the session.
-async fn drain(
-    sessions: Arc<Sessions<WhipSession>>,
-    id: String,
-    session: Arc<WhipSession>,
-    mut from_room: mpsc::Receiver<ServerMessage>,
-) {
-    let reason = loop {
-        match from_room.recv().await {
-            Some(ServerMessage::Bye { reason }) => break format!("{reason:?}"),
-            None => break "left".to_owned(),
-            Some(_) => {}
-        }
-    };
-    // The room has let the participant go: nothing to tell it.
-    drop(session.membership.lock().map(|mut m| m.take()));
-    if sessions.get(&id).is_some_and(|s| Arc::ptr_eq(&s, &session)) {
-        sessions.remove(&id);
-    }
-    tracing::info!(room = %session.room, participant = %session.participant, session = %id, %reason, "WHIP session ended");
-}
-
-/// `PATCH /whip/{room}/{session}`: trickled candidates are accepted and ignored.
-pub(crate) async fn patch(
-    State(state): State<AppState>,
-    UrlPath((room, id)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let cors = Cors::of(&headers, &state.config.allowed_origins);
-    if matches!(cors, Cors::Refused) {
-        return Cors::refusal();
-    }
-    let Some(session) = state
-        .broadcast
-        .whip
-        .get(&id)
-        .filter(|s| s.room.as_str() == room)
-    else {
-        return cors.apply(unknown_session());
-    };
-    if !has_content_type(&headers, TRICKLE_FRAGMENT) {
-        return cors.apply(problem(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::InvalidMessage,
-            "PATCH takes Content-Type: application/trickle-ice-sdpfrag",
-        ));
-    }
-    let fragment = String::from_utf8_lossy(&body);
-    let restart = ice_ufrag(&fragment)
-        .is_some_and(|ufrag| session.client_ufrag.as_deref().is_some_and(|u| u != ufrag));
-    if restart {
-        return cors.apply(problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidCandidate,
-            "ICE restarts are not supported: DELETE the session and publish again",
-        ));
-    }
-    cors.apply(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `DELETE /whip/{room}/{session}`: the participant leaves.
-pub(crate) async fn delete(
-    State(state): State<AppState>,
-    UrlPath((room, id)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let cors = Cors::of(&headers, &state.config.allowed_origins);
-    if matches!(cors, Cors::Refused) {
-        return Cors::refusal();
-    }
-    let found = state
-        .broadcast
-        .whip
-        .get(&id)
-        .filter(|s| s.room.as_str() == room)
-        .and_then(|_| state.broadcast.whip.remove(&id));
-    let Some(session) = found else {
-        return cors.apply(unknown_session());
-    };
-    let membership = session.membership.lock().ok().and_then(|mut m| m.take());
-    if let Some(membership) = membership {
-        membership.send(ClientMessage::Leave).await;
-    }
-    tracing::info!(%room, participant = %session.participant, session = %id, "WHIP session deleted");
-    cors.apply(StatusCode::OK.into_response())
-}
-
-fn unknown_session() -> Response {
-    problem(
-        StatusCode::NOT_FOUND,
-        ErrorCode::UnknownParticipant,
-        "no such WHIP session (it ended, or it never existed)",
-    )
-}
-
 /// The HTTP answer to a refused join.
 pub(super) fn join_refusal(err: &JoinError) -> Response {
     let status = match err.code() {
@@ -392,13 +228,6 @@ pub(super) fn join_refusal(err: &JoinError) -> Response {
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     problem(status, err.code(), err.to_string())
-}
-
-/// The first `a=ice-ufrag:` of an SDP or SDP fragment.
-pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
-    sdp.lines()
-        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
-        .map(str::trim)
 }
 
 /// A room name as one URL path segment (room names are letters, digits, `-`, `_` and
@@ -413,6 +242,27 @@ pub(super) fn encode_segment(segment: &str) -> String {
         }
     }
     out
+}
+
+/// `PATCH /whip/{room}/{session}`: trickled candidates are accepted and ignored.
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    UrlPath((room, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let sessions = state.broadcast.whip.clone();
+    super::patch_resource(&state, &sessions, &room, &id, &headers, &body)
+}
+
+/// `DELETE /whip/{room}/{session}`: the participant leaves.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    UrlPath((room, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let sessions = state.broadcast.whip.clone();
+    super::delete_resource(&state, &sessions, &room, &id, &headers).await
 }
 
 #[cfg(test)]
