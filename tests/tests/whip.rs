@@ -115,7 +115,7 @@ async fn post_offer(
     request(addr, "POST", path, &headers, sdp).await
 }
 
-/// The aiortc publisher, running.
+/// An aiortc client (`tests/whip/publish.py` or `view.py`), running.
 struct Publisher {
     child: Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -124,6 +124,15 @@ struct Publisher {
 impl Publisher {
     /// Starts `tests/whip/publish.py` against `url`. Fails loudly when aiortc is missing.
     async fn start(url: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_script("publish.py", url, extra).await
+    }
+
+    /// Starts the viewer, `tests/whip/view.py`, against `url`.
+    async fn view(url: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_script("view.py", url, extra).await
+    }
+
+    async fn start_script(script: &str, url: &str, extra: &[&str]) -> Result<Self> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let python = dir.join(".venv/bin/python");
         let ok = std::process::Command::new(&python)
@@ -136,7 +145,7 @@ impl Publisher {
             python.display()
         );
         let mut child = Command::new(&python)
-            .arg(dir.join("whip/publish.py"))
+            .arg(dir.join("whip").join(script))
             .arg(url)
             .args(extra)
             .stdin(Stdio::piped())
@@ -144,7 +153,7 @@ impl Publisher {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .context("starting tests/whip/publish.py")?;
+            .with_context(|| format!("starting tests/whip/{script}"))?;
         let stdout = child.stdout.take().context("its stdout")?;
         Ok(Self {
             child,
@@ -539,5 +548,164 @@ async fn whip_in_token_mode_needs_a_token_that_may_publish() -> Result<()> {
     let deleted = publisher.finish().await?;
     ensure!(deleted["status"] == 200, "DELETE answered {deleted}");
     viewer.wait_for_left(id).await?;
+    Ok(())
+}
+
+/// Waits for a `stats` line of the viewer that `pred` accepts; returns it.
+async fn viewer_stats(
+    viewer: &mut Publisher,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let mut last = serde_json::Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        let line = viewer.next().await?;
+        if line["event"] == "stats" {
+            if pred(&line) {
+                return Ok(line);
+            }
+            last = line;
+        }
+    }
+    bail!("timed out waiting for the viewer to see {what}; last: {last}")
+}
+
+/// Whether a `[r, g, b]` JSON colour is within 60 of `want` in every channel.
+fn colour_near(value: &serde_json::Value, want: [i64; 3]) -> bool {
+    value.as_array().is_some_and(|c| {
+        c.len() == 3
+            && c.iter()
+                .zip(want)
+                .all(|(got, want)| got.as_i64().is_some_and(|g| (g - want).abs() <= 60))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aiortc_whep_viewer_decodes_its_pinned_participant_and_follows_when_it_leaves()
+-> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let addr = server.http_addr();
+    // A simulated browser in the room, receiving what the WHIP publishers send.
+    let ada = Client::connect_and_join(addr, "show", "ada").await?;
+    let mut red = Publisher::start(
+        &format!("http://{addr}/whip/show?name=red"),
+        &["--color", "200,40,40"],
+    )
+    .await?;
+    red.expect("connected").await?;
+    let mut blue = Publisher::start(
+        &format!("http://{addr}/whip/show?name=blue"),
+        &["--color", "40,70,200"],
+    )
+    .await?;
+    blue.expect("connected").await?;
+
+    let mut viewer =
+        Publisher::view(&format!("http://{addr}/whep/show?participant=red"), &[]).await?;
+    let posted = viewer.expect("posted").await?;
+    ensure!(posted["status"] == 201, "POST answered {posted}");
+    ensure!(posted["contentType"] == "application/sdp", "{posted}");
+    let location = posted["location"].as_str().context("Location")?.to_owned();
+    ensure!(location.starts_with("/whep/show/"), "Location {location}");
+
+    // It decodes red pictures and a loud tone (aiortc's decoders, not Chorus's).
+    let seen = viewer_stats(&mut viewer, "red video and the tone", |s| {
+        s["video"].as_u64() > Some(20)
+            && colour_near(&s["color"], [200, 40, 40])
+            && s["audio"].as_u64() > Some(50)
+            && s["rms"].as_f64() > Some(1000.0)
+    })
+    .await?;
+    let frames = seen["video"].as_u64().unwrap_or(0);
+
+    // The viewer is hidden: ada was never told about it.
+    ensure!(
+        !ada.messages().iter().any(|m| matches!(
+            &m.message,
+            ServerMessage::ParticipantJoined { participant } if participant.name.contains("WHEP")
+        )),
+        "ada saw the viewer join"
+    );
+    let (red_id, _, red_video) = whip_participant(&ada, "red").await?;
+    ada.wait_for_packets(red_id, red_video, 30, T).await?;
+
+    // Red leaves: the same stream goes on with blue's pictures.
+    let deleted = red.finish().await?;
+    ensure!(deleted["status"] == 200, "{deleted}");
+    viewer_stats(&mut viewer, "blue video after red left", |s| {
+        s["video"].as_u64() > Some(frames + 20) && colour_near(&s["color"], [40, 70, 200])
+    })
+    .await?;
+
+    // PATCH with a trickled candidate: 204. DELETE ends the viewer: 200, then 404.
+    let patch = request(
+        addr,
+        "PATCH",
+        &location,
+        &[("Content-Type", "application/trickle-ice-sdpfrag")],
+        "a=end-of-candidates\r\n",
+    )
+    .await?;
+    ensure!(patch.status == 204, "PATCH: {patch:?}");
+    let done = viewer.finish().await?;
+    ensure!(done["status"] == 200, "the viewer's DELETE: {done}");
+    request(addr, "DELETE", &location, &[], "")
+        .await?
+        .expect_problem(404, "a second DELETE")?;
+    blue.finish().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_whep_requests_get_problems() -> Result<()> {
+    init_tracing();
+    let config = format!("[auth]\nmode = \"token\"\nkeys = {{ KEY = \"{SECRET}\" }}\n");
+    let server = Server::start_with_config(&config).await?;
+    let addr = server.http_addr();
+    let token = server.token(&["--room", "show", "--identity", "tv"])?;
+    let auth = format!("Bearer {token}");
+    let with_token = [("Authorization", auth.as_str())];
+    let sdp = "application/sdp";
+
+    post_offer(addr, "/whep/show", sdp, BROKEN_OFFER, &[])
+        .await?
+        .expect_problem(401, "no token")?;
+    let no_subscribe = server.token(&[
+        "--room",
+        "show",
+        "--identity",
+        "tv",
+        "--can-subscribe",
+        "false",
+    ])?;
+    post_offer(
+        addr,
+        "/whep/show",
+        sdp,
+        BROKEN_OFFER,
+        &[("Authorization", &format!("Bearer {no_subscribe}"))],
+    )
+    .await?
+    .expect_problem(403, "a token without canSubscribe")?;
+    post_offer(addr, "/whep/show", "text/plain", BROKEN_OFFER, &with_token)
+        .await?
+        .expect_problem(415, "a wrong content type")?;
+    post_offer(addr, "/whep/show", sdp, "not an SDP", &with_token)
+        .await?
+        .expect_problem(400, "a malformed SDP")?;
+    // Only a sending m-line: nothing to receive.
+    let refused = post_offer(addr, "/whep/show", sdp, BROKEN_OFFER, &with_token).await?;
+    refused.expect_problem(400, "an offer that receives nothing")?;
+    request(addr, "DELETE", "/whep/show/no-such-session", &[], "")
+        .await?
+        .expect_problem(404, "DELETE of an unknown session")?;
+    let stats = chorus_tests::wait::poll_until_async(T, "no one left in the server", || async {
+        let s = server.stats().await.ok()?;
+        (s.peers == 0 && s.rooms == 0).then_some(s)
+    })
+    .await?;
+    ensure!(stats.participants == 0, "{stats:?}");
     Ok(())
 }

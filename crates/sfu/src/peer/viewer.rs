@@ -236,23 +236,40 @@ impl Peer {
     }
 }
 
-/// The kind of every audio and video m-line of an SDP, by its mid.
+/// The kind of every audio and video m-line of an offer that the client receives on
+/// (`recvonly` or `sendrecv`, the default), by its mid.
 fn mid_kinds(sdp: &str) -> Vec<(String, MediaKind)> {
-    let mut out = Vec::new();
-    let mut kind = None;
+    struct Section {
+        kind: Option<MediaKind>,
+        mid: Option<String>,
+        receives: bool,
+    }
+    let mut sections: Vec<Section> = Vec::new();
     for line in sdp.lines() {
         let line = line.trim();
         if let Some(media) = line.strip_prefix("m=") {
-            kind = match media.split(' ').next() {
-                Some("audio") => Some(MediaKind::Audio),
-                Some("video") => Some(MediaKind::Video),
-                _ => None,
-            };
-        } else if let (Some(mid), Some(k)) = (line.strip_prefix("a=mid:"), kind) {
-            out.push((mid.trim().to_owned(), k));
+            sections.push(Section {
+                kind: match media.split(' ').next() {
+                    Some("audio") => Some(MediaKind::Audio),
+                    Some("video") => Some(MediaKind::Video),
+                    _ => None,
+                },
+                mid: None,
+                receives: true,
+            });
+        } else if let Some(section) = sections.last_mut() {
+            if let Some(mid) = line.strip_prefix("a=mid:") {
+                section.mid = Some(mid.trim().to_owned());
+            } else if line == "a=sendonly" || line == "a=inactive" {
+                section.receives = false;
+            }
         }
     }
-    out
+    sections
+        .into_iter()
+        .filter(|s| s.receives)
+        .filter_map(|s| Some((s.mid?, s.kind?)))
+        .collect()
 }
 
 /// What an unbound slot of `kind` claims to carry: no codec, so nothing is ready.
@@ -271,7 +288,7 @@ mod tests {
 
     #[test]
     fn m_lines_are_read_by_mid() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\n";
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=recvonly\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\na=mid:s\r\n";
         assert_eq!(
             mid_kinds(sdp),
             vec![
