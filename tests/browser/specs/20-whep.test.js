@@ -100,6 +100,9 @@ test('npm WHEP players on another origin play a room: pinned by name, by id, and
       const any = await player(browser, other.origin, base);
 
       for (const page of [blue, red, any]) await waitPlaying(page);
+      // Chromium negotiated transport-cc with the server's answer: layer choice runs on
+      // its downlink estimate, as for the web app's subscribers.
+      assert.ok(await any.evaluate(() => window.whep.pc.remoteDescription.sdp.includes('transport-wide-cc')), 'transport-cc in the answer');
       await poll(async () => colorClose(await playerColor(blue), COLORS.blue, 60), { message: 'aiortc\'s blue in the player pinned to it by name' });
       await poll(async () => colorClose(await playerColor(red), COLORS.red, 60), { message: 'Ada\'s red in the player pinned to her by id' });
 
