@@ -709,3 +709,45 @@ async fn bad_whep_requests_get_problems() -> Result<()> {
     ensure!(stats.participants == 0, "{stats:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_with_aes_cm_as_obs_and_ffmpeg_send_it_reaches_a_whep_viewer() -> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let addr = server.http_addr();
+    let mut publisher = Publisher::start(
+        &format!("http://{addr}/whip/studio?name=encoder"),
+        &[
+            "--codec",
+            "h264",
+            "--srtp",
+            "aes-cm",
+            "--color",
+            "200,40,40",
+        ],
+    )
+    .await?;
+    let answered = publisher.expect("answered").await?;
+    let codecs = answered["videoCodecs"].as_array().context("codecs")?;
+    ensure!(
+        !codecs.is_empty() && codecs.iter().all(|c| c == "H264" || c == "rtx"),
+        "the answer's video codecs: {answered}"
+    );
+    publisher.expect("connected").await?;
+    let mut viewer = Publisher::view(&format!("http://{addr}/whep/studio"), &[]).await?;
+    let posted = viewer.expect("posted").await?;
+    ensure!(posted["status"] == 201, "POST answered {posted}");
+    viewer_stats(
+        &mut viewer,
+        "decoded H.264 red pictures and the tone",
+        |s| {
+            s["video"].as_u64() > Some(20)
+                && colour_near(&s["color"], [200, 40, 40])
+                && s["rms"].as_f64() > Some(1000.0)
+        },
+    )
+    .await?;
+    viewer.finish().await?;
+    publisher.finish().await?;
+    Ok(())
+}

@@ -6,7 +6,7 @@ Publishes a generated video (a moving colour bar over a solid colour, VP8) and a
 publishing until stdin closes, SIGTERM comes or --seconds pass, then DELETEs the session and
 prints a second JSON line.
 
-    publish.py URL [--token T] [--seconds N] [--srtp aes-cm|any] [--color R,G,B]
+    publish.py URL [--token T] [--seconds N] [--srtp aes-cm|any] [--color R,G,B] [--codec vp8|h264]
 
 --srtp aes-cm offers only SRTP_AES128_CM_SHA1_80, as ffmpeg's WHIP muxer does.
 Only loopback candidates are gathered (aioice is told this machine has only 127.0.0.1).
@@ -30,6 +30,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc import rtcdtlstransport
@@ -122,6 +123,17 @@ def http(method, url, body=None, headers=None):
         return err.code, dict(err.headers), err.read().decode()
 
 
+def video_codecs(sdp):
+    """The codec names of the answer's video section, in its order."""
+    names, video = [], False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            video = line.startswith("m=video")
+        elif video and line.startswith("a=rtpmap:"):
+            names.append(line.split(" ", 1)[1].split("/")[0])
+    return names
+
+
 def emit(**fields):
     print(json.dumps(fields), flush=True)
 
@@ -133,6 +145,7 @@ async def main():
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--srtp", choices=["any", "aes-cm"], default="any")
     parser.add_argument("--color", default="40,70,200")
+    parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="the video codec to offer (h264: as OBS and ffmpeg send)")
     parser.add_argument("--post-only", action="store_true", help="POST, print, and exit without connecting (a client that vanishes)")
     args = parser.parse_args()
 
@@ -143,7 +156,10 @@ async def main():
     states = []
     pc.on("connectionstatechange", lambda: states.append(pc.connectionState))
     pc.addTransceiver(Tone(), direction="sendonly")
-    pc.addTransceiver(ColourVideo([int(c) for c in args.color.split(",")]), direction="sendonly")
+    video = pc.addTransceiver(ColourVideo([int(c) for c in args.color.split(",")]), direction="sendonly")
+    if args.codec == "h264":
+        caps = RTCRtpSender.getCapabilities("video").codecs
+        video.setCodecPreferences([c for c in caps if c.mimeType.lower() in ("video/h264", "video/rtx")])
     await pc.setLocalDescription(await pc.createOffer())
 
     headers = {"Content-Type": "application/sdp"}
@@ -160,6 +176,7 @@ async def main():
         await pc.close()
         return 0 if status == 201 else 1
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    emit(event="answered", videoCodecs=video_codecs(body))
     resource = urllib.parse.urljoin(args.url, location)
 
     stop = asyncio.Event()
