@@ -183,10 +183,26 @@ impl Publisher {
         }
     }
 
+    /// Switches its tone off or on (SIGUSR1), and waits until it says so.
+    async fn toggle_tone(&mut self) -> Result<()> {
+        let pid = self.child.id().context("the publisher's pid")?;
+        let status = std::process::Command::new("kill")
+            .args(["-USR1", &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -USR1 {pid}");
+        self.expect("tone").await.map(drop)
+    }
+
     /// Closes its stdin: it DELETEs its session and ends.
     async fn finish(mut self) -> Result<serde_json::Value> {
         drop(self.child.stdin.take());
-        let deleted = self.expect("deleted").await?;
+        // A session the server already ended may have made it say "failed" first.
+        let deleted = loop {
+            let line = self.next().await?;
+            if line["event"] == "deleted" {
+                break line;
+            }
+        };
         let _ = tokio::time::timeout(T, self.child.wait()).await;
         Ok(deleted)
     }
@@ -749,5 +765,47 @@ async fn h264_with_aes_cm_as_obs_and_ffmpeg_send_it_reaches_a_whep_viewer() -> R
     .await?;
     viewer.finish().await?;
     publisher.finish().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpinned_whep_viewer_follows_the_active_speaker_on_the_same_stream() -> Result<()> {
+    init_tracing();
+    let server = Server::start().await?;
+    let addr = server.http_addr();
+    // Red speaks, blue is silent; both send pictures.
+    let mut red = Publisher::start(
+        &format!("http://{addr}/whip/talk?name=red"),
+        &["--color", "200,40,40"],
+    )
+    .await?;
+    red.expect("connected").await?;
+    let mut blue = Publisher::start(
+        &format!("http://{addr}/whip/talk?name=blue"),
+        &["--color", "40,70,200", "--quiet"],
+    )
+    .await?;
+    blue.expect("connected").await?;
+    let mut viewer = Publisher::view(&format!("http://{addr}/whep/talk"), &[]).await?;
+    ensure!(viewer.expect("posted").await?["status"] == 201);
+    let first = viewer_stats(&mut viewer, "red, who speaks first", |s| {
+        s["video"].as_u64() > Some(10)
+            && colour_near(&s["color"], [200, 40, 40])
+            && s["rms"].as_f64() > Some(1000.0)
+    })
+    .await?;
+    let frames = first["video"].as_u64().unwrap_or(0);
+    // Red falls silent and blue speaks.
+    red.toggle_tone().await?;
+    blue.toggle_tone().await?;
+    viewer_stats(&mut viewer, "blue, once blue speaks", |s| {
+        s["video"].as_u64() > Some(frames + 10)
+            && colour_near(&s["color"], [40, 70, 200])
+            && s["rms"].as_f64() > Some(1000.0)
+    })
+    .await?;
+    viewer.finish().await?;
+    red.finish().await?;
+    blue.finish().await?;
     Ok(())
 }

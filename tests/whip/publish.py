@@ -7,6 +7,9 @@ publishing until stdin closes, SIGTERM comes or --seconds pass, then DELETEs the
 prints a second JSON line.
 
     publish.py URL [--token T] [--seconds N] [--srtp aes-cm|any] [--color R,G,B] [--codec vp8|h264]
+        [--quiet]
+
+SIGUSR1 switches the tone off and on (--quiet starts with it off).
 
 --srtp aes-cm offers only SRTP_AES128_CM_SHA1_80, as ffmpeg's WHIP muxer does.
 Only loopback candidates are gathered (aioice is told this machine has only 127.0.0.1).
@@ -87,23 +90,25 @@ class ColourVideo(MediaStreamTrack):
 
 
 class Tone(MediaStreamTrack):
-    """A 440 Hz tone at about -12 dBFS."""
+    """A 440 Hz tone at about -12 dBFS while `on`, else silence."""
 
     kind = "audio"
 
-    def __init__(self):
+    def __init__(self, on=True):
         super().__init__()
         self.samples = 0
         self.start = None
+        self.on = on
 
     async def recv(self):
         if self.start is None:
             self.start = time.monotonic()
         due = self.start + self.samples / RATE
         await asyncio.sleep(max(0.0, due - time.monotonic()))
+        amplitude = 8000 if self.on else 0
         pcm = bytearray()
         for i in range(FRAME_SAMPLES):
-            v = int(8000 * math.sin(2 * math.pi * 440 * (self.samples + i) / RATE))
+            v = int(amplitude * math.sin(2 * math.pi * 440 * (self.samples + i) / RATE))
             pcm += v.to_bytes(2, "little", signed=True)
         frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
         frame.planes[0].update(bytes(pcm))
@@ -145,6 +150,7 @@ async def main():
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--srtp", choices=["any", "aes-cm"], default="any")
     parser.add_argument("--color", default="40,70,200")
+    parser.add_argument("--quiet", action="store_true", help="start silent; SIGUSR1 switches the tone on and off")
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="the video codec to offer (h264: as OBS and ffmpeg send)")
     parser.add_argument("--post-only", action="store_true", help="POST, print, and exit without connecting (a client that vanishes)")
     args = parser.parse_args()
@@ -155,7 +161,8 @@ async def main():
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     states = []
     pc.on("connectionstatechange", lambda: states.append(pc.connectionState))
-    pc.addTransceiver(Tone(), direction="sendonly")
+    tone = Tone(on=not args.quiet)
+    pc.addTransceiver(tone, direction="sendonly")
     video = pc.addTransceiver(ColourVideo([int(c) for c in args.color.split(",")]), direction="sendonly")
     if args.codec == "h264":
         caps = RTCRtpSender.getCapabilities("video").codecs
@@ -181,6 +188,12 @@ async def main():
 
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def toggle():
+        tone.on = not tone.on
+        emit(event="tone", on=tone.on)
+
+    loop.add_signal_handler(signal.SIGUSR1, toggle)
     try:
         loop.add_reader(sys.stdin, lambda: stop.set() if not sys.stdin.readline() else None)
     except (PermissionError, ValueError, OSError):
