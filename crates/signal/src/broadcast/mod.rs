@@ -153,6 +153,15 @@ pub(crate) async fn delete_resource(
     cors.apply(StatusCode::OK.into_response())
 }
 
+/// The answer when a request's task failed (it panicked): nothing of it is left running.
+pub(crate) fn internal_error() -> Response {
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Internal,
+        "the request failed inside the server",
+    )
+}
+
 fn unknown_session() -> Response {
     problem(
         StatusCode::NOT_FOUND,

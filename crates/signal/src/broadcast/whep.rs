@@ -71,7 +71,10 @@ pub(crate) async fn post(
     if matches!(cors, Cors::Refused) {
         return Cors::refusal();
     }
-    cors.apply(view(&state, peer, room, query, &headers, &body).await)
+    // On a task of its own: a client that hangs up mid-request must not leave a viewer
+    // joined without its peer (it would have none to time out).
+    let work = tokio::spawn(async move { view(&state, peer, room, query, &headers, &body).await });
+    cors.apply(work.await.unwrap_or_else(|_| super::internal_error()))
 }
 
 async fn view(

@@ -74,7 +74,11 @@ pub(crate) async fn post(
     if matches!(cors, Cors::Refused) {
         return Cors::refusal();
     }
-    cors.apply(publish(&state, peer, room, query, &headers, &body).await)
+    // On a task of its own: a client that hangs up mid-request must not leave a
+    // participant joined without its offer (it would have no peer to time out).
+    let work =
+        tokio::spawn(async move { publish(&state, peer, room, query, &headers, &body).await });
+    cors.apply(work.await.unwrap_or_else(|_| super::internal_error()))
 }
 
 async fn publish(
