@@ -37,6 +37,14 @@ if ! tests/.venv/bin/st --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION";
   tests/.venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
+# aiortc (PyPI) is a WHIP publisher (and WHEP viewer) Chorus did not write (tests/whip/,
+# tests/tests/whip.rs, tests/browser/specs/19-whip.test.js).
+AIORTC_VERSION=1.16.0
+if ! tests/.venv/bin/python -c "import aiortc, sys; sys.exit(aiortc.__version__ != '$AIORTC_VERSION')" 2>/dev/null; then
+  step "aiortc $AIORTC_VERSION (PyPI, into tests/.venv)"
+  tests/.venv/bin/pip install -q --disable-pip-version-check "aiortc==$AIORTC_VERSION"
+fi
+
 step "npm packages"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 

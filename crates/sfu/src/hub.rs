@@ -55,6 +55,9 @@ pub struct Admission {
     /// The token's identity: one session per identity and room.
     pub identity: Option<String>,
     pub grants: Grants,
+    /// A broadcast ingest (WHIP) publisher rather than a browser: its publisher leg also
+    /// accepts the SRTP profile such encoders use ([`crate::peer::INGEST_SRTP_PROFILE`]).
+    pub ingest: bool,
 }
 
 /// A command to a room task.

@@ -37,7 +37,8 @@ pub mod source;
 pub mod speaker;
 pub mod stun;
 pub mod tcp;
-mod token;
+pub mod token;
+pub mod viewer;
 pub mod worker;
 
 pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership};

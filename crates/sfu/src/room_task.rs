@@ -148,6 +148,7 @@ impl RoomTask {
                     .send(WorkerCommand::Register {
                         participant,
                         notices: self.notices.0.clone(),
+                        ingest: admission.ingest,
                     })
                     .await;
                 if registered.is_err() {

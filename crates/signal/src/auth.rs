@@ -172,6 +172,7 @@ impl Auth {
             admission: Admission {
                 identity: Some(claims.sub),
                 grants: claims.grant.grants,
+                ..Admission::default()
             },
             name: claims.name,
         })

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod broadcast;
 pub mod limits;
 pub mod metrics;
 pub mod origin;
@@ -65,6 +66,8 @@ pub(crate) struct AppState {
     hub: Hub,
     config: Arc<SignalConfig>,
     ip_limits: IpLimits,
+    /// The live WHIP and WHEP sessions.
+    broadcast: Arc<broadcast::Registry>,
 }
 
 /// The application's routes.
@@ -74,9 +77,11 @@ pub fn router(hub: Hub, config: SignalConfig) -> Router {
         hub,
         ip_limits: IpLimits::new(config.ip_limits.clone()),
         config: Arc::new(config),
+        broadcast: Arc::default(),
     };
     Router::new()
         .merge(admin::routes())
+        .merge(broadcast::routes())
         .route("/ws", get(ws))
         .route("/api/rooms", get(rooms))
         .route("/api/stats", get(stats))

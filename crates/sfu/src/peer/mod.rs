@@ -55,8 +55,10 @@ pub mod fuzzing;
 mod rid_keeper;
 mod tap;
 mod twcc;
+mod viewer;
 
 pub use audio::{AudioOptions, LevelRead};
+pub use viewer::{MAX_VIEWER_SLOTS, ViewerSlot};
 
 /// SRTP protection profiles the server accepts, by config name.
 pub const SRTP_PROFILE_NAMES: &[&str] = &[
@@ -65,6 +67,25 @@ pub const SRTP_PROFILE_NAMES: &[&str] = &[
     "aes128_cm_hmac_sha1_80",
     "aes128_cm_hmac_sha1_32",
 ];
+
+/// The SRTP profile a broadcast ingest (WHIP) publisher's leg accepts besides
+/// `media.srtp_profiles`, last: encoders such as ffmpeg's WHIP muxer offer only AES-CM.
+/// Browsers' legs keep the configured list, since the server takes the client's first
+/// choice and Chromium lists AES-CM first.
+pub const INGEST_SRTP_PROFILE: &str = "aes128_cm_hmac_sha1_80";
+
+/// The settings of a broadcast ingest publisher's peer: [`INGEST_SRTP_PROFILE`] appended.
+pub fn ingest_settings(settings: &PeerSettings) -> PeerSettings {
+    let mut settings = settings.clone();
+    if !settings
+        .srtp_profiles
+        .iter()
+        .any(|p| p == INGEST_SRTP_PROFILE)
+    {
+        settings.srtp_profiles.push(INGEST_SRTP_PROFILE.to_owned());
+    }
+    settings
+}
 
 /// Silence (no STUN, no media, no RTCP) after which a peer counts as disconnected.
 /// Browsers check consent at least every 5 s or so and send RTCP every second.
@@ -1003,48 +1024,54 @@ impl Peer {
         }
         let tracks: Vec<TrackId> = self.outbound.keys().copied().collect();
         for track in tracks {
-            let Some(out) = self.outbound.get(&track) else {
-                continue;
-            };
-            let sender = out.sender;
-            let Some(mut s) = self.pc.rtp_sender(sender) else {
-                continue;
-            };
-            let params = s.get_parameters();
-            let mut pt = IdMap::default();
-            let Some(out) = self.outbound.get_mut(&track) else {
-                continue;
-            };
-            let codecs = &params.rtp_parameters.codecs;
-            let dst = codecs.iter().find(|c| {
-                c.rtp_codec
-                    .mime_type
-                    .eq_ignore_ascii_case(&out.source.codec.mime_type)
-            });
-            out.rewrite.unwrap_red = None;
-            if let Some(dst) = dst {
-                pt.insert(out.source.payload_type, dst.payload_type);
-                // RED as it came where the subscriber takes it, else its primary blocks
-                if let Some(src_red) = out.source.red {
-                    match codecs.iter().find(|c| audio::is_red(&c.rtp_codec)) {
-                        Some(dst_red) => pt.insert(src_red, dst_red.payload_type),
-                        None => {
-                            pt.insert(src_red, dst.payload_type);
-                            out.rewrite.unwrap_red = Some((src_red, out.source.payload_type));
-                        }
+            self.ready_outbound(track);
+        }
+        Ok(())
+    }
+
+    /// Subscriber: reads what the answer negotiated for `track`'s sender (payload types,
+    /// RED, transport-cc) into its rewrite, and readies it when its codec was negotiated.
+    fn ready_outbound(&mut self, track: TrackId) {
+        let Some(out) = self.outbound.get(&track) else {
+            return;
+        };
+        let sender = out.sender;
+        let Some(mut s) = self.pc.rtp_sender(sender) else {
+            return;
+        };
+        let params = s.get_parameters();
+        let mut pt = IdMap::default();
+        let Some(out) = self.outbound.get_mut(&track) else {
+            return;
+        };
+        let codecs = &params.rtp_parameters.codecs;
+        let dst = codecs.iter().find(|c| {
+            c.rtp_codec
+                .mime_type
+                .eq_ignore_ascii_case(&out.source.codec.mime_type)
+        });
+        out.rewrite.unwrap_red = None;
+        if let Some(dst) = dst {
+            pt.insert(out.source.payload_type, dst.payload_type);
+            // RED as it came where the subscriber takes it, else its primary blocks
+            if let Some(src_red) = out.source.red {
+                match codecs.iter().find(|c| audio::is_red(&c.rtp_codec)) {
+                    Some(dst_red) => pt.insert(src_red, dst_red.payload_type),
+                    None => {
+                        pt.insert(src_red, dst.payload_type);
+                        out.rewrite.unwrap_red = Some((src_red, out.source.payload_type));
                     }
                 }
             }
-            out.ready = !pt.is_empty();
-            out.rewrite.pt = pt;
-            out.twcc = params
-                .rtp_parameters
-                .header_extensions
-                .iter()
-                .find(|e| e.uri == twcc::URI)
-                .and_then(|e| u8::try_from(e.id).ok());
         }
-        Ok(())
+        out.ready = !pt.is_empty();
+        out.rewrite.pt = pt;
+        out.twcc = params
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == twcc::URI)
+            .and_then(|e| u8::try_from(e.id).ok());
     }
 
     /// Either peer: a trickled remote candidate.

@@ -38,6 +38,7 @@ use crate::token::{random_token, random_u64};
 
 mod allocation;
 mod levels;
+mod viewer;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
@@ -104,6 +105,8 @@ pub enum WorkerCommand {
     Register {
         participant: ParticipantId,
         notices: mpsc::Sender<MediaNotice>,
+        /// A WHIP publisher (see [`crate::Admission::ingest`]).
+        ingest: bool,
     },
     /// Apply a publisher offer (the publisher peer is created on the first one). `tracks`
     /// is what the client declared of its m-lines.
@@ -138,6 +141,19 @@ pub enum WorkerCommand {
         role: PeerRole,
         candidate: IceCandidate,
         reply: Reply<()>,
+    },
+    /// A WHEP viewer's offer: create its answering subscriber peer (see `viewer.rs`).
+    ViewerOffer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<(String, Vec<crate::peer::ViewerSlot>)>,
+    },
+    /// Bind a WHEP viewer's slots (by mid) to tracks, or to nothing. The reply lists the
+    /// mids whose track's codec the viewer did not accept.
+    ViewerBind {
+        participant: ParticipantId,
+        slots: Vec<(String, Option<TrackId>)>,
+        reply: Reply<Vec<String>>,
     },
     /// The participant is gone: close its peers, stop its tracks.
     Remove { participant: ParticipantId },
@@ -325,6 +341,8 @@ struct ParticipantMedia {
     /// What this participant receives: its allocation.
     downlink: Downlink,
     failed: bool,
+    /// A WHIP publisher: its publisher leg also accepts [`crate::peer::INGEST_SRTP_PROFILE`].
+    ingest: bool,
 }
 
 impl ParticipantMedia {
@@ -938,21 +956,23 @@ impl Worker {
         participant: ParticipantId,
         role: PeerRole,
     ) -> Result<(), MediaError> {
-        let slot = self
+        let media = self
             .participants
             .get_mut(&participant)
-            .ok_or(MediaError::UnknownParticipant)?
-            .slot(role);
+            .ok_or(MediaError::UnknownParticipant)?;
+        let ingest = media.ingest && role == PeerRole::Publisher;
+        let slot = media.slot(role);
         if slot.is_none() {
             let ufrag = random_token(16);
             let pwd = random_token(32);
-            *slot = Some(Peer::new(
-                &self.settings,
-                role,
-                &ufrag,
-                &pwd,
-                Instant::now(),
-            )?);
+            let ingest_settings;
+            let settings = if ingest {
+                ingest_settings = crate::peer::ingest_settings(&self.settings);
+                &ingest_settings
+            } else {
+                &self.settings
+            };
+            *slot = Some(Peer::new(settings, role, &ufrag, &pwd, Instant::now())?);
             self.by_ufrag.insert(ufrag, (participant, role));
             self.stats.peers.fetch_add(1, Ordering::Relaxed);
             self.timers_from = Instant::now();
@@ -966,6 +986,7 @@ impl Worker {
             WorkerCommand::Register {
                 participant,
                 notices,
+                ingest,
             } => {
                 self.participants.insert(
                     participant,
@@ -976,6 +997,7 @@ impl Worker {
                         published: HashMap::new(),
                         downlink: Downlink::default(),
                         failed: false,
+                        ingest,
                     },
                 );
             }
@@ -1035,6 +1057,20 @@ impl Worker {
                 let _ = reply.send(result);
             }
             WorkerCommand::Remove { participant } => self.remove(participant),
+            WorkerCommand::ViewerOffer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.viewer_offer(participant, sdp, now));
+            }
+            WorkerCommand::ViewerBind {
+                participant,
+                slots,
+                reply,
+            } => {
+                let _ = reply.send(self.viewer_bind(participant, slots, now));
+            }
             WorkerCommand::Speaker { previous, current } => {
                 self.set_speaker(previous, current);
                 self.next_allocation = now;
