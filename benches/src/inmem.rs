@@ -130,7 +130,6 @@ fn new_server_peer(role: PeerRole) -> Result<Peer> {
         tcp_candidates: Vec::new(),
         srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
         audio: Default::default(),
-        pacing: true,
     };
     Peer::new(
         &settings,
@@ -164,7 +163,7 @@ impl Pair {
             }
         }
         let mut out: Vec<(SocketAddr, BytesMut)> = Vec::new();
-        self.server.poll_transmit(now, |to, _, d| out.push((to, d)));
+        self.server.poll_transmit(|to, _, d| out.push((to, d)));
         for (to, d) in out {
             moved = true;
             if to == self.addr {
@@ -413,13 +412,13 @@ impl Rig {
         }
         let mut sent = 0;
         for sub in &mut self.subscribers {
-            sub.server.poll_transmit(now, |_, _, d| {
+            sub.server.poll_transmit(|_, _, d| {
                 std::hint::black_box(d);
                 sent += 1;
             });
             sub.server.refresh_timeout();
         }
-        publisher.poll_transmit(now, |_, _, d| {
+        publisher.poll_transmit(|_, _, d| {
             std::hint::black_box(d);
         });
         publisher.refresh_timeout();
@@ -432,7 +431,7 @@ impl Rig {
         let mut rtp = 0;
         for sub in &mut self.subscribers {
             sub.server.handle_timeout(now);
-            sub.server.poll_transmit(now, |_, _, d| {
+            sub.server.poll_transmit(|_, _, d| {
                 if rtp_header(&d).is_some() {
                     rtp += 1;
                 }

@@ -31,7 +31,6 @@ fn settings() -> &'static PeerSettings {
         tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
         srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
         audio: Default::default(),
-        pacing: true,
     })
 }
 
@@ -58,7 +57,7 @@ fuzz_target!(|datagrams: Vec<Datagram>| {
         peer.handle_datagram(from, datagram.tcp, BytesMut::from(&datagram.bytes[..]), now);
         peer.poll_events(&mut events);
         peer.poll_media(|_, _, _| {}, &mut events);
-        peer.poll_transmit(now, |_, _, _| {});
+        peer.poll_transmit(|_, _, _| {});
         if peer.next_timeout().is_some_and(|at| at <= now) {
             peer.handle_timeout(now);
         }

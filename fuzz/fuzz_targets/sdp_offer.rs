@@ -23,7 +23,6 @@ fuzz_target!(|data: &[u8]| {
         tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
         srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
         audio: Default::default(),
-        pacing: true,
     };
     let now = Instant::now();
     let mut peer = Peer::new(
@@ -46,5 +45,5 @@ fuzz_target!(|data: &[u8]| {
     let mut events = Vec::new();
     peer.poll_events(&mut events);
     peer.poll_media(|_, _, _| {}, &mut events);
-    peer.poll_transmit(now, |_, _, _| {});
+    peer.poll_transmit(|_, _, _| {});
 });

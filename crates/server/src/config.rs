@@ -373,8 +373,6 @@ pub struct MediaConfig {
     /// A STUN server (`host:port`) asked at start-up for this server's public IP, which is
     /// then announced too. None: no discovery.
     pub stun_discovery: Option<String>,
-    /// Pace a congested subscriber's video (see `chorus_sfu::pacer`).
-    pub pacing: bool,
 }
 
 impl Default for MediaConfig {
@@ -386,7 +384,6 @@ impl Default for MediaConfig {
             announced_ips: Vec::new(),
             srtp_profiles: vec!["aead_aes_128_gcm".into(), "aead_aes_256_gcm".into()],
             stun_discovery: None,
-            pacing: true,
         }
     }
 }

@@ -171,7 +171,6 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             tcp_candidates,
             srtp_profiles: config.media.srtp_profiles.clone(),
             audio: config.audio.options(),
-            pacing: config.media.pacing,
         },
         Arc::new(AtomicU64::new(1)),
     )

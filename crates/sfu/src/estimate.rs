@@ -66,11 +66,6 @@ pub const INITIAL_BPS: u32 = 1_000_000;
 /// trip (feedback comes every 50–250 ms); 16 bytes each, 16 KiB per subscriber.
 pub const RING: usize = 1024;
 
-/// How long after the estimate's last cut [`Estimator::capacity`] is known (in µs): long
-/// enough to span the allocator's tries at a step up on a link that stays capped (every 3
-/// to 6 s), short enough that a link that recovered is no longer paced soon after.
-pub const CAPACITY_MEMORY_US: i64 = 10_000_000;
-
 /// Packets sent within this span of a group's first packet form one group: a frame's packets
 /// leave in one burst, and 5 ms is GCC's burst time (draft-ietf-rmcat-gcc-02 §5.2).
 pub const GROUP_SPAN_US: i64 = 5_000;
@@ -500,9 +495,6 @@ pub struct Estimator {
     delay_bps: f64,
     /// The acknowledged rate at the last overuse(s): the link's known capacity.
     congestion_point: Option<f64>,
-    /// What arrived when the estimate was last cut (overuse or loss), and when (µs): the
-    /// rate the pacer holds video to while that is recent (see [`Estimator::capacity`]).
-    capacity: Option<(f64, i64)>,
     last_update_us: Option<i64>,
     last_decrease_us: Option<i64>,
 
@@ -543,7 +535,6 @@ impl Estimator {
             rate_state: RateState::Increase,
             delay_bps: f64::from(initial_bps.clamp(MIN_BPS, MAX_BPS)),
             congestion_point: None,
-            capacity: None,
             last_update_us: None,
             last_decrease_us: None,
             ack_bins: [AckBin {
@@ -673,18 +664,6 @@ impl Estimator {
     pub fn last_decrease(&self) -> Option<Instant> {
         let us = self.last_decrease_us.max(self.last_loss_decrease_us)?;
         Some(self.epoch + Duration::from_micros(u64::try_from(us).unwrap_or(0)))
-    }
-
-    /// What the link was seen to carry when the estimate was last cut, or what arrives
-    /// now if that is more (bit/s); `None` when no cut came in the last
-    /// [`CAPACITY_MEMORY`]. A link that congested recently will again at about this rate,
-    /// which is what the pacer spreads keyframes to.
-    pub fn capacity(&self, now: Instant) -> Option<u32> {
-        let (bps, at) = self.capacity?;
-        if self.micros(now).saturating_sub(at) >= CAPACITY_MEMORY_US {
-            return None;
-        }
-        Some(to_bps(bps.max(self.acked_bps.unwrap_or(0.0))))
     }
 
     /// The loss fraction of the last complete loss window (0.0..=1.0).
@@ -864,7 +843,6 @@ impl Estimator {
             self.delay_bps = (current * DECREASE_FACTOR).max(f64::from(MIN_BPS));
             return;
         };
-        self.capacity = Some((acked, now_us));
         self.congestion_point = Some(match self.congestion_point {
             Some(point) if (acked - point).abs() <= point * NEAR_BELOW => {
                 (1.0 - CONGESTION_POINT_ALPHA) * point + CONGESTION_POINT_ALPHA * acked
@@ -902,9 +880,6 @@ impl Estimator {
             });
             if due {
                 self.last_loss_decrease_us = Some(now_us);
-                if let Some(acked) = self.acked_bps {
-                    self.capacity = Some((acked, now_us));
-                }
                 // From what got through, when that is lower: an SFU often sends far less
                 // than its estimate (app-limited), and a cut of an estimate several times
                 // the link would take several rounds to reach it.
@@ -1206,14 +1181,6 @@ mod tests {
         assert!(took <= 1.0, "took {took} s");
         assert!(lo >= 120_000, "collapsed to {lo}");
         assert!(hi <= 450_000, "overshoots to {hi}");
-        // what the pacer holds this subscriber to: about what the link carries
-        let now = sim.at(sim.now_us);
-        let capacity = sim.est.capacity(now).expect("a recent cut");
-        assert!(
-            (240_000..=360_000).contains(&capacity),
-            "capacity {capacity}"
-        );
-        assert_eq!(sim.est.capacity(now + Duration::from_secs(11)), None);
     }
 
     /// A long path (200 ms RTT) and sparse feedback (every 250 ms): slower, still in time.

@@ -193,10 +193,6 @@ pub struct HubStats {
     pub unknown_layer: u64,
     pub layer_switches: u64,
     pub notice_drops: u64,
-    /// Video copies that waited in a congested subscriber's pacer, and of those the
-    /// ones let go late (see `crate::pacer`).
-    pub paced: u64,
-    pub pacer_late: u64,
     /// Room events (webhooks) dropped because their queue was full.
     pub event_drops: u64,
     /// Live tokio tasks in the server's runtime (sessions, rooms, connections ...): a
@@ -379,8 +375,6 @@ impl Hub {
             unknown_layer: get(&w.unknown_layer),
             layer_switches: get(&w.layer_switches),
             notice_drops: get(&w.notice_drops),
-            paced: get(&w.paced),
-            pacer_late: get(&w.pacer_late),
             event_drops: get(&self.inner.event_drops),
             tasks: tokio::runtime::Handle::try_current()
                 .map(|runtime| runtime.metrics().num_alive_tasks() as u64)

@@ -27,7 +27,6 @@ pub mod latency;
 pub mod layer;
 pub mod net;
 pub mod opus;
-pub mod pacer;
 pub mod peer;
 pub mod red;
 pub mod rewrite;

@@ -401,19 +401,6 @@ impl Collector for HubCollector {
              not fit their queue; sent again on a later allocation.",
             hub.notice_drops,
         )?;
-        counter(
-            out,
-            "paced_datagrams",
-            "Video copies that waited in a congested subscriber's pacer, so that a \
-             keyframe reaches the link spread out rather than as one burst.",
-            hub.paced,
-        )?;
-        counter(
-            out,
-            "pacer_late_datagrams",
-            "Video copies the pacer let go late: they had waited 250 ms, or its queue was full.",
-            hub.pacer_late,
-        )?;
 
         out.encode_descriptor(
             "worker_busy_seconds",
@@ -506,8 +493,6 @@ mod tests {
             "# TYPE chorus_subscribers_congested gauge",
             "# TYPE chorus_downlink_estimate_bits_per_second gauge",
             "# TYPE chorus_notice_drops counter",
-            "# TYPE chorus_paced_datagrams counter",
-            "# TYPE chorus_pacer_late_datagrams counter",
             "# TYPE chorus_worker_busy_seconds counter",
             "# TYPE chorus_join_latency_seconds histogram",
         ] {

@@ -18,7 +18,6 @@ pub(crate) fn hub(max_participants: usize) -> Hub {
             tcp_candidates: vec![],
             srtp_profiles: vec!["aead_aes_128_gcm".into()],
             audio: Default::default(),
-            pacing: true,
         },
         Arc::new(AtomicU64::new(1)),
     )

@@ -38,10 +38,7 @@ const CAPPED_WINDOW_MS = 8000;
  * 3 of 5 runs here; specs/16-call-loss.test.js reproduces it on purpose. This test is
  * about the downlink estimate and the allocator, so it leaves that failure to 16.
  */
-// CHORUS_PACING=0 turns the server's pacer off, to compare runs with and without it.
-const PACING = process.env.CHORUS_PACING !== '0';
-const ICE_TCP = process.env.CHORUS_ICE_TCP === '1';
-const SERVER_CONFIG = `[media]\n${ICE_TCP ? '' : 'ice_tcp = false\n'}${PACING ? '' : 'pacing = false\n'}`;
+const SERVER_CONFIG = process.env.CHORUS_ICE_TCP === '1' ? '' : '[media]\nice_tcp = false\n';
 const LOW_MAX_WIDTH = 320;
 const HIGH_MIN_WIDTH = 640;
 
@@ -216,7 +213,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
   const capped = lab.addHost('cap');
   const server = await lab.startServer({ config: SERVER_CONFIG });
   const pages = [];
-  const figures = { cap: CAP_RATE, iceTcp: ICE_TCP, pacing: PACING };
+  const figures = { cap: CAP_RATE, iceTcp: SERVER_CONFIG === '' };
   const note = (line) => {
     t.diagnostic(line);
     console.log(`  [15-call-quality] ${line}`);
@@ -404,12 +401,6 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     const after1 = await sample(c);
     figures.after = describeOne(after0, after1, [idA, idB], names, ids);
     note(`uncapped: Cyd back on high for Ada after ${figures.upMs.Ada} ms, Bob after ${figures.upMs.Bob} ms; then ${figures.after}`);
-    // the server's pacer counters, read by a page (the server is in the lab's namespace)
-    figures.server = await a.evaluate(async () => {
-      const { paced, pacer_late: late } = await (await fetch('/api/stats')).json();
-      return { paced, late };
-    }).catch((e) => e.message);
-    note(`server (pacing ${PACING ? 'on' : 'off'}): ${JSON.stringify(figures.server)}`);
     saveFigures('capped', figures);
 
     // The assertions of issue 12 (the figures above are printed either way).

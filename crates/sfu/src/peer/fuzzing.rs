@@ -139,7 +139,6 @@ impl SubscriberLeg {
             tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
             srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
             audio: Default::default(),
-            pacing: true,
         };
         let mut peer = super::Peer::new(
             &settings,
@@ -207,6 +206,6 @@ impl SubscriberLeg {
         let mut events = Vec::new();
         self.peer.poll_events(&mut events);
         self.peer.poll_media(|_, _, _| {}, &mut events);
-        self.peer.poll_transmit(now, |_, _, _| {});
+        self.peer.poll_transmit(|_, _, _| {});
     }
 }

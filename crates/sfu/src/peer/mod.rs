@@ -44,7 +44,6 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::MediaError;
 use crate::idhash::IdHashMap;
-use crate::pacer::Pacer;
 use crate::red;
 use crate::rewrite::{IdMap, SeqRewriter};
 
@@ -106,8 +105,6 @@ pub struct PeerSettings {
     pub srtp_profiles: Vec<String>,
     /// RED and DTX (`[audio]` in the config).
     pub audio: AudioOptions,
-    /// Pace a congested subscriber's video (`media.pacing`; see `crate::pacer`).
-    pub pacing: bool,
 }
 
 /// One forwarded RTP packet, as read from a publisher.
@@ -443,18 +440,6 @@ enum CopyKind {
     Resend,
 }
 
-/// A subscriber's copy of a video packet, rewritten but not yet numbered for transport-cc
-/// or encrypted: what waits in its pacer.
-struct PacedCopy {
-    track: TrackId,
-    pkt: rtc::rtp::packet::Packet,
-    resent: bool,
-}
-
-/// What a copy adds to its payload on the wire: the RTP header (12), the transport-cc
-/// extension block (8) and the SRTP tag (16 for AES-GCM; 10 for AES-CM-80).
-const COPY_OVERHEAD: usize = 36;
-
 /// One WebRTC peer connection.
 pub struct Peer {
     pc: RTCPeerConnection,
@@ -487,14 +472,6 @@ pub struct Peer {
     /// Subscriber: connectivity checks that came before its first answer.
     early_checks: early_checks::EarlyChecks,
     audio: AudioOptions,
-    /// Subscriber: holds its video copies while its link is known to congest
-    /// (`crate::pacer`).
-    pacer: Pacer<PacedCopy>,
-    /// Whether the pacer is used at all (`media.pacing`).
-    pacing: bool,
-    /// Whether the pacer paces now (the link congested lately), as of the last
-    /// [`Peer::poll_transmit`].
-    pacing_now: bool,
 }
 
 /// What a peer connection has been given since its datagrams were last collected, which
@@ -726,9 +703,6 @@ impl Peer {
             send_side: (role == PeerRole::Subscriber).then(|| twcc::SendSide::new(now)),
             layer_ssrcs,
             audio: settings.audio,
-            pacer: Pacer::default(),
-            pacing: settings.pacing,
-            pacing_now: false,
             early_checks: match role {
                 PeerRole::Subscriber => early_checks::EarlyChecks::waiting(),
                 PeerRole::Publisher => early_checks::EarlyChecks::default(),
@@ -1268,41 +1242,11 @@ impl Peer {
         if !out.ready {
             return Err(ForwardDrop::NotNegotiated);
         }
-        let pkt = match kind {
+        let mut pkt = match kind {
             CopyKind::Resend => out.rewrite.resend(&packet.packet),
             CopyKind::Switch => out.rewrite.apply_switching(&packet.packet),
             CopyKind::Next => out.rewrite.apply(&packet.packet),
         }?;
-        if self.pacing_now {
-            // A copy's size on the wire: header, transport-cc element, payload and SRTP tag.
-            let bytes = pkt.payload.len() + COPY_OVERHEAD;
-            if out.source.kind == MediaKind::Audio {
-                self.pacer.account(bytes, now);
-            } else {
-                let copy = PacedCopy { track, pkt, resent };
-                return match self.pacer.offer(copy, bytes, now) {
-                    Some(copy) => self.write_copy(copy, now),
-                    // Held: it goes out when due (a switch is complete from here on).
-                    None => Ok(()),
-                };
-            }
-        }
-        self.write_copy(PacedCopy { track, pkt, resent }, now)
-    }
-
-    /// Numbers a copy for transport-cc as it goes out now, and hands it to the peer
-    /// connection, which encrypts it.
-    fn write_copy(&mut self, copy: PacedCopy, now: Instant) -> Result<(), ForwardDrop> {
-        let PacedCopy {
-            track,
-            mut pkt,
-            resent,
-        } = copy;
-        // The subscription may have ended while its copy waited in the pacer.
-        let out = self
-            .outbound
-            .get_mut(&track)
-            .ok_or(ForwardDrop::NotSubscribed)?;
         let (timestamp, octets) = (pkt.header.timestamp, pkt.payload.len());
         if let (Some(id), Some(side)) = (out.twcc, self.send_side.as_mut()) {
             side.stamp(&mut pkt, id, now);
@@ -1353,14 +1297,10 @@ impl Peer {
     }
 
     /// When the peer next wants [`Peer::handle_timeout`], as of the last
-    /// [`Peer::refresh_timeout`], or its pacer releases video, whichever comes first.
-    /// Cached, because asking webrtc-rs walks its whole stack and the worker looks at every
-    /// peer's deadline on every pass.
+    /// [`Peer::refresh_timeout`]. Cached, because asking webrtc-rs walks its whole stack and
+    /// the worker looks at every peer's deadline on every pass.
     pub fn next_timeout(&self) -> Option<Instant> {
-        match (self.next_timeout, self.pacer.next_release()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.next_timeout
     }
 
     /// Re-reads the peer's next deadline; call after [`Peer::poll_transmit`] on anything
@@ -1372,14 +1312,8 @@ impl Peer {
         }
     }
 
-    /// Drains outgoing datagrams at `now`: `send(to, over_tcp, datagram)`. A subscriber's
-    /// paced video that is due goes into the peer connection first.
-    pub fn poll_transmit(
-        &mut self,
-        now: Instant,
-        mut send: impl FnMut(SocketAddr, bool, BytesMut),
-    ) {
-        self.pace(now);
+    /// Drains outgoing datagrams: `send(to, over_tcp, datagram)`.
+    pub fn poll_transmit(&mut self, mut send: impl FnMut(SocketAddr, bool, BytesMut)) {
         let limit = match std::mem::replace(&mut self.queued, Queued::Copies(0)) {
             Queued::Copies(n) => n,
             Queued::Anything => {
@@ -1394,38 +1328,6 @@ impl Peer {
             let tcp = msg.transport.transport_protocol == TransportProtocol::TCP;
             send(msg.transport.peer_addr, tcp, msg.message);
         }
-    }
-
-    /// Subscriber: sets the pacer's rate from the estimate (none when the link has not
-    /// congested lately: no pacing) and writes the copies it has due.
-    fn pace(&mut self, now: Instant) {
-        let rate = self
-            .send_side
-            .as_ref()
-            .filter(|_| self.pacing)
-            .and_then(|side| side.pacing_rate(now));
-        self.pacing_now = rate.is_some();
-        if rate.is_none() && self.pacer.is_idle() {
-            return;
-        }
-        self.pacer.set_rate(rate, now);
-        // Out of `self` while it hands copies back, so that they can be written.
-        let mut pacer = std::mem::take(&mut self.pacer);
-        pacer.release(now, |copy| {
-            // A copy the peer connection refuses now (it is closing) is lost like any
-            // other send to a peer that is going away.
-            let _ = self.write_copy(copy, now);
-        });
-        self.pacer = pacer;
-    }
-
-    /// Subscriber: video copies its pacer held (since the last call), and of those how many
-    /// it let go late (they waited the longest allowed, or the queue was full).
-    pub fn take_pacer_counts(&mut self) -> (u64, u64) {
-        let counts = (self.pacer.paced, self.pacer.late);
-        self.pacer.paced = 0;
-        self.pacer.late = 0;
-        counts
     }
 
     /// Closes the peer connection (sends DTLS close_notify where it can).

@@ -123,13 +123,6 @@ impl SendSide {
         self.fed = true;
     }
 
-    /// What the pacer holds this leg's video to: a little over what the link carried at its
-    /// last congestion, while that is recent (`None`: no pacing).
-    pub(super) fn pacing_rate(&self, now: Instant) -> Option<u32> {
-        let capacity = self.estimator.capacity(now)?;
-        Some((f64::from(capacity) * crate::pacer::PACING_FACTOR) as u32)
-    }
-
     /// The downlink estimate in bits per second, once feedback has come, and when it was
     /// last cut for congestion.
     pub(super) fn estimate(&self) -> Option<crate::allocate::Estimate> {

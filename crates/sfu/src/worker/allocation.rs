@@ -64,15 +64,6 @@ impl Worker {
     pub(super) fn allocate(&mut self, now: Instant) {
         let mut keyframes: Vec<(TrackId, u8)> = Vec::new();
         let mut tally = Tally::default();
-        for peer in self
-            .participants
-            .values_mut()
-            .filter_map(|m| m.subscriber.as_mut())
-        {
-            let (paced, late) = peer.take_pacer_counts();
-            self.stats.paced.fetch_add(paced, Ordering::Relaxed);
-            self.stats.pacer_late.fetch_add(late, Ordering::Relaxed);
-        }
         for (participant, media) in &mut self.participants {
             let Some(peer) = media.subscriber.as_ref().filter(|p| p.is_connected()) else {
                 continue;

@@ -195,11 +195,6 @@ pub struct WorkerStats {
     pub layer_switches: AtomicU64,
     /// Notices to rooms that did not fit their queue.
     pub notice_drops: AtomicU64,
-    /// Video copies that waited in a congested subscriber's pacer.
-    pub paced: AtomicU64,
-    /// Of those, the ones let go late: they waited the longest allowed, or the queue was
-    /// full.
-    pub pacer_late: AtomicU64,
     /// RTP bytes read from publishers: header and payload, without SRTP or header
     /// extensions (what [`MediaPacket::wire_len`] counts).
     pub rtp_bytes_in: AtomicU64,
@@ -898,7 +893,6 @@ impl Worker {
     /// Their timers are re-read only once everything has been sent: asking webrtc-rs walks
     /// its whole stack, which no datagram should wait for.
     fn flush(&mut self) {
-        let now = Instant::now();
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
@@ -915,7 +909,7 @@ impl Worker {
                     tcp_writers: &self.tcp_writers,
                     stats: &self.stats,
                 };
-                peer.poll_transmit(now, |to, tcp, datagram| out.send(to, tcp, datagram));
+                peer.poll_transmit(|to, tcp, datagram| out.send(to, tcp, datagram));
                 Self::send_queued(&mut self.sends, &self.socket, &self.stats);
             }
         }
@@ -1262,9 +1256,7 @@ impl Worker {
                 tcp_writers: &self.tcp_writers,
                 stats: &self.stats,
             };
-            peer.poll_transmit(Instant::now(), |to, tcp, datagram| {
-                out.send(to, tcp, datagram)
-            });
+            peer.poll_transmit(|to, tcp, datagram| out.send(to, tcp, datagram));
             self.stats.peers.fetch_sub(1, Ordering::Relaxed);
             if peer.has_failed() {
                 self.stats.peers_failed.fetch_sub(1, Ordering::Relaxed);
