@@ -41,7 +41,7 @@ pub mod tcp;
 mod token;
 pub mod worker;
 
-pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership};
+pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership, RecordingSettings};
 pub use peer::{AudioOptions, PeerSettings};
 pub use speaker::SpeakerSettings;
 

@@ -2,17 +2,19 @@
 //! [`Room`], performs the effects (messages to sessions, calls to the media worker) and
 //! feeds the results back in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
+use chorus_protocol::api::RecordingInfo;
+use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage, TrackId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::allocate::Tile;
 use crate::events::LeaveReason;
 use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
+use crate::record::{RecordError, Recorder, TrackMeta};
 use crate::room::{AdminAction, Effect, Input, Room};
 use crate::speaker::Speakers;
 use crate::worker::{MediaNotice, WorkerCommand};
@@ -28,6 +30,20 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
     let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
     let members = Arc::new(AtomicUsize::new(0));
     let speaker_settings = hub.inner.config.speakers;
+    let recording = &hub.inner.config.recording;
+    // A room the config records is recorded from its first join, which spawns it.
+    let recorder = match &recording.dir {
+        Some(dir) if recording.rooms.contains(&id) => {
+            match Recorder::start(dir, &id, hub.inner.recording.clone()) {
+                Ok(recorder) => Some(recorder),
+                Err(err) => {
+                    tracing::warn!(room = %id, %err, "recording did not start");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let task = RoomTask {
         room: Room::new(id.clone(), hub.inner.config.limits.clone()),
         id,
@@ -40,6 +56,8 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
         notices: mpsc::channel(MEDIA_NOTICE_QUEUE),
         speakers: Speakers::new(speaker_settings),
         told_speaker: None,
+        recorder,
+        recorded: HashSet::new(),
     };
     tokio::spawn(task.run(rx));
     RoomEntry {
@@ -65,6 +83,10 @@ struct RoomTask {
     speakers: Speakers,
     /// The first speaker as the worker was last told it (for allocation).
     told_speaker: Option<ParticipantId>,
+    /// The room's recording, while one runs.
+    recorder: Option<Recorder>,
+    /// The tracks the recording (and the worker) were told to record.
+    recorded: HashSet<TrackId>,
 }
 
 fn now_ms() -> u64 {
@@ -114,10 +136,13 @@ impl RoomTask {
                 })
                 .await;
             }
+            self.sync_recording().await;
             if self.room.is_empty() && self.pending_joins.is_empty() {
                 break;
             }
         }
+        // Drain and shutdown end here too: the files are finished before the room is gone.
+        self.stop_recording().await;
         // Closed: later joins must not land here.
         self.hub.room_closed(&self.id, self.generation);
         commands.close();
@@ -175,7 +200,19 @@ impl RoomTask {
             RoomCommand::Shutdown => Some(Input::Shutdown),
             RoomCommand::Drain { seconds } => Some(Input::Drain { seconds }),
             RoomCommand::Describe { reply } => {
-                let _ = reply.send(self.room.details());
+                let mut details = self.room.details();
+                details.recording = self.recorder.as_ref().map(Recorder::info);
+                let _ = reply.send(details);
+                None
+            }
+            RoomCommand::Record { on, reply } => {
+                let result = if on {
+                    self.start_recording()
+                } else {
+                    self.stop_recording().await;
+                    Ok(None)
+                };
+                let _ = reply.send(result);
                 None
             }
             RoomCommand::Admin { action, reply } => {
@@ -411,6 +448,95 @@ impl RoomTask {
             if let Some(input) = next {
                 queue.extend(self.room.handle(input));
             }
+        }
+    }
+
+    /// Starts recording the room (a running recording goes on).
+    fn start_recording(&mut self) -> Result<Option<RecordingInfo>, RecordError> {
+        if self.recorder.is_none() {
+            let dir = self
+                .hub
+                .inner
+                .config
+                .recording
+                .dir
+                .clone()
+                .ok_or(RecordError::NotConfigured)?;
+            self.recorder = Some(Recorder::start(
+                &dir,
+                &self.id,
+                self.hub.inner.recording.clone(),
+            )?);
+        }
+        Ok(self.recorder.as_ref().map(Recorder::info))
+    }
+
+    /// Stops the recording, if one runs: the worker's taps first, then the files are
+    /// finished.
+    async fn stop_recording(&mut self) {
+        let Some(recorder) = self.recorder.take() else {
+            return;
+        };
+        for track in self.recorded.drain() {
+            let _ = self
+                .hub
+                .inner
+                .worker
+                .send(WorkerCommand::Record { track, sink: None })
+                .await;
+        }
+        recorder.finish().await;
+    }
+
+    /// Makes the recording cover exactly the room's published tracks: a new track (a
+    /// join, a renegotiation that adds a screen share) gets its file, an ended one's file
+    /// is finished. Nothing to do (and nothing done) when the room is not recorded.
+    async fn sync_recording(&mut self) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let details = self.room.details();
+        let mut live = HashSet::new();
+        let mut added = Vec::new();
+        for participant in &details.participants {
+            for track in &participant.tracks {
+                live.insert(track.id);
+                if !self.recorded.contains(&track.id) {
+                    let meta = TrackMeta {
+                        participant: participant.id,
+                        name: participant.name.clone(),
+                        identity: participant.identity.clone(),
+                        kind: track.kind,
+                        source: track.source,
+                    };
+                    added.push((track.id, recorder.add_track(track.id, meta)));
+                }
+            }
+        }
+        let gone: Vec<TrackId> = self
+            .recorded
+            .iter()
+            .filter(|t| !live.contains(t))
+            .copied()
+            .collect();
+        for track in &gone {
+            recorder.remove_track(*track);
+            self.recorded.remove(track);
+        }
+        let worker = self.hub.inner.worker.clone();
+        for (track, sink) in added {
+            self.recorded.insert(track);
+            let _ = worker
+                .send(WorkerCommand::Record {
+                    track,
+                    sink: Some(sink),
+                })
+                .await;
+        }
+        for track in gone {
+            let _ = worker
+                .send(WorkerCommand::Record { track, sink: None })
+                .await;
         }
     }
 
