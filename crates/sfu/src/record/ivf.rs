@@ -1,8 +1,12 @@
 //! An IVF writer: the simple container of the libvpx tools, which ffmpeg and every VP8/VP9
 //! player read. A 32-byte file header (codec, size, time base, frame count) and then each
 //! frame as a 12-byte header (size, 64-bit timestamp) and its data. The time base is the
-//! RTP clock, 1/90000 s, so timestamps need no conversion. The frame count is written
-//! again when the file is finished (it starts at 0, which readers accept).
+//! RTP clock, 1/90000 s, so timestamps need no conversion. The header's length field is
+//! written when the file is finished (it starts at 0, which readers accept): ffmpeg reads
+//! it as the stream's duration in time-base units, so it gets the duration up to the end
+//! of the last frame (the last timestamp plus the mean frame interval), as ffmpeg's own
+//! IVF muxer writes it, rather than the frame count libvpx's tools write with a time base
+//! of one frame.
 
 use std::io::{self, Seek, SeekFrom, Write};
 
@@ -12,6 +16,7 @@ pub const VIDEO_CLOCK: u32 = 90_000;
 pub struct IvfWriter<W: Write + Seek> {
     out: W,
     frames: u32,
+    last_pts: u64,
     written: u64,
 }
 
@@ -32,6 +37,7 @@ impl<W: Write + Seek> IvfWriter<W> {
         Ok(Self {
             out,
             frames: 0,
+            last_pts: 0,
             written: 32,
         })
     }
@@ -44,6 +50,7 @@ impl<W: Write + Seek> IvfWriter<W> {
         self.out.write_all(&header)?;
         self.out.write_all(frame)?;
         self.frames += 1;
+        self.last_pts = pts;
         self.written += 12 + frame.len() as u64;
         Ok(())
     }
@@ -60,10 +67,20 @@ impl<W: Write + Seek> IvfWriter<W> {
         self.out.flush()
     }
 
-    /// Writes the frame count into the header and flushes.
+    /// The stream's duration in 90 kHz ticks: to the end of the last frame, taking the
+    /// mean frame interval as its length.
+    pub fn duration(&self) -> u64 {
+        match self.frames {
+            0 | 1 => 0,
+            n => self.last_pts + self.last_pts / u64::from(n - 1),
+        }
+    }
+
+    /// Writes the duration into the header and flushes.
     pub fn finish(mut self) -> io::Result<W> {
+        let duration = u32::try_from(self.duration()).unwrap_or(u32::MAX);
         self.out.seek(SeekFrom::Start(24))?;
-        self.out.write_all(&self.frames.to_le_bytes())?;
+        self.out.write_all(&duration.to_le_bytes())?;
         self.out.seek(SeekFrom::End(0))?;
         self.out.flush()?;
         Ok(self.out)
@@ -76,7 +93,7 @@ mod tests {
     use std::io::Cursor;
 
     #[test]
-    fn header_frames_and_count() {
+    fn header_frames_and_duration() {
         let mut writer = IvfWriter::new(Cursor::new(Vec::new()), b"VP80", 320, 240).unwrap();
         writer.write_frame(&[1, 2, 3], 0).unwrap();
         writer.write_frame(&[4, 5], 3000).unwrap();
@@ -89,7 +106,8 @@ mod tests {
             u32::from_le_bytes(bytes[16..20].try_into().unwrap()),
             90_000
         );
-        assert_eq!(u32::from_le_bytes(bytes[24..28].try_into().unwrap()), 2);
+        // the duration: two frames 3000 ticks apart last 6000
+        assert_eq!(u32::from_le_bytes(bytes[24..28].try_into().unwrap()), 6000);
         assert_eq!(u32::from_le_bytes(bytes[32..36].try_into().unwrap()), 3);
         assert_eq!(&bytes[44..47], &[1, 2, 3]);
         assert_eq!(u64::from_le_bytes(bytes[51..59].try_into().unwrap()), 3000);

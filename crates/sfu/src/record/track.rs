@@ -604,7 +604,11 @@ mod tests {
         let bytes = rec.finish(&mut open).unwrap().unwrap().into_inner();
         assert_eq!(&bytes[0..4], b"DKIF");
         assert_eq!(u16::from_le_bytes([bytes[12], bytes[13]]), 320);
-        assert_eq!(u32::from_le_bytes(bytes[24..28].try_into().unwrap()), 5);
+        // the header's duration: to 18000, plus the mean interval of 4500
+        assert_eq!(
+            u32::from_le_bytes(bytes[24..28].try_into().unwrap()),
+            22_500
+        );
         // the frames' timestamps: 0, 3000, 6000, then 15000, 18000 across the wrap
         let mut at = 32;
         let mut pts = Vec::new();

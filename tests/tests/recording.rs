@@ -1,0 +1,853 @@
+//! Recording without a browser, end to end: a real `chorus` records a call of two simulated
+//! browsers that publish real VP8 and Opus (encoded by ffmpeg from its test sources before
+//! the call), and Debian's `ffprobe`/`ffmpeg` read and decode every file. A second test
+//! records onto a disk that fills up: the failure is reported and the call goes on.
+//! Build the server first: `cargo build -p chorus`. Needs `ffmpeg` (tests/run-all.sh
+//! installs it) and, for the full disk, root for a tmpfs in a mount namespace of the
+//! server's own (`unshare --mount`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use chorus_protocol::MediaKind;
+use chorus_protocol::api::RoomDetails;
+use chorus_tests::harness::{chorus_bin, http_request};
+use chorus_tests::wait::poll_until_async;
+use chorus_tests::{Client, MediaRate, RtpWriter, Server, init_tracing};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(15);
+
+const SECRET: &str = "a-recording-test-secret-of-32-bytes-or-more";
+
+/// How long the recorded part of the call lasts.
+const RECORDED: Duration = Duration::from_secs(20);
+
+/// Video frame interval: 30 frames a second on the 90 kHz clock.
+const FRAME_INTERVAL: Duration = Duration::from_micros(33_333);
+const FRAME_TICKS: u32 = 3000;
+/// Opus: 20 ms frames on the 48 kHz clock.
+const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
+const AUDIO_TICKS: u32 = 960;
+
+/// The largest VP8 payload per RTP packet (bigger frames are split).
+const MAX_PAYLOAD: usize = 1000;
+
+fn basic() -> String {
+    format!("Basic {}", BASE64.encode(format!("KEY:{SECRET}")))
+}
+
+fn config(dir: &Path, rooms: &str) -> String {
+    format!(
+        "[auth]\nkeys = {{ KEY = \"{SECRET}\" }}\n[recording]\ndir = \"{}\"\nrooms = [{rooms}]\n",
+        dir.display()
+    )
+}
+
+async fn call(server: &Server, method: &str, path: &str) -> Result<(u16, String)> {
+    let auth = basic();
+    http_request(
+        server.http_addr(),
+        method,
+        path,
+        &[("Authorization", auth.as_str())],
+        None,
+    )
+    .await
+}
+
+fn temp_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("chorus-recording-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Runs a tool; a tool that is not installed fails the test, loudly.
+fn run(tool: &str, args: &[&str]) -> Result<std::process::Output> {
+    let output = Command::new(tool).args(args).output().with_context(|| {
+        format!("{tool} is not installed (Debian: apt-get install ffmpeg; tests/run-all.sh does)")
+    })?;
+    Ok(output)
+}
+
+/// Known media, encoded once per test by ffmpeg from its own test sources.
+struct Media {
+    /// VP8 frames, a keyframe every 10 s (so a keyframe soon after the recording starts can
+    /// only be one the server asked for).
+    video: Vec<Bytes>,
+    /// The same video with every frame a keyframe: what the publisher sends when asked for
+    /// a keyframe, as a browser's encoder would make one on request.
+    intra: Vec<Bytes>,
+    /// Opus packets of 20 ms.
+    audio: Vec<Bytes>,
+}
+
+fn encode_media(dir: &Path) -> Result<Media> {
+    let video_args = |gop: &str, out: &Path| {
+        let out = out.display().to_string();
+        let args: Vec<String> = [
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+            "-t",
+            "26",
+            "-c:v",
+            "libvpx",
+            "-b:v",
+            "300k",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-auto-alt-ref",
+            "0",
+            "-lag-in-frames",
+            "0",
+            "-g",
+            gop,
+            "-keyint_min",
+            gop,
+            "-f",
+            "ivf",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([out])
+        .collect();
+        args
+    };
+    let mut media = Media {
+        video: Vec::new(),
+        intra: Vec::new(),
+        audio: Vec::new(),
+    };
+    for (gop, name) in [("300", "video.ivf"), ("1", "intra.ivf")] {
+        let path = dir.join(name);
+        let args = video_args(gop, &path);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run("ffmpeg", &args)?;
+        ensure!(
+            out.status.success(),
+            "ffmpeg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let frames = ivf_frames(&std::fs::read(&path)?)?
+            .into_iter()
+            .map(|(_, data)| Bytes::from(data))
+            .collect();
+        if gop == "1" {
+            media.intra = frames;
+        } else {
+            media.video = frames;
+        }
+    }
+    let path = dir.join("audio.ogg");
+    let out = run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "26",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-frame_duration",
+            "20",
+            "-f",
+            "ogg",
+            &path.display().to_string(),
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    media.audio = ogg_packets(&std::fs::read(&path)?)?
+        .into_iter()
+        .skip(2) // OpusHead, OpusTags
+        .map(Bytes::from)
+        .collect();
+    ensure!(
+        media.video.len() >= 700 && media.intra.len() >= 700 && media.audio.len() >= 1200,
+        "short test media: {} {} {}",
+        media.video.len(),
+        media.intra.len(),
+        media.audio.len()
+    );
+    Ok(media)
+}
+
+/// An IVF file's frames: (timestamp, data).
+fn ivf_frames(bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+    ensure!(
+        bytes.len() >= 32 && &bytes[..4] == b"DKIF",
+        "not an IVF file"
+    );
+    let mut at = 32;
+    let mut frames = Vec::new();
+    while at + 12 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+        let pts = u64::from_le_bytes(bytes[at + 4..at + 12].try_into()?);
+        let data = bytes
+            .get(at + 12..at + 12 + len)
+            .context("truncated IVF frame")?;
+        frames.push((pts, data.to_vec()));
+        at += 12 + len;
+    }
+    ensure!(at == bytes.len(), "trailing bytes in IVF");
+    Ok(frames)
+}
+
+/// One Ogg page: its granule position and the packets that end in it.
+struct OggPage {
+    granule: u64,
+    packets: Vec<Vec<u8>>,
+}
+
+fn ogg_pages(mut bytes: &[u8]) -> Result<Vec<OggPage>> {
+    let mut pages = Vec::new();
+    let mut partial = Vec::new();
+    while !bytes.is_empty() {
+        ensure!(
+            bytes.len() >= 27 && &bytes[..4] == b"OggS",
+            "not an Ogg page"
+        );
+        let granule = u64::from_le_bytes(bytes[6..14].try_into()?);
+        let count = usize::from(bytes[26]);
+        let lacing = bytes.get(27..27 + count).context("truncated lacing")?;
+        let mut at = 27 + count;
+        let mut packets = Vec::new();
+        for &len in lacing {
+            let len = usize::from(len);
+            partial.extend_from_slice(bytes.get(at..at + len).context("truncated page")?);
+            at += len;
+            if len < 255 {
+                packets.push(std::mem::take(&mut partial));
+            }
+        }
+        pages.push(OggPage { granule, packets });
+        bytes = &bytes[at..];
+    }
+    Ok(pages)
+}
+
+fn ogg_packets(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    Ok(ogg_pages(bytes)?
+        .into_iter()
+        .flat_map(|p| p.packets)
+        .collect())
+}
+
+/// 48 kHz samples in an Opus packet, from its TOC byte (RFC 6716 §3.1).
+fn opus_samples(packet: &[u8]) -> u64 {
+    let toc = packet[0];
+    let config = toc >> 3;
+    let per_frame: u64 = match config {
+        0..=11 => [480, 960, 1920, 2880][usize::from(config % 4)],
+        12..=15 => [480, 960][usize::from(config % 2)],
+        _ => [120, 240, 480, 960][usize::from(config % 4)],
+    };
+    let frames = match toc & 3 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => u64::from(packet[1] & 0x3f),
+    };
+    per_frame * frames
+}
+
+fn vp8_is_keyframe(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 1 == 0)
+}
+
+/// What one publisher sent, and switches for its senders.
+#[derive(Default)]
+struct Sent {
+    video_on: AtomicBool,
+    audio_on: AtomicBool,
+    stop: AtomicBool,
+    /// Each video frame: when, its RTP timestamp, its data.
+    video: Mutex<Vec<(Instant, u32, Bytes)>>,
+    audio: Mutex<Vec<(Instant, u32, Bytes)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends the media's VP8 frames at 30 fps, RTP timestamps from `first_ts` (so that they
+/// wrap during the call), a keyframe (the intra version of the frame) on request.
+async fn send_video(writer: RtpWriter, media: Arc<Media>, sent: Arc<Sent>, first_ts: u32) {
+    let mut ticker = tokio::time::interval(FRAME_INTERVAL);
+    let mut seq: u16 = 1000;
+    for i in 0.. {
+        ticker.tick().await;
+        if sent.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let ts = first_ts.wrapping_add(FRAME_TICKS.wrapping_mul(i as u32));
+        if !sent.video_on.load(Ordering::Relaxed) {
+            continue; // muted: nothing sent, the clock runs on
+        }
+        let index = i % media.video.len();
+        let frame = if writer.take_keyframe_request() && i > 0 {
+            media.intra[index].clone()
+        } else {
+            media.video[index].clone()
+        };
+        lock(&sent.video).push((Instant::now(), ts, frame.clone()));
+        let chunks: Vec<&[u8]> = frame.chunks(MAX_PAYLOAD).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let mut payload = Vec::with_capacity(chunk.len() + 1);
+            payload.push(if n == 0 { 0x10 } else { 0x00 });
+            payload.extend_from_slice(chunk);
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: n + 1 == chunks.len(),
+                    payload_type: writer.payload_type,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ssrc: writer.ssrc,
+                    ..Default::default()
+                },
+                payload: payload.into(),
+            };
+            seq = seq.wrapping_add(1);
+            if let Err(err) = writer.write_rtp(packet).await {
+                tracing::debug!("video write: {err:#}");
+            }
+        }
+    }
+}
+
+async fn send_audio(writer: RtpWriter, media: Arc<Media>, sent: Arc<Sent>, first_ts: u32) {
+    let mut ticker = tokio::time::interval(AUDIO_INTERVAL);
+    let mut seq: u16 = 60_000;
+    for i in 0.. {
+        ticker.tick().await;
+        if sent.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let ts = first_ts.wrapping_add(AUDIO_TICKS.wrapping_mul(i as u32));
+        if !sent.audio_on.load(Ordering::Relaxed) {
+            continue;
+        }
+        let data = media.audio[i % media.audio.len()].clone();
+        lock(&sent.audio).push((Instant::now(), ts, data.clone()));
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: i == 0,
+                payload_type: writer.payload_type,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc: writer.ssrc,
+                ..Default::default()
+            },
+            payload: data,
+        };
+        seq = seq.wrapping_add(1);
+        if let Err(err) = writer.write_rtp(packet).await {
+            tracing::debug!("audio write: {err:#}");
+        }
+    }
+}
+
+/// Starts a publisher's senders; audio timestamps wrap `audio_wrap_in` after the start,
+/// video ones `video_wrap_in` after it.
+fn start_senders(
+    client: &Client,
+    media: &Arc<Media>,
+    audio_wrap_in: Duration,
+    video_wrap_in: Duration,
+) -> Result<Arc<Sent>> {
+    let sent = Arc::new(Sent::default());
+    sent.video_on.store(true, Ordering::Relaxed);
+    sent.audio_on.store(true, Ordering::Relaxed);
+    let audio = client
+        .rtp_writer(MediaKind::Audio)
+        .context("audio writer")?;
+    let video = client
+        .rtp_writer(MediaKind::Video)
+        .context("video writer")?;
+    let audio_ts = 0u32.wrapping_sub((audio_wrap_in.as_secs_f64() * 48_000.0) as u32);
+    let video_ts = 0u32.wrapping_sub((video_wrap_in.as_secs_f64() * 90_000.0) as u32);
+    tokio::spawn(send_audio(audio, media.clone(), sent.clone(), audio_ts));
+    tokio::spawn(send_video(video, media.clone(), sent.clone(), video_ts));
+    Ok(sent)
+}
+
+/// `ffmpeg -v error -i FILE -f null -` (or with `-c copy`: demux only): no output, exit 0.
+fn ffmpeg_reads(file: &Path, decode: bool) -> Result<()> {
+    let path = file.display().to_string();
+    let mut args = vec!["-nostdin", "-v", "error", "-i", path.as_str()];
+    if !decode {
+        args.extend(["-c", "copy"]);
+    }
+    args.extend(["-f", "null", "-"]);
+    let out = run("ffmpeg", &args)?;
+    let errors = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && errors.trim().is_empty(),
+        "ffmpeg {} {path}: {}: {errors}",
+        if decode { "decoding" } else { "demuxing" },
+        out.status
+    );
+    Ok(())
+}
+
+/// What ffprobe says of a file: codec, duration (s), and every packet's time (s).
+fn ffprobe(file: &Path) -> Result<(String, f64, Vec<f64>)> {
+    let path = file.display().to_string();
+    let out = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-of",
+            "json",
+            "-show_entries",
+            "stream=codec_name:format=duration:packet=pts_time",
+            &path,
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "ffprobe {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_slice(&out.stdout)?;
+    let codec = value["streams"][0]["codec_name"]
+        .as_str()
+        .context("no codec")?
+        .to_owned();
+    let duration = value["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .context("no duration")?;
+    let times = value["packets"]
+        .as_array()
+        .context("no packets")?
+        .iter()
+        .filter_map(|p| p["pts_time"].as_str()?.parse().ok())
+        .collect();
+    Ok((codec, duration, times))
+}
+
+/// Checks that `recorded` is exactly a run of consecutive `sent` items (by data), and
+/// returns where it starts in `sent`.
+fn consecutive_run(
+    recorded: &[Vec<u8>],
+    sent: &[(Instant, u32, Bytes)],
+    what: &str,
+) -> Result<usize> {
+    let first = recorded.first().context("nothing recorded")?;
+    let matches_from = |start: usize| {
+        sent.len() >= start + recorded.len()
+            && recorded
+                .iter()
+                .zip(&sent[start..])
+                .all(|(r, (_, _, s))| r[..] == s[..])
+    };
+    let candidates: Vec<usize> = sent
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, data))| data[..] == first[..])
+        .map(|(i, _)| i)
+        .collect();
+    ensure!(
+        !candidates.is_empty(),
+        "{what}: the first recorded frame was never sent"
+    );
+    if let Some(start) = candidates.iter().copied().find(|&c| matches_from(c)) {
+        return Ok(start);
+    }
+    // Say where it breaks, from the first candidate.
+    let start = candidates[0];
+    let broken = recorded
+        .iter()
+        .zip(&sent[start..])
+        .position(|(r, (_, _, s))| r[..] != s[..])
+        .unwrap_or(sent.len() - start);
+    bail!(
+        "{what}: {} frames recorded, but recorded frame {broken} is not sent frame {} (a \
+         frame lost, repeated or out of order)",
+        recorded.len(),
+        start + broken
+    )
+}
+
+fn within_5_percent(what: &str, seconds: f64) -> Result<()> {
+    let want = RECORDED.as_secs_f64();
+    ensure!(
+        (seconds - want).abs() <= want * 0.05,
+        "{what}: {seconds:.3} s, not within 5 % of {want} s"
+    );
+    Ok(())
+}
+
+fn sidecar_file<'a>(sidecar: &'a Value, participant: &str, source: &str) -> Result<&'a Value> {
+    sidecar["files"]
+        .as_array()
+        .context("no files")?
+        .iter()
+        .find(|f| f["participant"] == participant && f["source"] == source)
+        .with_context(|| format!("no {participant} {source} in the sidecar: {sidecar:#}"))
+}
+
+/// A 20 s call recorded per track: every file decodes, lasts the call, holds every frame
+/// that was sent in order, starts on a keyframe the server asked for, and keeps its time
+/// across RTP timestamp wraps, a mute, and a renegotiation that adds a screen share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_recorded_per_track_into_files_that_ffmpeg_decodes() -> Result<()> {
+    init_tracing();
+    let work = temp_dir("call")?;
+    let media = Arc::new(encode_media(&work)?);
+    let records = work.join("records");
+    let server = Server::start_with_config(&config(&records, "")).await?;
+    let addr = server.http_addr();
+
+    let ada = Client::connect_and_join(addr, "rec", "ada").await?;
+    let bob = Client::connect_and_join(addr, "rec", "bob").await?;
+    let ada_tracks = ada.publish().await?;
+    let bob_tracks = bob.publish().await?;
+    // audio timestamps wrap 4 s into the call, video ones 6 s in: both while recording
+    let ada_sent = start_senders(&ada, &media, Duration::from_secs(4), Duration::from_secs(6))?;
+    let bob_sent = start_senders(&bob, &media, Duration::from_secs(4), Duration::from_secs(6))?;
+    bob.wait_for_packets(ada.id()?, ada_tracks.video, 30, T)
+        .await?;
+    ada.wait_for_packets(bob.id()?, bob_tracks.video, 30, T)
+        .await?;
+
+    // Recording starts mid-call, well inside the senders' 10 s keyframe interval.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = call(&server, "POST", "/api/v1/rooms/rec/recording").await?;
+    ensure!(status == 200, "start: {status} {body}");
+    let started = Instant::now();
+    let info: Value = serde_json::from_str(&body)?;
+    let dir = PathBuf::from(info["directory"].as_str().context("directory")?);
+    ensure!(dir.starts_with(&records), "recording in {}", dir.display());
+    // twice is fine: it goes on
+    let (status, _) = call(&server, "POST", "/api/v1/rooms/rec/recording").await?;
+    ensure!(status == 200, "a second start: {status}");
+
+    let at = |secs: u64| tokio::time::sleep_until((started + Duration::from_secs(secs)).into());
+    at(5).await;
+    bob_sent.video_on.store(false, Ordering::Relaxed);
+    bob.set_mute(bob_tracks.video, true)?;
+    at(7).await;
+    bob.set_mute(bob_tracks.video, false)?;
+    bob_sent.video_on.store(true, Ordering::Relaxed);
+    at(9).await;
+    bob_sent.audio_on.store(false, Ordering::Relaxed);
+    bob.set_mute(bob_tracks.audio, true)?;
+    at(11).await;
+    bob.set_mute(bob_tracks.audio, false)?;
+    bob_sent.audio_on.store(true, Ordering::Relaxed);
+    at(12).await;
+    // a renegotiation of ada's publisher: a screen share joins the camera
+    let screen = ada.publish_screen(&[]).await?;
+    at(14).await;
+    let (status, body) = call(&server, "GET", "/api/v1/rooms/rec").await?;
+    ensure!(status == 200, "describe: {status} {body}");
+    let details: RoomDetails = serde_json::from_str(&body)?;
+    let recording = details
+        .recording
+        .context("the description shows the recording")?;
+    ensure!(recording.files == 5, "5 files by now: {recording:?}");
+    ensure!(recording.error.is_none(), "{recording:?}");
+
+    tokio::time::sleep_until((started + RECORDED).into()).await;
+    let (status, body) = call(&server, "DELETE", "/api/v1/rooms/rec/recording").await?;
+    ensure!(status == 204, "stop: {status} {body}");
+    let stopped = Instant::now();
+    for sent in [&ada_sent, &bob_sent] {
+        sent.stop.store(true, Ordering::Relaxed);
+    }
+    let (_, body) = call(&server, "GET", "/api/v1/rooms/rec").await?;
+    let details: RoomDetails = serde_json::from_str(&body)?;
+    ensure!(details.recording.is_none(), "still recording: {details:?}");
+
+    // The keyframe that starts each camera file was asked for by the recording.
+    for (name, client) in [("ada", &ada), ("bob", &bob)] {
+        ensure!(
+            client.keyframe_requests().iter().any(|r| r.at >= started),
+            "{name} was asked for no keyframe after the recording started"
+        );
+    }
+
+    let sidecar: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("recording.json")).context("the sidecar")?)?;
+    ensure!(sidecar["state"] == "finished", "{sidecar:#}");
+    ensure!(
+        sidecar["room"] == "rec" && sidecar["version"] == 1,
+        "{sidecar:#}"
+    );
+    ensure!(sidecar["droppedPackets"] == 0, "{sidecar:#}");
+    ensure!(sidecar.get("error").is_none(), "{sidecar:#}");
+    ensure!(
+        sidecar["files"].as_array().map(Vec::len) == Some(5),
+        "{sidecar:#}"
+    );
+    for file in sidecar["files"].as_array().context("files")? {
+        ensure!(
+            file["finished"] == true && file.get("error").is_none(),
+            "{file:#}"
+        );
+    }
+
+    for (name, sent) in [("ada", &ada_sent), ("bob", &bob_sent)] {
+        // Video: every frame from the first recorded one on, in order; a keyframe first.
+        let entry = sidecar_file(&sidecar, name, "camera")?;
+        ensure!(
+            entry["codec"] == "vp8" && entry["container"] == "ivf",
+            "{entry:#}"
+        );
+        ensure!(entry["width"] == 320 && entry["height"] == 240, "{entry:#}");
+        let offset = entry["startOffsetMs"].as_f64().context("offset")?;
+        ensure!(
+            offset < 1000.0,
+            "{name}'s camera file starts {offset} ms in"
+        );
+        let path = dir.join(entry["file"].as_str().context("file")?);
+        ffmpeg_reads(&path, true)?;
+        let (codec, probed, times) = ffprobe(&path)?;
+        ensure!(codec == "vp8", "{codec}");
+        within_5_percent(&format!("{name}'s camera as ffprobe says"), probed)?;
+        let frames: Vec<Vec<u8>> = ivf_frames(&std::fs::read(&path)?)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        ensure!(
+            times.len() == frames.len(),
+            "ffprobe counts {} frames",
+            times.len()
+        );
+        ensure!(entry["frames"] == frames.len(), "{entry:#}");
+        ensure!(
+            vp8_is_keyframe(&frames[0]),
+            "{name}'s camera file starts on a delta frame"
+        );
+        let sent_video = lock(&sent.video).clone();
+        let start = consecutive_run(&frames, &sent_video, &format!("{name} camera"))?;
+        let (first_at, _, _) = sent_video[start];
+        ensure!(
+            first_at.saturating_duration_since(started) < Duration::from_secs(1),
+            "{name}'s first recorded keyframe was sent {:?} after the start: not on request",
+            first_at.saturating_duration_since(started)
+        );
+        let until_stop = sent_video[start..]
+            .iter()
+            .filter(|(at, _, _)| *at < stopped)
+            .count();
+        ensure!(
+            frames.len() + 6 >= until_stop && frames.len() <= until_stop,
+            "{name}: {} frames recorded of {until_stop} sent while recording",
+            frames.len()
+        );
+        let duration = times.last().context("no frames")? - times[0] + FRAME_INTERVAL.as_secs_f64();
+        within_5_percent(&format!("{name}'s camera"), duration)?;
+        if name == "bob" {
+            // the mute shows as a two-second step in the timestamps, not as lost time
+            let step = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+            ensure!(
+                (1.8..2.3).contains(&step),
+                "bob's longest frame step {step} s"
+            );
+        }
+
+        // Audio: every packet in order, granules that keep the call's time.
+        let entry = sidecar_file(&sidecar, name, "microphone")?;
+        ensure!(
+            entry["codec"] == "opus" && entry["container"] == "ogg",
+            "{entry:#}"
+        );
+        let path = dir.join(entry["file"].as_str().context("file")?);
+        ensure!(
+            path.extension().is_some_and(|e| e == "opus"),
+            "{}",
+            path.display()
+        );
+        ffmpeg_reads(&path, true)?;
+        let (codec, probed, times) = ffprobe(&path)?;
+        ensure!(codec == "opus", "{codec}");
+        within_5_percent(&format!("{name}'s microphone as ffprobe says"), probed)?;
+        let pages = ogg_pages(&std::fs::read(&path)?)?;
+        let mut samples = 0u64;
+        let mut recorded = Vec::new();
+        let mut fill = 0;
+        let mut packets = 0;
+        for page in &pages[2..] {
+            for packet in &page.packets {
+                samples += opus_samples(packet);
+                packets += 1;
+                if packet.len() == 1 {
+                    fill += 1;
+                } else {
+                    recorded.push(packet.clone());
+                }
+            }
+            ensure!(
+                page.granule == samples,
+                "{name}: a page's granule {} is not the {samples} samples before it",
+                page.granule
+            );
+        }
+        ensure!(
+            times.len() == packets,
+            "ffprobe counts {} packets",
+            times.len()
+        );
+        let sent_audio = lock(&sent.audio).clone();
+        let start = consecutive_run(&recorded, &sent_audio, &format!("{name} microphone"))?;
+        // the recording crossed the wrap of the publisher's timestamps
+        let window = &sent_audio[start..start + recorded.len()];
+        ensure!(
+            window.windows(2).any(|w| w[1].1 < w[0].1),
+            "{name}'s recorded audio did not cross a timestamp wrap"
+        );
+        within_5_percent(&format!("{name}'s microphone"), samples as f64 / 48_000.0)?;
+        if name == "bob" {
+            // two muted seconds filled with empty frames, so the time holds
+            ensure!(
+                (95..=105).contains(&fill),
+                "bob's audio has {fill} fill frames"
+            );
+        } else {
+            ensure!(fill == 0, "ada's audio has {fill} fill frames");
+        }
+        ensure!(
+            entry["frames"] == recorded.len() && entry["filledFrames"] == fill,
+            "{entry:#}"
+        );
+    }
+
+    // The screen share came with the renegotiation: a file of its own from then on. Its
+    // frames are the test client's tagged stand-ins for VP8, so ffmpeg demuxes it only.
+    let entry = sidecar_file(&sidecar, "ada", "screen")?;
+    ensure!(entry["trackId"] == screen.0, "{entry:#}");
+    let offset = entry["startOffsetMs"].as_f64().context("offset")?;
+    ensure!(
+        (10_000.0..14_000.0).contains(&offset),
+        "the screen file starts {offset} ms in"
+    );
+    let path = dir.join(entry["file"].as_str().context("file")?);
+    ffmpeg_reads(&path, false)?;
+    let (codec, _, times) = ffprobe(&path)?;
+    ensure!(
+        codec == "vp8" && times.len() > 100,
+        "{codec}, {} frames",
+        times.len()
+    );
+
+    let (_, body) = call(&server, "GET", "/api/stats").await?;
+    let stats: Value = serde_json::from_str(&body)?;
+    ensure!(stats["recording_drops"] == 0, "{stats:#}");
+    ensure!(stats["recordings"] == 0, "{stats:#}");
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// A recording whose disk fills up: the files stop, the failure is logged, counted and
+/// shown in the room's description, and the call goes on. The room is recorded from its
+/// first join by the config. The server runs in a mount namespace of its own with a
+/// 64 KiB tmpfs as its recording directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_and_the_call_goes_on() -> Result<()> {
+    init_tracing();
+    let work = temp_dir("full")?;
+    let records = work.join("records");
+    std::fs::create_dir_all(&records)?;
+    let probe = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .output()
+        .context("unshare (util-linux) is not installed")?;
+    ensure!(
+        probe.status.success(),
+        "this test mounts a tmpfs in a mount namespace and needs root (unshare --mount): {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    // The server, inside its own mount namespace, on a tiny tmpfs.
+    let wrapper = work.join("chorus-on-a-small-disk.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c \
+             'mount -t tmpfs -o size=64k chorus-rec \"$0\" && exec \"$@\"' '{}' '{}' \"$@\"\n",
+            records.display(),
+            chorus_bin()?.display()
+        ),
+    )?;
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let server = Server::start_bin(&wrapper, &config(&records, "\"full\"")).await?;
+    let addr = server.http_addr();
+
+    let ada = Client::connect_and_join(addr, "full", "ada").await?;
+    let bob = Client::connect_and_join(addr, "full", "bob").await?;
+    let tracks = ada.publish_and_stream(MediaRate::default()).await?;
+    bob.publish_and_stream(MediaRate::default()).await?;
+    bob.wait_for_packets(ada.id()?, tracks.video, 30, T).await?;
+
+    let error = poll_until_async(
+        Duration::from_secs(30),
+        "the recording's write error",
+        || async {
+            let (status, body) = call(&server, "GET", "/api/v1/rooms/full").await.ok()?;
+            let details: RoomDetails =
+                serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+            details.recording?.error
+        },
+    )
+    .await?;
+    ensure!(
+        error.contains("No space left"),
+        "the error says why: {error}"
+    );
+    server
+        .wait_for_log(T, &["recording write failed", "No space left"])
+        .await?;
+    let (_, body) = call(&server, "GET", "/api/stats").await?;
+    let stats: Value = serde_json::from_str(&body)?;
+    ensure!(
+        stats["recording_write_errors"].as_u64() >= Some(1),
+        "{stats:#}"
+    );
+    // the call goes on: media still flows both ways, for more than a second
+    for (client, from, track) in [
+        (&bob, ada.id()?, tracks.video),
+        (&bob, ada.id()?, tracks.audio),
+    ] {
+        let got = client.received_count(from, track);
+        client.wait_for_packets(from, track, got + 40, T).await?;
+    }
+    let bob_video = bob.published().context("bob's tracks")?.video;
+    let got = ada.received_count(bob.id()?, bob_video);
+    ada.wait_for_packets(bob.id()?, bob_video, got + 40, T)
+        .await?;
+    ensure!(ada.is_connected() && bob.is_connected(), "a client dropped");
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
