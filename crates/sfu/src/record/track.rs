@@ -227,7 +227,7 @@ impl<W: Write + Seek> TrackRecorder<W> {
     ) -> io::Result<()> {
         if packet.switched {
             for released in self.jitter.drain() {
-                self.release(released.item, released.lost, open)?;
+                self.release(&released.item, released.lost, open)?;
             }
             self.jitter.restart();
             self.timeline.new_source();
@@ -247,7 +247,7 @@ impl<W: Write + Seek> TrackRecorder<W> {
         open: &mut dyn FnMut() -> io::Result<W>,
     ) -> io::Result<()> {
         while let Some(released) = self.jitter.pop(now) {
-            self.release(released.item, released.lost, open)?;
+            self.release(&released.item, released.lost, open)?;
         }
         Ok(())
     }
@@ -289,7 +289,7 @@ impl<W: Write + Seek> TrackRecorder<W> {
     /// writer, `None` when no file was opened.
     pub fn finish(&mut self, open: &mut dyn FnMut() -> io::Result<W>) -> io::Result<Option<W>> {
         for released in self.jitter.drain() {
-            self.release(released.item, released.lost, open)?;
+            self.release(&released.item, released.lost, open)?;
         }
         match self.container.take() {
             Some(Container::Ogg(w)) => w.finish().map(Some),
@@ -304,7 +304,7 @@ impl<W: Write + Seek> TrackRecorder<W> {
 
     fn release(
         &mut self,
-        packet: RecordPacket,
+        packet: &RecordPacket,
         lost: u64,
         open: &mut dyn FnMut() -> io::Result<W>,
     ) -> io::Result<()> {
@@ -316,8 +316,8 @@ impl<W: Write + Seek> TrackRecorder<W> {
             .timeline
             .map(packet.timestamp, packet.arrival, self.codec.clock_rate());
         match self.codec {
-            TrackCodec::Opus { red } => self.release_audio(&packet, out, red, open),
-            TrackCodec::Video(_) => self.release_video(&packet, out, lost > 0, open),
+            TrackCodec::Opus { red } => self.release_audio(packet, out, red, open),
+            TrackCodec::Video(_) => self.release_video(packet, out, lost > 0, open),
         }
     }
 
