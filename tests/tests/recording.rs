@@ -19,8 +19,12 @@ use bytes::Bytes;
 use chorus_protocol::MediaKind;
 use chorus_protocol::api::RoomDetails;
 use chorus_tests::harness::{chorus_bin, http_request};
+use chorus_tests::media::parse_tag;
+use chorus_tests::peer::{AudioCaps, OPUS_PT, RED_PT};
 use chorus_tests::wait::poll_until_async;
-use chorus_tests::{Client, MediaRate, RtpWriter, Server, init_tracing};
+use chorus_tests::{
+    Client, ClientOptions, MediaRate, PublishOptions, RtpWriter, Server, init_tracing,
+};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
@@ -80,78 +84,70 @@ fn run(tool: &str, args: &[&str]) -> Result<std::process::Output> {
 
 /// Known media, encoded once per test by ffmpeg from its own test sources.
 struct Media {
-    /// VP8 frames, a keyframe every 10 s (so a keyframe soon after the recording starts can
-    /// only be one the server asked for).
+    /// Ten seconds of VP8 frames, only the first a keyframe. The publisher loops them, and
+    /// answers a keyframe request by starting over from the first, as an encoder would make
+    /// a keyframe on request, so a keyframe soon after the recording starts can only be
+    /// one the server asked for, and every frame decodes as it should.
     video: Vec<Bytes>,
-    /// The same video with every frame a keyframe: what the publisher sends when asked for
-    /// a keyframe, as a browser's encoder would make one on request.
-    intra: Vec<Bytes>,
     /// Opus packets of 20 ms.
     audio: Vec<Bytes>,
 }
 
-fn encode_media(dir: &Path) -> Result<Media> {
-    let video_args = |gop: &str, out: &Path| {
-        let out = out.display().to_string();
-        let args: Vec<String> = [
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=30",
-            "-t",
-            "26",
-            "-c:v",
-            "libvpx",
-            "-b:v",
-            "300k",
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-            "-auto-alt-ref",
-            "0",
-            "-lag-in-frames",
-            "0",
-            "-g",
-            gop,
-            "-keyint_min",
-            gop,
-            "-f",
-            "ivf",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([out])
-        .collect();
-        args
-    };
+fn encode_media(dir: &Path, video: bool) -> Result<Media> {
     let mut media = Media {
         video: Vec::new(),
-        intra: Vec::new(),
         audio: Vec::new(),
     };
-    for (gop, name) in [("300", "video.ivf"), ("1", "intra.ivf")] {
-        let path = dir.join(name);
-        let args = video_args(gop, &path);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = run("ffmpeg", &args)?;
+    if video {
+        let path = dir.join("video.ivf");
+        let out = run(
+            "ffmpeg",
+            &[
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x240:rate=30",
+                "-t",
+                "10",
+                "-c:v",
+                "libvpx",
+                "-b:v",
+                "300k",
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-auto-alt-ref",
+                "0",
+                "-lag-in-frames",
+                "0",
+                "-g",
+                "300",
+                "-keyint_min",
+                "300",
+                "-f",
+                "ivf",
+                &path.display().to_string(),
+            ],
+        )?;
         ensure!(
             out.status.success(),
             "ffmpeg: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let frames = ivf_frames(&std::fs::read(&path)?)?
+        media.video = ivf_frames(&std::fs::read(&path)?)?
             .into_iter()
             .map(|(_, data)| Bytes::from(data))
             .collect();
-        if gop == "1" {
-            media.intra = frames;
-        } else {
-            media.video = frames;
-        }
+        ensure!(
+            media.video.len() == 300
+                && media.video.iter().filter(|f| vp8_is_keyframe(f)).count() == 1,
+            "test video: {} frames, one keyframe",
+            media.video.len()
+        );
     }
     let path = dir.join("audio.ogg");
     let out = run(
@@ -188,10 +184,8 @@ fn encode_media(dir: &Path) -> Result<Media> {
         .map(Bytes::from)
         .collect();
     ensure!(
-        media.video.len() >= 700 && media.intra.len() >= 700 && media.audio.len() >= 1200,
-        "short test media: {} {} {}",
-        media.video.len(),
-        media.intra.len(),
+        media.audio.len() >= 1200,
+        "test audio: {} packets",
         media.audio.len()
     );
     Ok(media)
@@ -220,6 +214,7 @@ fn ivf_frames(bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
 
 /// One Ogg page: its granule position and the packets that end in it.
 struct OggPage {
+    flags: u8,
     granule: u64,
     packets: Vec<Vec<u8>>,
 }
@@ -232,6 +227,7 @@ fn ogg_pages(mut bytes: &[u8]) -> Result<Vec<OggPage>> {
             bytes.len() >= 27 && &bytes[..4] == b"OggS",
             "not an Ogg page"
         );
+        let flags = bytes[5];
         let granule = u64::from_le_bytes(bytes[6..14].try_into()?);
         let count = usize::from(bytes[26]);
         let lacing = bytes.get(27..27 + count).context("truncated lacing")?;
@@ -245,7 +241,11 @@ fn ogg_pages(mut bytes: &[u8]) -> Result<Vec<OggPage>> {
                 packets.push(std::mem::take(&mut partial));
             }
         }
-        pages.push(OggPage { granule, packets });
+        pages.push(OggPage {
+            flags,
+            granule,
+            packets,
+        });
         bytes = &bytes[at..];
     }
     Ok(pages)
@@ -295,10 +295,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Sends the media's VP8 frames at 30 fps, RTP timestamps from `first_ts` (so that they
-/// wrap during the call), a keyframe (the intra version of the frame) on request.
+/// wrap during the call), starting over from the first (a keyframe) on request.
 async fn send_video(writer: RtpWriter, media: Arc<Media>, sent: Arc<Sent>, first_ts: u32) {
     let mut ticker = tokio::time::interval(FRAME_INTERVAL);
     let mut seq: u16 = 1000;
+    let mut next = 0;
     for i in 0.. {
         ticker.tick().await;
         if sent.stop.load(Ordering::Relaxed) {
@@ -308,12 +309,11 @@ async fn send_video(writer: RtpWriter, media: Arc<Media>, sent: Arc<Sent>, first
         if !sent.video_on.load(Ordering::Relaxed) {
             continue; // muted: nothing sent, the clock runs on
         }
-        let index = i % media.video.len();
-        let frame = if writer.take_keyframe_request() && i > 0 {
-            media.intra[index].clone()
-        } else {
-            media.video[index].clone()
-        };
+        if writer.take_keyframe_request() {
+            next = 0;
+        }
+        let frame = media.video[next].clone();
+        next = (next + 1) % media.video.len();
         lock(&sent.video).push((Instant::now(), ts, frame.clone()));
         let chunks: Vec<&[u8]> = frame.chunks(MAX_PAYLOAD).collect();
         for (n, chunk) in chunks.iter().enumerate() {
@@ -340,9 +340,25 @@ async fn send_video(writer: RtpWriter, media: Arc<Media>, sent: Arc<Sent>, first
     }
 }
 
-async fn send_audio(writer: RtpWriter, media: Arc<Media>, sent: Arc<Sent>, first_ts: u32) {
+/// How a publisher sends its audio.
+#[derive(Clone, Copy, Default)]
+struct AudioMode {
+    /// In RED (RFC 2198), each packet carrying the previous frame too, as Chromium sends.
+    red: bool,
+    /// Every n-th packet is lost on the way (its number is skipped).
+    lose_every: Option<usize>,
+}
+
+async fn send_audio(
+    writer: RtpWriter,
+    media: Arc<Media>,
+    sent: Arc<Sent>,
+    first_ts: u32,
+    mode: AudioMode,
+) {
     let mut ticker = tokio::time::interval(AUDIO_INTERVAL);
     let mut seq: u16 = 60_000;
+    let mut previous: Option<Bytes> = None;
     for i in 0.. {
         ticker.tick().await;
         if sent.stop.load(Ordering::Relaxed) {
@@ -350,23 +366,46 @@ async fn send_audio(writer: RtpWriter, media: Arc<Media>, sent: Arc<Sent>, first
         }
         let ts = first_ts.wrapping_add(AUDIO_TICKS.wrapping_mul(i as u32));
         if !sent.audio_on.load(Ordering::Relaxed) {
+            previous = None;
             continue;
         }
         let data = media.audio[i % media.audio.len()].clone();
         lock(&sent.audio).push((Instant::now(), ts, data.clone()));
+        let (payload_type, payload) = if mode.red {
+            let mut red = Vec::with_capacity(5 + 2 * data.len());
+            if let Some(prev) = &previous {
+                let header: u32 = (1 << 31)
+                    | (u32::from(OPUS_PT) << 24)
+                    | (AUDIO_TICKS << 10)
+                    | u32::try_from(prev.len()).unwrap_or(0);
+                red.extend_from_slice(&header.to_be_bytes());
+            }
+            red.push(OPUS_PT);
+            if let Some(prev) = &previous {
+                red.extend_from_slice(prev);
+            }
+            red.extend_from_slice(&data);
+            (RED_PT, Bytes::from(red))
+        } else {
+            (writer.payload_type, data.clone())
+        };
+        previous = Some(data);
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
                 marker: i == 0,
-                payload_type: writer.payload_type,
+                payload_type,
                 sequence_number: seq,
                 timestamp: ts,
                 ssrc: writer.ssrc,
                 ..Default::default()
             },
-            payload: data,
+            payload,
         };
         seq = seq.wrapping_add(1);
+        if mode.lose_every.is_some_and(|n| i % n == n - 1) {
+            continue; // lost on the way
+        }
         if let Err(err) = writer.write_rtp(packet).await {
             tracing::debug!("audio write: {err:#}");
         }
@@ -392,7 +431,13 @@ fn start_senders(
         .context("video writer")?;
     let audio_ts = 0u32.wrapping_sub((audio_wrap_in.as_secs_f64() * 48_000.0) as u32);
     let video_ts = 0u32.wrapping_sub((video_wrap_in.as_secs_f64() * 90_000.0) as u32);
-    tokio::spawn(send_audio(audio, media.clone(), sent.clone(), audio_ts));
+    tokio::spawn(send_audio(
+        audio,
+        media.clone(),
+        sent.clone(),
+        audio_ts,
+        AudioMode::default(),
+    ));
     tokio::spawn(send_video(video, media.clone(), sent.clone(), video_ts));
     Ok(sent)
 }
@@ -522,7 +567,7 @@ fn sidecar_file<'a>(sidecar: &'a Value, participant: &str, source: &str) -> Resu
 async fn a_call_is_recorded_per_track_into_files_that_ffmpeg_decodes() -> Result<()> {
     init_tracing();
     let work = temp_dir("call")?;
-    let media = Arc::new(encode_media(&work)?);
+    let media = Arc::new(encode_media(&work, true)?);
     let records = work.join("records");
     let server = Server::start_with_config(&config(&records, "")).await?;
     let addr = server.http_addr();
@@ -848,6 +893,119 @@ async fn a_full_disk_is_reported_and_the_call_goes_on() -> Result<()> {
     ada.wait_for_packets(bob.id()?, bob_video, got + 40, T)
         .await?;
     ensure!(ada.is_connected() && bob.is_connected(), "a client dropped");
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// RED audio is recorded as plain Opus, with a lost packet filled in from the redundancy of
+/// the next; a simulcast camera is recorded from its top layer; and a drain finishes the
+/// recording before the server exits. The room is recorded from its first join (config).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_audio_and_a_simulcast_camera_are_recorded_and_a_drain_finishes_them() -> Result<()> {
+    init_tracing();
+    let work = temp_dir("layers")?;
+    let media = Arc::new(encode_media(&work, false)?);
+    let records = work.join("records");
+    let mut server = Server::start_with_config(&format!(
+        "{}[shutdown]\ngrace_secs = 1\n",
+        config(&records, "\"layers\"")
+    ))
+    .await?;
+    let addr = server.http_addr();
+
+    // ada: a simulcast camera (the test client's tagged stand-ins for VP8, per layer)
+    let ada = Client::connect_and_join(addr, "layers", "ada").await?;
+    let ada_tracks = ada.publish_with(PublishOptions::simulcast()).await?;
+    ada.start_media(MediaRate::default())?;
+    // bob: real Opus in RED, one packet in 25 lost on the way
+    let red = ClientOptions {
+        audio: AudioCaps {
+            red: true,
+            audio_level: false,
+        },
+        ..Default::default()
+    };
+    let bob = Client::connect_with(addr, "bob", red).await?;
+    bob.join("layers").await?;
+    bob.publish().await?;
+    let bob_sent = Arc::new(Sent::default());
+    bob_sent.audio_on.store(true, Ordering::Relaxed);
+    tokio::spawn(send_audio(
+        bob.rtp_writer(MediaKind::Audio).context("audio writer")?,
+        media.clone(),
+        bob_sent.clone(),
+        0x1234_5678,
+        AudioMode {
+            red: true,
+            lose_every: Some(25),
+        },
+    ));
+    bob.wait_for_packets(ada.id()?, ada_tracks.video, 30, T)
+        .await?;
+
+    // The recording runs from the first join; it shows in the room's description.
+    let (status, body) = call(&server, "GET", "/api/v1/rooms/layers").await?;
+    ensure!(status == 200, "{status} {body}");
+    let details: RoomDetails = serde_json::from_str(&body)?;
+    let dir = PathBuf::from(details.recording.context("recording")?.directory);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // A drain with a grace of 1 s ends the calls; the files are finished before the exit.
+    server.signal("TERM")?;
+    let status = server.wait_exit(T).await?;
+    ensure!(status.success(), "exit status {status}");
+    bob_sent.stop.store(true, Ordering::Relaxed);
+    let sidecar: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("recording.json")).context("the sidecar")?)?;
+    ensure!(sidecar["state"] == "finished", "{sidecar:#}");
+
+    // bob's audio: every Opus frame, the lost ones too, unwrapped from RED, in order.
+    let entry = sidecar_file(&sidecar, "bob", "microphone")?;
+    ensure!(entry["finished"] == true, "{entry:#}");
+    let path = dir.join(entry["file"].as_str().context("file")?);
+    ffmpeg_reads(&path, true)?;
+    let pages = ogg_pages(&std::fs::read(&path)?)?;
+    ensure!(
+        pages.last().is_some_and(|p| p.flags & 0x04 != 0),
+        "the last Ogg page ends the stream"
+    );
+    let recorded: Vec<Vec<u8>> = pages[2..].iter().flat_map(|p| p.packets.clone()).collect();
+    ensure!(recorded.len() > 200, "{} packets", recorded.len());
+    let sent_audio = lock(&bob_sent.audio).clone();
+    consecutive_run(&recorded, &sent_audio, "bob's RED microphone")?;
+    ensure!(entry["filledFrames"] == 0, "nothing to fill: {entry:#}");
+    ensure!(
+        entry["packetsLost"].as_u64() >= Some(8),
+        "the lost packets were lost: {entry:#}"
+    );
+
+    // ada's camera: the top layer only, 1280x720.
+    let entry = sidecar_file(&sidecar, "ada", "camera")?;
+    ensure!(entry["finished"] == true, "{entry:#}");
+    ensure!(
+        entry["width"] == 1280 && entry["height"] == 720,
+        "{entry:#}"
+    );
+    let path = dir.join(entry["file"].as_str().context("file")?);
+    ffmpeg_reads(&path, false)?;
+    let bytes = std::fs::read(&path)?;
+    ensure!(
+        u32::from_le_bytes(bytes[24..28].try_into()?) > 90_000 * 4,
+        "the IVF header has the duration"
+    );
+    let frames = ivf_frames(&bytes)?;
+    ensure!(frames.len() > 120, "{} frames", frames.len());
+    for (i, (_, frame)) in frames.iter().enumerate() {
+        let tag = parse_tag(frame).with_context(|| format!("frame {i} is no tagged frame"))?;
+        ensure!(
+            tag.layer == Some(2),
+            "frame {i} is of layer {:?}",
+            tag.layer
+        );
+        if i == 0 {
+            ensure!(tag.keyframe, "the camera file starts on a delta frame");
+        }
+    }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
