@@ -30,20 +30,6 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
     let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
     let members = Arc::new(AtomicUsize::new(0));
     let speaker_settings = hub.inner.config.speakers;
-    let recording = &hub.inner.config.recording;
-    // A room the config records is recorded from its first join, which spawns it.
-    let recorder = match &recording.dir {
-        Some(dir) if recording.rooms.contains(&id) => {
-            match Recorder::start(dir, &id, hub.inner.recording.clone()) {
-                Ok(recorder) => Some(recorder),
-                Err(err) => {
-                    tracing::warn!(room = %id, %err, "recording did not start");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
     let task = RoomTask {
         room: Room::new(id.clone(), hub.inner.config.limits.clone()),
         id,
@@ -56,7 +42,7 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
         notices: mpsc::channel(MEDIA_NOTICE_QUEUE),
         speakers: Speakers::new(speaker_settings),
         told_speaker: None,
-        recorder,
+        recorder: None,
         recorded: HashSet::new(),
     };
     tokio::spawn(task.run(rx));
@@ -99,8 +85,17 @@ fn now_ms() -> u64 {
 impl RoomTask {
     async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>) {
         tracing::info!(room = %self.id, "room opened");
+        // A room the config records is recorded from its first join, which opened it.
+        if self.hub.inner.config.recording.rooms.contains(&self.id)
+            && let Err(err) = self.start_recording()
+        {
+            tracing::warn!(room = %self.id, %err, "recording did not start");
+        }
         loop {
             let speakers_due = self.speakers.poll_timeout();
+            // Whether what happened may have changed the room's tracks (commands and
+            // inputs may; level reports and relayed notices do not).
+            let mut changed = true;
             let input = tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => self.input_for(command).await,
@@ -113,22 +108,26 @@ impl RoomTask {
                     }),
                     MediaNotice::Deliver(participant, message) => {
                         self.deliver(participant, message);
+                        changed = false;
                         None
                     }
                     MediaNotice::AudioLevels(levels) => {
                         self.speakers.on_levels(Instant::now(), &levels);
                         self.send_speakers().await;
+                        changed = false;
                         None
                     }
                 },
                 _ = sleep_until_some(speakers_due) => {
                     self.send_speakers().await;
+                    changed = false;
                     None
                 }
             };
             if let Some(input) = input {
                 self.perform(input).await;
             }
+            changed |= !self.evicted.is_empty();
             while let Some(participant) = self.evicted.pop() {
                 self.perform(Input::Leave {
                     participant,
@@ -136,7 +135,9 @@ impl RoomTask {
                 })
                 .await;
             }
-            self.sync_recording().await;
+            if changed {
+                self.sync_recording().await;
+            }
             if self.room.is_empty() && self.pending_joins.is_empty() {
                 break;
             }

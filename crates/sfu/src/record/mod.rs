@@ -322,6 +322,9 @@ struct Entry {
     /// `None` until the worker said the codec; `Err`: not recorded.
     codec: Option<Result<TrackCodec, String>>,
     recorder: Option<TrackRecorder<BufWriter<File>>>,
+    /// The name its file gets (known with the codec).
+    name: String,
+    /// The file's name once it exists.
     file_name: Option<String>,
     finished: bool,
     error: Option<String>,
@@ -360,26 +363,28 @@ impl Writer {
     fn run(mut self, packets: &Receiver<(TrackId, RecordPacket)>) {
         let mut next_flush = Instant::now() + FLUSH_INTERVAL;
         loop {
+            // The writer waits on the control channel, never on the packet queue: a sender
+            // into a queue nobody waits on wakes nobody, so the media thread's hand-off
+            // never costs a system call.
+            match self.control.recv_timeout(WRITER_TICK) {
+                Ok(message) => self.control_message(message),
+                Err(RecvTimeoutError::Timeout) => {}
+                // Every handle is gone without a finish (the room task ended): finish.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
             self.control_messages();
+            // What is queued, and no more: a flood cannot keep the writer from its timers.
+            for _ in 0..RECORD_QUEUE {
+                match packets.try_recv() {
+                    Ok((track, packet)) => self.packet(track, packet),
+                    Err(_) => break,
+                }
+            }
             if self.finish.is_some() {
                 while let Ok((track, packet)) = packets.try_recv() {
                     self.packet(track, packet);
                 }
                 break;
-            }
-            match packets.recv_timeout(WRITER_TICK) {
-                Ok((track, packet)) => {
-                    self.packet(track, packet);
-                    // what else is queued, without waiting
-                    for _ in 0..RECORD_QUEUE {
-                        match packets.try_recv() {
-                            Ok((track, packet)) => self.packet(track, packet),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {}
             }
             let now = Instant::now();
             self.poll(now);
@@ -400,45 +405,51 @@ impl Writer {
     /// Applies the control messages waiting (a finish request is kept in `finish`).
     fn control_messages(&mut self) {
         while let Ok(message) = self.control.try_recv() {
-            match message {
-                Control::Track {
+            self.control_message(message);
+        }
+    }
+
+    fn control_message(&mut self, message: Control) {
+        match message {
+            Control::Track {
+                track,
+                meta,
+                keyframe_wanted,
+            } => {
+                if !self.tracks.contains_key(&track) {
+                    self.order.push(track);
+                }
+                self.tracks.insert(
                     track,
-                    meta,
-                    keyframe_wanted,
-                } => {
-                    if !self.tracks.contains_key(&track) {
-                        self.order.push(track);
-                    }
-                    self.tracks.insert(
-                        track,
-                        Entry {
-                            meta,
-                            keyframe_wanted,
-                            codec: None,
-                            recorder: None,
-                            file_name: None,
-                            finished: false,
-                            error: None,
-                        },
-                    );
-                }
-                Control::Codec { track, codec } => {
-                    if let Some(entry) = self.tracks.get_mut(&track) {
-                        if let Ok(codec) = codec {
-                            entry.recorder = Some(TrackRecorder::new(codec));
-                            entry
-                                .keyframe_wanted
-                                .store(matches!(codec, TrackCodec::Video(_)), Ordering::Relaxed);
-                        }
-                        entry.codec = Some(codec);
-                    }
-                }
-                Control::Untrack { track } => {
-                    self.finish_track(track);
-                    self.write_sidecar(false);
-                }
-                Control::Finish { done } => self.finish = Some(done),
+                    Entry {
+                        meta,
+                        keyframe_wanted,
+                        codec: None,
+                        recorder: None,
+                        name: String::new(),
+                        file_name: None,
+                        finished: false,
+                        error: None,
+                    },
+                );
             }
+            Control::Codec { track, codec } => {
+                if let Some(entry) = self.tracks.get_mut(&track) {
+                    if let Ok(codec) = codec {
+                        entry.recorder = Some(TrackRecorder::new(codec));
+                        entry.name = file_name(track, &entry.meta, codec);
+                        entry
+                            .keyframe_wanted
+                            .store(matches!(codec, TrackCodec::Video(_)), Ordering::Relaxed);
+                    }
+                    entry.codec = Some(codec);
+                }
+            }
+            Control::Untrack { track } => {
+                self.finish_track(track);
+                self.write_sidecar(false);
+            }
+            Control::Finish { done } => self.finish = Some(done),
         }
     }
 
@@ -457,15 +468,14 @@ impl Writer {
         if recorder.has_failed() || entry.finished {
             return;
         }
-        let codec = recorder.codec();
-        let name = file_name(track, &entry.meta, codec);
+        let name = &entry.name;
         let mut opened = false;
         let result = recorder.push(packet, &mut || {
             opened = true;
-            File::create(dir.join(&name)).map(BufWriter::new)
+            File::create(dir.join(name)).map(BufWriter::new)
         });
         if opened {
-            entry.file_name = Some(name);
+            entry.file_name = Some(entry.name.clone());
         }
         let failed = result.err();
         if let Some(err) = failed {
@@ -486,15 +496,15 @@ impl Writer {
             if recorder.has_failed() || entry.finished {
                 continue;
             }
-            let name = file_name(*track, &entry.meta, recorder.codec());
+            let name = &entry.name;
             let mut opened = false;
             let dir = &self.dir;
             let result = recorder.poll(now, &mut || {
                 opened = true;
-                File::create(dir.join(&name)).map(BufWriter::new)
+                File::create(dir.join(name)).map(BufWriter::new)
             });
             if opened {
-                entry.file_name = Some(name);
+                entry.file_name = Some(entry.name.clone());
                 opened_any = true;
             }
             if recorder.take_keyframe_wanted() {
@@ -743,6 +753,7 @@ mod tests {
         let t = Instant::now();
         for i in 0..100u16 {
             sink.push(RecordPacket {
+                ssrc: 9,
                 sequence: i,
                 timestamp: u32::from(i) * 960,
                 marker: false,

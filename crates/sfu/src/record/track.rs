@@ -86,6 +86,8 @@ impl TrackCodec {
 /// One RTP packet of a recorded track, as the media worker handed it over.
 #[derive(Debug, Clone)]
 pub struct RecordPacket {
+    /// The publisher's SSRC: a new one (a restarted encoder) starts a new source.
+    pub ssrc: u32,
     pub sequence: u16,
     pub timestamp: u32,
     pub marker: bool,
@@ -190,6 +192,8 @@ pub struct TrackRecorder<W: Write + Seek> {
     report: TrackReport,
     /// Set by the first write error: the file is abandoned.
     failed: bool,
+    /// The SSRC of the current source.
+    ssrc: Option<u32>,
 }
 
 impl<W: Write + Seek> TrackRecorder<W> {
@@ -211,6 +215,7 @@ impl<W: Write + Seek> TrackRecorder<W> {
             keyframe_wanted: matches!(codec, TrackCodec::Video(_)),
             report: TrackReport::default(),
             failed: false,
+            ssrc: None,
         }
     }
 
@@ -225,7 +230,15 @@ impl<W: Write + Seek> TrackRecorder<W> {
         packet: RecordPacket,
         open: &mut dyn FnMut() -> io::Result<W>,
     ) -> io::Result<()> {
-        if packet.switched {
+        // Another SSRC without a layer switch: the publisher restarted its encoder. Its
+        // numbers and clock start afresh, and its video needs a keyframe.
+        let restarted = self.ssrc.is_some_and(|s| s != packet.ssrc);
+        self.ssrc = Some(packet.ssrc);
+        if packet.switched || restarted {
+            if restarted && !packet.switched && self.assembler.is_some() {
+                self.need_keyframe = true;
+                self.keyframe_wanted = true;
+            }
             for released in self.jitter.drain() {
                 self.release(&released.item, released.lost, open)?;
             }
@@ -471,6 +484,7 @@ mod tests {
 
     fn packet(seq: u16, ts: u32, marker: bool, payload: &[u8], at: Instant) -> RecordPacket {
         RecordPacket {
+            ssrc: 1,
             sequence: seq,
             timestamp: ts,
             marker,
@@ -664,8 +678,25 @@ mod tests {
         )
         .unwrap();
         rec.poll(t + Duration::from_secs(1), &mut open).unwrap();
-        rec.finish(&mut open).unwrap();
         assert_eq!(rec.report().frames, 4);
         assert_eq!(rec.report().duration_ticks, 3000 + 9000 + 3000);
+        // A restarted encoder: a new SSRC whose numbers are behind the old ones. Its
+        // delta frame waits for a keyframe, which is asked for.
+        let _ = rec.take_keyframe_wanted();
+        let at = t + Duration::from_millis(200);
+        let mut p = packet(7, 50, true, &vp8(false, 4), at);
+        p.ssrc = 3;
+        rec.push(p, &mut open).unwrap();
+        let mut p = packet(8, 3050, true, &vp8(true, 5), at + Duration::from_millis(33));
+        p.ssrc = 3;
+        rec.push(p, &mut open).unwrap();
+        rec.poll(t + Duration::from_secs(2), &mut open).unwrap();
+        assert!(rec.take_keyframe_wanted());
+        assert_eq!(
+            rec.report().frames,
+            5,
+            "the keyframe, not the delta before it"
+        );
+        rec.finish(&mut open).unwrap();
     }
 }

@@ -43,6 +43,7 @@ impl RecordTap {
             return;
         }
         self.sink.push(RecordPacket {
+            ssrc: packet.ssrc(),
             sequence: packet.sequence_number(),
             timestamp: packet.timestamp(),
             marker: packet.marker(),
