@@ -1016,3 +1016,161 @@ async fn red_audio_and_a_simulcast_camera_are_recorded_and_a_drain_finishes_them
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
+
+/// H.264 (which Chromium may prefer to VP8) is recorded as an Annex-B stream that ffmpeg
+/// decodes: x264's output, packetized as a browser does (single NAL units, FU-A for the
+/// large ones), through the recorder's jitter buffer and frame assembly, with one packet
+/// lost: the frames after it wait for the next IDR, so nothing undecodable is written.
+/// (The test clients negotiate VP8 only, so this drives the recorder directly.)
+#[test]
+fn h264_is_recorded_as_annex_b_that_ffmpeg_decodes() -> Result<()> {
+    use chorus_sfu::record::frames::VideoCodec;
+    use chorus_sfu::record::track::{RecordPacket, TrackCodec, TrackRecorder};
+
+    let work = temp_dir("h264")?;
+    let source = work.join("source.h264");
+    let out = run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+            "-t",
+            "4",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-g",
+            "30",
+            "-f",
+            "h264",
+            &source.display().to_string(),
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stream = std::fs::read(&source)?;
+    // NAL units, between start codes (a 4-byte start code leaves a zero behind: trimmed,
+    // since a NAL unit never ends in a zero byte).
+    let mut starts = Vec::new();
+    for i in 0..stream.len().saturating_sub(3) {
+        if stream[i..i + 3] == [0, 0, 1] {
+            starts.push(i + 3);
+        }
+    }
+    let nals: Vec<&[u8]> = starts
+        .iter()
+        .enumerate()
+        .map(|(n, &start)| {
+            let end = starts.get(n + 1).map_or(stream.len(), |next| next - 3);
+            let mut nal = &stream[start..end];
+            while let [rest @ .., 0] = nal {
+                nal = rest;
+            }
+            nal
+        })
+        .collect();
+    // Access units: parameter sets and SEI, then the frame's one slice.
+    let mut frames: Vec<Vec<&[u8]>> = Vec::new();
+    let mut pending = Vec::new();
+    for nal in nals {
+        pending.push(nal);
+        if matches!(nal[0] & 0x1f, 1 | 5) {
+            frames.push(std::mem::take(&mut pending));
+        }
+    }
+    ensure!(frames.len() == 120, "{} frames", frames.len());
+    let idr = |f: &Vec<&[u8]>| f.iter().any(|n| n[0] & 0x1f == 5);
+
+    let t = Instant::now();
+    let mut recorder = TrackRecorder::new(TrackCodec::Video(VideoCodec::H264));
+    let mut open = || Ok(std::io::Cursor::new(Vec::new()));
+    let mut seq: u16 = 65_000;
+    let lost_frame = 40; // a P frame: frames 40 to 59 wait for the IDR at 60
+    let mut ts: u32 = u32::MAX - 3000 * 50;
+    for (n, frame) in frames.iter().enumerate() {
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        for nal in frame {
+            if nal.len() <= MAX_PAYLOAD {
+                payloads.push(nal.to_vec());
+                continue;
+            }
+            let (header, body) = (nal[0], &nal[1..]);
+            let chunks: Vec<&[u8]> = body.chunks(MAX_PAYLOAD).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let mut fu = vec![(header & 0xe0) | 28, header & 0x1f];
+                if i == 0 {
+                    fu[1] |= 0x80;
+                }
+                if i + 1 == chunks.len() {
+                    fu[1] |= 0x40;
+                }
+                fu.extend_from_slice(chunk);
+                payloads.push(fu);
+            }
+        }
+        let count = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            seq = seq.wrapping_add(1);
+            if n == lost_frame && i == 0 {
+                continue; // lost on the way, never resent
+            }
+            let packet = RecordPacket {
+                ssrc: 42,
+                sequence: seq,
+                timestamp: ts,
+                marker: i + 1 == count,
+                payload_type: 102,
+                switched: n == 0 && i == 0,
+                payload: Bytes::from(payload),
+                arrival: t + FRAME_INTERVAL * n as u32,
+            };
+            recorder.push(packet, &mut open)?;
+        }
+        recorder.poll(t + FRAME_INTERVAL * n as u32, &mut open)?;
+        ts = ts.wrapping_add(FRAME_TICKS);
+    }
+    let written = recorder.finish(&mut open)?.context("a file")?.into_inner();
+    let expected = frames.len() - (60 - lost_frame);
+    ensure!(
+        recorder.report().frames == expected as u64,
+        "{} frames written, {expected} expected",
+        recorder.report().frames
+    );
+    ensure!(idr(&frames[60]), "frame 60 is an IDR");
+    let file = work.join("recorded.h264");
+    std::fs::write(&file, &written)?;
+    ffmpeg_reads(&file, true)?;
+    let out = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,nb_read_frames",
+            "-of",
+            "json",
+            &file.display().to_string(),
+        ],
+    )?;
+    let value: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(value["streams"][0]["codec_name"] == "h264", "{value}");
+    ensure!(
+        value["streams"][0]["nb_read_frames"] == expected.to_string(),
+        "ffprobe decodes {} frames, {expected} expected",
+        value["streams"][0]["nb_read_frames"]
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
