@@ -719,13 +719,28 @@ async fn a_call_is_recorded_per_track_into_files_that_ffmpeg_decodes() -> Result
         );
         let duration = times.last().context("no frames")? - times[0] + FRAME_INTERVAL.as_secs_f64();
         within_5_percent(&format!("{name}'s camera"), duration)?;
+        // The recorded timestamps step exactly as the sent ones did: the mute shows as a
+        // step of its length, not as lost time.
+        let sent_steps: Vec<u32> = sent_video[start..start + frames.len()]
+            .windows(2)
+            .map(|w| w[1].1.wrapping_sub(w[0].1))
+            .collect();
+        let recorded_steps: Vec<u32> = ivf_frames(&std::fs::read(&path)?)?
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) as u32)
+            .collect();
+        ensure!(
+            recorded_steps == sent_steps,
+            "{name}'s frame timestamps differ from the sent ones"
+        );
+        let longest = sent_steps.iter().max().copied().unwrap_or(0);
         if name == "bob" {
-            // the mute shows as a two-second step in the timestamps, not as lost time
-            let step = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
             ensure!(
-                (1.8..2.3).contains(&step),
-                "bob's longest frame step {step} s"
+                longest >= 90_000,
+                "bob's camera muted for {longest} ticks only"
             );
+        } else {
+            ensure!(longest < 90_000, "ada's camera paused for {longest} ticks");
         }
 
         // Audio: every packet in order, granules that keep the call's time.
@@ -779,14 +794,23 @@ async fn a_call_is_recorded_per_track_into_files_that_ffmpeg_decodes() -> Result
             "{name}'s recorded audio did not cross a timestamp wrap"
         );
         within_5_percent(&format!("{name}'s microphone"), samples as f64 / 48_000.0)?;
+        // The muted time is filled with empty frames, one per 20 ms the sender skipped, so
+        // the file keeps the call's time.
+        let skipped: usize = window
+            .windows(2)
+            .map(|w| (w[1].1.wrapping_sub(w[0].1) / AUDIO_TICKS) as usize - 1)
+            .sum();
+        ensure!(
+            fill == skipped,
+            "{name}'s audio has {fill} fill frames for {skipped} skipped"
+        );
         if name == "bob" {
-            // two muted seconds filled with empty frames, so the time holds
             ensure!(
-                (95..=105).contains(&fill),
-                "bob's audio has {fill} fill frames"
+                skipped >= 90,
+                "bob's microphone muted for {skipped} frames only"
             );
         } else {
-            ensure!(fill == 0, "ada's audio has {fill} fill frames");
+            ensure!(skipped == 0, "ada's microphone skipped {skipped} frames");
         }
         ensure!(
             entry["frames"] == recorded.len() && entry["filledFrames"] == fill,
