@@ -7,8 +7,9 @@
 //!   [`TrackRecorder::take_keyframe_wanted`] so the caller asks the publisher for one.
 //! - Timestamps are extended to 64 bits in release order, so a 32-bit RTP timestamp wrap is
 //!   only a step of the clock. When the source changes (a simulcast layer switch, always on
-//!   a keyframe) the new source's clock is rebased to continue from the old one's by the
-//!   wall-clock time between them.
+//!   a keyframe, or a restarted encoder's new SSRC) the new source's clock is rebased to
+//!   continue from the old one's by the wall-clock time between them; a resume on the same
+//!   SSRC keeps its clock.
 //! - Audio: RED is unwrapped (its primary block, and its redundant blocks to fill what was
 //!   lost, see [`crate::red`]); a gap in the timestamps (a muted microphone, DTX, losses) is
 //!   filled with empty Opus frames, which decoders play as concealment fading to silence,
@@ -233,6 +234,7 @@ impl<W: Write + Seek> TrackRecorder<W> {
         // Another SSRC without a layer switch: the publisher restarted its encoder. Its
         // numbers and clock start afresh, and its video needs a keyframe.
         let restarted = self.ssrc.is_some_and(|s| s != packet.ssrc);
+        let same_source = self.ssrc == Some(packet.ssrc);
         self.ssrc = Some(packet.ssrc);
         if packet.switched || restarted {
             if restarted && !packet.switched && self.assembler.is_some() {
@@ -243,7 +245,11 @@ impl<W: Write + Seek> TrackRecorder<W> {
                 self.release(&released.item, released.lost, open)?;
             }
             self.jitter.restart();
-            self.timeline.new_source();
+            // A resume on the same SSRC (after a pause) keeps its RTP clock, which says
+            // exactly how long the pause was; another source's clock is unrelated.
+            if !same_source {
+                self.timeline.new_source();
+            }
             if let (Some(assembler), TrackCodec::Video(v)) = (&mut self.assembler, self.codec) {
                 *assembler = FrameAssembler::new(v);
             }
@@ -665,18 +671,17 @@ mod tests {
             t + Duration::from_millis(133),
         );
         p.switched = true;
+        p.ssrc = 2;
         rec.push(p, &mut open).unwrap();
-        rec.push(
-            packet(
-                501,
-                126_456,
-                true,
-                &vp8(false, 3),
-                t + Duration::from_millis(166),
-            ),
-            &mut open,
-        )
-        .unwrap();
+        let mut p = packet(
+            501,
+            126_456,
+            true,
+            &vp8(false, 3),
+            t + Duration::from_millis(166),
+        );
+        p.ssrc = 2;
+        rec.push(p, &mut open).unwrap();
         rec.poll(t + Duration::from_secs(1), &mut open).unwrap();
         assert_eq!(rec.report().frames, 4);
         assert_eq!(rec.report().duration_ticks, 3000 + 9000 + 3000);

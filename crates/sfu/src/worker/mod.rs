@@ -1053,6 +1053,9 @@ impl Worker {
                         for sub in &mut route.subscribers {
                             sub.switch.set_target(None);
                         }
+                        if let Some(tap) = route.record.as_mut() {
+                            tap.silence();
+                        }
                     }
                     self.next_allocation = now;
                 }

@@ -30,6 +30,11 @@ impl RecordTap {
         self.switch.target()
     }
 
+    /// Stops taking packets at once (a room admin muted the track).
+    pub(super) fn silence(&mut self) {
+        self.switch.set_target(None);
+    }
+
     /// Takes one packet of the track if it belongs to the layer being recorded.
     pub(super) fn on_packet(
         &mut self,
@@ -88,8 +93,8 @@ impl Worker {
     }
 
     /// Part of the allocation pass: each tap targets the highest layer the publisher
-    /// sends (below the first absent one), and a keyframe is asked for where the tap
-    /// waits for one or its writer lost a frame.
+    /// sends (below the first absent one), none while a room admin mutes the track, and a
+    /// keyframe is asked for where the tap waits for one or its writer lost a frame.
     pub(super) fn recording_pass(&mut self, now: Instant, keyframes: &mut Vec<(TrackId, u8)>) {
         for (track, route) in &mut self.tracks {
             let Some(tap) = route.record.as_mut() else {
@@ -97,7 +102,9 @@ impl Worker {
             };
             let offered = route.layers.costs(now).len();
             let top = u8::try_from(offered.saturating_sub(1)).unwrap_or(0);
-            tap.switch.set_target(Some(top));
+            // A track a room admin muted is not recorded while muted (nor is its top
+            // layer kept on for the recording); it resumes on a keyframe.
+            tap.switch.set_target((!route.silenced).then_some(top));
             let wanted = tap.sink.take_keyframe_wanted();
             if let Some(layer) = tap.switch.needs_keyframe() {
                 keyframes.push((*track, layer));
