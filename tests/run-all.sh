@@ -19,6 +19,7 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables) # netlab: loss and UDP blo
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv) # schemathesis, below
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus) # tests/tests/metrics.rs scrapes /metrics
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server) # tests/tests/cluster.rs, specs/21-cluster: the cluster's Redis
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg) # tests/tests/recording.rs encodes test media and decodes recordings
 if ((${#missing[@]})); then
   step "installing ${missing[*]}"
   apt-get update -qq

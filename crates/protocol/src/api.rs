@@ -28,6 +28,27 @@ pub struct RoomList {
 pub struct RoomDetails {
     pub room: RoomId,
     pub participants: Vec<ParticipantDetails>,
+    /// The room's recording, while one runs (see `docs/recording.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingInfo>,
+}
+
+/// A room's recording as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingInfo {
+    /// The recording's own directory on the server: the track files and `recording.json`.
+    pub directory: String,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub started_at_unix_ms: u64,
+    /// Tracks with a file so far.
+    pub files: u32,
+    /// Packets dropped because the recorder's queue was full (the disk fell behind).
+    pub dropped_packets: u64,
+    /// The first write error (a full disk, say): the files it hit stopped; the call goes
+    /// on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A participant as the operator sees it.

@@ -28,6 +28,47 @@ pub struct Config {
     pub audio: AudioConfig,
     /// `[cluster]`: absent, the server runs alone.
     pub cluster: Option<ClusterConfig>,
+    pub recording: RecordingConfig,
+}
+
+/// `[recording]`: per-track recording to files (docs/recording.md).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// The base directory of recordings; unset: recording is off.
+    pub dir: Option<std::path::PathBuf>,
+    /// Rooms recorded from their first join.
+    pub rooms: Vec<String>,
+}
+
+impl RecordingConfig {
+    /// The hub's recording settings (the room names were checked by `validate`).
+    pub fn settings(&self) -> chorus_sfu::RecordingSettings {
+        chorus_sfu::RecordingSettings {
+            dir: self.dir.clone(),
+            rooms: self
+                .rooms
+                .iter()
+                .filter_map(|r| chorus_protocol::RoomId::new(r.as_str()).ok())
+                .collect(),
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for room in &self.rooms {
+            if let Err(err) = chorus_protocol::RoomId::new(room.as_str()) {
+                bail!("recording.rooms: {room:?} is no room name: {err}");
+            }
+        }
+        if !self.rooms.is_empty() && self.dir.is_none() {
+            bail!("recording.rooms needs recording.dir");
+        }
+        if self.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            bail!("recording.dir must not be empty (leave it out to switch recording off)");
+        }
+        Ok(())
+    }
+
 }
 
 /// `[cluster]`: this server is one node of several sharing a Redis (docs/cluster.md).
@@ -619,6 +660,7 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
+        self.recording.validate()?;
         if let Some(token) = &self.metrics.bearer_token
             && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -742,6 +784,15 @@ mod tests {
         assert!(config.validate().is_err());
         let config: Config = toml::from_str("[limits]\nmax_rooms = 0\n").expect("toml");
         assert!(config.validate().is_err());
+        let config: Config = toml::from_str("[recording]\nrooms = [\"a\"]\n").expect("toml");
+        assert!(config.validate().is_err(), "rooms without a dir");
+        let config: Config =
+            toml::from_str("[recording]\ndir = \"/tmp/r\"\nrooms = [\"a b\"]\n").expect("toml");
+        assert!(config.validate().is_err(), "a bad room name");
+        let config: Config =
+            toml::from_str("[recording]\ndir = \"/tmp/r\"\nrooms = [\"standup\"]\n").expect("toml");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.recording.settings().rooms[0].as_str(), "standup");
     }
 
     fn ice_error(servers: &str) -> String {

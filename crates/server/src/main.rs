@@ -223,6 +223,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             ice_servers: Arc::new(ice_servers),
             events,
             speakers: config.audio.speakers(),
+            recording: config.recording.settings(),
         },
     );
     // Set by the admin API's `POST /api/v1/drain`; SIGTERM does the same.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chorus_protocol::api::RoomDetails;
+use chorus_protocol::api::{RecordingInfo, RoomDetails};
 use chorus_protocol::{
     ClientMessage, ErrorCode, Grants, IceServer, ParticipantId, RoomId, RoomSummary, ServerMessage,
 };
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::events::RoomEvent;
 use crate::latency::{JOIN_LATENCY_BUCKETS, LatencyHistogram, LatencySnapshot};
+use crate::record::{RecordError, RecordingStats};
 use crate::room::{AdminAction, AdminError, RoomLimits};
 use crate::room_task;
 use crate::worker::{WorkerHandle, WorkerStats};
@@ -46,6 +47,17 @@ pub struct HubConfig {
     pub events: Option<mpsc::Sender<RoomEvent>>,
     /// The rooms' speaker election (`[audio]` in the config).
     pub speakers: crate::speaker::SpeakerSettings,
+    /// Recording (`[recording]` in the config).
+    pub recording: RecordingSettings,
+}
+
+/// Where recordings go, and which rooms are recorded from their first join.
+#[derive(Debug, Clone, Default)]
+pub struct RecordingSettings {
+    /// The base directory; `None`: recording is off (the admin API refuses to start one).
+    pub dir: Option<std::path::PathBuf>,
+    /// Rooms recorded from their first join, without an admin call.
+    pub rooms: Vec<RoomId>,
 }
 
 /// Who is joining and what it may do, as its join token says (or, in open mode, the
@@ -82,6 +94,11 @@ pub(crate) enum RoomCommand {
     /// The admin API asks who is in the room.
     Describe {
         reply: oneshot::Sender<RoomDetails>,
+    },
+    /// The admin API starts (`true`) or stops a recording of the room.
+    Record {
+        on: bool,
+        reply: oneshot::Sender<Result<Option<RecordingInfo>, RecordError>>,
     },
     /// The admin API acts on the room.
     Admin {
@@ -133,6 +150,8 @@ pub(crate) struct HubInner {
     event_drops: AtomicU64,
     /// How long joins take, from request to answer (for `/metrics`).
     join_latency: LatencyHistogram,
+    /// The counters of every recording.
+    pub(crate) recording: Arc<RecordingStats>,
 }
 
 /// The registry of rooms. Cheap to clone.
@@ -198,6 +217,12 @@ pub struct HubStats {
     /// Live tokio tasks in the server's runtime (sessions, rooms, connections ...): a
     /// leak shows as a count that does not come back down.
     pub tasks: u64,
+    /// Recordings running now.
+    pub recordings: u64,
+    /// Packets a recording's full queue dropped (its disk fell behind).
+    pub recording_drops: u64,
+    /// Recording write errors (a full disk): the file that hit one stopped.
+    pub recording_write_errors: u64,
 }
 
 impl Hub {
@@ -214,6 +239,7 @@ impl Hub {
                 shutting_down: AtomicBool::new(false),
                 event_drops: AtomicU64::new(0),
                 join_latency: LatencyHistogram::new(JOIN_LATENCY_BUCKETS),
+                recording: Arc::new(RecordingStats::default()),
             }),
         }
     }
@@ -376,6 +402,9 @@ impl Hub {
             layer_switches: get(&w.layer_switches),
             notice_drops: get(&w.notice_drops),
             event_drops: get(&self.inner.event_drops),
+            recordings: get(&self.inner.recording.active),
+            recording_drops: get(&self.inner.recording.dropped_packets),
+            recording_write_errors: get(&self.inner.recording.write_errors),
             tasks: tokio::runtime::Handle::try_current()
                 .map(|runtime| runtime.metrics().num_alive_tasks() as u64)
                 .unwrap_or(0),
@@ -416,6 +445,33 @@ impl Hub {
             (Ok(()), Ok(result)) => result,
             _ => Err(AdminError::UnknownRoom(room.clone())),
         }
+    }
+
+    /// Starts (`on`) or stops recording `room` (for the admin API). Starting a room that
+    /// records already, or stopping one that does not, changes nothing. Returns the
+    /// recording as it runs (`None` once stopped).
+    pub async fn set_recording(
+        &self,
+        room: &RoomId,
+        on: bool,
+    ) -> Result<Option<RecordingInfo>, RecordError> {
+        if on && self.inner.config.recording.dir.is_none() {
+            return Err(RecordError::NotConfigured);
+        }
+        let (reply, rx) = oneshot::channel();
+        let tx = self
+            .existing(room)
+            .map_err(|_| RecordError::UnknownRoom(room.clone()))?;
+        let sent = tx.send(RoomCommand::Record { on, reply }).await;
+        match (sent, rx.await) {
+            (Ok(()), Ok(result)) => result,
+            _ => Err(RecordError::UnknownRoom(room.clone())),
+        }
+    }
+
+    /// The counters of every recording (for `/api/stats` and `/metrics`).
+    pub fn recording_stats(&self) -> &RecordingStats {
+        &self.inner.recording
     }
 
     /// Hands a room event to the sink without waiting; a full sink drops it (counted).

@@ -14,6 +14,7 @@
 //! - [`audio_level`], [`speaker`]: audio levels per track, and the room's speaker
 //!   election (sans-IO).
 //! - [`opus`]: the Opus options of the publisher leg's answer.
+//! - [`record`]: recording tracks to files (Ogg Opus, IVF, Annex-B) with a sidecar.
 
 pub mod allocate;
 pub mod audio_level;
@@ -28,6 +29,7 @@ pub mod layer;
 pub mod net;
 pub mod opus;
 pub mod peer;
+pub mod record;
 pub mod red;
 pub mod rewrite;
 pub mod room;
@@ -40,7 +42,7 @@ pub mod token;
 pub mod viewer;
 pub mod worker;
 
-pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership};
+pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership, RecordingSettings};
 pub use peer::{AudioOptions, PeerSettings};
 pub use speaker::SpeakerSettings;
 

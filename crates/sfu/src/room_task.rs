@@ -2,17 +2,19 @@
 //! [`Room`], performs the effects (messages to sessions, calls to the media worker) and
 //! feeds the results back in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
+use chorus_protocol::api::RecordingInfo;
+use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage, TrackId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::allocate::Tile;
 use crate::events::LeaveReason;
 use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
+use crate::record::{RecordError, Recorder, TrackMeta};
 use crate::room::{AdminAction, Effect, Input, Room};
 use crate::speaker::Speakers;
 use crate::worker::{MediaNotice, WorkerCommand};
@@ -40,6 +42,8 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
         notices: mpsc::channel(MEDIA_NOTICE_QUEUE),
         speakers: Speakers::new(speaker_settings),
         told_speaker: None,
+        recorder: None,
+        recorded: HashSet::new(),
     };
     tokio::spawn(task.run(rx));
     RoomEntry {
@@ -65,6 +69,10 @@ struct RoomTask {
     speakers: Speakers,
     /// The first speaker as the worker was last told it (for allocation).
     told_speaker: Option<ParticipantId>,
+    /// The room's recording, while one runs.
+    recorder: Option<Recorder>,
+    /// The tracks the recording (and the worker) were told to record.
+    recorded: HashSet<TrackId>,
 }
 
 fn now_ms() -> u64 {
@@ -77,8 +85,17 @@ fn now_ms() -> u64 {
 impl RoomTask {
     async fn run(mut self, mut commands: mpsc::Receiver<RoomCommand>) {
         tracing::info!(room = %self.id, "room opened");
+        // A room the config records is recorded from its first join, which opened it.
+        if self.hub.inner.config.recording.rooms.contains(&self.id)
+            && let Err(err) = self.start_recording()
+        {
+            tracing::warn!(room = %self.id, %err, "recording did not start");
+        }
         loop {
             let speakers_due = self.speakers.poll_timeout();
+            // Whether what happened may have changed the room's tracks (commands and
+            // inputs may; level reports and relayed notices do not).
+            let mut changed = true;
             let input = tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => self.input_for(command).await,
@@ -91,22 +108,26 @@ impl RoomTask {
                     }),
                     MediaNotice::Deliver(participant, message) => {
                         self.deliver(participant, message);
+                        changed = false;
                         None
                     }
                     MediaNotice::AudioLevels(levels) => {
                         self.speakers.on_levels(Instant::now(), &levels);
                         self.send_speakers().await;
+                        changed = false;
                         None
                     }
                 },
                 _ = sleep_until_some(speakers_due) => {
                     self.send_speakers().await;
+                    changed = false;
                     None
                 }
             };
             if let Some(input) = input {
                 self.perform(input).await;
             }
+            changed |= !self.evicted.is_empty();
             while let Some(participant) = self.evicted.pop() {
                 self.perform(Input::Leave {
                     participant,
@@ -114,10 +135,15 @@ impl RoomTask {
                 })
                 .await;
             }
+            if changed {
+                self.sync_recording().await;
+            }
             if self.room.is_empty() && self.pending_joins.is_empty() {
                 break;
             }
         }
+        // Drain and shutdown end here too: the files are finished before the room is gone.
+        self.stop_recording().await;
         // Closed: later joins must not land here.
         self.hub.room_closed(&self.id, self.generation);
         commands.close();
@@ -176,7 +202,19 @@ impl RoomTask {
             RoomCommand::Shutdown => Some(Input::Shutdown),
             RoomCommand::Drain { seconds } => Some(Input::Drain { seconds }),
             RoomCommand::Describe { reply } => {
-                let _ = reply.send(self.room.details());
+                let mut details = self.room.details();
+                details.recording = self.recorder.as_ref().map(Recorder::info);
+                let _ = reply.send(details);
+                None
+            }
+            RoomCommand::Record { on, reply } => {
+                let result = if on {
+                    self.start_recording()
+                } else {
+                    self.stop_recording().await;
+                    Ok(None)
+                };
+                let _ = reply.send(result);
                 None
             }
             RoomCommand::Admin { action, reply } => {
@@ -412,6 +450,95 @@ impl RoomTask {
             if let Some(input) = next {
                 queue.extend(self.room.handle(input));
             }
+        }
+    }
+
+    /// Starts recording the room (a running recording goes on).
+    fn start_recording(&mut self) -> Result<Option<RecordingInfo>, RecordError> {
+        if self.recorder.is_none() {
+            let dir = self
+                .hub
+                .inner
+                .config
+                .recording
+                .dir
+                .clone()
+                .ok_or(RecordError::NotConfigured)?;
+            self.recorder = Some(Recorder::start(
+                &dir,
+                &self.id,
+                self.hub.inner.recording.clone(),
+            )?);
+        }
+        Ok(self.recorder.as_ref().map(Recorder::info))
+    }
+
+    /// Stops the recording, if one runs: the worker's taps first, then the files are
+    /// finished.
+    async fn stop_recording(&mut self) {
+        let Some(recorder) = self.recorder.take() else {
+            return;
+        };
+        for track in self.recorded.drain() {
+            let _ = self
+                .hub
+                .inner
+                .worker
+                .send(WorkerCommand::Record { track, sink: None })
+                .await;
+        }
+        recorder.finish().await;
+    }
+
+    /// Makes the recording cover exactly the room's published tracks: a new track (a
+    /// join, a renegotiation that adds a screen share) gets its file, an ended one's file
+    /// is finished. Nothing to do (and nothing done) when the room is not recorded.
+    async fn sync_recording(&mut self) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let details = self.room.details();
+        let mut live = HashSet::new();
+        let mut added = Vec::new();
+        for participant in &details.participants {
+            for track in &participant.tracks {
+                live.insert(track.id);
+                if !self.recorded.contains(&track.id) {
+                    let meta = TrackMeta {
+                        participant: participant.id,
+                        name: participant.name.clone(),
+                        identity: participant.identity.clone(),
+                        kind: track.kind,
+                        source: track.source,
+                    };
+                    added.push((track.id, recorder.add_track(track.id, meta)));
+                }
+            }
+        }
+        let gone: Vec<TrackId> = self
+            .recorded
+            .iter()
+            .filter(|t| !live.contains(t))
+            .copied()
+            .collect();
+        for track in &gone {
+            recorder.remove_track(*track);
+            self.recorded.remove(track);
+        }
+        let worker = self.hub.inner.worker.clone();
+        for (track, sink) in added {
+            self.recorded.insert(track);
+            let _ = worker
+                .send(WorkerCommand::Record {
+                    track,
+                    sink: Some(sink),
+                })
+                .await;
+        }
+        for track in gone {
+            let _ = worker
+                .send(WorkerCommand::Record { track, sink: None })
+                .await;
         }
     }
 

@@ -17,8 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chorus_protocol::api::{ApiError, MessageRequest, MuteRequest, RoomDetails, RoomList};
+use chorus_protocol::api::{
+    ApiError, MessageRequest, MuteRequest, RecordingInfo, RoomDetails, RoomList,
+};
 use chorus_protocol::{ErrorCode, ParticipantId, RoomId, TrackId};
+use chorus_sfu::record::RecordError;
 use chorus_sfu::room::{AdminAction, AdminError};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -39,6 +42,8 @@ use crate::auth::{ANY_ROOM, Auth, TokenError, bearer_token, same_secret, unix_no
         remove_participant,
         mute_track,
         send_message,
+        start_recording,
+        stop_recording,
         drain
     ),
     modifiers(&Security),
@@ -81,6 +86,10 @@ pub(crate) fn routes() -> Router<AppState> {
             post(mute_track),
         )
         .route("/api/v1/rooms/{room}/messages", post(send_message))
+        .route(
+            "/api/v1/rooms/{room}/recording",
+            post(start_recording).delete(stop_recording),
+        )
         .route("/api/v1/drain", post(drain))
 }
 
@@ -101,6 +110,17 @@ impl From<AdminError> for Refusal {
             _ => StatusCode::NOT_FOUND,
         };
         Refusal(status, err.code(), err.to_string())
+    }
+}
+
+impl From<RecordError> for Refusal {
+    fn from(err: RecordError) -> Self {
+        let (status, code) = match err {
+            RecordError::NotConfigured => (StatusCode::CONFLICT, ErrorCode::Forbidden),
+            RecordError::Directory(..) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+            RecordError::UnknownRoom(_) => (StatusCode::NOT_FOUND, ErrorCode::UnknownRoom),
+        };
+        Refusal(status, code, err.to_string())
     }
 }
 
@@ -266,6 +286,60 @@ async fn close_room(
     let Path(room) = path?;
     let room = authorized_room(&state, &headers, &room)?;
     state.hub.admin(&room, AdminAction::Close).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts recording a room: each of its tracks (and each published later) to a file of
+/// its own, with a sidecar JSON (see docs/recording.md). A room that records already goes
+/// on as it is. The recording ends with `DELETE`, or when the room closes (its last
+/// participant left, or the server drained).
+#[utoipa::path(
+    post,
+    path = "/api/v1/rooms/{room}/recording",
+    params(("room" = String, Path, description = "The room's name", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]+$", example = "standup")),
+    responses(
+        (status = 200, description = "Recording", body = RecordingInfo),
+        (status = 400, description = "A malformed room name", body = ApiError),
+        (status = 401, description = "No or bad credentials", body = ApiError),
+        (status = 403, description = "No admin grant for this room", body = ApiError),
+        (status = 404, description = "No such room", body = ApiError),
+        (status = 409, description = "Recording is not configured on this server ([recording] dir)", body = ApiError),
+        (status = 500, description = "The recording directory could not be made", body = ApiError)
+    )
+)]
+async fn start_recording(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Reply<Response> {
+    let Path(room) = path?;
+    let room = authorized_room(&state, &headers, &room)?;
+    let info = state.hub.set_recording(&room, true).await?;
+    Ok(axum::Json(info).into_response())
+}
+
+/// Stops recording a room: the files are finished and the sidecar says so. A room that
+/// does not record is left as it is.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/rooms/{room}/recording",
+    params(("room" = String, Path, description = "The room's name", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]+$", example = "standup")),
+    responses(
+        (status = 204, description = "Not recording (any more)"),
+        (status = 400, description = "A malformed room name", body = ApiError),
+        (status = 401, description = "No or bad credentials", body = ApiError),
+        (status = 403, description = "No admin grant for this room", body = ApiError),
+        (status = 404, description = "No such room", body = ApiError)
+    )
+)]
+async fn stop_recording(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Reply<StatusCode> {
+    let Path(room) = path?;
+    let room = authorized_room(&state, &headers, &room)?;
+    state.hub.set_recording(&room, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -493,10 +567,11 @@ mod tests {
     fn the_openapi_document_lists_every_route() {
         let doc = serde_json::to_value(openapi()).expect("json");
         let paths = doc["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 6, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(paths.len(), 7, "{:?}", paths.keys().collect::<Vec<_>>());
         for schema in [
             "ApiError",
             "RoomDetails",
+            "RecordingInfo",
             "RoomList",
             "MuteRequest",
             "Grants",

@@ -401,6 +401,27 @@ impl Collector for HubCollector {
              not fit their queue; sent again on a later allocation.",
             hub.notice_drops,
         )?;
+        // Recording (docs/recording.md).
+        gauge(
+            out,
+            "recordings",
+            "Rooms being recorded now.",
+            hub.recordings,
+        )?;
+        counter(
+            out,
+            "recording_drops",
+            "Packets a recording's full queue dropped (its disk fell behind); the track's \
+             next keyframe repairs its file.",
+            hub.recording_drops,
+        )?;
+        counter(
+            out,
+            "recording_write_errors",
+            "Recording write errors (a full disk): each stops the file it hit; the call \
+             goes on.",
+            hub.recording_write_errors,
+        )?;
 
         out.encode_descriptor(
             "worker_busy_seconds",
@@ -493,6 +514,9 @@ mod tests {
             "# TYPE chorus_subscribers_congested gauge",
             "# TYPE chorus_downlink_estimate_bits_per_second gauge",
             "# TYPE chorus_notice_drops counter",
+            "# TYPE chorus_recordings gauge",
+            "# TYPE chorus_recording_drops counter",
+            "# TYPE chorus_recording_write_errors counter",
             "# TYPE chorus_worker_busy_seconds counter",
             "# TYPE chorus_join_latency_seconds histogram",
         ] {

@@ -37,6 +37,7 @@ pub(crate) fn hub(max_participants: usize) -> Hub {
             ice_servers: Arc::new(|_| Vec::new()),
             events: None,
             speakers: Default::default(),
+            recording: Default::default(),
         },
     )
 }

@@ -138,6 +138,26 @@ impl MediaPacket {
     pub fn audio_level(&self) -> LevelRead {
         self.level
     }
+
+    /// The publisher's RTP timestamp.
+    pub fn timestamp(&self) -> u32 {
+        self.packet.header.timestamp
+    }
+
+    /// The RTP marker bit (the last packet of a video frame).
+    pub fn marker(&self) -> bool {
+        self.packet.header.marker
+    }
+
+    /// The publisher's payload type.
+    pub fn payload_type(&self) -> u8 {
+        self.packet.header.payload_type
+    }
+
+    /// The payload as a shared buffer: a reference, not a copy (for the recorder).
+    pub fn payload_bytes(&self) -> bytes::Bytes {
+        self.packet.payload.clone()
+    }
 }
 
 /// Something a peer reports to the worker.
@@ -183,6 +203,11 @@ impl SourceCodec {
     /// The codec's MIME type, such as `video/VP8`.
     pub fn mime_type(&self) -> &str {
         &self.codec.mime_type
+    }
+
+    /// The publisher's RED payload type, when its audio comes in RED.
+    pub fn red_payload_type(&self) -> Option<u8> {
+        self.red
     }
 }
 

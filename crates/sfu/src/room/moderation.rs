@@ -219,6 +219,8 @@ impl Room {
                     admin_muted: m.silenced.iter().copied().collect(),
                 })
                 .collect(),
+            // the room task fills it in
+            recording: None,
         }
     }
 }

@@ -149,6 +149,7 @@ impl Worker {
             }
         }
         tally.publish(&self.stats);
+        self.recording_pass(now, &mut keyframes);
         self.dynacast(now);
         for (track, layer) in keyframes {
             self.request_keyframe(track, layer, now);
@@ -162,11 +163,15 @@ impl Worker {
             if route.layers.count() < 2 {
                 continue;
             }
+            // a recording needs its layer like a subscriber does
+            let recorded = route.record.as_ref().and_then(|tap| tap.target());
             let highest = highest_needed(
                 route
                     .subscribers
                     .iter()
-                    .filter_map(|s| s.switch.target().map(Choice::Layer)),
+                    .filter_map(|s| s.switch.target())
+                    .chain(recorded)
+                    .map(Choice::Layer),
             );
             if route.announced == Some(highest) {
                 continue;

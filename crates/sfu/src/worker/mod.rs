@@ -39,6 +39,7 @@ use crate::token::{random_token, random_u64};
 mod allocation;
 mod levels;
 mod viewer;
+mod recording;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
@@ -165,6 +166,11 @@ pub enum WorkerCommand {
     Speaker {
         previous: Option<ParticipantId>,
         current: Option<ParticipantId>,
+    },
+    /// Start (`Some`) or stop (`None`) recording a track (see `worker/recording.rs`).
+    Record {
+        track: TrackId,
+        sink: Option<crate::record::RecordSink>,
     },
 }
 
@@ -325,6 +331,8 @@ struct TrackRoute {
     silenced: bool,
     /// Audio: its levels since the last report to the room.
     level: LevelMeter,
+    /// Its recording, while the room records it.
+    record: Option<recording::RecordTap>,
 }
 
 struct ParticipantMedia {
@@ -678,6 +686,9 @@ impl Worker {
                         stats
                             .rtp_bytes_forwarded
                             .fetch_add(forwarded * wire_len as u64, Ordering::Relaxed);
+                    }
+                    if let Some(tap) = route.record.as_mut() {
+                        tap.on_packet(layer, keyframe, &packet, now);
                     }
                     if let Some(history) = route.history.get_mut(usize::from(layer)) {
                         history.store(packet.ssrc(), packet.sequence_number(), packet);
@@ -1069,6 +1080,7 @@ impl Worker {
                 self.set_speaker(previous, current);
                 self.next_allocation = now;
             }
+            WorkerCommand::Record { track, sink } => self.set_recording(track, sink, now),
             WorkerCommand::Silence { track, silenced } => {
                 if let Some(route) = self.tracks.get_mut(&track) {
                     route.silenced = silenced;
@@ -1076,6 +1088,9 @@ impl Worker {
                         // At once, not at the next allocation pass.
                         for sub in &mut route.subscribers {
                             sub.switch.set_target(None);
+                        }
+                        if let Some(tap) = route.record.as_mut() {
+                            tap.silence();
                         }
                     }
                     self.next_allocation = now;
@@ -1162,6 +1177,7 @@ impl Worker {
                             announced: None,
                             silenced: false,
                             level: LevelMeter::default(),
+                            record: None,
                         },
                     );
                     self.stats.tracks.fetch_add(1, Ordering::Relaxed);
