@@ -68,7 +68,6 @@ impl RecordingConfig {
         }
         Ok(())
     }
-
 }
 
 /// `[cluster]`: this server is one node of several sharing a Redis (docs/cluster.md).

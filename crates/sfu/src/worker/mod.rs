@@ -38,8 +38,8 @@ use crate::token::{random_token, random_u64};
 
 mod allocation;
 mod levels;
-mod viewer;
 mod recording;
+mod viewer;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
