@@ -887,10 +887,11 @@ impl Client {
     ) -> Result<Vec<PublishedMid>> {
         let reply = self
             .wait_for_after(mark, SIGNALING_TIMEOUT, "publishAnswer or error", |m| {
-                matches!(
-                    m,
-                    ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
-                )
+                // A joined participant's publishOffer is never out of order: such an error
+                // answers a candidate trickled for an earlier offer that the server
+                // refused (it has no peer to add it to), and may come after this mark.
+                matches!(m, ServerMessage::PublishAnswer { .. })
+                    || matches!(m, ServerMessage::Error { code, .. } if *code != ErrorCode::OutOfOrder)
             })
             .await?;
         let (answer_sdp, mapping) = match reply {
