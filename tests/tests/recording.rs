@@ -598,9 +598,11 @@ async fn a_call_is_recorded_per_track_into_files_that_ffmpeg_decodes() -> Result
 
     // Recording starts mid-call, well inside the senders' 10 s keyframe interval.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // From before the request: the keyframe request it causes may reach a publisher
+    // before the response reaches the test.
+    let started = Instant::now();
     let (status, body) = call(&server, "POST", "/api/v1/rooms/rec/recording").await?;
     ensure!(status == 200, "start: {status} {body}");
-    let started = Instant::now();
     let info: Value = serde_json::from_str(&body)?;
     let dir = PathBuf::from(info["directory"].as_str().context("directory")?);
     ensure!(dir.starts_with(&records), "recording in {}", dir.display());
