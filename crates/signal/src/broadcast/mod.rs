@@ -78,6 +78,20 @@ pub(crate) fn forget(
     tracing::info!(room = %session.room, participant = %session.participant, session = %id, %reason, "{what} session ended");
 }
 
+/// The methods of `/whip/{room}` and `/whep/{room}`.
+const ENDPOINT_METHODS: &str = "OPTIONS, POST";
+
+/// `OPTIONS` on `/whip/{room}` or `/whep/{room}`: CORS preflight for `POST`.
+pub(crate) async fn endpoint_options(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    headers: HeaderMap,
+) -> Response {
+    match Cors::of(&headers, &state.config.allowed_origins) {
+        Cors::Refused => Cors::refusal(),
+        cors => cors.preflight(ENDPOINT_METHODS),
+    }
+}
+
 /// `OPTIONS` on a session resource: CORS preflight for `PATCH` and `DELETE`.
 pub(crate) async fn resource_options(
     axum::extract::State(state): axum::extract::State<crate::AppState>,
@@ -181,20 +195,14 @@ pub(crate) fn ice_ufrag(sdp: &str) -> Option<&str> {
 pub(crate) fn routes() -> axum::Router<crate::AppState> {
     use axum::routing::{options, post};
     axum::Router::new()
-        .route(
-            "/whip/{room}",
-            post(whip::post).options(whip::endpoint_options),
-        )
+        .route("/whip/{room}", post(whip::post).options(endpoint_options))
         .route(
             "/whip/{room}/{session}",
             options(resource_options)
                 .patch(whip::patch)
                 .delete(whip::delete),
         )
-        .route(
-            "/whep/{room}",
-            post(whep::post).options(whep::endpoint_options),
-        )
+        .route("/whep/{room}", post(whep::post).options(endpoint_options))
         .route(
             "/whep/{room}/{session}",
             options(resource_options)

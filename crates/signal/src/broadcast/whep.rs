@@ -39,23 +39,10 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 /// the admin API show it).
 pub const DEFAULT_NAME: &str = "WHEP viewer";
 
-const ENDPOINT_METHODS: &str = "OPTIONS, POST";
-
 /// `?participant=` on the endpoint: whom the viewer watches first.
 #[derive(Debug, serde::Deserialize)]
 pub struct ViewQuery {
     participant: Option<String>,
-}
-
-/// `OPTIONS /whep/{room}`: CORS preflight.
-pub(crate) async fn endpoint_options(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Response {
-    match Cors::of(&headers, &state.config.allowed_origins) {
-        Cors::Refused => Cors::refusal(),
-        cors => cors.preflight(ENDPOINT_METHODS),
-    }
 }
 
 /// `POST /whep/{room}`: a recvonly offer in, a viewer and its answer out.

@@ -41,24 +41,10 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// The display name of a WHIP publisher that gave none (open mode without `?name=`).
 pub const DEFAULT_NAME: &str = "WHIP publisher";
 
-/// The methods of `/whip/{room}`.
-const ENDPOINT_METHODS: &str = "OPTIONS, POST";
-
 /// `?name=` on the endpoint: the display name in open mode (a token's name wins).
 #[derive(Debug, serde::Deserialize)]
 pub struct PublishQuery {
     name: Option<String>,
-}
-
-/// `OPTIONS /whip/{room}`: CORS preflight (and RFC 9725's `Accept-Post`).
-pub(crate) async fn endpoint_options(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Response {
-    match Cors::of(&headers, &state.config.allowed_origins) {
-        Cors::Refused => Cors::refusal(),
-        cors => cors.preflight(ENDPOINT_METHODS),
-    }
 }
 
 /// `POST /whip/{room}`: an offer in, a publishing participant and its answer out.
