@@ -7,6 +7,8 @@ mod baseline;
 mod chorus_run;
 mod direct;
 pub mod inmem;
+pub mod janus;
+mod light;
 mod load;
 pub mod media;
 pub mod options;
@@ -18,7 +20,7 @@ pub mod wire;
 use anyhow::Result;
 
 pub use chorus_run::default_server_bin;
-pub use options::{Options, Roster};
+pub use options::{Options, Roster, Target};
 pub use report::{Report, RunReport};
 
 use crate::load::Progress;
@@ -72,13 +74,20 @@ pub async fn run(opts: &Options) -> Result<Report> {
         },
         chorus: None,
         baseline: None,
+        janus: None,
         ratio: None,
+        janus_ratio: None,
         client_stacks_latency_ms: None,
         loopback_wire_latency_ms: None,
         loopback_wire_unmatched: None,
     };
     if !opts.baseline_only {
-        report.chorus = Some(chorus_run::run(opts, &progress).await?);
+        for target in &opts.target {
+            match target {
+                Target::Chorus => report.chorus = Some(chorus_run::run(opts, &progress).await?),
+                Target::Janus => report.janus = Some(janus::run(opts, &progress).await?),
+            }
+        }
     }
     if opts.baseline || opts.baseline_only {
         report.baseline = Some(baseline::run(opts, &progress).await?);
