@@ -18,6 +18,7 @@ command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
 command -v nft >/dev/null 2>&1 || missing+=(nftables) # netlab: loss and UDP blocking (16-call-loss)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv) # schemathesis, below
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus) # tests/tests/metrics.rs scrapes /metrics
+command -v janus >/dev/null 2>&1 || missing+=(janus) # benches/tests/janus.rs: the peer SFU of chorus-loadtest --target janus
 if ((${#missing[@]})); then
   step "installing ${missing[*]}"
   apt-get update -qq
@@ -50,7 +51,8 @@ cargo build --workspace --all-targets --locked
 in_netns() { unshare --net sh -c 'ip link set lo up && exec "$@"' -- "$@"; }
 
 step "Rust tests (unit + end-to-end)"
-in_netns cargo test --workspace --locked --offline
+# janus is installed above, so the Janus load-test driver's test must run, not skip.
+CHORUS_JANUS_REQUIRED=1 in_netns cargo test --workspace --locked --offline
 
 step "fuzz smoke (fuzz/smoke.sh: builds every fuzz target, runs each for 15 s)"
 # Needs a nightly toolchain and cargo-fuzz, which it installs; where they cannot be had it
