@@ -8,11 +8,12 @@ mod chorus_run;
 mod direct;
 pub mod inmem;
 pub mod janus;
-mod light;
+pub mod light;
 mod load;
 pub mod media;
 pub mod options;
 pub mod procfs;
+pub mod ramp;
 pub mod report;
 pub mod stats;
 pub mod wire;
@@ -27,7 +28,7 @@ use crate::load::Progress;
 use crate::report::{Machine, Scenario};
 
 /// The scenario as the report states it.
-fn scenario(opts: &Options) -> Scenario {
+pub(crate) fn scenario(opts: &Options) -> Scenario {
     let roster = opts.roster();
     let shape = opts.shape();
     let kinds = report::kinds(&shape).len();
@@ -77,10 +78,16 @@ pub async fn run(opts: &Options) -> Result<Report> {
         janus: None,
         ratio: None,
         janus_ratio: None,
+        ramp: None,
         client_stacks_latency_ms: None,
         loopback_wire_latency_ms: None,
         loopback_wire_unmatched: None,
     };
+    if opts.ramp {
+        report.ramp = Some(ramp::run(opts, &progress).await?);
+        report.finish();
+        return Ok(report);
+    }
     if !opts.baseline_only {
         for target in &opts.target {
             match target {

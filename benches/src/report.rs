@@ -168,6 +168,9 @@ pub struct RunReport {
     /// when it said nothing).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub stream_states: std::collections::BTreeMap<String, u64>,
+    /// `--light`: the light receivers' own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub light: Option<crate::light::LightReport>,
 }
 
 /// Chorus relative to the baseline (or to Janus), from the same invocation.
@@ -196,6 +199,8 @@ pub struct Report {
     /// Chorus relative to Janus, from the same invocation (CPU per packet < 1: Chorus
     /// spends less).
     pub janus_ratio: Option<Ratios>,
+    /// `--ramp`: every step, and the saturation figure.
+    pub ramp: Option<crate::ramp::RampReport>,
     /// `--calibrate`: latency of one simulated browser sending straight to another (no
     /// server), ms: the client stacks' share of Chorus's end-to-end latency figures.
     pub client_stacks_latency_ms: Option<Percentiles>,
@@ -338,6 +343,7 @@ impl Collected<'_> {
             subscriptions,
             layers,
             stream_states: std::collections::BTreeMap::new(),
+            light: None,
         }
     }
 
@@ -550,6 +556,19 @@ impl Report {
     pub fn table(&self) -> String {
         let s = &self.scenario;
         let mut out = String::new();
+        if let Some(ramp) = &self.ramp {
+            let _ = writeln!(
+                out,
+                "ramp of: {} room(s) per step x ({} publishers + {} subscribers); machine: {} cores, {}",
+                s.rooms,
+                s.publishers_per_room,
+                s.subscribers_per_room,
+                self.machine.cores,
+                self.machine.cpu
+            );
+            out.push_str(&ramp.table());
+            return out;
+        }
         let frame = s.media.frame_packets();
         let _ = writeln!(
             out,
@@ -738,6 +757,21 @@ impl Report {
                 0,
             ),
             ("load generator CPU % of a core", |r| r.generator_cpu_pct, 1),
+            (
+                "light receiver CPU % of a core",
+                |r| r.light.as_ref().map(|l| l.cpu_s * 100.0 / r.window_s),
+                1,
+            ),
+            (
+                "light receiver us per packet",
+                |r| r.light.as_ref().and_then(|l| l.us_per_packet),
+                3,
+            ),
+            (
+                "light samples decrypted",
+                |r| r.light.as_ref().map(|l| l.samples as f64),
+                0,
+            ),
             ("machine busy %", |r| r.machine_busy_pct, 1),
             ("other load % of a core", |r| r.other_load_pct, 1),
         ];
