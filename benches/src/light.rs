@@ -13,13 +13,14 @@
 //!    the socket any more; it reads a channel instead ([`LightSocket::poll_recv`]).
 //! 3. Per RTP datagram the thread reads the clear SRTP header only: it counts the packet and
 //!    marks its extended sequence number in a bitmap per SSRC (loss and duplicates). One in
-//!    `--light-sample` RTP datagrams of each socket, and every non-RTP datagram (STUN consent
-//!    checks, DTLS, the server's RTCP), goes on through the channel to the browser stack,
+//!    `--light-sample` RTP datagrams of each socket, and every STUN and DTLS datagram (consent
+//!    checks, DTLS alerts), goes on through the channel to the browser stack,
 //!    which decrypts it and hands it to the usual accounting: the samples give the latency
 //!    figures (end to end, and at the sockets with the kernel's arrival time).
 //! 4. After the takeover the stack sees only the samples, so its NACK generator, receiver
 //!    reports and transport-cc feedback would describe a loss that did not happen; light
-//!    sockets therefore drop every outgoing RTCP datagram. The server then gets no feedback
+//!    sockets therefore drop every outgoing RTCP datagram, and the thread drops the server's
+//!    incoming RTCP (sender reports) too. The server then gets no feedback
 //!    from light subscribers, as from a browser without transport-cc (its estimator makes no
 //!    cuts and its allocator pauses nothing; Chorus's non-simulcast forwarding does not
 //!    depend on it).
@@ -420,7 +421,7 @@ impl LightReceiver {
             let (stop, counters) = (Arc::clone(&stop), Arc::clone(&counters));
             std::thread::Builder::new()
                 .name("light-receiver".into())
-                .spawn(move || receive(sockets, every.max(1), &stop, &counters))?
+                .spawn(move || receive(&sockets, every.max(1), &stop, &counters))?
         };
         Ok(Self {
             stop,
@@ -550,7 +551,7 @@ fn sockaddr_to_std(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// The light thread: reads every socket until told to stop.
 fn receive(
-    sockets: Vec<Registered>,
+    sockets: &[Registered],
     every: u64,
     stop: &AtomicBool,
     counters: &LightCounters,
@@ -617,7 +618,13 @@ fn on_datagram(
     counters: &LightCounters,
 ) {
     let Some((ssrc, seq, _)) = chorus_tests::socket::rtp_header(d) else {
-        // STUN, DTLS, RTCP: the browser stack's.
+        if is_rtcp(d) {
+            // The server's reports and feedback: the stack, which sees only the samples,
+            // has no use for them (and would log every sender report of a track whose
+            // first sample has not come yet).
+            return;
+        }
+        // STUN and DTLS: the browser stack's.
         if let Some(from) = from {
             let _ = r.to_stack.send(Datagram {
                 data: d.to_vec(),
@@ -633,7 +640,7 @@ fn on_datagram(
     counts.track(ssrc, seq).mark(seq);
     counters.rtp.fetch_add(1, Ordering::Relaxed);
     counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-    if counts.rtp % every == 0
+    if counts.rtp.is_multiple_of(every)
         && let Some(from) = from
     {
         counters.samples.fetch_add(1, Ordering::Relaxed);

@@ -57,3 +57,53 @@ async fn tiny_scenario_report_is_consistent() {
     assert!(json["chorus"]["wire_latency_ms"]["p99"].is_number());
     assert!(json["ratio"]["wire_latency_p50"].is_number());
 }
+
+/// `--light`: the subscribers' sockets are taken over after DTLS and only their SRTP headers
+/// are read; the accounting from the headers must still add up per subscription, every
+/// subscription must flow, and the decrypted samples must give latency figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_receivers_account_from_headers() {
+    let opts = Options::parse_from([
+        "chorus-loadtest",
+        "--light",
+        "--light-sample",
+        "8",
+        "--subscribers",
+        "3",
+        "--warmup",
+        "1",
+        "--duration",
+        "2",
+        "--drain",
+        "0.5",
+        "--quiet",
+    ]);
+    let report = tokio::time::timeout(Duration::from_secs(90), chorus_benches::run(&opts))
+        .await
+        .expect("the load test finished in time")
+        .expect("the load test ran");
+    let run = report.chorus.as_ref().expect("chorus ran");
+    assert_eq!(run.subscriptions.len(), 6);
+    for s in &run.subscriptions {
+        assert!(s.sent > 0, "{s:?} sent nothing");
+        assert_eq!(s.sent, s.received + s.lost, "{s:?}");
+        assert!(s.received * 2 > s.sent, "{s:?} lost most of its packets");
+    }
+    assert_eq!(
+        run.expected_packets,
+        run.received_packets + run.lost_packets
+    );
+    let light = run.light.as_ref().expect("the light figures");
+    assert_eq!(light.receivers, 3);
+    // Every packet the receivers counted went through the light thread.
+    assert!(light.packets >= run.received_packets, "{light:?}");
+    assert!(
+        light.samples > 0 && light.samples * 4 < light.packets,
+        "{light:?}"
+    );
+    assert_eq!(light.outside, 0);
+    assert!(light.us_per_packet.is_some_and(|us| us > 0.0));
+    assert!(run.wire_latency_ms.samples > 0 && run.wire_latency_ms.p50 > 0.0);
+    assert!(run.latency_ms.p50 >= run.wire_latency_ms.p50);
+    assert!(run.forwarded_mbps > 0.0);
+}
