@@ -571,6 +571,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             l.cpu(),
             l.counters.rtp.load(Ordering::Relaxed),
             l.counters.samples.load(Ordering::Relaxed),
+            l.counters.bytes.load(Ordering::Relaxed),
         )
     });
     let stats_a = server_stats(http).await.ok();
@@ -585,6 +586,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             l.cpu(),
             l.counters.rtp.load(Ordering::Relaxed),
             l.counters.samples.load(Ordering::Relaxed),
+            l.counters.bytes.load(Ordering::Relaxed),
         )
     });
     switch.store(STOP, Ordering::Relaxed);
@@ -632,9 +634,13 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     apply_window(&mut report, &a, &b);
     if let Some(counts) = &light_counts {
         crate::light::apply(&mut report, &light_participants, counts, &samples, &tallies);
-        if let (Some((cpu_a, rtp_a, samples_a)), Some((cpu_b, rtp_b, samples_b))) =
-            (light_a, light_b)
+        if let (
+            Some((cpu_a, rtp_a, samples_a, bytes_a)),
+            Some((cpu_b, rtp_b, samples_b, bytes_b)),
+        ) = (light_a, light_b)
         {
+            report.forwarded_mbps +=
+                (bytes_b - bytes_a) as f64 * 8.0 / report.window_s.max(1e-9) / 1e6;
             let cpu_s = match (cpu_a, cpu_b) {
                 (Some(x), Some(y)) => y.saturating_sub(x).as_secs_f64(),
                 _ => 0.0,
