@@ -149,6 +149,7 @@ impl Runtime for LightRuntime {
     fn wrap_udp_socket(&self, socket: StdUdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
         // The same socket under a second descriptor, for the light thread.
         let duplicate = socket.try_clone()?;
+        let raw = socket.try_clone()?;
         let inner = WireSocket::wrap(socket, Arc::clone(&self.log))?;
         let (to_stack, from_thread) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -162,7 +163,7 @@ impl Runtime for LightRuntime {
             log: Arc::clone(&self.log),
         });
         lock(&self.hub.shared).push(Arc::clone(&shared));
-        Ok(Arc::new(LightSocket { inner, shared }))
+        Ok(Arc::new(LightSocket::new(inner, raw, shared)?))
     }
 
     fn wrap_tcp_listener(
@@ -222,21 +223,78 @@ fn is_rtcp(datagram: &[u8]) -> bool {
 
 /// A light participant's socket: the browser stack's until the takeover, then a channel
 /// fed by the light thread.
+///
+/// At the takeover the tokio socket is dropped (at the first call after it): that
+/// deregisters it from tokio's reactor, which would otherwise be woken by every arrival on
+/// the socket the light thread now reads, and closes only its descriptor, since the light
+/// thread and `raw` hold duplicates. After it, the stack's few sends (STUN answers, DTLS)
+/// go out on `raw`.
 #[derive(Debug)]
 struct LightSocket {
-    inner: Arc<WireSocket>,
+    inner: Mutex<Option<Arc<WireSocket>>>,
+    raw: StdUdpSocket,
+    addr: SocketAddr,
+    gro_segments: usize,
     shared: Arc<Shared>,
 }
 
+impl LightSocket {
+    fn new(inner: Arc<WireSocket>, raw: StdUdpSocket, shared: Arc<Shared>) -> io::Result<Self> {
+        Ok(Self {
+            addr: inner.local_addr()?,
+            gro_segments: inner.max_gro_segments(),
+            inner: Mutex::new(Some(inner)),
+            raw,
+            shared,
+        })
+    }
+
+    /// The tokio socket before the takeover; `None` (and dropped) after it.
+    fn before_takeover(&self) -> Option<Arc<WireSocket>> {
+        let mut inner = lock(&self.inner);
+        if self.shared.light.load(Ordering::Relaxed) {
+            inner.take();
+            return None;
+        }
+        inner.clone()
+    }
+}
+
 impl AsyncUdpSocket for LightSocket {
-    chorus_tests::delegate_socket_basics!();
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        1
+    }
+
+    fn max_gro_segments(&self) -> usize {
+        self.gro_segments
+    }
 
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        if self.shared.light.load(Ordering::Relaxed) && is_rtcp(transmit.contents) {
+        if let Some(inner) = self.before_takeover() {
+            return inner.poll_send(cx, transmit);
+        }
+        if is_rtcp(transmit.contents) {
             // Feedback on the samples alone would report loss that did not happen.
             return Poll::Ready(Ok(transmit.contents.len()));
         }
-        self.inner.poll_send(cx, transmit)
+        let step = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for datagram in transmit.contents.chunks(step) {
+            // Non-blocking (the descriptor is shared with the tokio socket's, which set it):
+            // a full buffer drops this datagram, as a lossy link would.
+            if let Err(err) = self.raw.send_to(datagram, transmit.destination)
+                && err.kind() != io::ErrorKind::WouldBlock
+            {
+                return Poll::Ready(Err(err));
+            }
+        }
+        Poll::Ready(Ok(transmit.contents.len()))
     }
 
     fn poll_recv(
@@ -245,8 +303,8 @@ impl AsyncUdpSocket for LightSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        if !self.shared.light.load(Ordering::Relaxed) {
-            return self.inner.poll_recv(cx, bufs, meta);
+        if let Some(inner) = self.before_takeover() {
+            return inner.poll_recv(cx, bufs, meta);
         }
         let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
             return Poll::Ready(Ok(0));
