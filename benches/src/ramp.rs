@@ -35,6 +35,9 @@ pub struct RampStep {
     pub generator_cpu_pct: Option<f64>,
     pub light_us_per_packet: Option<f64>,
     pub other_load_pct: Option<f64>,
+    /// The server's own drops in the window (`forward_drops` + `send_drops`): loss with none
+    /// of its own happened before it read the packets, or after it sent them.
+    pub server_drops: Option<u64>,
     /// Within both bounds.
     pub good: bool,
     /// Why the ramp stopped here, if it did.
@@ -67,6 +70,14 @@ fn step_of(rooms: usize, offered: f64, run: &RunReport, opts: &Options) -> RampS
         generator_cpu_pct: run.generator_cpu_pct,
         light_us_per_packet: run.light.as_ref().and_then(|l| l.us_per_packet),
         other_load_pct: run.other_load_pct,
+        server_drops: ["forward_drops", "send_drops"]
+            .iter()
+            .map(|k| {
+                run.forwarder_counters
+                    .get(*k)
+                    .and_then(serde_json::Value::as_u64)
+            })
+            .sum(),
         good,
         stopped: (!good).then(|| {
             if run.loss_pct > opts.ramp_loss {
@@ -118,6 +129,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RampRepor
                     generator_cpu_pct: None,
                     light_us_per_packet: None,
                     other_load_pct: None,
+                    server_drops: None,
                     good: false,
                     stopped: Some(format!("the step failed: {err:#}")),
                 });
@@ -158,7 +170,7 @@ impl RampReport {
         );
         let _ = writeln!(
             out,
-            "{:>6}{:>12}{:>12}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>10}{:>8}  ",
+            "{:>6}{:>12}{:>12}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>10}{:>8}{:>7}  ",
             "rooms",
             "offered",
             "forwarded",
@@ -169,13 +181,14 @@ impl RampReport {
             "us/pkt",
             "gen %",
             "light us",
-            "other"
+            "other",
+            "drops"
         );
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
         for s in &self.steps {
             let _ = writeln!(
                 out,
-                "{:>6}{:>12.0}{:>12.0}{:>9.3}{:>9.2}{:>9.2}{:>9}{:>9}{:>9}{:>10}{:>8}  {}",
+                "{:>6}{:>12.0}{:>12.0}{:>9.3}{:>9.2}{:>9.2}{:>9}{:>9}{:>9}{:>10}{:>8}{:>7}  {}",
                 s.rooms,
                 s.offered_pps,
                 s.forwarded_pps,
@@ -187,6 +200,7 @@ impl RampReport {
                 opt(s.generator_cpu_pct, 0),
                 opt(s.light_us_per_packet, 3),
                 opt(s.other_load_pct, 0),
+                s.server_drops.map_or("-".to_owned(), |d| d.to_string()),
                 match (&s.stopped, s.generator_cpu_pct) {
                     (Some(why), Some(g)) if g >= GENERATOR_BOUND_PCT =>
                         format!("stop: {why} (generator at {g:.0} %: may be the limit)"),
