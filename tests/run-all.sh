@@ -20,6 +20,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv) # schemath
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus) # tests/tests/metrics.rs scrapes /metrics
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server) # tests/tests/cluster.rs, specs/21-cluster: the cluster's Redis
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg) # tests/tests/recording.rs encodes test media and decodes recordings
+command -v janus >/dev/null 2>&1 || missing+=(janus) # benches/tests/janus.rs: the peer SFU of chorus-loadtest --target janus
 if ((${#missing[@]})); then
   step "installing ${missing[*]}"
   apt-get update -qq
@@ -60,7 +61,8 @@ cargo build --workspace --all-targets --locked
 in_netns() { unshare --net sh -c 'ip link set lo up && exec "$@"' -- "$@"; }
 
 step "Rust tests (unit + end-to-end)"
-in_netns cargo test --workspace --locked --offline
+# janus is installed above, so the Janus load-test driver's test must run, not skip.
+CHORUS_JANUS_REQUIRED=1 in_netns cargo test --workspace --locked --offline
 
 step "fuzz smoke (fuzz/smoke.sh: builds every fuzz target, runs each for 15 s)"
 # Needs a nightly toolchain and cargo-fuzz, which it installs; where they cannot be had it

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use webrtc::peer_connection::RTCPeerConnectionState::Connected;
 
+use crate::light::{LightHub, LightReceiver, LightReport, Sample};
 use crate::load::{
     MEASURED, Progress, ReceivedCounter, STOP, Sink, Snapshot, Video, apply_window, spawn_publisher,
 };
@@ -103,13 +104,19 @@ async fn join_one(
     participant: usize,
     simulcast: bool,
     red: bool,
+    light: Option<&Arc<LightHub>>,
 ) -> Result<Joined> {
     let (room, i) = roster.locate(participant);
     let name = name_of(&roster, participant);
     let start = Instant::now();
     let wire = WireLog::new();
+    // --light: subscribers only; publishers stay full simulated browsers.
+    let runtime = match light.filter(|_| i >= roster.publishers) {
+        Some(hub) => hub.runtime(participant, Arc::clone(&wire)),
+        None => wire_runtime(Arc::clone(&wire)),
+    };
     let options = ClientOptions {
-        runtime: Some(wire_runtime(Arc::clone(&wire))),
+        runtime: Some(runtime),
         audio: chorus_tests::peer::AudioCaps {
             red: red && i < roster.publishers,
             audio_level: red && i < roster.publishers,
@@ -154,20 +161,40 @@ fn arrival(p: &chorus_tests::ReceivedPacket) -> Arrival<'_> {
     }
 }
 
+/// What one client's consumer collected: its accounting, and (`--light`) the decrypted
+/// samples by SSRC.
+type Consumed = (ReceiverStats, HashMap<u32, Sample>);
+
 /// Reads one client's received packets until told to stop.
 async fn consume(
     mut rx: mpsc::UnboundedReceiver<chorus_tests::ReceivedPacket>,
     mut stop: watch::Receiver<bool>,
     seen: ReceivedCounter,
     wire: WireLinks,
-) -> ReceiverStats {
+    light: bool,
+) -> Consumed {
     let mut stats = ReceiverStats::default();
+    let mut samples = HashMap::new();
+    let mut on = |p: &chorus_tests::ReceivedPacket, stats: &mut ReceiverStats| {
+        stats.on_packet(&arrival(p), Some(&wire));
+        if light && let Some(stamp) = crate::media::read_stamp(&p.payload) {
+            samples.insert(
+                p.ssrc,
+                Sample {
+                    publisher: stamp.publisher,
+                    kind: stamp.kind,
+                    seq: p.sequence_number,
+                    counter: stamp.counter,
+                },
+            );
+        }
+    };
     loop {
         tokio::select! {
             biased;
             packet = rx.recv() => match packet {
                 Some(p) => {
-                    stats.on_packet(&arrival(&p), Some(&wire));
+                    on(&p, &mut stats);
                     seen.fetch_add(1, Ordering::Relaxed);
                 }
                 None => break,
@@ -176,9 +203,9 @@ async fn consume(
         }
     }
     while let Ok(p) = rx.try_recv() {
-        stats.on_packet(&arrival(&p), Some(&wire));
+        on(&p, &mut stats);
     }
-    stats
+    (stats, samples)
 }
 
 /// Every publisher's log, by global publisher index.
@@ -384,6 +411,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     tokio::time::sleep(Duration::from_millis(300)).await;
     let empty_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
 
+    let light_hub = opts.light.then(LightHub::new);
     // Publishers first (so that subscribers find tracks), then subscribers.
     let mut joined: Vec<Joined> = Vec::with_capacity(roster.participants());
     for publishers in [true, false] {
@@ -404,7 +432,17 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         ));
         let prefix = room_prefix.as_str();
         let results: Vec<Result<Joined>> = futures_util::stream::iter(who)
-            .map(|p| join_one(http, roster, prefix, p, opts.simulcast, opts.red))
+            .map(|p| {
+                join_one(
+                    http,
+                    roster,
+                    prefix,
+                    p,
+                    opts.simulcast,
+                    opts.red,
+                    light_hub.as_ref(),
+                )
+            })
             .buffer_unordered(opts.join_concurrency.max(1))
             .collect()
             .await;
@@ -434,11 +472,20 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     tokio::time::sleep(SETTLE).await;
     let idle_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
 
+    // --light: the light thread takes the subscribers' sockets over.
+    let light_participants: Vec<usize> = (0..roster.participants())
+        .filter(|p| opts.light && roster.publisher_of(*p).is_none() && roster.receives(*p))
+        .collect();
+    let light = match &light_hub {
+        Some(hub) => Some(LightReceiver::start(hub, opts.light_sample).context("light thread")?),
+        None => None,
+    };
+
     // Receivers: stream every packet into per-client counters.
     let (stop_tx, stop_rx) = watch::channel(false);
     let seen: ReceivedCounter = Arc::new(AtomicU64::new(0));
     let publishers = publisher_logs(&roster, &joined);
-    let mut consumers: Vec<(usize, JoinHandle<ReceiverStats>)> = Vec::new();
+    let mut consumers: Vec<(usize, JoinHandle<Consumed>)> = Vec::new();
     for j in &joined {
         if roster.receives(j.participant) {
             let rx = j.client.received_stream();
@@ -446,9 +493,16 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                 own: Arc::clone(&j.wire),
                 publishers: Arc::clone(&publishers),
             };
+            let is_light = light_participants.contains(&j.participant);
             consumers.push((
                 j.participant,
-                tokio::spawn(consume(rx, stop_rx.clone(), Arc::clone(&seen), wire)),
+                tokio::spawn(consume(
+                    rx,
+                    stop_rx.clone(),
+                    Arc::clone(&seen),
+                    wire,
+                    is_light,
+                )),
             ));
         }
     }
@@ -496,7 +550,13 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         sent_total,
         {
             let seen = Arc::clone(&seen);
-            move || seen.load(Ordering::Relaxed)
+            let light = light.as_ref().map(|l| Arc::clone(&l.counters));
+            move || {
+                seen.load(Ordering::Relaxed)
+                    + light.as_ref().map_or(0, |l| {
+                        l.rtp.load(Ordering::Relaxed) - l.samples.load(Ordering::Relaxed)
+                    })
+            }
         },
         move || pid.and_then(|p| procfs::process_cpu(p).ok()),
     );
@@ -506,6 +566,14 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         settle_layers(&roster, &joined, progress).await;
     }
     switch.store(MEASURED, Ordering::Relaxed);
+    let light_a = light.as_ref().map(|l| {
+        (
+            l.cpu(),
+            l.counters.rtp.load(Ordering::Relaxed),
+            l.counters.samples.load(Ordering::Relaxed),
+            l.counters.bytes.load(Ordering::Relaxed),
+        )
+    });
     let stats_a = server_stats(http).await.ok();
     let a = Snapshot::take(
         pid.and_then(|p| procfs::process_cpu(p).ok()),
@@ -513,6 +581,14 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     );
     tokio::time::sleep(opts.duration()).await;
     let b = Snapshot::take(pid.and_then(|p| procfs::process_cpu(p).ok()), None);
+    let light_b = light.as_ref().map(|l| {
+        (
+            l.cpu(),
+            l.counters.rtp.load(Ordering::Relaxed),
+            l.counters.samples.load(Ordering::Relaxed),
+            l.counters.bytes.load(Ordering::Relaxed),
+        )
+    });
     switch.store(STOP, Ordering::Relaxed);
     let stats_b = server_stats(http).await.ok();
     let b = Snapshot {
@@ -527,12 +603,26 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         let _ = task.await;
     }
     tokio::time::sleep(opts.drain()).await;
+    let light_counts = light.map(LightReceiver::stop);
     let _ = stop_tx.send(true);
     let mut receivers: Vec<Option<ReceiverStats>> = vec![None; roster.participants()];
+    let mut samples: HashMap<usize, HashMap<u32, Sample>> = HashMap::new();
     for (participant, task) in consumers {
-        receivers[participant] = Some(task.await.context("a receiver task failed")?);
+        let (stats, by_ssrc) = task.await.context("a receiver task failed")?;
+        receivers[participant] = Some(stats);
+        samples.insert(participant, by_ssrc);
     }
 
+    if let Some(counts) = &light_counts {
+        // The samples' bytes are not the subscription's: the light thread's window count
+        // is added below.
+        let _ = counts;
+        for p in &light_participants {
+            if let Some(stats) = receivers[*p].as_mut() {
+                stats.bytes = 0;
+            }
+        }
+    }
     let mut report = Collected {
         roster,
         shape,
@@ -542,6 +632,36 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     }
     .into_report("chorus");
     apply_window(&mut report, &a, &b);
+    if let Some(counts) = &light_counts {
+        crate::light::apply(&mut report, &light_participants, counts, &samples, &tallies);
+        if let (
+            Some((cpu_a, rtp_a, samples_a, bytes_a)),
+            Some((cpu_b, rtp_b, samples_b, bytes_b)),
+        ) = (light_a, light_b)
+        {
+            report.forwarded_mbps +=
+                (bytes_b - bytes_a) as f64 * 8.0 / report.window_s.max(1e-9) / 1e6;
+            let cpu_s = match (cpu_a, cpu_b) {
+                (Some(x), Some(y)) => y.saturating_sub(x).as_secs_f64(),
+                _ => 0.0,
+            };
+            let packets = rtp_b - rtp_a;
+            report.light = Some(LightReport {
+                sample_every: opts.light_sample.max(1),
+                receivers: light_participants.len(),
+                packets,
+                samples: samples_b - samples_a,
+                cpu_s,
+                us_per_packet: (packets > 0).then(|| cpu_s * 1e6 / packets as f64),
+                outside: counts
+                    .streams
+                    .values()
+                    .flatten()
+                    .map(|(_, t)| t.outside)
+                    .sum(),
+            });
+        }
+    }
     report.join_ms = Some(Percentiles::from_millis(&join_ms));
     if let (Some(empty), Some(idle), Some(loaded)) = (empty_rss, idle_rss, loaded_rss) {
         let n = roster.participants().max(1) as f64;

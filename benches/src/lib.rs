@@ -7,10 +7,13 @@ mod baseline;
 mod chorus_run;
 mod direct;
 pub mod inmem;
+pub mod janus;
+pub mod light;
 mod load;
 pub mod media;
 pub mod options;
 pub mod procfs;
+pub mod ramp;
 pub mod report;
 pub mod stats;
 pub mod wire;
@@ -18,14 +21,14 @@ pub mod wire;
 use anyhow::Result;
 
 pub use chorus_run::default_server_bin;
-pub use options::{Options, Roster};
+pub use options::{Options, Roster, Target};
 pub use report::{Report, RunReport};
 
 use crate::load::Progress;
 use crate::report::{Machine, Scenario};
 
 /// The scenario as the report states it.
-fn scenario(opts: &Options) -> Scenario {
+pub(crate) fn scenario(opts: &Options) -> Scenario {
     let roster = opts.roster();
     let shape = opts.shape();
     let kinds = report::kinds(&shape).len();
@@ -72,13 +75,26 @@ pub async fn run(opts: &Options) -> Result<Report> {
         },
         chorus: None,
         baseline: None,
+        janus: None,
         ratio: None,
+        janus_ratio: None,
+        ramp: None,
         client_stacks_latency_ms: None,
         loopback_wire_latency_ms: None,
         loopback_wire_unmatched: None,
     };
+    if opts.ramp {
+        report.ramp = Some(ramp::run(opts, &progress).await?);
+        report.finish();
+        return Ok(report);
+    }
     if !opts.baseline_only {
-        report.chorus = Some(chorus_run::run(opts, &progress).await?);
+        for target in &opts.target {
+            match target {
+                Target::Chorus => report.chorus = Some(chorus_run::run(opts, &progress).await?),
+                Target::Janus => report.janus = Some(janus::run(opts, &progress).await?),
+            }
+        }
     }
     if opts.baseline || opts.baseline_only {
         report.baseline = Some(baseline::run(opts, &progress).await?);

@@ -178,7 +178,10 @@ pub(crate) async fn send_video(
                 (seq, ts, i + 1 == sizes.len()),
             );
             match sink.send(packet).await {
-                Ok(()) => tally.record(phase),
+                Ok(()) => {
+                    tally.record(phase);
+                    tally.note_counter(phase, counter);
+                }
                 Err(err) => {
                     tally.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("video send: {err:#}");
@@ -327,7 +330,10 @@ pub(crate) async fn send_audio(
             previous = Some(primary);
         }
         match sink.send(packet).await {
-            Ok(()) => tally.record(phase),
+            Ok(()) => {
+                tally.record(phase);
+                tally.note_counter(phase, counter);
+            }
             Err(err) => {
                 tally.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("audio send: {err:#}");

@@ -92,6 +92,58 @@ pub struct Options {
     /// baseline or --calibrate, which forward every packet of every layer.
     #[arg(long, conflicts_with_all = ["baseline", "baseline_only", "calibrate"])]
     pub simulcast: bool,
+    /// The SFUs to load, one after the other in this order: `chorus`, `janus` (Janus's
+    /// VideoRoom, see --janus-url), or both (`chorus,janus` or `janus,chorus`; alternate the
+    /// order between invocations).
+    #[arg(long, value_delimiter = ',', default_value = "chorus")]
+    pub target: Vec<Target>,
+    /// Janus's HTTP API (`--target janus`). Unless --janus-pid is given, Janus is started
+    /// here with the config in --janus-config, listening on this address.
+    #[arg(long, default_value = "http://127.0.0.1:8088/janus")]
+    pub janus_url: String,
+    /// The `janus` binary (default: `$JANUS_BIN`, else `janus` on the PATH).
+    #[arg(long)]
+    pub janus_bin: Option<PathBuf>,
+    /// The Janus config folder (default: benches/janus in this repo).
+    #[arg(long)]
+    pub janus_config: Option<PathBuf>,
+    /// Use the Janus already running at --janus-url with this pid instead of starting one.
+    #[arg(long)]
+    pub janus_pid: Option<u32>,
+    /// Light receivers (Chorus only): subscribers connect as full simulated browsers
+    /// (signaling, ICE, DTLS), then one thread of this process takes over their sockets,
+    /// receives with recvmmsg and only counts and sequence-checks the SRTP headers; 1 in
+    /// --light-sample packets goes on to the browser stack, which decrypts it, for latency.
+    /// Publishers stay full simulated browsers. See benches/src/light.rs.
+    #[arg(long, conflicts_with_all = ["baseline_only", "simulcast", "calibrate"])]
+    pub light: bool,
+    /// --light: one in this many RTP packets of each receiver is decrypted for latency.
+    #[arg(long, default_value_t = 64)]
+    pub light_sample: u64,
+    /// Raise the load step by step: step k runs k x --rooms rooms (a fresh server each
+    /// step), until loss passes --ramp-loss % or the server latency p99 passes --ramp-p99
+    /// ms, and report the last good step (forwarded packets/s at saturation).
+    #[arg(long)]
+    pub ramp: bool,
+    /// --ramp: the most steps.
+    #[arg(long, default_value_t = 40)]
+    pub ramp_steps: usize,
+    /// --ramp: the first step's multiple of --rooms.
+    #[arg(long, default_value_t = 1)]
+    pub ramp_start: usize,
+    /// --ramp: the loss bound, %.
+    #[arg(long, default_value_t = 0.1)]
+    pub ramp_loss: f64,
+    /// --ramp: the latency bound, server latency (wire) p99, ms.
+    #[arg(long, default_value_t = 20.0)]
+    pub ramp_p99: f64,
+}
+
+/// An SFU the load generator can load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Chorus,
+    Janus,
 }
 
 impl Options {

@@ -168,9 +168,12 @@ pub struct RunReport {
     /// when it said nothing).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub stream_states: std::collections::BTreeMap<String, u64>,
+    /// `--light`: the light receivers' own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub light: Option<crate::light::LightReport>,
 }
 
-/// Chorus relative to the baseline, from the same invocation.
+/// Chorus relative to the baseline (or to Janus), from the same invocation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
     /// Chorus packets/s per core ÷ baseline packets/s per core (the target is ≥ 0.6).
@@ -190,7 +193,14 @@ pub struct Report {
     pub machine: Machine,
     pub chorus: Option<RunReport>,
     pub baseline: Option<RunReport>,
+    /// `--target janus`: Janus's VideoRoom with the same load.
+    pub janus: Option<RunReport>,
     pub ratio: Option<Ratios>,
+    /// Chorus relative to Janus, from the same invocation (CPU per packet < 1: Chorus
+    /// spends less).
+    pub janus_ratio: Option<Ratios>,
+    /// `--ramp`: every step, and the saturation figure.
+    pub ramp: Option<crate::ramp::RampReport>,
     /// `--calibrate`: latency of one simulated browser sending straight to another (no
     /// server), ms: the client stacks' share of Chorus's end-to-end latency figures.
     pub client_stacks_latency_ms: Option<Percentiles>,
@@ -333,6 +343,7 @@ impl Collected<'_> {
             subscriptions,
             layers,
             stream_states: std::collections::BTreeMap::new(),
+            light: None,
         }
     }
 
@@ -513,34 +524,51 @@ impl Report {
     /// Derives what needs more than one run's figures: each run's other load, and the ratios.
     pub fn finish(&mut self) {
         let cores = self.machine.cores;
-        for run in [&mut self.chorus, &mut self.baseline].into_iter().flatten() {
+        for run in [&mut self.chorus, &mut self.baseline, &mut self.janus]
+            .into_iter()
+            .flatten()
+        {
             run.set_other_load(cores);
         }
-        self.compute_ratio();
+        self.ratio = Self::ratio_of(self.chorus.as_ref(), self.baseline.as_ref());
+        self.janus_ratio = Self::ratio_of(self.chorus.as_ref(), self.janus.as_ref());
     }
 
-    fn compute_ratio(&mut self) {
-        let (Some(c), Some(b)) = (&self.chorus, &self.baseline) else {
-            return;
+    fn ratio_of(c: Option<&RunReport>, b: Option<&RunReport>) -> Option<Ratios> {
+        let (Some(c), Some(b)) = (c, b) else {
+            return None;
         };
         let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
             _ => None,
         };
-        self.ratio = Some(Ratios {
+        Some(Ratios {
             pps_per_core: div(c.pps_per_core, b.pps_per_core),
             cpu_per_packet: div(c.cpu_us_per_packet, b.cpu_us_per_packet),
             latency_p50: safe_div(c.latency_ms.p50, b.latency_ms.p50),
             latency_p99: safe_div(c.latency_ms.p99, b.latency_ms.p99),
             wire_latency_p50: safe_div(c.wire_latency_ms.p50, b.wire_latency_ms.p50),
             wire_latency_p99: safe_div(c.wire_latency_ms.p99, b.wire_latency_ms.p99),
-        });
+        })
     }
 
     /// The human-readable table.
     pub fn table(&self) -> String {
         let s = &self.scenario;
         let mut out = String::new();
+        if let Some(ramp) = &self.ramp {
+            let _ = writeln!(
+                out,
+                "ramp of: {} room(s) per step x ({} publishers + {} subscribers); machine: {} cores, {}",
+                s.rooms,
+                s.publishers_per_room,
+                s.subscribers_per_room,
+                self.machine.cores,
+                self.machine.cpu
+            );
+            out.push_str(&ramp.table());
+            return out;
+        }
         let frame = s.media.frame_packets();
         let _ = writeln!(
             out,
@@ -590,17 +618,19 @@ impl Report {
             "offered: {:.0} forwarded packets/s; warm-up {} s, measured {} s; machine: {} cores, {}",
             s.offered_forward_pps, s.warmup_s, s.duration_s, self.machine.cores, self.machine.cpu
         );
-        let runs: Vec<&RunReport> = [&self.chorus, &self.baseline]
+        let runs: Vec<&RunReport> = [&self.chorus, &self.baseline, &self.janus]
             .into_iter()
             .flatten()
             .collect();
-        let both = runs.len() == 2;
+        // Ratio columns: Chorus over each other target.
+        let chorus_first = runs.first().is_some_and(|r| r.target == "chorus");
+        let others = if chorus_first { runs.len() - 1 } else { 0 };
         let _ = write!(out, "\n{:<34}", "");
         for r in &runs {
             let _ = write!(out, "{:>14}", r.target);
         }
-        if both {
-            let _ = write!(out, "{:>18}", "chorus/baseline");
+        for r in runs.iter().skip(1).take(others) {
+            let _ = write!(out, "{:>18}", format!("chorus/{}", r.target));
         }
         out.push('\n');
         let opt = |v: Option<f64>, prec: usize| match v {
@@ -727,6 +757,21 @@ impl Report {
                 0,
             ),
             ("load generator CPU % of a core", |r| r.generator_cpu_pct, 1),
+            (
+                "light receiver CPU % of a core",
+                |r| r.light.as_ref().map(|l| l.cpu_s * 100.0 / r.window_s),
+                1,
+            ),
+            (
+                "light receiver us per packet",
+                |r| r.light.as_ref().and_then(|l| l.us_per_packet),
+                3,
+            ),
+            (
+                "light samples decrypted",
+                |r| r.light.as_ref().map(|l| l.samples as f64),
+                0,
+            ),
             ("machine busy %", |r| r.machine_busy_pct, 1),
             ("other load % of a core", |r| r.other_load_pct, 1),
         ];
@@ -736,11 +781,10 @@ impl Report {
             for v in &values {
                 let _ = write!(out, "{:>14}", opt(*v, prec));
             }
-            if both && let (Some(a), Some(b)) = (values[0], values[1]) {
-                let ratio = if b != 0.0 {
-                    format!("{:.2}", a / b)
-                } else {
-                    "-".into()
+            for other in values.iter().skip(1).take(others) {
+                let ratio = match (values[0], *other) {
+                    (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+                    _ => "-".into(),
                 };
                 let _ = write!(out, "{ratio:>18}");
             }
@@ -796,6 +840,15 @@ impl Report {
                 out,
                 "\nchorus reaches {:.0} % of the baseline's forwarded packets/s per core",
                 share * 100.0
+            );
+        }
+        if let Some(ratio) = &self.janus_ratio
+            && let Some(cpu) = ratio.cpu_per_packet
+        {
+            let _ = writeln!(
+                out,
+                "chorus spends {:.2}x Janus's CPU per forwarded packet; server latency p50 {:.2}x, p99 {:.2}x Janus's",
+                cpu, ratio.wire_latency_p50, ratio.wire_latency_p99
             );
         }
         out

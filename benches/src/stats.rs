@@ -28,6 +28,10 @@ pub struct SendTally {
     /// Simulcast video: packets handed to the stack during the measured window, per layer
     /// (included in `measured`).
     pub layers: [AtomicU64; LAYERS],
+    /// The first measured packet's counter + 1 (0: none yet), for `--light` accounting.
+    pub first_measured: AtomicU64,
+    /// The last measured packet's counter + 1.
+    pub end_measured: AtomicU64,
 }
 
 /// Simulcast layers the load sends (q, h, f).
@@ -49,6 +53,25 @@ impl SendTally {
         {
             count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Notes the counter of a packet handed to the stack (see [`counter_range`](Self::counter_range)).
+    pub fn note_counter(&self, phase: Phase, counter: u64) {
+        if phase == Phase::Measured {
+            let _ = self.first_measured.compare_exchange(
+                0,
+                counter + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            self.end_measured.fetch_max(counter + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The packet counters of the measured window, `from..to`, if any packet was measured.
+    pub fn counter_range(&self) -> Option<(u64, u64)> {
+        let first = self.first_measured.load(Ordering::Relaxed).checked_sub(1)?;
+        Some((first, self.end_measured.load(Ordering::Relaxed)))
     }
 
     /// Measured packets of simulcast layer `layer`.

@@ -117,6 +117,18 @@ pub async fn build_with_audio(
     transport_cc: bool,
     audio: AudioCaps,
 ) -> Result<Arc<dyn PeerConnection>> {
+    build_bound(handler, runtime, transport_cc, audio, "127.0.0.1:0").await
+}
+
+/// [`build_with_audio`] with the UDP socket bound to `udp_addr` instead of `127.0.0.1:0`
+/// (the load generator's Janus peers: Janus refuses loopback candidates).
+pub async fn build_bound(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    runtime: Option<Arc<dyn Runtime>>,
+    transport_cc: bool,
+    audio: AudioCaps,
+    udp_addr: &str,
+) -> Result<Arc<dyn PeerConnection>> {
     let mut media_engine = MediaEngine::default();
     media_engine
         .register_codec(
@@ -194,7 +206,7 @@ pub async fn build_with_audio(
         .with_interceptor_registry(registry)
         .with_setting_engine(setting_engine)
         .with_handler(handler)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .with_udp_addrs(vec![udp_addr.to_owned()])
         .build()
         .await
         .context("building a peer connection")?;
