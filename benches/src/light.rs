@@ -5,7 +5,7 @@
 //! How a light subscriber works:
 //! 1. It is a full simulated browser (`chorus_tests::Client`) until it is connected: signaling,
 //!    ICE and DTLS run in the async `webrtc` stack as for any other participant. Its peer
-//!    connections run on [`LightRuntime`], which keeps a duplicate of every UDP socket's file
+//!    connections run on [`LightHub::runtime`], which keeps a duplicate of every UDP socket's file
 //!    descriptor.
 //! 2. Once every subscription is connected, [`LightReceiver`] takes the sockets over: one
 //!    thread of this process reads all of them with `recvmmsg` (epoll, batches of
@@ -37,19 +37,16 @@ use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chorus_protocol::MediaKind;
+use chorus_tests::socket::WrappedRuntime;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use webrtc::runtime::{
-    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
-    TokioRuntime, Transmit,
-};
+use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Runtime, Transmit};
 
 use crate::report::{RunReport, SubscriptionReport};
 use crate::stats::SendTally;
@@ -109,106 +106,40 @@ impl LightHub {
     }
 
     /// The runtime of one light participant's peer connections.
+    /// webrtc-rs's tokio runtime, whose UDP sockets can be taken over by the light thread:
+    /// each is registered here under a second descriptor.
     pub fn runtime(self: &Arc<Self>, participant: usize, log: Arc<WireLog>) -> Arc<dyn Runtime> {
-        Arc::new(LightRuntime {
-            hub: Arc::clone(self),
-            participant,
-            log,
+        let hub = Arc::clone(self);
+        WrappedRuntime::from_std("tokio+light", move |socket| {
+            hub.register(participant, &log, socket)
         })
     }
-}
 
-/// webrtc-rs's tokio runtime, whose UDP sockets can be taken over by the light thread.
-struct LightRuntime {
-    hub: Arc<LightHub>,
-    participant: usize,
-    log: Arc<WireLog>,
-}
-
-impl std::fmt::Debug for LightRuntime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LightRuntime")
-            .field("participant", &self.participant)
-            .finish()
-    }
-}
-
-impl Runtime for LightRuntime {
-    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
-        TokioRuntime.spawn(future)
-    }
-
-    fn spawn_reactor(
+    /// Wraps one participant's socket for its peer connection, and keeps a duplicate of
+    /// it for the light thread.
+    fn register(
         &self,
-        reactor_pool_size: usize,
-        future: Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Box<dyn JoinHandle> {
-        TokioRuntime.spawn_reactor(reactor_pool_size, future)
-    }
-
-    fn wrap_udp_socket(&self, socket: StdUdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        participant: usize,
+        log: &Arc<WireLog>,
+        socket: StdUdpSocket,
+    ) -> io::Result<Arc<dyn AsyncUdpSocket>> {
         // The same socket under a second descriptor, for the light thread.
         let duplicate = socket.try_clone()?;
         let raw = socket.try_clone()?;
-        let inner = WireSocket::wrap(socket, Arc::clone(&self.log))?;
+        let inner = WireSocket::wrap(socket, Arc::clone(log))?;
         let (to_stack, from_thread) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             light: AtomicBool::new(false),
             from_thread: Mutex::new(from_thread),
         });
-        lock(&self.hub.sockets).push(Registered {
-            participant: self.participant,
+        lock(&self.sockets).push(Registered {
+            participant,
             socket: duplicate,
             to_stack,
-            log: Arc::clone(&self.log),
+            log: Arc::clone(log),
         });
-        lock(&self.hub.shared).push(Arc::clone(&shared));
+        lock(&self.shared).push(Arc::clone(&shared));
         Ok(Arc::new(LightSocket::new(inner, raw, shared)?))
-    }
-
-    fn wrap_tcp_listener(
-        &self,
-        listener: std::net::TcpListener,
-    ) -> io::Result<Arc<dyn AsyncTcpListener>> {
-        TokioRuntime.wrap_tcp_listener(listener)
-    }
-
-    fn connect_tcp<'a>(
-        &'a self,
-        remote_addr: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
-        TokioRuntime.connect_tcp(remote_addr)
-    }
-
-    fn resolve_host<'a>(
-        &'a self,
-        host: &'a str,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
-        TokioRuntime.resolve_host(host)
-    }
-
-    fn now(&self) -> Instant {
-        TokioRuntime.now()
-    }
-
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        TokioRuntime.sleep(duration)
-    }
-
-    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
-        TokioRuntime.interval(period)
-    }
-
-    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
-        TokioRuntime.block_on(future);
-    }
-
-    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        TokioRuntime.yield_now()
-    }
-
-    fn name(&self) -> &'static str {
-        "tokio+light"
     }
 }
 

@@ -22,9 +22,9 @@ use webrtc::runtime::{
     TokioRuntime, Transmit,
 };
 
-/// Turns webrtc-rs's socket into the one a peer connection gets.
+/// Turns a bound UDP socket into the one a peer connection gets.
 pub type SocketWrapper =
-    dyn Fn(Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket> + Send + Sync + 'static;
+    dyn Fn(std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> + Send + Sync + 'static;
 
 /// webrtc-rs's tokio runtime, with every UDP socket passed through a wrapper.
 pub struct WrappedRuntime {
@@ -41,9 +41,24 @@ impl fmt::Debug for WrappedRuntime {
 }
 
 impl WrappedRuntime {
+    /// Every socket as webrtc-rs's tokio runtime makes it, then through `wrap`.
     pub fn new(
         name: &'static str,
         wrap: impl Fn(Arc<dyn AsyncUdpSocket>) -> Arc<dyn AsyncUdpSocket> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Self::from_std(name, move |socket| {
+            Ok(wrap(TokioRuntime.wrap_udp_socket(socket)?))
+        })
+    }
+
+    /// Every socket made by `wrap` from the bound standard socket (for a wrapper that
+    /// needs its descriptor too).
+    pub fn from_std(
+        name: &'static str,
+        wrap: impl Fn(std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>>
+        + Send
+        + Sync
+        + 'static,
     ) -> Arc<Self> {
         Arc::new(Self {
             wrap: Box::new(wrap),
@@ -66,7 +81,7 @@ impl Runtime for WrappedRuntime {
     }
 
     fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        Ok((self.wrap)(TokioRuntime.wrap_udp_socket(socket)?))
+        (self.wrap)(socket)
     }
 
     fn wrap_tcp_listener(
