@@ -4,7 +4,7 @@
 //! stacks; at the sockets, the kernel's loopback alone.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -30,10 +30,41 @@ use crate::wire::{WireLinks, WireLog, wire_runtime};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The receiving side's accounting.
+/// What a receiving peer connection's tracks count into.
 #[derive(Clone)]
-struct Counting {
-    stats: Arc<Mutex<ReceiverStats>>,
-    wire: WireLinks,
+pub(crate) struct Counting {
+    pub stats: Arc<Mutex<ReceiverStats>>,
+    pub wire: WireLinks,
+    /// Packets received, for a caller that watches them arrive.
+    pub seen: Option<Arc<AtomicU64>>,
+}
+
+/// Counts every RTP packet of `track` into `counting` until the track ends.
+pub(crate) fn count_track(track: Arc<dyn TrackRemote>, counting: Counting) {
+    tokio::spawn(async move {
+        while let Some(event) = track.poll().await {
+            match event {
+                TrackRemoteEvent::OnRtpPacket(packet) => {
+                    let arrival = Arrival {
+                        payload: &packet.payload,
+                        at: Instant::now(),
+                        ssrc: packet.header.ssrc,
+                        seq: packet.header.sequence_number,
+                    };
+                    counting
+                        .stats
+                        .lock()
+                        .await
+                        .on_packet(&arrival, Some(&counting.wire));
+                    if let Some(seen) = &counting.seen {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                TrackRemoteEvent::OnEnded => break,
+                _ => {}
+            }
+        }
+    });
 }
 
 struct Handler {
@@ -55,30 +86,9 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let Some(counting) = self.counting.clone() else {
-            return;
-        };
-        tokio::spawn(async move {
-            while let Some(event) = track.poll().await {
-                match event {
-                    TrackRemoteEvent::OnRtpPacket(packet) => {
-                        let arrival = Arrival {
-                            payload: &packet.payload,
-                            at: Instant::now(),
-                            ssrc: packet.header.ssrc,
-                            seq: packet.header.sequence_number,
-                        };
-                        counting
-                            .stats
-                            .lock()
-                            .await
-                            .on_packet(&arrival, Some(&counting.wire));
-                    }
-                    TrackRemoteEvent::OnEnded => break,
-                    _ => {}
-                }
-            }
-        });
+        if let Some(counting) = self.counting.clone() {
+            count_track(track, counting);
+        }
     }
 }
 
@@ -148,6 +158,7 @@ pub(crate) async fn run(opts: &Options) -> Result<DirectLatency> {
             own: Arc::clone(&receiver_log),
             publishers: vec![Arc::clone(&sender_log)].into(),
         },
+        seen: None,
     };
     let stats = Arc::clone(&counting.stats);
     let (sender, sender_candidates, sender_state) = build(None, &sender_log).await?;

@@ -43,19 +43,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
     RTCPeerConnectionState,
 };
 
+use crate::direct::{Counting, count_track};
 use crate::load::{
     MEASURED, Progress, STOP, Sink, Snapshot, Video, WARMUP, apply_window, spawn_publisher,
 };
 use crate::options::{Options, Roster};
 use crate::procfs;
 use crate::report::{Collected, Memory, RunReport};
-use crate::stats::{Arrival, Percentiles, ReceiverStats, SendTally};
+use crate::stats::{Percentiles, ReceiverStats, SendTally};
 use crate::wire::{WireLinks, WireLog, wire_runtime};
 
 /// How long joining and negotiating everyone may take.
@@ -507,14 +508,6 @@ struct Handler {
     counting: Option<Counting>,
 }
 
-/// A receiver's accounting, fed by every track it receives.
-#[derive(Clone)]
-struct Counting {
-    stats: Arc<tokio::sync::Mutex<ReceiverStats>>,
-    wire: WireLinks,
-    seen: Arc<AtomicU64>,
-}
-
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
@@ -537,31 +530,9 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let Some(counting) = self.counting.clone() else {
-            return;
-        };
-        tokio::spawn(async move {
-            while let Some(event) = track.poll().await {
-                match event {
-                    TrackRemoteEvent::OnRtpPacket(packet) => {
-                        let arrival = Arrival {
-                            payload: &packet.payload,
-                            at: Instant::now(),
-                            ssrc: packet.header.ssrc,
-                            seq: packet.header.sequence_number,
-                        };
-                        counting
-                            .stats
-                            .lock()
-                            .await
-                            .on_packet(&arrival, Some(&counting.wire));
-                        counting.seen.fetch_add(1, Ordering::Relaxed);
-                    }
-                    TrackRemoteEvent::OnEnded => break,
-                    _ => {}
-                }
-            }
-        });
+        if let Some(counting) = self.counting.clone() {
+            count_track(track, counting);
+        }
     }
 }
 
@@ -959,7 +930,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                     own: Arc::clone(&logs[p]),
                     publishers: Arc::clone(&publisher_logs),
                 },
-                seen: Arc::clone(&seen),
+                seen: Some(Arc::clone(&seen)),
             };
             join_receiver(&session, roster, p, &feeds, &logs[p], counting)
         })
