@@ -328,6 +328,33 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Option<(&str, &str)>,
 ) -> Result<(u16, String)> {
+    let response = http_exchange(addr, method, path, headers, body).await?;
+    Ok((response.status, response.body))
+}
+
+/// One HTTP response: status, headers (lower-case names) and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// A header's value, by its lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// [`http_request`], with the response's headers.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> Result<HttpResponse> {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -339,7 +366,7 @@ pub async fn http_request(
         )),
         None => request.push_str("Content-Length: 0\r\n\r\n"),
     }
-    wait::within(Duration::from_secs(5), "an HTTP response", async {
+    wait::within(Duration::from_secs(15), "an HTTP response", async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
@@ -349,7 +376,7 @@ pub async fn http_request(
     .await?
 }
 
-fn parse_http_response(raw: &[u8]) -> Result<(u16, String)> {
+fn parse_http_response(raw: &[u8]) -> Result<HttpResponse> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -371,10 +398,17 @@ fn parse_http_response(raw: &[u8]) -> Result<(u16, String)> {
     } else {
         body.to_vec()
     };
-    Ok((
+    let headers = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpResponse {
         status,
-        String::from_utf8(body).context("body is not UTF-8")?,
-    ))
+        headers,
+        body: String::from_utf8(body).context("body is not UTF-8")?,
+    })
 }
 
 fn dechunk(mut body: &[u8]) -> Result<Vec<u8>> {
@@ -414,13 +448,16 @@ mod tests {
 
     #[test]
     fn http_bodies_parse_plain_and_chunked() {
-        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(parse_http_response(plain).unwrap(), (200, "{}".into()));
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        let response = parse_http_response(plain).unwrap();
+        assert_eq!((response.status, response.body.as_str()), (200, "{}"));
+        assert_eq!(response.header("content-length"), Some("2"));
         let chunked =
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n3\r\n\":1\r\n1\r\n}\r\n0\r\n\r\n";
+        let response = parse_http_response(chunked).unwrap();
         assert_eq!(
-            parse_http_response(chunked).unwrap(),
-            (200, "{\"a\":1}".into())
+            (response.status, response.body.as_str()),
+            (200, "{\"a\":1}")
         );
     }
 }

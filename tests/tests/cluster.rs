@@ -645,3 +645,38 @@ async fn a_node_whose_clock_is_far_off_keeps_its_rooms_until_its_key_expires() -
     ensure!(nodes.iter().any(|n| n.addr() == node), "placed on {node}");
     Ok(())
 }
+
+/// WHIP and WHEP in a cluster: a POST to a node that does not host the room is redirected
+/// (`307`, RFC 9725 section 4.5) to the same endpoint on the room's node, query kept, so
+/// that a broadcast publisher or player never starts a second copy of a room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_and_whep_posts_are_redirected_to_the_rooms_node() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "").await?;
+    let (_ada, host) = join_via(nodes[0].addr(), "show", "ada").await?;
+    // An offer the endpoints take a first look at (a video section): the redirect comes
+    // before any peer connection would see it.
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\na=sendrecv\r\n";
+    let others: Vec<&Node> = nodes.iter().filter(|n| n.addr() != host).collect();
+    ensure!(others.len() == 2, "two nodes do not host the room");
+    for node in others {
+        for (path, query) in [("whip", "name=Cam%201"), ("whep", "participant=ada")] {
+            let response = chorus_tests::harness::http_exchange(
+                node.addr(),
+                "POST",
+                &format!("/{path}/show?{query}"),
+                &[],
+                Some(("application/sdp", offer)),
+            )
+            .await?;
+            let wanted = format!("http://{host}/{path}/show?{query}");
+            ensure!(
+                response.status == 307 && response.header("location") == Some(wanted.as_str()),
+                "{path} on {}: {response:?}, wanted a redirect to {wanted}",
+                node.id
+            );
+        }
+    }
+    Ok(())
+}

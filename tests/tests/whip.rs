@@ -4,7 +4,6 @@
 //! call. Build the server first: `cargo build -p chorus`. That the publisher's media
 //! decodes in a browser is shown by `tests/browser/specs/19-whip.test.js`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use chorus_protocol::{MediaKind, ParticipantId, ServerMessage, TrackId};
+use chorus_tests::harness::{HttpResponse as Response, http_exchange};
 use chorus_tests::{Client, MediaRate, Server, init_tracing};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Generous bound for anything signaling or media related on a loaded 2-core machine.
@@ -26,20 +25,13 @@ const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
 /// no peer connection could answer: no ICE credentials, no fingerprint.
 const BROKEN_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:96 VP8/90000\r\na=sendonly\r\n";
 
-/// One HTTP response: status, headers (lower-case names) and body.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
+/// Checks on a response of the WHIP and WHEP endpoints.
+trait Problem {
+    /// Checks that this is an RFC 9457 problem with `status`.
+    fn expect_problem(&self, status: u16, what: &str) -> Result<serde_json::Value>;
 }
 
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-
-    /// Checks that this is an RFC 9457 problem with `status`.
+impl Problem for Response {
     fn expect_problem(&self, status: u16, what: &str) -> Result<serde_json::Value> {
         ensure!(
             self.status == status,
@@ -70,37 +62,19 @@ async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Response> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    let raw = tokio::time::timeout(T, async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(head.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        anyhow::Ok(raw)
-    })
+    let mut headers = headers.to_vec();
+    let content_type = headers
+        .iter()
+        .position(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|i| headers.remove(i).1);
+    http_exchange(
+        addr,
+        method,
+        path,
+        &headers,
+        content_type.map(|t| (t, body)),
+    )
     .await
-    .context("an HTTP response in time")??;
-    let text = String::from_utf8(raw).context("a UTF-8 response")?;
-    let (head, body) = text.split_once("\r\n\r\n").context("a response head")?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .context("a status line")?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
 }
 
 async fn post_offer(

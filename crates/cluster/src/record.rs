@@ -132,6 +132,19 @@ pub fn ws_url(url: &str) -> String {
     format!("{swapped}/ws")
 }
 
+/// The inverse of [`ws_url`]: `ws(s)://host[:port][/prefix]/ws` →
+/// `http(s)://host[:port][/prefix]`, the base of the node's HTTP endpoints (WHIP, WHEP).
+pub fn http_url(ws: &str) -> String {
+    let base = ws.strip_suffix("/ws").unwrap_or(ws);
+    if let Some(rest) = base.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if let Some(rest) = base.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else {
+        base.to_owned()
+    }
+}
+
 /// The `scheme://authority` part of a URL.
 pub fn origin_of(url: &str) -> &str {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
@@ -202,6 +215,9 @@ mod tests {
     #[test]
     fn urls_and_origins() {
         assert_eq!(ws_url("http://127.0.0.1:8081"), "ws://127.0.0.1:8081/ws");
+        for base in ["http://127.0.0.1:8081", "https://example.com/chorus"] {
+            assert_eq!(http_url(&ws_url(base)), base);
+        }
         assert_eq!(ws_url("https://n2.example.com/"), "wss://n2.example.com/ws");
         assert_eq!(
             ws_url("https://example.com/chorus"),

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chorus_cluster::JoinRoute;
 use chorus_protocol::{ClientMessage, ErrorCode, ParticipantId, RoomId, ServerMessage};
 use chorus_sfu::Membership;
 use dashmap::DashMap;
@@ -398,6 +399,44 @@ pub(crate) fn accept_offer(
         }
     };
     Ok((room, sdp, admitted))
+}
+
+/// In a cluster, whether the room lives on this node: else `307 Temporary Redirect` to the
+/// same endpoint on the room's node (RFC 9725 section 4.5 lets WHIP and WHEP clients
+/// follow it), or `503` when the cluster cannot say (Redis unreachable, every node
+/// draining). `query` is the endpoint's query string, kept across the redirect.
+pub(crate) async fn placed_here(
+    state: &crate::AppState,
+    endpoint: &str,
+    room: &RoomId,
+    query: Option<(&str, &str)>,
+) -> Result<(), Response> {
+    let Some(cluster) = &state.config.cluster else {
+        return Ok(());
+    };
+    match cluster.route_join(room).await {
+        Ok(JoinRoute::Local) => Ok(()),
+        Ok(JoinRoute::Redirect { url, .. }) => {
+            let mut location = format!(
+                "{}/{endpoint}/{}",
+                chorus_cluster::record::http_url(&url),
+                whip::encode_segment(room.as_str())
+            );
+            if let Some((key, value)) = query {
+                location.push_str(&format!("?{key}={}", whip::encode_segment(value)));
+            }
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            Err(response)
+        }
+        Err(err) => Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ClusterUnavailable,
+            err.to_string(),
+        )),
+    }
 }
 
 /// The per-address join limit, which WHIP and WHEP sessions count towards like joins.

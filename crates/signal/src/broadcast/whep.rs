@@ -83,6 +83,16 @@ async fn view(
             "the token's grants do not allow receiving (canSubscribe)",
         );
     }
+    if let Err(refusal) = super::placed_here(
+        state,
+        "whep",
+        &room,
+        query.participant.as_deref().map(|p| ("participant", p)),
+    )
+    .await
+    {
+        return refusal;
+    }
     if let Err(refusal) = allow_join(state, peer, headers) {
         return refusal;
     }

@@ -87,6 +87,16 @@ async fn publish(
             "the token's grants do not allow publishing (canPublish)",
         );
     }
+    if let Err(refusal) = super::placed_here(
+        state,
+        "whip",
+        &room,
+        query.name.as_deref().map(|n| ("name", n)),
+    )
+    .await
+    {
+        return refusal;
+    }
     if let Err(refusal) = allow_join(state, peer, headers) {
         return refusal;
     }
