@@ -433,6 +433,10 @@ function reportJoinError(err) {
     case 'invalidName':
       showBanner('join-failed', `The server refused that name: ${err.message}`, { level: 'error' });
       break;
+    case 'clusterUnavailable':
+    case 'serverDraining':
+      showBanner('join-failed', 'The server is restarting or cannot reach the rest of its cluster. Try again in a moment.', { level: 'error' });
+      break;
     case 'unreachable':
     case 'closed':
     case 'timeout':
