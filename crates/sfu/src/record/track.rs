@@ -146,7 +146,9 @@ impl Timeline {
         self.last_in = None;
     }
 
-    fn map(&mut self, ts: u32, arrival: Instant, clock: u32) -> u64 {
+    /// The output position of a packet with RTP timestamp `ts`; a new source starts
+    /// `min_gap` ticks after the last output at least.
+    fn map(&mut self, ts: u32, arrival: Instant, clock: u32, min_gap: u64) -> u64 {
         let ext = match self.last_in {
             None => {
                 let ext = (1u64 << 32) + u64::from(ts);
@@ -154,7 +156,7 @@ impl Timeline {
                     None => 1u64 << 33,
                     Some((out, at)) => {
                         let gap = arrival.saturating_duration_since(at).as_secs_f64();
-                        out + ((gap * f64::from(clock)) as u64).max(1)
+                        out + ((gap * f64::from(clock)) as u64).max(min_gap)
                     }
                 };
                 self.offset = target as i64 - ext as i64;
@@ -173,6 +175,12 @@ impl Timeline {
         out
     }
 }
+
+/// The least time (90 kHz ticks) between the last frame of one layer and the first of the
+/// layer switched to: one frame at 15 fps. The new layer's keyframe is often of the same
+/// capture instant as the old layer's last frame; a few ticks apart, players and ffmpeg
+/// (which re-times frames at the stream's frame rate) see two frames at one time.
+const MIN_SWITCH_GAP: u64 = 6_000;
 
 /// A track being recorded into one file.
 pub struct TrackRecorder<W: Write + Seek> {
@@ -331,9 +339,16 @@ impl<W: Write + Seek> TrackRecorder<W> {
             return Ok(());
         }
         self.report.packets_lost += lost;
-        let out = self
-            .timeline
-            .map(packet.timestamp, packet.arrival, self.codec.clock_rate());
+        let min_gap = match self.codec {
+            TrackCodec::Opus { .. } => 1,
+            TrackCodec::Video(_) => MIN_SWITCH_GAP,
+        };
+        let out = self.timeline.map(
+            packet.timestamp,
+            packet.arrival,
+            self.codec.clock_rate(),
+            min_gap,
+        );
         match self.codec {
             TrackCodec::Opus { red } => self.release_audio(packet, out, red, open),
             TrackCodec::Video(_) => self.release_video(packet, out, lost > 0, open),
@@ -642,6 +657,23 @@ mod tests {
         assert_eq!(pts, vec![0, 3000, 6000, 15000, 18000]);
         assert_eq!(rec.report().frames, 5);
         assert_eq!(rec.report().frames_skipped, 2);
+    }
+
+    #[test]
+    fn a_switch_keyframe_of_the_same_instant_comes_one_frame_later() {
+        let t = Instant::now();
+        let mut rec = TrackRecorder::new(TrackCodec::Video(VideoCodec::Vp8));
+        let mut open = new_file();
+        rec.push(packet(10, 5000, true, &vp8(true, 0), t), &mut open)
+            .unwrap();
+        // the new layer's keyframe of the same capture, arriving with it
+        let mut p = packet(500, 77_000, true, &vp8(true, 1), t);
+        p.switched = true;
+        p.ssrc = 2;
+        rec.push(p, &mut open).unwrap();
+        rec.poll(t + Duration::from_secs(1), &mut open).unwrap();
+        assert_eq!(rec.report().frames, 2);
+        assert_eq!(rec.report().duration_ticks, MIN_SWITCH_GAP);
     }
 
     #[test]
