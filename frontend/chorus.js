@@ -781,16 +781,7 @@ export class ChorusClient {
   /** Drops the socket quietly and points `url` at the room's node; the join goes on there. */
   _followRedirect(url) {
     this._log('redirected to', url);
-    const ws = this._socket;
-    this._epoch++;
-    this._socket = null;
-    this._socketOpen = null;
-    try {
-      if (ws) {
-        ws.onclose = null;
-        ws.close();
-      }
-    } catch {}
+    this._dropSocket();
     this.url = url;
     this._emit('redirect', { url, room: this.room });
   }
@@ -807,16 +798,7 @@ export class ChorusClient {
         this.lastBye = null;
         // Back through the entry: the node that hosted the call may be the one that failed.
         if (this.url !== this.entryUrl) {
-          const ws = this._socket;
-          this._epoch++;
-          this._socket = null;
-          this._socketOpen = null;
-          try {
-            if (ws) {
-              ws.onclose = null;
-              ws.close();
-            }
-          } catch {}
+          this._dropSocket();
           this.url = this.entryUrl;
         }
         await this._connectAndJoin();
@@ -1165,6 +1147,13 @@ export class ChorusClient {
 
   /** Drops the WebSocket and joins again on a new one (what a network change needs). */
   _restartSession() {
+    this._dropSocket();
+    this._failWaiters(new ChorusError('closed', 'restarting the session'));
+    this._scheduleReconnect();
+  }
+
+  /** Closes the WebSocket without the close handler's reconnect; its late messages are ignored (a new epoch). */
+  _dropSocket() {
     const ws = this._socket;
     this._epoch++;
     this._socket = null;
@@ -1175,8 +1164,6 @@ export class ChorusClient {
         ws.close();
       }
     } catch {}
-    this._failWaiters(new ChorusError('closed', 'restarting the session'));
-    this._scheduleReconnect();
   }
 
   _flushLocalCandidates(role) {
