@@ -93,6 +93,26 @@ pub(crate) async fn endpoint_options(
     }
 }
 
+/// Answers a `POST /whip/{room}` or `/whep/{room}`: refused for an origin outside the
+/// policy, else `work` runs on a task of its own (a client that hangs up mid-request must
+/// not leave a participant joined without its peer, which would have nothing to time out)
+/// and its response gets the CORS headers.
+pub(crate) async fn answer_post<F>(
+    state: crate::AppState,
+    headers: HeaderMap,
+    work: impl FnOnce(crate::AppState, HeaderMap) -> F,
+) -> Response
+where
+    F: std::future::Future<Output = Response> + Send + 'static,
+{
+    let cors = Cors::of(&headers, &state.config.allowed_origins);
+    if matches!(cors, Cors::Refused) {
+        return Cors::refusal();
+    }
+    let work = tokio::spawn(work(state, headers));
+    cors.apply(work.await.unwrap_or_else(|_| internal_error()))
+}
+
 /// `OPTIONS` on a session resource: CORS preflight for `PATCH` and `DELETE`.
 pub(crate) async fn resource_options(
     axum::extract::State(state): axum::extract::State<crate::AppState>,

@@ -25,8 +25,7 @@ use tokio::sync::mpsc;
 
 use super::whip::{encode_segment, join_refusal};
 use super::{
-    Cors, SDP, Session, Sessions, TRICKLE_FRAGMENT, accept_offer, allow_join, forget, ice_ufrag,
-    problem,
+    SDP, Session, Sessions, TRICKLE_FRAGMENT, accept_offer, allow_join, forget, ice_ufrag, problem,
 };
 use crate::AppState;
 use crate::session::SESSION_QUEUE;
@@ -54,14 +53,10 @@ pub(crate) async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let cors = Cors::of(&headers, &state.config.allowed_origins);
-    if matches!(cors, Cors::Refused) {
-        return Cors::refusal();
-    }
-    // On a task of its own: a client that hangs up mid-request must not leave a viewer
-    // joined without its peer (it would have none to time out).
-    let work = tokio::spawn(async move { view(&state, peer, room, query, &headers, &body).await });
-    cors.apply(work.await.unwrap_or_else(|_| super::internal_error()))
+    super::answer_post(state, headers, |state, headers| async move {
+        view(&state, peer, room, query, &headers, &body).await
+    })
+    .await
 }
 
 async fn view(

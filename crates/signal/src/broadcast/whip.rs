@@ -28,9 +28,7 @@ use chorus_protocol::{ClientMessage, ErrorCode, ServerMessage};
 use chorus_sfu::{Admission, JoinError};
 use tokio::sync::mpsc;
 
-use super::{
-    Cors, SDP, Session, TRICKLE_FRAGMENT, accept_offer, allow_join, drain, ice_ufrag, problem,
-};
+use super::{SDP, Session, TRICKLE_FRAGMENT, accept_offer, allow_join, drain, ice_ufrag, problem};
 use crate::AppState;
 use crate::session::SESSION_QUEUE;
 
@@ -56,15 +54,10 @@ pub(crate) async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let cors = Cors::of(&headers, &state.config.allowed_origins);
-    if matches!(cors, Cors::Refused) {
-        return Cors::refusal();
-    }
-    // On a task of its own: a client that hangs up mid-request must not leave a
-    // participant joined without its offer (it would have no peer to time out).
-    let work =
-        tokio::spawn(async move { publish(&state, peer, room, query, &headers, &body).await });
-    cors.apply(work.await.unwrap_or_else(|_| super::internal_error()))
+    super::answer_post(state, headers, |state, headers| async move {
+        publish(&state, peer, room, query, &headers, &body).await
+    })
+    .await
 }
 
 async fn publish(
