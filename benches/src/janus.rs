@@ -1021,16 +1021,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         report.set_cpu(c1.saturating_sub(c0), report.received_packets);
     }
     report.join_ms = Some(Percentiles::from_millis(&join_ms));
-    if let (Some(empty), Some(idle), Some(loaded)) = (empty_rss, idle_rss, loaded_rss) {
-        let n = roster.participants().max(1) as f64;
-        report.memory = Some(Memory {
-            empty_kib: empty,
-            idle_kib: idle,
-            loaded_kib: loaded,
-            idle_per_participant_kib: idle.saturating_sub(empty) as f64 / n,
-            loaded_per_participant_kib: loaded.saturating_sub(empty) as f64 / n,
-        });
-    }
+    report.memory = Memory::from_samples(empty_rss, idle_rss, loaded_rss, roster.participants());
 
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         for p in publishers

@@ -106,6 +106,27 @@ pub struct Memory {
     pub loaded_per_participant_kib: f64,
 }
 
+impl Memory {
+    /// The figures from the three samples, when all three were read, with the growth per
+    /// participant over the empty server.
+    pub fn from_samples(
+        empty: Option<u64>,
+        idle: Option<u64>,
+        loaded: Option<u64>,
+        participants: usize,
+    ) -> Option<Self> {
+        let (empty, idle, loaded) = (empty?, idle?, loaded?);
+        let n = participants.max(1) as f64;
+        Some(Self {
+            empty_kib: empty,
+            idle_kib: idle,
+            loaded_kib: loaded,
+            idle_per_participant_kib: idle.saturating_sub(empty) as f64 / n,
+            loaded_per_participant_kib: loaded.saturating_sub(empty) as f64 / n,
+        })
+    }
+}
+
 /// One target's figures (Chorus or the baseline).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
