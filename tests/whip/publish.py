@@ -18,16 +18,11 @@ Only loopback candidates are gathered (aioice is told this machine has only 127.
 import argparse
 import asyncio
 import fractions
-import json
 import math
 import signal
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
-import aioice.ice
 import av
 from aiortc import (
     MediaStreamTrack,
@@ -38,8 +33,7 @@ from aiortc import (
 )
 from aiortc import rtcdtlstransport
 
-# Loopback only: the tests run in a network namespace where lo is the only interface.
-aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+from common import delete, emit, post_offer, stop_event
 
 WIDTH, HEIGHT, FPS = 320, 240, 20
 RATE, FRAME_SAMPLES = 48000, 960  # 20 ms of 48 kHz audio
@@ -119,15 +113,6 @@ class Tone(MediaStreamTrack):
         return frame
 
 
-def http(method, url, body=None, headers=None):
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read().decode()
-
-
 def video_codecs(sdp):
     """The codec names of the answer's video section, in its order."""
     names, video = [], False
@@ -137,10 +122,6 @@ def video_codecs(sdp):
         elif video and line.startswith("a=rtpmap:"):
             names.append(line.split(" ", 1)[1].split("/")[0])
     return names
-
-
-def emit(**fields):
-    print(json.dumps(fields), flush=True)
 
 
 async def main():
@@ -169,35 +150,21 @@ async def main():
         video.setCodecPreferences([c for c in caps if c.mimeType.lower() in ("video/h264", "video/rtx")])
     await pc.setLocalDescription(await pc.createOffer())
 
-    headers = {"Content-Type": "application/sdp"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
     loop = asyncio.get_running_loop()
-    status, response_headers, body = await loop.run_in_executor(
-        None, http, "POST", args.url, pc.localDescription.sdp.encode(), headers
-    )
-    lower = {k.lower(): v for k, v in response_headers.items()}
-    location = lower.get("location")
-    emit(event="posted", status=status, location=location, contentType=lower.get("content-type"), body=body if status != 201 else None)
+    status, resource, body = await post_offer(args.url, pc.localDescription.sdp, args.token)
     if status != 201 or args.post_only:
         await pc.close()
         return 0 if status == 201 else 1
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     emit(event="answered", videoCodecs=video_codecs(body))
-    resource = urllib.parse.urljoin(args.url, location)
 
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    stop = stop_event()
 
     def toggle():
         tone.on = not tone.on
         emit(event="tone", on=tone.on)
 
     loop.add_signal_handler(signal.SIGUSR1, toggle)
-    try:
-        loop.add_reader(sys.stdin, lambda: stop.set() if not sys.stdin.readline() else None)
-    except (PermissionError, ValueError, OSError):
-        pass  # stdin is a file (such as /dev/null): --seconds and SIGTERM only
     deadline = loop.time() + args.seconds
     connected_said = False
     while not stop.is_set() and loop.time() < deadline:
@@ -211,8 +178,7 @@ async def main():
             await asyncio.wait_for(stop.wait(), 0.2)
         except asyncio.TimeoutError:
             pass
-    status, _, body = await loop.run_in_executor(None, http, "DELETE", resource, None, {})
-    emit(event="deleted", status=status)
+    await delete(resource)
     await pc.close()
     return 0
 

@@ -12,34 +12,14 @@ pass, with a DELETE of the session.
 
 import argparse
 import asyncio
-import json
 import math
-import signal
 import struct
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-# Loopback only: the tests run in a network namespace where lo is the only interface.
-aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-
-
-def http(method, url, body=None, headers=None):
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read().decode()
-
-
-def emit(**fields):
-    print(json.dumps(fields), flush=True)
+from common import delete, emit, post_offer, stop_event
 
 
 class Seen:
@@ -110,28 +90,14 @@ async def main():
     pc.addTransceiver("video", direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())
 
-    headers = {"Content-Type": "application/sdp"}
-    if args.token:
-        headers["Authorization"] = f"Bearer {args.token}"
     loop = asyncio.get_running_loop()
-    status, response_headers, body = await loop.run_in_executor(
-        None, http, "POST", args.url, pc.localDescription.sdp.encode(), headers
-    )
-    lower = {k.lower(): v for k, v in response_headers.items()}
-    location = lower.get("location")
-    emit(event="posted", status=status, location=location, contentType=lower.get("content-type"), body=body if status != 201 else None)
+    status, resource, body = await post_offer(args.url, pc.localDescription.sdp, args.token)
     if status != 201:
         await pc.close()
         return 1
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-    resource = urllib.parse.urljoin(args.url, location)
 
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    try:
-        loop.add_reader(sys.stdin, lambda: stop.set() if not sys.stdin.readline() else None)
-    except (PermissionError, ValueError, OSError):
-        pass  # stdin is a file (such as /dev/null): --seconds and SIGTERM only
+    stop = stop_event()
     deadline = loop.time() + args.seconds
     while not stop.is_set() and loop.time() < deadline:
         try:
@@ -139,8 +105,7 @@ async def main():
         except asyncio.TimeoutError:
             pass
         emit(event="stats", state=pc.connectionState, video=seen.video, size=seen.size, color=seen.color, audio=seen.audio, rms=round(seen.rms, 1))
-    status, _, body = await loop.run_in_executor(None, http, "DELETE", resource, None, {})
-    emit(event="deleted", status=status)
+    await delete(resource)
     for task in tasks:
         task.cancel()
     await pc.close()
