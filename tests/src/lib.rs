@@ -13,6 +13,7 @@ pub mod layered;
 pub mod media;
 pub mod peer;
 pub mod raw;
+pub mod scenario;
 pub mod socket;
 pub mod wait;
 

@@ -413,6 +413,8 @@ pub struct MediaConfig {
     /// A STUN server (`host:port`) asked at start-up for this server's public IP, which is
     /// then announced too. None: no discovery.
     pub stun_discovery: Option<String>,
+    /// Media worker threads, each with its own socket on the media port; 0: one per core.
+    pub workers: usize,
 }
 
 impl Default for MediaConfig {
@@ -424,6 +426,7 @@ impl Default for MediaConfig {
             announced_ips: Vec::new(),
             srtp_profiles: vec!["aead_aes_128_gcm".into(), "aead_aes_256_gcm".into()],
             stun_discovery: None,
+            workers: 0,
         }
     }
 }
@@ -596,7 +599,19 @@ impl IceServerConfig {
     }
 }
 
+/// The most media workers a server runs (each is a thread with a socket).
+pub const MAX_MEDIA_WORKERS: usize = 256;
+
 impl MediaConfig {
+    /// How many media workers to run: `workers`, or one per core when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+        .min(MAX_MEDIA_WORKERS)
+    }
+
     /// `media.stun_discovery` as a URL (`host:port`, `stun:` optional), if set.
     pub fn stun_discovery_url(&self) -> Option<Result<IceUrl, String>> {
         let server = self.stun_discovery.as_deref()?;
@@ -636,6 +651,12 @@ impl Config {
                     chorus_sfu::peer::SRTP_PROFILE_NAMES.join(", ")
                 );
             }
+        }
+        if self.media.workers > MAX_MEDIA_WORKERS {
+            bail!(
+                "media.workers: {} is more than {MAX_MEDIA_WORKERS}",
+                self.media.workers
+            );
         }
         if self.media.srtp_profiles.is_empty() {
             bail!("media.srtp_profiles must name at least one profile");

@@ -138,13 +138,29 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
-    let udp = chorus_sfu::net::bind_udp(config.media.udp_listen)
+    let workers = config.media.worker_count();
+    let udp = chorus_sfu::net::bind_udp_shared(config.media.udp_listen, workers > 1)
         .with_context(|| format!("binding media UDP {}", config.media.udp_listen))?;
     let udp_addr = udp.local_addr()?;
+    // Before the other workers' sockets join the port: the answer comes back to this one.
     if let Some(ip) = discover_public_ip(&config, &udp).await
         && !config.media.announced_ips.contains(&ip)
     {
         config.media.announced_ips.push(ip);
+    }
+    let mut sockets = vec![udp];
+    sockets.extend(
+        chorus_sfu::net::bind_udp_more(&sockets[0], workers - 1)
+            .with_context(|| format!("binding {workers} media sockets on {udp_addr}"))?,
+    );
+    match chorus_sfu::net::receive_buffer_bytes(&sockets[0]) {
+        Ok(bytes) if bytes < chorus_sfu::net::SOCKET_BUFFER_BYTES => tracing::warn!(
+            bytes,
+            wanted = chorus_sfu::net::SOCKET_BUFFER_BYTES,
+            "the media socket's receive buffer is small and bursts may be lost; run as root \
+             or raise net.core.rmem_max"
+        ),
+        _ => {}
     }
     let candidates = chorus_sfu::net::host_candidates(udp_addr, &config.media.announced_ips);
     let (tcp, tcp_candidates) = if config.media.ice_tcp {
@@ -163,18 +179,19 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         None => "off".to_owned(),
     };
     tracing::info!(?candidates, ?tcp_candidates, "announcing host candidates");
-    let worker = chorus_sfu::worker::spawn(
-        udp,
+    tracing::info!(workers, %udp_addr, "media workers");
+    let workers = chorus_sfu::worker::spawn(
+        sockets,
         tcp,
-        PeerSettings {
+        &PeerSettings {
             candidates,
             tcp_candidates,
             srtp_profiles: config.media.srtp_profiles.clone(),
             audio: config.audio.options(),
         },
-        Arc::new(AtomicU64::new(1)),
+        &Arc::new(AtomicU64::new(1)),
     )
-    .context("starting the media worker")?;
+    .context("starting the media workers")?;
     let ttl = Duration::from_secs(config.ice.credential_ttl_secs);
     let ice_servers: Vec<(Vec<String>, TurnAuth)> = config
         .ice
@@ -209,7 +226,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         None => (None, None),
     };
     let hub = Hub::new(
-        worker,
+        workers,
         HubConfig {
             limits: RoomLimits {
                 max_participants: config.limits.max_participants_per_room,

@@ -19,6 +19,9 @@ use crate::latency::{JOIN_LATENCY_BUCKETS, LatencyHistogram, LatencySnapshot};
 use crate::record::{RecordError, RecordingStats};
 use crate::room::{AdminAction, AdminError, RoomLimits};
 use crate::room_task;
+use crate::MediaError;
+use crate::handoff::WorkerIndex;
+use crate::placement::{WorkerLoad, place_room};
 use crate::worker::{WorkerHandle, WorkerStats};
 
 /// Commands to one room task. Bounded: a session awaits space, which slows only that
@@ -136,11 +139,14 @@ pub(crate) struct RoomEntry {
     pub(crate) tx: mpsc::Sender<RoomCommand>,
     pub(crate) members: Arc<AtomicUsize>,
     pub(crate) generation: u64,
+    /// The media worker the room lives on.
+    pub(crate) worker: WorkerIndex,
 }
 
 pub(crate) struct HubInner {
     pub(crate) rooms: DashMap<RoomId, RoomEntry>,
-    pub(crate) worker: WorkerHandle,
+    /// The media workers, by index (at least one).
+    pub(crate) workers: Vec<WorkerHandle>,
     pub(crate) config: HubConfig,
     next_participant: AtomicU64,
     next_generation: AtomicU64,
@@ -223,15 +229,40 @@ pub struct HubStats {
     pub recording_drops: u64,
     /// Recording write errors (a full disk): the file that hit one stopped.
     pub recording_write_errors: u64,
+    /// Datagrams one worker's socket received for another worker's peer and passed on.
+    pub handoff_datagrams: u64,
+    /// Of those, the ones dropped because the owner's inbox was full.
+    pub handoff_drops: u64,
+    /// Each media worker, in order.
+    pub workers: Vec<WorkerSummary>,
+}
+
+/// One media worker's share, for `/api/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerSummary {
+    /// Rooms placed on it.
+    pub rooms: u64,
+    pub participants: u64,
+    pub peers: u64,
+    /// Datagrams its socket received (handed-over ones not included).
+    pub datagrams_in: u64,
+    pub rtp_forwarded: u64,
+    /// Seconds it spent handling datagrams, commands and timers.
+    pub busy_seconds: f64,
 }
 
 impl Hub {
-    pub fn new(worker: WorkerHandle, config: HubConfig) -> Self {
+    /// A hub over the media `workers` (as [`crate::worker::spawn`] returned them).
+    ///
+    /// # Panics
+    /// With no worker.
+    pub fn new(workers: Vec<WorkerHandle>, config: HubConfig) -> Self {
+        assert!(!workers.is_empty(), "a hub needs a media worker");
         let (room_list, _) = watch::channel(Vec::new());
         Self {
             inner: Arc::new(HubInner {
                 rooms: DashMap::new(),
-                worker,
+                workers,
                 config,
                 next_participant: AtomicU64::new(1),
                 next_generation: AtomicU64::new(1),
@@ -317,11 +348,39 @@ impl Hub {
                 ),
             ));
         }
+        let worker = self.place_room();
         let entry = self.inner.rooms.entry(room.clone()).or_insert_with(|| {
             let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-            room_task::spawn(self.clone(), room.clone(), generation)
+            room_task::spawn(self.clone(), room.clone(), generation, worker)
         });
         Ok(entry.tx.clone())
+    }
+
+    /// The worker for a new room: the least loaded (see [`crate::placement`]).
+    fn place_room(&self) -> WorkerHandle {
+        let workers = &self.inner.workers;
+        let mut loads = vec![WorkerLoad::default(); workers.len()];
+        if loads.len() > 1 {
+            for entry in &self.inner.rooms {
+                if let Some(load) = loads.get_mut(usize::from(entry.worker)) {
+                    load.rooms += 1;
+                    load.participants += entry.members.load(Ordering::Relaxed);
+                }
+            }
+        }
+        let index = usize::from(place_room(&loads));
+        workers.get(index).unwrap_or(&workers[0]).clone()
+    }
+
+    /// The media worker of a live room.
+    pub(crate) fn worker_of(&self, room: &RoomId) -> Result<WorkerHandle, MediaError> {
+        let index = self
+            .inner
+            .rooms
+            .get(room)
+            .map(|entry| usize::from(entry.worker))
+            .ok_or(MediaError::UnknownParticipant)?;
+        Ok(self.inner.workers[index].clone())
     }
 
     /// Called by a room task when it has emptied: forget it (if it is still the live one).
@@ -375,8 +434,30 @@ impl Hub {
     }
 
     pub fn stats(&self) -> HubStats {
-        let w = self.inner.worker.stats();
+        let w = &self.worker_stats();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut workers: Vec<WorkerSummary> = self
+            .inner
+            .workers
+            .iter()
+            .map(|handle| {
+                let s = handle.stats();
+                WorkerSummary {
+                    rooms: 0,
+                    participants: 0,
+                    peers: get(&s.peers),
+                    datagrams_in: get(&s.datagrams_in),
+                    rtp_forwarded: get(&s.rtp_forwarded),
+                    busy_seconds: Duration::from_nanos(get(&s.busy_nanos)).as_secs_f64(),
+                }
+            })
+            .collect();
+        for entry in &self.inner.rooms {
+            if let Some(summary) = workers.get_mut(usize::from(entry.worker)) {
+                summary.rooms += 1;
+                summary.participants += entry.members.load(Ordering::Relaxed) as u64;
+            }
+        }
         HubStats {
             rooms: self.inner.rooms.len() as u64,
             participants: self
@@ -405,6 +486,9 @@ impl Hub {
             recordings: get(&self.inner.recording.active),
             recording_drops: get(&self.inner.recording.dropped_packets),
             recording_write_errors: get(&self.inner.recording.write_errors),
+            handoff_datagrams: get(&w.handoff.sent),
+            handoff_drops: get(&w.handoff.dropped),
+            workers,
             tasks: tokio::runtime::Handle::try_current()
                 .map(|runtime| runtime.metrics().num_alive_tasks() as u64)
                 .unwrap_or(0),
@@ -492,8 +576,13 @@ impl Hub {
     }
 
     /// The media worker's counters, as they are now (for `/metrics`).
-    pub fn worker_stats(&self) -> &WorkerStats {
-        self.inner.worker.stats()
+    pub fn worker_stats(&self) -> WorkerStats {
+        WorkerStats::sum(self.inner.workers.iter().map(WorkerHandle::stats))
+    }
+
+    /// Each media worker's counters, in worker order (for `/metrics`).
+    pub fn each_worker_stats(&self) -> impl Iterator<Item = &WorkerStats> {
+        self.inner.workers.iter().map(WorkerHandle::stats)
     }
 
     /// How long joins took, from request to answer, accepted or refused.

@@ -2,7 +2,9 @@
 //! media worker that owns the UDP socket and every webrtc-rs peer connection (media plane).
 //!
 //! - [`room`]: the room's decisions as a sans-IO state machine.
-//! - [`worker`]: the media worker: demultiplexing, forwarding, keyframe requests.
+//! - [`worker`]: the media workers: demultiplexing, forwarding, keyframe requests.
+//! - [`handoff`]: datagrams that one worker's socket received for another's peer.
+//! - [`placement`]: which worker a new room lives on (sans-IO).
 //! - [`peer`]: the only module that names webrtc-rs types.
 //! - [`hub`]: the registry of rooms that signaling sessions talk to.
 //! - [`layer`]: simulcast layer switching of one subscription (sans-IO).
@@ -21,6 +23,7 @@ pub mod audio_level;
 pub mod batch;
 pub mod estimate;
 pub mod events;
+pub mod handoff;
 pub mod history;
 pub mod hub;
 pub mod idhash;
@@ -29,6 +32,7 @@ pub mod layer;
 pub mod net;
 pub mod opus;
 pub mod peer;
+pub mod placement;
 pub mod record;
 pub mod red;
 pub mod rewrite;

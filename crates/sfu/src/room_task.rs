@@ -17,7 +17,7 @@ use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
 use crate::record::{RecordError, Recorder, TrackMeta};
 use crate::room::{AdminAction, Effect, Input, Room};
 use crate::speaker::Speakers;
-use crate::worker::{MediaNotice, WorkerCommand};
+use crate::worker::{MediaNotice, WorkerCommand, WorkerHandle};
 
 /// Notices from the media worker to one room: peer failures, the `streamState` and
 /// `publishLayers` messages of allocation, which change at most once per allocation pass
@@ -26,15 +26,18 @@ use crate::worker::{MediaNotice, WorkerCommand};
 /// WebSocket close path still removes a participant whose failure notice was lost.
 const MEDIA_NOTICE_QUEUE: usize = 256;
 
-pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
+/// Starts the task of room `id`, whose media lives on `worker` (see [`crate::placement`]).
+pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64, worker: WorkerHandle) -> RoomEntry {
     let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
     let members = Arc::new(AtomicUsize::new(0));
     let speaker_settings = hub.inner.config.speakers;
+    let index = worker.index();
     let task = RoomTask {
         room: Room::new(id.clone(), hub.inner.config.limits.clone()),
         id,
         generation,
         hub,
+        worker,
         members: members.clone(),
         sessions: HashMap::new(),
         pending_joins: HashMap::new(),
@@ -50,6 +53,7 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64) -> RoomEntry {
         tx,
         members,
         generation,
+        worker: index,
     }
 }
 
@@ -58,6 +62,8 @@ struct RoomTask {
     generation: u64,
     room: Room,
     hub: Hub,
+    /// The media worker that holds this room's peers and tracks.
+    worker: WorkerHandle,
     members: Arc<AtomicUsize>,
     /// Each member's outbound message queue (owned by its WebSocket session).
     sessions: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
@@ -168,8 +174,6 @@ impl RoomTask {
                 self.sessions.insert(participant, session);
                 self.pending_joins.insert(participant, reply);
                 let registered = self
-                    .hub
-                    .inner
                     .worker
                     .send(WorkerCommand::Register {
                         participant,
@@ -275,8 +279,6 @@ impl RoomTask {
             ClientMessage::Candidate { peer, candidate } => {
                 // Candidates need no room decision: straight to the worker.
                 let result = self
-                    .hub
-                    .inner
                     .worker
                     .call(|reply| WorkerCommand::Candidate {
                         participant,
@@ -302,8 +304,6 @@ impl RoomTask {
                 // A subscriber's view of one video needs no room decision: the worker's
                 // allocator reads it.
                 let result = self
-                    .hub
-                    .inner
                     .worker
                     .call(|reply| WorkerCommand::TrackSettings {
                         participant,
@@ -348,7 +348,7 @@ impl RoomTask {
     /// Performs effects, including those of fed-back results.
     async fn perform_effects(&mut self, effects: Vec<Effect>) {
         let mut queue: VecDeque<Effect> = effects.into();
-        let worker = self.hub.inner.worker.clone();
+        let worker = self.worker.clone();
         while let Some(effect) = queue.pop_front() {
             let next = match effect {
                 Effect::Send(participant, message) => {
@@ -481,8 +481,6 @@ impl RoomTask {
         };
         for track in self.recorded.drain() {
             let _ = self
-                .hub
-                .inner
                 .worker
                 .send(WorkerCommand::Record { track, sink: None })
                 .await;
@@ -525,7 +523,7 @@ impl RoomTask {
             recorder.remove_track(*track);
             self.recorded.remove(track);
         }
-        let worker = self.hub.inner.worker.clone();
+        let worker = self.worker.clone();
         for (track, sink) in added {
             self.recorded.insert(track);
             let _ = worker
@@ -557,8 +555,6 @@ impl RoomTask {
         if first != self.told_speaker {
             let previous = std::mem::replace(&mut self.told_speaker, first);
             let _ = self
-                .hub
-                .inner
                 .worker
                 .send(WorkerCommand::Speaker {
                     previous,

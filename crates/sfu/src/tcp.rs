@@ -2,17 +2,21 @@
 //! RFC 4571 frames (a 16-bit big-endian length, then one STUN/DTLS/SRTP datagram).
 //!
 //! Each accepted connection gets a reader task and a writer task. Frames are handed to the
-//! media worker as [`TcpEvent`]s, so the worker treats them like UDP datagrams from the
-//! connection's remote address.
+//! media worker that owns the connection's peer as [`TcpEvent`]s, so the worker treats
+//! them like UDP datagrams from the connection's remote address. The owner is found from
+//! the connection's first frame, the client's STUN check (see [`TcpRouter`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Frames from all ICE-TCP connections to the worker. Bounded: when the worker is behind,
+use crate::handoff::Directory;
+
+/// Frames from all ICE-TCP connections to one worker. Bounded: when the worker is behind,
 /// readers wait, and TCP flow control slows the clients that use this fallback.
 pub const TCP_INBOUND_QUEUE: usize = 1024;
 
@@ -37,13 +41,37 @@ pub enum TcpEvent {
     Closed { from: SocketAddr },
 }
 
-/// Accepts connections forever, reporting to `events`.
-pub async fn accept_loop(listener: TcpListener, events: mpsc::Sender<TcpEvent>) {
+/// Which worker each connection's frames go to.
+#[derive(Clone)]
+pub struct TcpRouter {
+    workers: Vec<mpsc::Sender<TcpEvent>>,
+    directory: Arc<Directory>,
+}
+
+impl TcpRouter {
+    pub fn new(workers: Vec<mpsc::Sender<TcpEvent>>, directory: Arc<Directory>) -> Self {
+        Self { workers, directory }
+    }
+
+    /// The worker for a connection whose first frame is `first`: the owner of the ufrag
+    /// of its STUN check, else the first worker (which drops what it cannot route).
+    fn pick(&self, first: &[u8]) -> Option<&mpsc::Sender<TcpEvent>> {
+        let owner = crate::stun::local_ufrag(first)
+            .and_then(|ufrag| self.directory.owner(ufrag))
+            .unwrap_or(0);
+        self.workers
+            .get(usize::from(owner))
+            .or_else(|| self.workers.first())
+    }
+}
+
+/// Accepts connections forever, giving each to its peer's worker.
+pub async fn accept_loop(listener: TcpListener, router: TcpRouter) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, from, events.clone()));
+                tokio::spawn(serve(stream, from, router.clone()));
             }
             Err(err) => {
                 tracing::debug!(%err, "ICE-TCP accept");
@@ -53,13 +81,25 @@ pub async fn accept_loop(listener: TcpListener, events: mpsc::Sender<TcpEvent>) 
     }
 }
 
-async fn serve(stream: TcpStream, from: SocketAddr, events: mpsc::Sender<TcpEvent>) {
+async fn serve(stream: TcpStream, from: SocketAddr, router: TcpRouter) {
     let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    // The active side speaks first, with a STUN check that names the peer.
+    let Some(first) = read_frame(&mut read).await else {
+        return;
+    };
+    let Some(events) = router.pick(&first).cloned() else {
+        return;
+    };
     let (writer, mut outbound) = mpsc::channel::<Vec<u8>>(TCP_OUTBOUND_QUEUE);
     if events
         .send(TcpEvent::Opened { from, writer })
         .await
         .is_err()
+        || events
+            .send(TcpEvent::Frame { from, data: first })
+            .await
+            .is_err()
     {
         return;
     }
@@ -84,15 +124,19 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
     events: &mpsc::Sender<TcpEvent>,
 ) {
     let mut read = BufReader::new(read);
-    while let Ok(len) = read.read_u16().await {
-        let mut data = BytesMut::zeroed(usize::from(len));
-        if read.read_exact(&mut data).await.is_err() {
-            break;
-        }
+    while let Some(data) = read_frame(&mut read).await {
         if events.send(TcpEvent::Frame { from, data }).await.is_err() {
             break;
         }
     }
+}
+
+/// One RFC 4571 frame, or `None` when the stream ends or breaks off inside a frame.
+async fn read_frame<R: AsyncRead + Unpin>(read: &mut R) -> Option<BytesMut> {
+    let len = read.read_u16().await.ok()?;
+    let mut data = BytesMut::zeroed(usize::from(len));
+    read.read_exact(&mut data).await.ok()?;
+    Some(data)
 }
 
 /// Prefixes one datagram with its RFC 4571 length.
@@ -121,7 +165,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, mut rx) = mpsc::channel(8);
-        tokio::spawn(accept_loop(listener, tx));
+        let router = TcpRouter::new(vec![tx], Arc::new(Directory::default()));
+        tokio::spawn(accept_loop(listener, router));
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let Some(TcpEvent::Opened { writer, from }) = rx.recv().await else {
             panic!("no open event");

@@ -10,7 +10,9 @@
 //! the i-th video slot the video (a camera, else a screen share) of the i-th ranked
 //! participant that has video: one audio and one video slot carry the top participant.
 
-use chorus_protocol::{MediaKind, ParticipantId, ServerMessage, TrackId, TrackInfo, TrackSource};
+use chorus_protocol::{
+    MediaKind, ParticipantId, RoomId, ServerMessage, TrackId, TrackInfo, TrackSource,
+};
 
 use crate::peer::ViewerSlot;
 use crate::worker::WorkerCommand;
@@ -180,11 +182,11 @@ impl Hub {
     /// `sdp`; returns the answer and its slots, all unbound.
     pub async fn view(
         &self,
+        room: &RoomId,
         participant: ParticipantId,
         sdp: String,
     ) -> Result<(String, Vec<ViewerSlot>), MediaError> {
-        self.inner
-            .worker
+        self.worker_of(room)?
             .call(|reply| WorkerCommand::ViewerOffer {
                 participant,
                 sdp,
@@ -196,11 +198,11 @@ impl Hub {
     /// Binds a viewer's slots (by mid) to tracks; returns the mids refused (codec).
     pub async fn bind_view(
         &self,
+        room: &RoomId,
         participant: ParticipantId,
         slots: Vec<(String, Option<TrackId>)>,
     ) -> Result<Vec<String>, MediaError> {
-        self.inner
-            .worker
+        self.worker_of(room)?
             .call(|reply| WorkerCommand::ViewerBind {
                 participant,
                 slots,

@@ -213,7 +213,7 @@ fn labelled(
 impl Collector for HubCollector {
     fn encode(&self, mut out: DescriptorEncoder<'_>) -> fmt::Result {
         let hub = self.hub.stats();
-        let w: &WorkerStats = self.hub.worker_stats();
+        let w: &WorkerStats = &self.hub.worker_stats();
         let out = &mut out;
 
         gauge(out, "rooms", "Rooms that exist now.", hub.rooms)?;
@@ -425,14 +425,44 @@ impl Collector for HubCollector {
 
         out.encode_descriptor(
             "worker_busy_seconds",
-            "Seconds the media worker spent handling datagrams, commands and timers rather \
-             than waiting: its rate() is the busy share of the worker's core.",
+            "Seconds the media workers spent handling datagrams, commands and timers rather \
+             than waiting, summed over the workers: its rate() is how many cores they kept \
+             busy.",
             None,
             MetricType::Counter,
         )?
         .encode_counter::<NoLabelSet, _, u64>(
             &(std::time::Duration::from_nanos(load(&w.busy_nanos)).as_secs_f64()),
             None,
+        )?;
+        {
+            let mut metric = out.encode_descriptor(
+                "media_worker_busy_seconds",
+                "worker_busy_seconds of each media worker: a rate() near 1 is a worker at \
+                 the limit of its core.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (i, s) in self.hub.each_worker_stats().enumerate() {
+                let labels = [("worker", i.to_string())];
+                metric.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(
+                    &(std::time::Duration::from_nanos(load(&s.busy_nanos)).as_secs_f64()),
+                    None,
+                )?;
+            }
+        }
+        counter(
+            out,
+            "handoff_datagrams",
+            "Datagrams that one media worker's socket received for another worker's peer \
+             and passed on (the kernel spreads the port's datagrams by address).",
+            load(&w.handoff.sent),
+        )?;
+        counter(
+            out,
+            "handoff_dropped_datagrams",
+            "Of handoff_datagrams, the ones dropped because the owner's inbox was full.",
+            load(&w.handoff.dropped),
         )?;
 
         let joins = self.hub.join_latency();

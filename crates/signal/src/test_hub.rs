@@ -10,20 +10,20 @@ use chorus_sfu::{Hub, HubConfig, PeerSettings};
 pub(crate) fn hub(max_participants: usize) -> Hub {
     let socket = chorus_sfu::net::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("udp");
     let addr = socket.local_addr().expect("addr");
-    let worker = chorus_sfu::worker::spawn(
-        socket,
+    let workers = chorus_sfu::worker::spawn(
+        vec![socket],
         None,
-        PeerSettings {
+        &PeerSettings {
             candidates: vec![addr],
             tcp_candidates: vec![],
             srtp_profiles: vec!["aead_aes_128_gcm".into()],
             audio: Default::default(),
         },
-        Arc::new(AtomicU64::new(1)),
+        &Arc::new(AtomicU64::new(1)),
     )
     .expect("media worker");
     Hub::new(
-        worker,
+        workers,
         HubConfig {
             limits: RoomLimits {
                 max_participants,

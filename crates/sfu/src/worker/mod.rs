@@ -1,9 +1,11 @@
-//! The media worker: one task that owns the shared UDP socket and every peer connection
-//! on it, demultiplexes datagrams to peers, and forwards RTP between them.
+//! A media worker: one thread that owns one socket on the shared media port and the peer
+//! connections of the rooms placed on it, demultiplexes datagrams to peers, and forwards
+//! RTP between them. There are `media.workers` of them (see [`spawn`]).
 //!
-//! Control reaches it only as [`WorkerCommand`]s between batches of datagrams, so the
-//! forwarding tables it reads per packet are its own: no lock, no await, no channel hop on
-//! the media path.
+//! Control reaches a worker only as [`WorkerCommand`]s between batches of datagrams, so
+//! the forwarding tables it reads per packet are its own: no lock, no await, no channel
+//! hop on the media path. A datagram that the kernel gave to another worker's socket
+//! arrives through that worker's hand-over (see [`crate::handoff`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use crate::MediaError;
 use crate::allocate::{Importance, LayerCost, Tile};
 use crate::audio_level::{LEVEL_REPORT_INTERVAL, LevelMeter};
 use crate::batch::{self, RecvBatch, SendBatch};
+use crate::handoff::{Directory, Handed, HandoffStats, Inbox, Outboxes, WorkerIndex};
 use crate::history::History;
 use crate::idhash::IdHashMap;
 use crate::layer::{self, Forward, LayerSwitch};
@@ -59,6 +62,10 @@ const MAX_IDLE: Duration = Duration::from_millis(100);
 /// Receive batches handled before the worker looks at commands and timers again, so a
 /// flood of media cannot starve signaling.
 const RECV_BATCHES_PER_PASS: usize = 8;
+
+/// How often a worker forgets the addresses it learned for other workers' peers that are
+/// gone (their ufrag left the directory).
+const FOREIGN_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Something the worker tells a room about one of its participants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +246,90 @@ pub struct WorkerStats {
     /// Audio packets whose audio-level element was not a level (not one byte); the packet
     /// is forwarded, the level is not counted.
     pub audio_levels_invalid: AtomicU64,
+    /// Datagrams passed between this worker and the others (see [`crate::handoff`]).
+    pub handoff: HandoffStats,
+}
+
+impl WorkerStats {
+    /// The counters of all `workers` added up (gauges too: the server's totals).
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> WorkerStats {
+        let total = WorkerStats::default();
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        for w in workers {
+            // Destructured, so that a new counter cannot be left out of the sum.
+            let WorkerStats {
+                peers,
+                tracks,
+                subscriptions,
+                datagrams_in,
+                datagrams_out,
+                rtp_in,
+                rtp_forwarded,
+                forward_drops,
+                unrouted,
+                send_drops,
+                keyframe_requests,
+                retransmitted,
+                retransmit_misses,
+                unknown_layer,
+                layer_switches,
+                notice_drops,
+                rtp_bytes_in,
+                rtp_bytes_forwarded,
+                forward_drops_by_reason,
+                nacks_received,
+                keyframe_requests_received,
+                peers_connected,
+                peers_failed,
+                busy_nanos,
+                paused_low_bandwidth,
+                paused_not_visible,
+                subscribers_estimated,
+                subscribers_congested,
+                downlink_estimate_bps,
+                audio_levels_invalid,
+                handoff,
+            } = w;
+            add(&total.peers, peers);
+            add(&total.tracks, tracks);
+            add(&total.subscriptions, subscriptions);
+            add(&total.datagrams_in, datagrams_in);
+            add(&total.datagrams_out, datagrams_out);
+            add(&total.rtp_in, rtp_in);
+            add(&total.rtp_forwarded, rtp_forwarded);
+            add(&total.forward_drops, forward_drops);
+            add(&total.unrouted, unrouted);
+            add(&total.send_drops, send_drops);
+            add(&total.keyframe_requests, keyframe_requests);
+            add(&total.retransmitted, retransmitted);
+            add(&total.retransmit_misses, retransmit_misses);
+            add(&total.unknown_layer, unknown_layer);
+            add(&total.layer_switches, layer_switches);
+            add(&total.notice_drops, notice_drops);
+            add(&total.rtp_bytes_in, rtp_bytes_in);
+            add(&total.rtp_bytes_forwarded, rtp_bytes_forwarded);
+            for (to, from) in total.forward_drops_by_reason.iter().zip(forward_drops_by_reason) {
+                add(to, from);
+            }
+            add(&total.nacks_received, nacks_received);
+            add(&total.keyframe_requests_received, keyframe_requests_received);
+            add(&total.peers_connected, peers_connected);
+            add(&total.peers_failed, peers_failed);
+            add(&total.busy_nanos, busy_nanos);
+            add(&total.paused_low_bandwidth, paused_low_bandwidth);
+            add(&total.paused_not_visible, paused_not_visible);
+            add(&total.subscribers_estimated, subscribers_estimated);
+            add(&total.subscribers_congested, subscribers_congested);
+            add(&total.downlink_estimate_bps, downlink_estimate_bps);
+            add(&total.audio_levels_invalid, audio_levels_invalid);
+            add(&total.handoff.sent, &handoff.sent);
+            add(&total.handoff.dropped, &handoff.dropped);
+            add(&total.handoff.received, &handoff.received);
+        }
+        total
+    }
 }
 
 /// A handle for sending commands to a running worker.
@@ -246,6 +337,7 @@ pub struct WorkerStats {
 pub struct WorkerHandle {
     tx: mpsc::Sender<WorkerCommand>,
     stats: Arc<WorkerStats>,
+    index: WorkerIndex,
 }
 
 impl WorkerHandle {
@@ -269,6 +361,19 @@ impl WorkerHandle {
     pub fn stats(&self) -> &WorkerStats {
         &self.stats
     }
+
+    pub fn index(&self) -> WorkerIndex {
+        self.index
+    }
+}
+
+/// Where a datagram from a known address goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// One of this worker's peers.
+    Local(ParticipantId, PeerRole),
+    /// A peer of another worker: hand the datagram over.
+    Foreign(WorkerIndex),
 }
 
 /// How the forwarder finds keyframes in a track's packets.
@@ -359,12 +464,24 @@ impl ParticipantMedia {
 
 /// The worker's state. Runs on one task; see [`spawn`].
 pub struct Worker {
+    index: WorkerIndex,
     socket: UdpSocket,
     settings: PeerSettings,
     participants: IdHashMap<ParticipantId, ParticipantMedia>,
     by_ufrag: HashMap<String, (ParticipantId, PeerRole)>,
-    /// (remote address, over ICE-TCP) → peer, learned from the first STUN check.
-    by_addr: HashMap<(SocketAddr, bool), (ParticipantId, PeerRole)>,
+    /// (remote address, over ICE-TCP) → peer, learned from STUN checks.
+    by_addr: HashMap<(SocketAddr, bool), Route>,
+    /// Which worker owns each ufrag: this one's peers are written here as they are made.
+    directory: Arc<Directory>,
+    /// The other workers' inboxes, and this one's.
+    outboxes: Outboxes,
+    handed_in: Inbox,
+    /// Workers handed a datagram in the current batch, to wake once at its end.
+    to_wake: Vec<bool>,
+    /// Addresses routed to another worker, with the ufrag that placed them, swept every
+    /// [`FOREIGN_SWEEP_INTERVAL`].
+    foreign: Vec<(SocketAddr, String)>,
+    next_sweep: Instant,
     /// Writers of the open ICE-TCP connections, by remote address.
     tcp_writers: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     tracks: IdHashMap<TrackId, TrackRoute>,
@@ -399,52 +516,83 @@ enum Wake {
     Command(Option<WorkerCommand>),
     /// The UDP socket is readable (or reported an error).
     Readable(std::io::Result<()>),
+    /// Another worker handed datagrams over.
+    Handed,
     Tcp(TcpEvent),
     /// A timer is due, or [`MAX_IDLE`] passed.
     Timer,
 }
 
-/// Starts a worker on `socket` (and ICE-TCP on `tcp_listener`, if given) and returns its
-/// handle.
+/// Starts one worker per socket (the sockets share the media port, see
+/// [`crate::net::bind_udp_group`]), with ICE-TCP on `tcp_listener` if given, and returns
+/// their handles in worker order.
 ///
-/// The worker runs on a thread of its own with a single-threaded runtime: the media path
+/// Each worker runs on a thread of its own with a single-threaded runtime: the media path
 /// never migrates between threads or waits behind signaling tasks, and its wake-ups stay
 /// on one core. Must be called inside a tokio runtime (the ICE-TCP acceptor runs there).
 pub fn spawn(
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     tcp_listener: Option<tokio::net::TcpListener>,
-    settings: PeerSettings,
-    next_track: Arc<AtomicU64>,
-) -> std::io::Result<WorkerHandle> {
-    let (tx, rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
-    let (tcp_tx, tcp_rx) = mpsc::channel(tcp::TCP_INBOUND_QUEUE);
-    if let Some(listener) = tcp_listener {
-        tokio::spawn(tcp::accept_loop(listener, tcp_tx));
+    settings: &PeerSettings,
+    next_track: &Arc<AtomicU64>,
+) -> std::io::Result<Vec<WorkerHandle>> {
+    let directory = Arc::new(Directory::default());
+    let (outboxes, inboxes) = Outboxes::new(sockets.len());
+    let mut tcp_senders = Vec::with_capacity(sockets.len());
+    let mut handles = Vec::with_capacity(sockets.len());
+    for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
+        let index = WorkerIndex::try_from(i)
+            .map_err(|_| std::io::Error::other("too many media workers"))?;
+        let (tx, rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
+        let (tcp_tx, tcp_rx) = mpsc::channel(tcp::TCP_INBOUND_QUEUE);
+        tcp_senders.push(tcp_tx);
+        let stats = Arc::new(WorkerStats::default());
+        // Moved to the worker's own runtime: its readiness must come from that reactor.
+        let socket = socket.into_std()?;
+        let shared = Shared {
+            index,
+            directory: directory.clone(),
+            outboxes: outboxes.clone(),
+            inbox,
+        };
+        let (settings, next_track, worker_stats) =
+            (settings.clone(), next_track.clone(), stats.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("chorus-media-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let socket = match UdpSocket::from_std(socket) {
+                        Ok(socket) => socket,
+                        Err(err) => {
+                            tracing::error!(%err, worker = i, "media socket");
+                            return;
+                        }
+                    };
+                    Worker::new(socket, settings, next_track, worker_stats, shared)
+                        .run(rx, tcp_rx)
+                        .await;
+                });
+            })?;
+        handles.push(WorkerHandle { tx, stats, index });
     }
-    let stats = Arc::new(WorkerStats::default());
-    // Moved to the worker's own runtime: its readiness must come from that reactor.
-    let socket = socket.into_std()?;
-    let worker_stats = stats.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("chorus-media".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let socket = match UdpSocket::from_std(socket) {
-                    Ok(socket) => socket,
-                    Err(err) => {
-                        tracing::error!(%err, "media socket");
-                        return;
-                    }
-                };
-                Worker::new(socket, settings, next_track, worker_stats)
-                    .run(rx, tcp_rx)
-                    .await;
-            });
-        })?;
-    Ok(WorkerHandle { tx, stats })
+    if let Some(listener) = tcp_listener {
+        tokio::spawn(tcp::accept_loop(
+            listener,
+            tcp::TcpRouter::new(tcp_senders, directory),
+        ));
+    }
+    Ok(handles)
+}
+
+/// What a worker shares with the others.
+struct Shared {
+    index: WorkerIndex,
+    directory: Arc<Directory>,
+    outboxes: Outboxes,
+    inbox: Inbox,
 }
 
 impl Worker {
@@ -453,13 +601,21 @@ impl Worker {
         settings: PeerSettings,
         next_track: Arc<AtomicU64>,
         stats: Arc<WorkerStats>,
+        shared: Shared,
     ) -> Self {
         Self {
+            index: shared.index,
             socket,
             settings,
             participants: IdHashMap::default(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
+            to_wake: vec![false; shared.outboxes.len()],
+            directory: shared.directory,
+            outboxes: shared.outboxes,
+            handed_in: shared.inbox,
+            foreign: Vec::new(),
+            next_sweep: Instant::now() + FOREIGN_SWEEP_INTERVAL,
             tcp_writers: HashMap::new(),
             tracks: IdHashMap::default(),
             next_track,
@@ -496,6 +652,7 @@ impl Worker {
             let wake = tokio::select! {
                 command = commands.recv() => Wake::Command(command),
                 readable = self.socket.readable() => Wake::Readable(readable),
+                () = self.handed_in.ready() => Wake::Handed,
                 Some(event) = tcp_events.recv() => Wake::Tcp(event),
                 _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
             };
@@ -510,8 +667,11 @@ impl Worker {
                     self.receive_batches();
                 }
                 Wake::Tcp(event) => self.handle_tcp(event),
-                Wake::Timer => {}
+                Wake::Handed | Wake::Timer => {}
             }
+            // Every pass, whatever woke it: a wake-up that raced another branch loses no
+            // handed datagram.
+            self.receive_handed();
             self.handle_timeouts(Instant::now());
             self.flush();
         }
@@ -525,18 +685,70 @@ impl Worker {
         self.participants.get_mut(&key.0)?.slot(key.1).as_mut()
     }
 
-    fn route(
-        &mut self,
-        from: SocketAddr,
-        tcp: bool,
-        datagram: &[u8],
-    ) -> Option<(ParticipantId, PeerRole)> {
-        if let Some(key) = self.by_addr.get(&(from, tcp)) {
-            return Some(*key);
+    /// Where a datagram goes. A STUN check names its peer by ufrag, here or in the
+    /// directory, and (re)binds its address: an address that a gone peer used is claimed
+    /// by the peer that uses it now. Other datagrams go by address.
+    fn route(&mut self, from: SocketAddr, tcp: bool, datagram: &[u8]) -> Option<Route> {
+        let Some(ufrag) = stun::local_ufrag(datagram) else {
+            return self.by_addr.get(&(from, tcp)).copied();
+        };
+        let route = match self.by_ufrag.get(ufrag) {
+            Some(&(participant, role)) => Route::Local(participant, role),
+            // ICE-TCP connections are given to their owner when they open (tcp.rs).
+            None if tcp => return None,
+            None => match self.directory.owner(ufrag) {
+                Some(owner) if owner != self.index => Route::Foreign(owner),
+                _ => return None,
+            },
+        };
+        let previous = self.by_addr.insert((from, tcp), route);
+        if let Route::Foreign(_) = route
+            && previous != Some(route)
+        {
+            self.foreign.push((from, ufrag.to_owned()));
         }
-        let key = *self.by_ufrag.get(stun::local_ufrag(datagram)?)?;
-        self.by_addr.insert((from, tcp), key);
-        Some(key)
+        Some(route)
+    }
+
+    /// Forgets the addresses of other workers' peers that are gone.
+    fn sweep_foreign(&mut self) {
+        let (by_addr, directory) = (&mut self.by_addr, &self.directory);
+        self.foreign.retain(|(addr, ufrag)| {
+            let routed = by_addr.get(&(*addr, false)).copied();
+            match (routed, directory.owner(ufrag)) {
+                (Some(Route::Foreign(w)), Some(owner)) if w == owner => true,
+                (Some(Route::Foreign(_)), _) => {
+                    by_addr.remove(&(*addr, false));
+                    false
+                }
+                _ => false,
+            }
+        });
+    }
+
+    /// Handles what other workers handed over, up to a pass's worth of batches; wakes
+    /// itself again if more waits.
+    fn receive_handed(&mut self) {
+        for _ in 0..RECV_BATCHES_PER_PASS {
+            let now = Instant::now();
+            let mut n = 0;
+            while n < batch::BATCH {
+                let Some(Handed { from, datagram }) = self.handed_in.try_take() else {
+                    break;
+                };
+                n += 1;
+                self.stats.handoff.received.fetch_add(1, Ordering::Relaxed);
+                self.handle_datagram(from, false, datagram, now, true);
+            }
+            if n == 0 {
+                return;
+            }
+            self.flush();
+            if n < batch::BATCH {
+                return;
+            }
+        }
+        self.handed_in.wake_again();
     }
 
     /// Reads and handles up to [`RECV_BATCHES_PER_PASS`] batches of datagrams, flushing
@@ -551,9 +763,10 @@ impl Worker {
             });
             let now = Instant::now();
             for (from, datagram) in inbox.drain(..) {
-                self.handle_datagram(from, false, datagram, now);
+                self.handle_datagram(from, false, datagram, now, false);
             }
             self.inbox = inbox;
+            self.wake_handed();
             self.flush();
             match received {
                 Ok(n) if n == batch::BATCH => continue,
@@ -575,7 +788,7 @@ impl Worker {
             }
             TcpEvent::Frame { from, data } => {
                 let now = Instant::now();
-                self.handle_datagram(from, true, data, now);
+                self.handle_datagram(from, true, data, now, false);
             }
             TcpEvent::Closed { from } => {
                 self.tcp_writers.remove(&from);
@@ -584,11 +797,34 @@ impl Worker {
         }
     }
 
-    fn handle_datagram(&mut self, from: SocketAddr, tcp: bool, datagram: BytesMut, now: Instant) {
-        self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        let Some(key) = self.route(from, tcp, &datagram) else {
-            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
-            return;
+    /// Handles one datagram; `handed`: another worker passed it on (it is never passed on
+    /// again).
+    fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        tcp: bool,
+        datagram: BytesMut,
+        now: Instant,
+        handed: bool,
+    ) {
+        if !handed {
+            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+        }
+        let key = match self.route(from, tcp, &datagram) {
+            Some(Route::Local(participant, role)) => (participant, role),
+            Some(Route::Foreign(owner)) if !handed => {
+                if self
+                    .outboxes
+                    .push(owner, Handed { from, datagram }, &self.stats.handoff)
+                {
+                    self.to_wake[usize::from(owner)] = true;
+                }
+                return;
+            }
+            Some(Route::Foreign(_)) | None => {
+                self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         };
         let Some(peer) = self.peer_mut(key) else {
             self.by_addr.remove(&(from, tcp));
@@ -598,6 +834,15 @@ impl Worker {
         peer.handle_datagram(from, tcp, datagram, now);
         self.touched.push(key.0);
         self.drain_peer(key, now);
+    }
+
+    /// Wakes the workers that this batch handed datagrams to.
+    fn wake_handed(&mut self) {
+        for (owner, wake) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(wake) {
+                self.outboxes.wake(owner as WorkerIndex);
+            }
+        }
     }
 
     /// Reads what a peer produced: forwards its RTP, acts on its events.
@@ -859,6 +1104,10 @@ impl Worker {
             self.report_levels();
             self.next_levels = now + LEVEL_REPORT_INTERVAL;
         }
+        if now >= self.next_sweep {
+            self.sweep_foreign();
+            self.next_sweep = now + FOREIGN_SWEEP_INTERVAL;
+        }
         let pending: Vec<(TrackId, u8)> = self
             .tracks
             .iter()
@@ -978,6 +1227,7 @@ impl Worker {
                 &self.settings
             };
             *slot = Some(Peer::new(settings, role, &ufrag, &pwd, Instant::now())?);
+            self.directory.insert(&ufrag, self.index);
             self.by_ufrag.insert(ufrag, (participant, role));
             self.stats.peers.fetch_add(1, Ordering::Relaxed);
             self.timers_from = Instant::now();
@@ -1292,8 +1542,16 @@ impl Worker {
         self.stats
             .subscriptions
             .fetch_sub(removed_subs, Ordering::Relaxed);
-        self.by_ufrag.retain(|_, (p, _)| *p != participant);
-        self.by_addr.retain(|_, (p, _)| *p != participant);
+        let directory = &self.directory;
+        self.by_ufrag.retain(|ufrag, (p, _)| {
+            let keep = *p != participant;
+            if !keep {
+                directory.remove(ufrag);
+            }
+            keep
+        });
+        self.by_addr
+            .retain(|_, route| !matches!(route, Route::Local(p, _) if *p == participant));
     }
 }
 

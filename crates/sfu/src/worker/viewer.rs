@@ -39,6 +39,7 @@ impl Worker {
         let mut peer = Peer::new_viewer(&self.settings, &ufrag, &pwd, now)?;
         let (answer, slots) = peer.answer_viewer(sdp, random_ssrc, now)?;
         media.subscriber = Some(peer);
+        self.directory.insert(&ufrag, self.index);
         self.by_ufrag
             .insert(ufrag, (participant, PeerRole::Subscriber));
         self.stats.peers.fetch_add(1, Ordering::Relaxed);

@@ -18,7 +18,9 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chorus_protocol::{ClientMessage, ErrorCode, Grants, ParticipantId, ServerMessage, TrackId};
+use chorus_protocol::{
+    ClientMessage, ErrorCode, Grants, ParticipantId, RoomId, ServerMessage, TrackId,
+};
 use chorus_sfu::viewer::Stage;
 use chorus_sfu::{Admission, Hub, MediaError};
 use tokio::sync::mpsc;
@@ -144,7 +146,7 @@ async fn view(
             "the room did not admit the viewer",
         );
     }
-    let (answer, slots) = match state.hub.view(participant, sdp).await {
+    let (answer, slots) = match state.hub.view(&room, participant, sdp).await {
         Ok(answered) => answered,
         Err(err) => {
             membership.send(ClientMessage::Leave).await;
@@ -156,7 +158,7 @@ async fn view(
         }
     };
     let chosen = stage.choose(&slots);
-    bind(&state.hub, participant, &chosen, &stage).await;
+    bind(&state.hub, &room, participant, &chosen, &stage).await;
     let session = Arc::new(Session {
         room: room.clone(),
         participant,
@@ -190,11 +192,12 @@ async fn view(
 /// Binds the slots as chosen; logs what the viewer refused.
 async fn bind(
     hub: &Hub,
+    room: &RoomId,
     participant: ParticipantId,
     slots: &[(String, Option<TrackId>)],
     stage: &Stage,
 ) {
-    match hub.bind_view(participant, slots.to_vec()).await {
+    match hub.bind_view(room, participant, slots.to_vec()).await {
         Ok(refused) if !refused.is_empty() => {
             tracing::info!(%participant, ?refused, "WHEP viewer did not accept a track's codec on these m-lines");
         }
@@ -241,7 +244,7 @@ async fn follow(mut f: Follow) {
                     .filter(|slot| !f.chosen.contains(slot))
                     .cloned()
                     .collect();
-                bind(&f.hub, f.session.participant, &changed, &f.stage).await;
+                bind(&f.hub, &f.session.room, f.session.participant, &changed, &f.stage).await;
                 f.chosen = next;
             }
         }
