@@ -392,8 +392,10 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             // raised to the whole load.
             let everyone = roster.rooms * roster.per_room() + 10;
             let config = format!(
-                "[limits]\nmax_participants_per_room = {}\nmax_rooms = {}\n\
+                "[media]\nworkers = {}\n\
+                 [limits]\nmax_participants_per_room = {}\nmax_rooms = {}\n\
                  max_connections_per_ip = {everyone}\nmax_joins_per_ip_per_minute = {everyone}\n",
+                opts.workers,
                 roster.per_room().max(2),
                 roster.rooms + 10
             );
@@ -670,11 +672,28 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             "send_drops",
             "unrouted",
             "keyframe_requests",
+            "handoff_datagrams",
+            "handoff_drops",
         ] {
             report.forwarder_counters.insert(
                 key.to_owned(),
                 (counter(sb, key).saturating_sub(counter(sa, key))).into(),
             );
+        }
+    }
+
+    // Each worker's busy share of its core over the window, where there are several.
+    if let (Some(sa), Some(sb)) = (&stats_a, &stats_b)
+        && let (Some(wa), Some(wb)) = (sa["workers"].as_array(), sb["workers"].as_array())
+        && wb.len() > 1
+    {
+        let seconds = opts.duration;
+        for (i, (a, b)) in wa.iter().zip(wb).enumerate() {
+            let busy = |w: &serde_json::Value| w["busy_seconds"].as_f64().unwrap_or(0.0);
+            let pct = (busy(b) - busy(a)) * 100.0 / seconds;
+            report
+                .forwarder_counters
+                .insert(format!("worker{i}_busy_pct"), (pct.round() as u64).into());
         }
     }
 

@@ -79,6 +79,12 @@ pub struct Options {
     /// and the load generator on the other CPUs, so that they do not compete for a core.
     #[arg(long)]
     pub pin_forwarder: Option<usize>,
+    /// The started server's media workers (`media.workers`): 1 by default, so that one
+    /// worker's figures compare with the baseline's one thread; 0 is one per core. With
+    /// more than one, rooms spread over the workers and --pin-forwarder pins them all to
+    /// one CPU, which measures nothing useful: leave it out.
+    #[arg(long, default_value_t = 1, conflicts_with = "url")]
+    pub workers: usize,
     /// Seconds to wait after sending stops, for packets still in flight.
     #[arg(long, default_value_t = 1.0)]
     pub drain: f64,

@@ -129,7 +129,11 @@ pub fn assert_no_failures(clients: &[&Client]) -> Result<()> {
 }
 
 /// Joins `names` into `room` and makes each publish and stream.
-pub async fn publishing_clients(server: &Server, room: &str, names: &[&str]) -> Result<Vec<Client>> {
+pub async fn publishing_clients(
+    server: &Server,
+    room: &str,
+    names: &[&str],
+) -> Result<Vec<Client>> {
     let mut clients = Vec::new();
     for name in names {
         let client = Client::connect_and_join(server.http_addr(), room, name).await?;
@@ -150,4 +154,3 @@ pub async fn wait_for_full_mesh(clients: &[Client]) -> Result<()> {
     }
     Ok(())
 }
-

@@ -14,11 +14,11 @@ use chorus_protocol::{
 use chorus_tests::layered::MidRid;
 use chorus_tests::media::{MediaTag, expected_payload, is_vp8_keyframe, parse_tag};
 use chorus_tests::peer::VP8_PT;
-use chorus_tests::socket::{CappedSocket, LossySocket, SilenceSocket};
 use chorus_tests::scenario::{
     assert_media_intact, assert_no_failures, publishing_clients, wait_for_full_mesh,
     wait_for_media_from,
 };
+use chorus_tests::socket::{CappedSocket, LossySocket, SilenceSocket};
 use chorus_tests::{
     Client, ClientOptions, MediaRate, PublishOptions, PublishedTracks, RawWs, ReceivedPacket,
     SentPacket, Server, init_tracing, refusal_code, sequence_breaks, wait,

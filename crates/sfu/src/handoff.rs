@@ -190,7 +190,10 @@ mod tests {
         assert!(!out.push(7, handed(1), &stats), "no such worker");
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
         assert!(inboxes[0].try_take().is_some());
-        assert!(out.push(0, handed(2), &stats), "room again after one is taken");
+        assert!(
+            out.push(0, handed(2), &stats),
+            "room again after one is taken"
+        );
     }
 
     #[test]

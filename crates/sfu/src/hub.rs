@@ -14,14 +14,14 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::MediaError;
 use crate::events::RoomEvent;
+use crate::handoff::WorkerIndex;
 use crate::latency::{JOIN_LATENCY_BUCKETS, LatencyHistogram, LatencySnapshot};
+use crate::placement::{WorkerLoad, place_room};
 use crate::record::{RecordError, RecordingStats};
 use crate::room::{AdminAction, AdminError, RoomLimits};
 use crate::room_task;
-use crate::MediaError;
-use crate::handoff::WorkerIndex;
-use crate::placement::{WorkerLoad, place_room};
 use crate::worker::{WorkerHandle, WorkerStats};
 
 /// Commands to one room task. Bounded: a session awaits space, which slows only that

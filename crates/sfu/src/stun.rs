@@ -36,27 +36,29 @@ pub fn local_ufrag(datagram: &[u8]) -> Option<&str> {
     None
 }
 
+/// A STUN binding request whose `USERNAME` is `username`, for tests.
+#[cfg(test)]
+pub(crate) fn binding_request(username: &str) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    // a PRIORITY attribute first, to exercise skipping
+    attrs.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]);
+    attrs.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
+    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(username.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    let mut msg = vec![0x00, 0x01];
+    msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&MAGIC_COOKIE);
+    msg.extend_from_slice(&[7; 12]);
+    msg.extend_from_slice(&attrs);
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn binding_request(username: &str) -> Vec<u8> {
-        let mut attrs = Vec::new();
-        // a PRIORITY attribute first, to exercise skipping
-        attrs.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]);
-        attrs.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
-        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attrs.extend_from_slice(username.as_bytes());
-        while attrs.len() % 4 != 0 {
-            attrs.push(0);
-        }
-        let mut msg = vec![0x00, 0x01];
-        msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-        msg.extend_from_slice(&MAGIC_COOKIE);
-        msg.extend_from_slice(&[7; 12]);
-        msg.extend_from_slice(&attrs);
-        msg
-    }
 
     #[test]
     fn finds_the_local_ufrag() {

@@ -161,6 +161,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_goes_to_the_worker_that_owns_its_ufrag() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx0, mut rx0) = mpsc::channel(8);
+        let (tx1, mut rx1) = mpsc::channel(8);
+        let directory = Arc::new(Directory::default());
+        directory.insert("owned", 1);
+        tokio::spawn(accept_loop(
+            listener,
+            TcpRouter::new(vec![tx0, tx1], directory),
+        ));
+        let check = crate::stun::binding_request("owned:remote");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(&frame(&check).expect("frame"))
+            .await
+            .expect("write");
+        assert!(matches!(rx1.recv().await, Some(TcpEvent::Opened { .. })));
+        let Some(TcpEvent::Frame { data, .. }) = rx1.recv().await else {
+            panic!("no frame");
+        };
+        assert_eq!(&data[..], &check[..]);
+        assert!(rx0.try_recv().is_err(), "worker 0 got nothing");
+    }
+
+    #[tokio::test]
     async fn a_connection_reports_frames_and_closing() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -168,13 +194,14 @@ mod tests {
         let router = TcpRouter::new(vec![tx], Arc::new(Directory::default()));
         tokio::spawn(accept_loop(listener, router));
         let mut client = TcpStream::connect(addr).await.expect("connect");
-        let Some(TcpEvent::Opened { writer, from }) = rx.recv().await else {
-            panic!("no open event");
-        };
+        // The connection is given to a worker once its first frame says whose it is.
         client
             .write_all(&[0, 2, 9, 8, 0, 1, 7])
             .await
             .expect("write");
+        let Some(TcpEvent::Opened { writer, from }) = rx.recv().await else {
+            panic!("no open event");
+        };
         let Some(TcpEvent::Frame { data, .. }) = rx.recv().await else {
             panic!("no frame");
         };

@@ -445,10 +445,12 @@ impl Collector for HubCollector {
             )?;
             for (i, s) in self.hub.each_worker_stats().enumerate() {
                 let labels = [("worker", i.to_string())];
-                metric.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(
-                    &(std::time::Duration::from_nanos(load(&s.busy_nanos)).as_secs_f64()),
-                    None,
-                )?;
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(
+                        &(std::time::Duration::from_nanos(load(&s.busy_nanos)).as_secs_f64()),
+                        None,
+                    )?;
             }
         }
         counter(

@@ -310,11 +310,18 @@ impl WorkerStats {
             add(&total.notice_drops, notice_drops);
             add(&total.rtp_bytes_in, rtp_bytes_in);
             add(&total.rtp_bytes_forwarded, rtp_bytes_forwarded);
-            for (to, from) in total.forward_drops_by_reason.iter().zip(forward_drops_by_reason) {
+            for (to, from) in total
+                .forward_drops_by_reason
+                .iter()
+                .zip(forward_drops_by_reason)
+            {
                 add(to, from);
             }
             add(&total.nacks_received, nacks_received);
-            add(&total.keyframe_requests_received, keyframe_requests_received);
+            add(
+                &total.keyframe_requests_received,
+                keyframe_requests_received,
+            );
             add(&total.peers_connected, peers_connected);
             add(&total.peers_failed, peers_failed);
             add(&total.busy_nanos, busy_nanos);

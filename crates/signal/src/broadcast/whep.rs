@@ -244,7 +244,14 @@ async fn follow(mut f: Follow) {
                     .filter(|slot| !f.chosen.contains(slot))
                     .cloned()
                     .collect();
-                bind(&f.hub, &f.session.room, f.session.participant, &changed, &f.stage).await;
+                bind(
+                    &f.hub,
+                    &f.session.room,
+                    f.session.participant,
+                    &changed,
+                    &f.stage,
+                )
+                .await;
                 f.chosen = next;
             }
         }
