@@ -42,8 +42,6 @@ use crate::wire::{WireLinks, WireLog, WireSocket};
 
 /// The profile Chorus negotiates by default (see config/chorus.toml).
 const PROFILE: ProtectionProfile = ProtectionProfile::AeadAes128Gcm;
-/// Socket buffers, as the Chorus media socket has them.
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
 
@@ -72,8 +70,8 @@ fn context(participant: usize, direction: Direction) -> Result<Context> {
 
 fn bind_std(nonblocking: bool) -> Result<StdUdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    // Socket buffers as the Chorus media socket gets them.
+    chorus_sfu::net::set_buffers(&socket);
     socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     socket.set_nonblocking(nonblocking)?;
     Ok(socket.into())

@@ -54,7 +54,7 @@ fn bind_one(addr: SocketAddr, shared: bool) -> io::Result<tokio::net::UdpSocket>
 /// `CAP_NET_ADMIN`) goes past `net.core.rmem_max`, whose default of about 208 KB overflows
 /// under bursts; without the capability the plain option takes what the cap allows, and
 /// [`receive_buffer_bytes`] says how much that was.
-fn set_buffers(socket: &Socket) {
+pub fn set_buffers(socket: &Socket) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
     for (force, plain) in [
