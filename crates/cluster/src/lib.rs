@@ -377,7 +377,12 @@ impl Cluster {
             let rates = if elapsed > 0.05 {
                 (
                     (forwarded.saturating_sub(last.1) as f64 / elapsed) as u64,
-                    (busy.saturating_sub(last.2) as f64 / 1e9 / elapsed).clamp(0.0, 1.0),
+                    // The mean over the workers: 1.0 is every worker's core full.
+                    (busy.saturating_sub(last.2) as f64
+                        / 1e9
+                        / elapsed
+                        / inner.hub.worker_count() as f64)
+                        .clamp(0.0, 1.0),
                 )
             } else {
                 (0, 0.0)

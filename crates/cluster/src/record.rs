@@ -29,7 +29,8 @@ pub struct NodeRecord {
     pub participants: u64,
     /// Forwarded RTP packets per second, over the last heartbeat interval.
     pub forwarded_pps: u64,
-    /// The media worker's busy share of its core over the last interval, 0.0 to 1.0.
+    /// The media workers' mean busy share of their cores over the last interval, 0.0 to
+    /// 1.0.
     pub cpu: f64,
     /// The rooms this node hosts, with their participant counts (for the cluster's room
     /// list).

@@ -580,6 +580,11 @@ impl Hub {
         WorkerStats::sum(self.inner.workers.iter().map(WorkerHandle::stats))
     }
 
+    /// How many media workers there are.
+    pub fn worker_count(&self) -> usize {
+        self.inner.workers.len()
+    }
+
     /// Each media worker's counters, in worker order (for `/metrics`).
     pub fn each_worker_stats(&self) -> impl Iterator<Item = &WorkerStats> {
         self.inner.workers.iter().map(WorkerHandle::stats)
