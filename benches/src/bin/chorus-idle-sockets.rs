@@ -33,7 +33,9 @@ const SETTLE: Duration = Duration::from_secs(2);
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let server = Server::start_bin(&args.bin, "").await?;
+    // Every socket comes from loopback: the per-address cap must let them all in.
+    let config = format!("[limits]\nmax_connections_per_ip = {}\n", args.sockets + 10);
+    let server = Server::start_bin(&args.bin, &config).await?;
     let pid = server.pid().context("server pid")?;
     let mut per_socket = Vec::new();
     for round in 1..=args.rounds {
