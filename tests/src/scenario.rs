@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use chorus_protocol::MediaKind;
 
 use crate::media::{expected_payload, parse_tag};
-use crate::{Client, MediaRate, PublishedTracks, Server, sequence_breaks};
+use crate::{Client, MediaRate, PublishedTracks, ReceivedPacket, Server, sequence_breaks};
 
 /// Generous bound for anything signaling or media related on a loaded 2-core machine.
 const T: Duration = Duration::from_secs(15);
@@ -90,18 +90,7 @@ pub fn assert_media_intact(receiver: &Client, sender: &Client) -> Result<()> {
                 tag.counter
             );
         }
-        let ssrcs: HashSet<u32> = got.iter().map(|p| p.ssrc).collect();
-        ensure!(ssrcs.len() == 1, "{label}: several SSRCs {ssrcs:?}");
-        let pts: HashSet<u8> = got.iter().map(|p| p.payload_type).collect();
-        ensure!(pts.len() == 1, "{label}: several payload types {pts:?}");
-        let breaks = sequence_breaks(&got);
-        ensure!(
-            breaks.is_empty(),
-            "{label}: {} sequence breaks in {} packets: {:?}",
-            breaks.len(),
-            got.len(),
-            &breaks[..breaks.len().min(10)]
-        );
+        assert_one_stream(&label, &got)?;
         // Counters must rise with sequence numbers: nothing reordered or replayed.
         let counters: Vec<u32> = got
             .iter()
@@ -152,5 +141,23 @@ pub async fn wait_for_full_mesh(clients: &[Client]) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// What one subscription received is one stream: one SSRC, one payload type, and sequence
+/// numbers without a break.
+pub fn assert_one_stream(label: &str, got: &[ReceivedPacket]) -> Result<()> {
+    let ssrcs: HashSet<u32> = got.iter().map(|p| p.ssrc).collect();
+    ensure!(ssrcs.len() == 1, "{label}: several SSRCs {ssrcs:?}");
+    let pts: HashSet<u8> = got.iter().map(|p| p.payload_type).collect();
+    ensure!(pts.len() == 1, "{label}: several payload types {pts:?}");
+    let breaks = sequence_breaks(got);
+    ensure!(
+        breaks.is_empty(),
+        "{label}: {} sequence breaks in {} packets: {:?}",
+        breaks.len(),
+        got.len(),
+        &breaks[..breaks.len().min(10)]
+    );
     Ok(())
 }

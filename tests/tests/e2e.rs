@@ -15,8 +15,8 @@ use chorus_tests::layered::MidRid;
 use chorus_tests::media::{MediaTag, expected_payload, is_vp8_keyframe, parse_tag};
 use chorus_tests::peer::VP8_PT;
 use chorus_tests::scenario::{
-    assert_media_intact, assert_no_failures, publishing_clients, wait_for_full_mesh,
-    wait_for_media_from,
+    assert_media_intact, assert_no_failures, assert_one_stream, publishing_clients,
+    wait_for_full_mesh, wait_for_media_from,
 };
 use chorus_tests::socket::{CappedSocket, LossySocket, SilenceSocket};
 use chorus_tests::{
@@ -1090,18 +1090,7 @@ fn check_layered_stream(
         }
         previous = Some((packet, tag, original));
     }
-    let ssrcs: HashSet<u32> = got.iter().map(|p| p.ssrc).collect();
-    ensure!(ssrcs.len() == 1, "{label}: several SSRCs {ssrcs:?}");
-    let pts: HashSet<u8> = got.iter().map(|p| p.payload_type).collect();
-    ensure!(pts.len() == 1, "{label}: several payload types {pts:?}");
-    let breaks = sequence_breaks(got);
-    ensure!(
-        breaks.is_empty(),
-        "{label}: {} sequence breaks in {} packets: {:?}",
-        breaks.len(),
-        got.len(),
-        &breaks[..breaks.len().min(10)]
-    );
+    assert_one_stream(label, got)?;
     Ok(layers_seen)
 }
 
