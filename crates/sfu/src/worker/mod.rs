@@ -531,7 +531,7 @@ enum Wake {
 }
 
 /// Starts one worker per socket (the sockets share the media port, see
-/// [`crate::net::bind_udp_group`]), with ICE-TCP on `tcp_listener` if given, and returns
+/// [`crate::net::bind_udp_shared`]), with ICE-TCP on `tcp_listener` if given, and returns
 /// their handles in worker order.
 ///
 /// Each worker runs on a thread of its own with a single-threaded runtime: the media path
