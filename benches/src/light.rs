@@ -83,6 +83,18 @@ struct Shared {
     /// Set at the takeover: from then on the light thread reads the socket.
     light: AtomicBool,
     from_thread: Mutex<mpsc::UnboundedReceiver<Datagram>>,
+    /// The stack's receive task while it waits on the tokio socket. The takeover wakes it:
+    /// once the tokio socket is dropped (maybe by a send, see [`LightSocket`]), nothing
+    /// else would, and the stack would never read a sample.
+    recv_waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl Shared {
+    fn wake_receiver(&self) {
+        if let Some(waker) = lock(&self.recv_waker).take() {
+            waker.wake();
+        }
+    }
 }
 
 /// One socket's registration with the light thread.
@@ -131,6 +143,7 @@ impl LightHub {
         let shared = Arc::new(Shared {
             light: AtomicBool::new(false),
             from_thread: Mutex::new(from_thread),
+            recv_waker: Mutex::new(None),
         });
         lock(&self.sockets).push(Registered {
             participant,
@@ -159,7 +172,10 @@ fn is_rtcp(datagram: &[u8]) -> bool {
 /// deregisters it from tokio's reactor, which would otherwise be woken by every arrival on
 /// the socket the light thread now reads, and closes only its descriptor, since the light
 /// thread and `raw` hold duplicates. After it, the stack's few sends (STUN answers, DTLS)
-/// go out on `raw`.
+/// go out on `raw`. Whoever drops the tokio socket wakes the stack's receive task, which
+/// may be parked on it: when a send came first, that task was never woken again, and the
+/// participant's stack saw no sample (four to nine light subscribers of 120 at 12 rooms).
+/// The takeover wakes every receive task too, so each moves to its channel at once.
 #[derive(Debug)]
 struct LightSocket {
     inner: Mutex<Option<Arc<WireSocket>>>,
@@ -184,7 +200,10 @@ impl LightSocket {
     fn before_takeover(&self) -> Option<Arc<WireSocket>> {
         let mut inner = lock(&self.inner);
         if self.shared.light.load(Ordering::Relaxed) {
-            inner.take();
+            if inner.take().is_some() {
+                // The receive task may be parked on the socket just dropped.
+                self.shared.wake_receiver();
+            }
             return None;
         }
         inner.clone()
@@ -235,7 +254,11 @@ impl AsyncUdpSocket for LightSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         if let Some(inner) = self.before_takeover() {
-            return inner.poll_recv(cx, bufs, meta);
+            let polled = inner.poll_recv(cx, bufs, meta);
+            if polled.is_pending() {
+                *lock(&self.shared.recv_waker) = Some(cx.waker().clone());
+            }
+            return polled;
         }
         let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
             return Poll::Ready(Ok(0));
@@ -403,6 +426,7 @@ impl LightReceiver {
         let sockets = std::mem::take(&mut *lock(&hub.sockets));
         for shared in lock(&hub.shared).iter() {
             shared.light.store(true, Ordering::Relaxed);
+            shared.wake_receiver();
         }
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(LightCounters::default());
