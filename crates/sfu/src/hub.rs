@@ -575,7 +575,7 @@ impl Hub {
         }
     }
 
-    /// The media worker's counters, as they are now (for `/metrics`).
+    /// Every media worker's counters added up, as they are now (for `/metrics`).
     pub fn worker_stats(&self) -> WorkerStats {
         WorkerStats::sum(self.inner.workers.iter().map(WorkerHandle::stats))
     }
