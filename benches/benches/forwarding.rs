@@ -16,6 +16,10 @@
 //!   No socket.
 //! - `fanout/parts/N`: the same fan-out from its parts, without `Peer`: SRTP-unprotect once,
 //!   then per subscription `HeaderRewrite::apply` + marshal + SRTP-protect (AES-128-GCM).
+//! - `fanout/threads/T`: `fanout/peer/10` on T threads at once, each with its own rig, as T
+//!   media workers forward T rooms: ns per input datagram of all threads together (wall
+//!   time), so T threads that scale perfectly show 1/T of `fanout/threads/1`. Shows
+//!   whether the forwarding path shares anything across threads (locks, the allocator).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -198,6 +202,60 @@ fn bench_peer(subscribers: usize) -> anyhow::Result<Row> {
     Ok(row)
 }
 
+fn bench_threads(threads: usize) -> anyhow::Result<Row> {
+    const SUBSCRIBERS: usize = 10;
+    const BATCHES: usize = 2_000;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || -> anyhow::Result<usize> {
+                let mut rig = Rig::new(SUBSCRIBERS)?;
+                let mut datagrams = rig.datagrams(REPEATS * BATCHES * PEER_BATCH, 1100)?;
+                let mut outputs = 0;
+                for r in 0..REPEATS {
+                    start.wait();
+                    for b in 0..BATCHES {
+                        let at = (r * BATCHES + b) * PEER_BATCH;
+                        outputs +=
+                            rig.forward_batch(&mut datagrams[at..at + PEER_BATCH], Instant::now());
+                    }
+                    start.wait();
+                }
+                Ok(outputs)
+            })
+        })
+        .collect();
+    let mut times = Vec::with_capacity(REPEATS);
+    let mut before = None;
+    for _ in 0..REPEATS {
+        // Every thread has built its rig once it reaches the first barrier.
+        start.wait();
+        before.get_or_insert_with(AllocCount::now);
+        let t = Instant::now();
+        start.wait();
+        times.push(t.elapsed().as_nanos() as f64);
+    }
+    let before = before.unwrap_or_else(AllocCount::now);
+    let allocs = AllocCount::now().since(before);
+    let mut outputs = 0;
+    for worker in workers {
+        outputs += worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("a forwarding thread panicked"))??;
+    }
+    times.sort_by(f64::total_cmp);
+    let inputs = (threads * BATCHES * PEER_BATCH) as f64;
+    let total = inputs * REPEATS as f64;
+    Ok(Row {
+        name: format!("fanout/threads/{threads}"),
+        ns_per_in: times[REPEATS / 2] / inputs,
+        outputs_per_in: outputs as f64 / total,
+        allocs_per_in: allocs.allocs as f64 / total,
+        bytes_per_in: allocs.bytes as f64 / total,
+    })
+}
+
 fn bench_parts(subscribers: usize) -> anyhow::Result<Row> {
     let mut parts = Parts::new(subscribers)?;
     let inputs = (40_000 / subscribers).clamp(500, 20_000);
@@ -247,6 +305,11 @@ fn main() -> anyhow::Result<()> {
     for n in [1, 10, 100] {
         if wanted(&format!("fanout/peer/{n}")) {
             print(&bench_peer(n)?);
+        }
+    }
+    for n in [1, 2] {
+        if wanted(&format!("fanout/threads/{n}")) {
+            print(&bench_threads(n)?);
         }
     }
     Ok(())
