@@ -26,7 +26,7 @@ use crate::MediaError;
 use crate::allocate::{Importance, LayerCost, Tile};
 use crate::audio_level::{LEVEL_REPORT_INTERVAL, LevelMeter};
 use crate::batch::{self, RecvBatch, SendBatch};
-use crate::handoff::{Directory, Handed, HandoffStats, Inbox, Outboxes, WorkerIndex};
+use crate::handoff::{Directory, Inbox, Outboxes, WorkerIndex};
 use crate::history::History;
 use crate::idhash::IdHashMap;
 use crate::layer::{self, Forward, LayerSwitch};
@@ -35,17 +35,19 @@ use crate::peer::{
     ntp_time,
 };
 use crate::source::SourceLayers;
-use crate::stun;
 use crate::tcp::{self, TcpEvent};
 use crate::token::{random_token, random_u64};
 
 mod allocation;
+mod demux;
 mod levels;
 mod recording;
+mod stats;
 mod viewer;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
+pub use stats::WorkerStats;
 
 /// Commands from rooms to the worker. Bounded: a room awaits room for its command, which
 /// slows that room's signaling, never the media path.
@@ -179,164 +181,6 @@ pub enum WorkerCommand {
         track: TrackId,
         sink: Option<crate::record::RecordSink>,
     },
-}
-
-/// Counters the worker keeps; read by `/api/stats` and the load generator.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub peers: AtomicU64,
-    pub tracks: AtomicU64,
-    pub subscriptions: AtomicU64,
-    pub datagrams_in: AtomicU64,
-    pub datagrams_out: AtomicU64,
-    pub rtp_in: AtomicU64,
-    pub rtp_forwarded: AtomicU64,
-    /// Forwarded packets dropped before their subscriber was ready or because it refused.
-    pub forward_drops: AtomicU64,
-    /// Datagrams from addresses that no peer owns.
-    pub unrouted: AtomicU64,
-    /// Datagrams the kernel would not take (send buffer full).
-    pub send_drops: AtomicU64,
-    pub keyframe_requests: AtomicU64,
-    /// Packets sent again to answer a subscriber's NACK.
-    pub retransmitted: AtomicU64,
-    /// NACKed packets no longer (or never) in their track's history.
-    pub retransmit_misses: AtomicU64,
-    /// Packets of a simulcast track from an SSRC that no layer has.
-    pub unknown_layer: AtomicU64,
-    /// Layer switches completed (each on a keyframe of the new layer).
-    pub layer_switches: AtomicU64,
-    /// Notices to rooms that did not fit their queue.
-    pub notice_drops: AtomicU64,
-    /// RTP bytes read from publishers: header and payload, without SRTP or header
-    /// extensions (what [`MediaPacket::wire_len`] counts).
-    pub rtp_bytes_in: AtomicU64,
-    /// RTP bytes forwarded to subscribers, each copy counted at its source packet's
-    /// [`MediaPacket::wire_len`].
-    pub rtp_bytes_forwarded: AtomicU64,
-    /// `forward_drops` by reason, indexed by [`ForwardDrop::index`].
-    pub forward_drops_by_reason: [AtomicU64; ForwardDrop::COUNT],
-    /// NACKs from subscribers that named packets this server sent them (each NACK may name
-    /// several: those are `retransmitted` plus `retransmit_misses`).
-    pub nacks_received: AtomicU64,
-    /// Keyframe requests (PLI or FIR) from subscribers. `keyframe_requests` counts those
-    /// passed on to publishers, after the per-layer throttle.
-    pub keyframe_requests_received: AtomicU64,
-    /// Peers whose ICE and DTLS came up and that have not failed; the others of `peers`
-    /// are connecting or failed.
-    pub peers_connected: AtomicU64,
-    /// Peers that failed or closed and whose participant is not removed yet.
-    pub peers_failed: AtomicU64,
-    /// Nanoseconds the worker spent handling datagrams, commands and timers rather than
-    /// waiting for them: its rate is the worker's busy share of one core.
-    pub busy_nanos: AtomicU64,
-    /// Video subscriptions the last allocation pass paused because not even their lowest
-    /// layer fit the downlink estimate.
-    pub paused_low_bandwidth: AtomicU64,
-    /// Video subscriptions the last allocation pass paused because the subscriber does not
-    /// show them.
-    pub paused_not_visible: AtomicU64,
-    /// Connected subscribers with a downlink estimate (transport-cc feedback), as of the
-    /// last allocation pass.
-    pub subscribers_estimated: AtomicU64,
-    /// Of those, the ones whose estimate binds (cut for congestion recently).
-    pub subscribers_congested: AtomicU64,
-    /// The sum of those subscribers' downlink estimates, in bits per second.
-    pub downlink_estimate_bps: AtomicU64,
-    /// Audio packets whose audio-level element was not a level (not one byte); the packet
-    /// is forwarded, the level is not counted.
-    pub audio_levels_invalid: AtomicU64,
-    /// Datagrams passed between this worker and the others (see [`crate::handoff`]).
-    pub handoff: HandoffStats,
-}
-
-impl WorkerStats {
-    /// The counters of all `workers` added up (gauges too: the server's totals).
-    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> WorkerStats {
-        let total = WorkerStats::default();
-        let add = |to: &AtomicU64, from: &AtomicU64| {
-            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        };
-        for w in workers {
-            // Destructured, so that a new counter cannot be left out of the sum.
-            let WorkerStats {
-                peers,
-                tracks,
-                subscriptions,
-                datagrams_in,
-                datagrams_out,
-                rtp_in,
-                rtp_forwarded,
-                forward_drops,
-                unrouted,
-                send_drops,
-                keyframe_requests,
-                retransmitted,
-                retransmit_misses,
-                unknown_layer,
-                layer_switches,
-                notice_drops,
-                rtp_bytes_in,
-                rtp_bytes_forwarded,
-                forward_drops_by_reason,
-                nacks_received,
-                keyframe_requests_received,
-                peers_connected,
-                peers_failed,
-                busy_nanos,
-                paused_low_bandwidth,
-                paused_not_visible,
-                subscribers_estimated,
-                subscribers_congested,
-                downlink_estimate_bps,
-                audio_levels_invalid,
-                handoff,
-            } = w;
-            add(&total.peers, peers);
-            add(&total.tracks, tracks);
-            add(&total.subscriptions, subscriptions);
-            add(&total.datagrams_in, datagrams_in);
-            add(&total.datagrams_out, datagrams_out);
-            add(&total.rtp_in, rtp_in);
-            add(&total.rtp_forwarded, rtp_forwarded);
-            add(&total.forward_drops, forward_drops);
-            add(&total.unrouted, unrouted);
-            add(&total.send_drops, send_drops);
-            add(&total.keyframe_requests, keyframe_requests);
-            add(&total.retransmitted, retransmitted);
-            add(&total.retransmit_misses, retransmit_misses);
-            add(&total.unknown_layer, unknown_layer);
-            add(&total.layer_switches, layer_switches);
-            add(&total.notice_drops, notice_drops);
-            add(&total.rtp_bytes_in, rtp_bytes_in);
-            add(&total.rtp_bytes_forwarded, rtp_bytes_forwarded);
-            for (to, from) in total
-                .forward_drops_by_reason
-                .iter()
-                .zip(forward_drops_by_reason)
-            {
-                add(to, from);
-            }
-            add(&total.nacks_received, nacks_received);
-            add(
-                &total.keyframe_requests_received,
-                keyframe_requests_received,
-            );
-            add(&total.peers_connected, peers_connected);
-            add(&total.peers_failed, peers_failed);
-            add(&total.busy_nanos, busy_nanos);
-            add(&total.paused_low_bandwidth, paused_low_bandwidth);
-            add(&total.paused_not_visible, paused_not_visible);
-            add(&total.subscribers_estimated, subscribers_estimated);
-            add(&total.subscribers_congested, subscribers_congested);
-            add(&total.downlink_estimate_bps, downlink_estimate_bps);
-            add(&total.audio_levels_invalid, audio_levels_invalid);
-            add(&total.handoff.sent, &handoff.sent);
-            add(&total.handoff.dropped, &handoff.dropped);
-            add(&total.handoff.received, &handoff.received);
-        }
-        total
-    }
 }
 
 /// A handle for sending commands to a running worker.
@@ -692,72 +536,6 @@ impl Worker {
         self.participants.get_mut(&key.0)?.slot(key.1).as_mut()
     }
 
-    /// Where a datagram goes. A STUN check names its peer by ufrag, here or in the
-    /// directory, and (re)binds its address: an address that a gone peer used is claimed
-    /// by the peer that uses it now. Other datagrams go by address.
-    fn route(&mut self, from: SocketAddr, tcp: bool, datagram: &[u8]) -> Option<Route> {
-        let Some(ufrag) = stun::local_ufrag(datagram) else {
-            return self.by_addr.get(&(from, tcp)).copied();
-        };
-        let route = match self.by_ufrag.get(ufrag) {
-            Some(&(participant, role)) => Route::Local(participant, role),
-            // ICE-TCP connections are given to their owner when they open (tcp.rs).
-            None if tcp => return None,
-            None => match self.directory.owner(ufrag) {
-                Some(owner) if owner != self.index => Route::Foreign(owner),
-                _ => return None,
-            },
-        };
-        let previous = self.by_addr.insert((from, tcp), route);
-        if let Route::Foreign(_) = route
-            && previous != Some(route)
-        {
-            self.foreign.push((from, ufrag.to_owned()));
-        }
-        Some(route)
-    }
-
-    /// Forgets the addresses of other workers' peers that are gone.
-    fn sweep_foreign(&mut self) {
-        let (by_addr, directory) = (&mut self.by_addr, &self.directory);
-        self.foreign.retain(|(addr, ufrag)| {
-            let routed = by_addr.get(&(*addr, false)).copied();
-            match (routed, directory.owner(ufrag)) {
-                (Some(Route::Foreign(w)), Some(owner)) if w == owner => true,
-                (Some(Route::Foreign(_)), _) => {
-                    by_addr.remove(&(*addr, false));
-                    false
-                }
-                _ => false,
-            }
-        });
-    }
-
-    /// Handles what other workers handed over, up to a pass's worth of batches; wakes
-    /// itself again if more waits.
-    fn receive_handed(&mut self) {
-        for _ in 0..RECV_BATCHES_PER_PASS {
-            let now = Instant::now();
-            let mut n = 0;
-            while n < batch::BATCH {
-                let Some(Handed { from, datagram }) = self.handed_in.try_take() else {
-                    break;
-                };
-                n += 1;
-                self.stats.handoff.received.fetch_add(1, Ordering::Relaxed);
-                self.handle_datagram(from, false, datagram, now, true);
-            }
-            if n == 0 {
-                return;
-            }
-            self.flush();
-            if n < batch::BATCH {
-                return;
-            }
-        }
-        self.handed_in.wake_again();
-    }
-
     /// Reads and handles up to [`RECV_BATCHES_PER_PASS`] batches of datagrams, flushing
     /// what they produced after each batch.
     fn receive_batches(&mut self) {
@@ -800,54 +578,6 @@ impl Worker {
             TcpEvent::Closed { from } => {
                 self.tcp_writers.remove(&from);
                 self.by_addr.remove(&(from, true));
-            }
-        }
-    }
-
-    /// Handles one datagram; `handed`: another worker passed it on (it is never passed on
-    /// again).
-    fn handle_datagram(
-        &mut self,
-        from: SocketAddr,
-        tcp: bool,
-        datagram: BytesMut,
-        now: Instant,
-        handed: bool,
-    ) {
-        if !handed {
-            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        }
-        let key = match self.route(from, tcp, &datagram) {
-            Some(Route::Local(participant, role)) => (participant, role),
-            Some(Route::Foreign(owner)) if !handed => {
-                if self
-                    .outboxes
-                    .push(owner, Handed { from, datagram }, &self.stats.handoff)
-                {
-                    self.to_wake[usize::from(owner)] = true;
-                }
-                return;
-            }
-            Some(Route::Foreign(_)) | None => {
-                self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        let Some(peer) = self.peer_mut(key) else {
-            self.by_addr.remove(&(from, tcp));
-            self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        peer.handle_datagram(from, tcp, datagram, now);
-        self.touched.push(key.0);
-        self.drain_peer(key, now);
-    }
-
-    /// Wakes the workers that this batch handed datagrams to.
-    fn wake_handed(&mut self) {
-        for (owner, wake) in self.to_wake.iter_mut().enumerate() {
-            if std::mem::take(wake) {
-                self.outboxes.wake(owner as WorkerIndex);
             }
         }
     }
