@@ -415,6 +415,9 @@ pub struct MediaConfig {
     pub stun_discovery: Option<String>,
     /// Media worker threads, each with its own socket on the media port; 0: one per core.
     pub workers: usize,
+    /// How many of a room's participants live on the room's worker before the next ones
+    /// are spread over the others; 0: never.
+    pub spread_room_after: usize,
 }
 
 impl Default for MediaConfig {
@@ -427,6 +430,7 @@ impl Default for MediaConfig {
             srtp_profiles: vec!["aead_aes_128_gcm".into(), "aead_aes_256_gcm".into()],
             stun_discovery: None,
             workers: 0,
+            spread_room_after: 16,
         }
     }
 }

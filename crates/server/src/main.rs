@@ -241,6 +241,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             events,
             speakers: config.audio.speakers(),
             recording: config.recording.settings(),
+            spread_room_after: config.media.spread_room_after,
         },
     );
     // Set by the admin API's `POST /api/v1/drain`; SIGTERM does the same.

@@ -1,4 +1,4 @@
-//! Handing datagrams between media workers.
+//! Handing datagrams and media between media workers.
 //!
 //! Every worker has its own socket on the shared media port (`SO_REUSEPORT`), and the
 //! kernel picks the socket that receives a datagram by a hash of its 4-tuple: a peer's
@@ -8,9 +8,15 @@
 //! [`Inbox`], without a lock (a `std` bounded channel is a lock-free array queue), and wakes
 //! it once per batch.
 //!
-//! Only datagrams cross here, so the cost is one hop per *received* datagram of a
-//! misplaced peer: a publisher's packet is handed over once, then forwarded to every
-//! subscriber by its owner. Subscribers receive little (RTCP).
+//! A misplaced peer costs one hop per *received* datagram: a publisher's packet is
+//! handed over once, then forwarded to every subscriber by its owner. Subscribers receive
+//! little (RTCP).
+//!
+//! A room too big for one worker has participants on several (see [`crate::placement`]).
+//! Then the publisher's worker also hands each decrypted packet of a track, once per
+//! worker that has subscribers of it, to those workers' mirrors of the track
+//! ([`Handed::Media`], see `worker/relay.rs`), and a mirror asks the publisher's worker
+//! for keyframes the same way ([`Handed::Keyframe`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,14 +24,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
 use bytes::BytesMut;
+use chorus_protocol::TrackId;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
-/// Datagrams waiting for one worker from the others. 4096 is about 40 ms of a worker
-/// receiving 100k datagrams per second all from misplaced peers, enough to ride out one
-/// slow pass of the owner. When full, the datagram is dropped and counted in
-/// [`HandoffStats::dropped`], as a full socket buffer would drop it: media recovers by
-/// NACK or keyframe, ICE by its retransmissions.
+use crate::peer::MediaPacket;
+
+/// Datagrams and relayed packets waiting for one worker from the others. 4096 is about
+/// 40 ms of a worker receiving 100k datagrams per second all from misplaced peers or other
+/// workers' publishers, enough to ride out one slow pass of the owner. When full, the item
+/// is dropped and counted ([`HandoffStats::dropped`], [`HandoffStats::relay_dropped`]), as a
+/// full socket buffer would drop it: media recovers by NACK or keyframe, ICE by its
+/// retransmissions, a keyframe request by its retry.
 pub const HANDOFF_QUEUE: usize = 4096;
 
 /// The index of a media worker.
@@ -52,14 +62,28 @@ impl Directory {
     }
 }
 
-/// A datagram that one worker received for another's peer.
-#[derive(Debug)]
-pub struct Handed {
-    pub from: SocketAddr,
-    pub datagram: BytesMut,
+/// What one worker hands another.
+pub enum Handed {
+    /// A datagram that this worker's socket received for the other's peer.
+    Datagram {
+        from: SocketAddr,
+        datagram: BytesMut,
+    },
+    /// A packet of a track published on this worker, for the other's mirror of it.
+    Media {
+        track: TrackId,
+        layer: u8,
+        /// Whether it starts a keyframe, and the frame's size where the codec says (as the
+        /// publisher's worker found them, so the mirror need not parse again).
+        keyframe: bool,
+        size: Option<(u16, u16)>,
+        packet: MediaPacket,
+    },
+    /// A subscriber on the other worker needs a keyframe of this worker's track.
+    Keyframe { track: TrackId, layer: u8 },
 }
 
-/// Counters of the hand-over, per receiving worker.
+/// Counters of the hand-over, per worker.
 #[derive(Debug, Default)]
 pub struct HandoffStats {
     /// Datagrams this worker received for another worker's peer and passed on.
@@ -68,6 +92,16 @@ pub struct HandoffStats {
     pub dropped: AtomicU64,
     /// Datagrams other workers passed to this one.
     pub received: AtomicU64,
+    /// Packets of this worker's publishers handed to other workers' mirrors (one per
+    /// packet and mirror, whatever the mirror's subscriber count).
+    pub relayed: AtomicU64,
+    /// Of those, the ones the other worker's full inbox refused (dropped).
+    pub relay_dropped: AtomicU64,
+    /// Packets other workers handed to this one's mirrors.
+    pub relayed_in: AtomicU64,
+    /// Mirrors open on this worker: tracks published on another worker that subscribers
+    /// here receive (a gauge).
+    pub mirrors: AtomicU64,
 }
 
 /// The receiving end of one worker's inbox.
@@ -89,7 +123,7 @@ impl Inbox {
         self.wake.notify_one();
     }
 
-    /// The next handed-over datagram, if one waits.
+    /// The next handed-over item, if one waits.
     pub fn try_take(&self) -> Option<Handed> {
         self.rx.try_recv().ok()
     }
@@ -115,21 +149,28 @@ impl Outboxes {
         (Self { to }, inboxes)
     }
 
-    /// Queues a datagram for `worker`, or drops it (false) when its inbox is full or gone.
-    /// The worker is not woken yet: see [`Outboxes::wake`].
-    pub fn push(&self, worker: WorkerIndex, handed: Handed, stats: &HandoffStats) -> bool {
-        stats.sent.fetch_add(1, Ordering::Relaxed);
-        let Some((tx, _)) = self.to.get(usize::from(worker)) else {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        };
-        match tx.try_send(handed) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+    /// Queues an item for `worker`, counted as `sent`, or drops it (false, counted as
+    /// `dropped` too) when its inbox is full or gone. The worker is not woken yet: see
+    /// [`Outboxes::wake`].
+    pub fn push(
+        &self,
+        worker: WorkerIndex,
+        handed: Handed,
+        sent: &AtomicU64,
+        dropped: &AtomicU64,
+    ) -> bool {
+        sent.fetch_add(1, Ordering::Relaxed);
+        let queued =
+            self.to
+                .get(usize::from(worker))
+                .is_some_and(|(tx, _)| match tx.try_send(handed) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+                });
+        if !queued {
+            dropped.fetch_add(1, Ordering::Relaxed);
         }
+        queued
     }
 
     /// Wakes `worker` to read its inbox; called once per batch that pushed to it.
@@ -153,10 +194,21 @@ mod tests {
     use super::*;
 
     fn handed(n: u8) -> Handed {
-        Handed {
+        Handed::Datagram {
             from: SocketAddr::from(([127, 0, 0, 1], 4000 + u16::from(n))),
             datagram: BytesMut::from(&[n; 3][..]),
         }
+    }
+
+    fn first_byte(handed: Handed) -> u8 {
+        match handed {
+            Handed::Datagram { datagram, .. } => datagram[0],
+            _ => panic!("not a datagram"),
+        }
+    }
+
+    fn push(out: &Outboxes, worker: WorkerIndex, n: u8, stats: &HandoffStats) -> bool {
+        out.push(worker, handed(n), &stats.sent, &stats.dropped)
     }
 
     #[tokio::test]
@@ -164,14 +216,14 @@ mod tests {
         let (out, inboxes) = Outboxes::new(2);
         let stats = HandoffStats::default();
         for n in 0..5 {
-            assert!(out.push(1, handed(n), &stats));
+            assert!(push(&out, 1, n, &stats));
         }
         out.wake(1);
         tokio::time::timeout(std::time::Duration::from_secs(1), inboxes[1].ready())
             .await
             .expect("woken");
         let got: Vec<u8> = std::iter::from_fn(|| inboxes[1].try_take())
-            .map(|h| h.datagram[0])
+            .map(first_byte)
             .collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
         assert!(inboxes[0].try_take().is_none());
@@ -184,16 +236,13 @@ mod tests {
         let (out, inboxes) = Outboxes::new(1);
         let stats = HandoffStats::default();
         for n in 0..HANDOFF_QUEUE {
-            assert!(out.push(0, handed(n as u8), &stats));
+            assert!(push(&out, 0, n as u8, &stats));
         }
-        assert!(!out.push(0, handed(1), &stats));
-        assert!(!out.push(7, handed(1), &stats), "no such worker");
+        assert!(!push(&out, 0, 1, &stats));
+        assert!(!push(&out, 7, 1, &stats), "no such worker");
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
         assert!(inboxes[0].try_take().is_some());
-        assert!(
-            out.push(0, handed(2), &stats),
-            "room again after one is taken"
-        );
+        assert!(push(&out, 0, 2, &stats), "room again after one is taken");
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct HubConfig {
     pub speakers: crate::speaker::SpeakerSettings,
     /// Recording (`[recording]` in the config).
     pub recording: RecordingSettings,
+    /// `media.spread_room_after`: how many of a room's participants live on its worker
+    /// before the next goes to another (0: never; see [`crate::placement`]).
+    pub spread_room_after: usize,
 }
 
 /// Where recordings go, and which rooms are recorded from their first join.
@@ -139,8 +142,10 @@ pub(crate) struct RoomEntry {
     pub(crate) tx: mpsc::Sender<RoomCommand>,
     pub(crate) members: Arc<AtomicUsize>,
     pub(crate) generation: u64,
-    /// The media worker the room lives on.
+    /// The media worker the room opened on (its home).
     pub(crate) worker: WorkerIndex,
+    /// Where its participants live.
+    pub(crate) placed: crate::room_workers::Placed,
 }
 
 pub(crate) struct HubInner {
@@ -233,6 +238,13 @@ pub struct HubStats {
     pub handoff_datagrams: u64,
     /// Of those, the ones dropped because the owner's inbox was full.
     pub handoff_drops: u64,
+    /// Packets (and keyframe requests) one worker handed to another's mirrors of its
+    /// tracks, for a room spread over workers.
+    pub relayed_packets: u64,
+    /// Of those, the ones dropped because the other worker's inbox was full.
+    pub relay_drops: u64,
+    /// Mirrors open: tracks published on one worker that subscribers on another receive.
+    pub mirrors: u64,
     /// Each media worker, in order.
     pub workers: Vec<WorkerSummary>,
 }
@@ -359,26 +371,40 @@ impl Hub {
     /// The worker for a new room: the least loaded (see [`crate::placement`]).
     fn place_room(&self) -> WorkerHandle {
         let workers = &self.inner.workers;
-        let mut loads = vec![WorkerLoad::default(); workers.len()];
+        let index = usize::from(place_room(&self.worker_loads()));
+        workers.get(index).unwrap_or(&workers[0]).clone()
+    }
+
+    /// What each worker carries: the rooms that opened on it, and the participants that
+    /// live on it (of whatever room).
+    pub(crate) fn worker_loads(&self) -> Vec<WorkerLoad> {
+        let mut loads = vec![WorkerLoad::default(); self.inner.workers.len()];
         if loads.len() > 1 {
             for entry in &self.inner.rooms {
                 if let Some(load) = loads.get_mut(usize::from(entry.worker)) {
                     load.rooms += 1;
-                    load.participants += entry.members.load(Ordering::Relaxed);
+                }
+                for placed in entry.placed.iter() {
+                    if let Some(load) = loads.get_mut(usize::from(*placed.value())) {
+                        load.participants += 1;
+                    }
                 }
             }
         }
-        let index = usize::from(place_room(&loads));
-        workers.get(index).unwrap_or(&workers[0]).clone()
+        loads
     }
 
-    /// The media worker of a live room.
-    pub(crate) fn worker_of(&self, room: &RoomId) -> Result<WorkerHandle, MediaError> {
+    /// The media worker of a participant of a live room.
+    pub(crate) fn worker_of(
+        &self,
+        room: &RoomId,
+        participant: ParticipantId,
+    ) -> Result<WorkerHandle, MediaError> {
         let index = self
             .inner
             .rooms
             .get(room)
-            .map(|entry| usize::from(entry.worker))
+            .and_then(|entry| entry.placed.get(&participant).map(|w| usize::from(*w)))
             .ok_or(MediaError::UnknownParticipant)?;
         Ok(self.inner.workers[index].clone())
     }
@@ -452,11 +478,9 @@ impl Hub {
                 }
             })
             .collect();
-        for entry in &self.inner.rooms {
-            if let Some(summary) = workers.get_mut(usize::from(entry.worker)) {
-                summary.rooms += 1;
-                summary.participants += entry.members.load(Ordering::Relaxed) as u64;
-            }
+        for (summary, load) in workers.iter_mut().zip(self.worker_loads()) {
+            summary.rooms = load.rooms as u64;
+            summary.participants = load.participants as u64;
         }
         HubStats {
             rooms: self.inner.rooms.len() as u64,
@@ -488,6 +512,9 @@ impl Hub {
             recording_write_errors: get(&self.inner.recording.write_errors),
             handoff_datagrams: get(&w.handoff.sent),
             handoff_drops: get(&w.handoff.dropped),
+            relayed_packets: get(&w.handoff.relayed),
+            relay_drops: get(&w.handoff.relay_dropped),
+            mirrors: get(&w.handoff.mirrors),
             workers,
             tasks: tokio::runtime::Handle::try_current()
                 .map(|runtime| runtime.metrics().num_alive_tasks() as u64)

@@ -3,8 +3,9 @@
 //!
 //! - [`room`]: the room's decisions as a sans-IO state machine.
 //! - [`worker`]: the media workers: demultiplexing, forwarding, keyframe requests.
-//! - [`handoff`]: datagrams that one worker's socket received for another's peer.
-//! - [`placement`]: which worker a new room lives on (sans-IO).
+//! - [`handoff`]: datagrams that one worker's socket received for another's peer, and
+//!   media for another's mirrors of a track.
+//! - [`placement`]: which worker a new room, and each participant, lives on (sans-IO).
 //! - [`peer`]: the only module that names webrtc-rs types.
 //! - [`hub`]: the registry of rooms that signaling sessions talk to.
 //! - [`layer`]: simulcast layer switching of one subscription (sans-IO).
@@ -38,6 +39,7 @@ pub mod red;
 pub mod rewrite;
 pub mod room;
 mod room_task;
+mod room_workers;
 pub mod source;
 pub mod speaker;
 pub mod stun;

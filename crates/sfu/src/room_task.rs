@@ -16,6 +16,7 @@ use crate::events::LeaveReason;
 use crate::hub::{Hub, JoinError, ROOM_COMMAND_QUEUE, RoomCommand, RoomEntry};
 use crate::record::{RecordError, Recorder, TrackMeta};
 use crate::room::{AdminAction, Effect, Input, Room};
+use crate::room_workers::{Placed, RoomWorkers};
 use crate::speaker::Speakers;
 use crate::worker::{MediaNotice, WorkerCommand, WorkerHandle};
 
@@ -26,18 +27,26 @@ use crate::worker::{MediaNotice, WorkerCommand, WorkerHandle};
 /// WebSocket close path still removes a participant whose failure notice was lost.
 const MEDIA_NOTICE_QUEUE: usize = 256;
 
-/// Starts the task of room `id`, whose media lives on `worker` (see [`crate::placement`]).
+/// Starts the task of room `id`, whose media lives on `worker` while it is small (see
+/// [`crate::placement`]).
 pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64, worker: WorkerHandle) -> RoomEntry {
     let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
     let members = Arc::new(AtomicUsize::new(0));
     let speaker_settings = hub.inner.config.speakers;
     let index = worker.index();
+    let placed = Placed::default();
+    let workers = RoomWorkers::new(
+        worker,
+        hub.inner.workers.clone(),
+        placed.clone(),
+        hub.inner.config.spread_room_after,
+    );
     let task = RoomTask {
         room: Room::new(id.clone(), hub.inner.config.limits.clone()),
         id,
         generation,
         hub,
-        worker,
+        workers,
         members: members.clone(),
         sessions: HashMap::new(),
         pending_joins: HashMap::new(),
@@ -54,6 +63,7 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64, worker: WorkerHandle)
         members,
         generation,
         worker: index,
+        placed,
     }
 }
 
@@ -62,8 +72,8 @@ struct RoomTask {
     generation: u64,
     room: Room,
     hub: Hub,
-    /// The media worker that holds this room's peers and tracks.
-    worker: WorkerHandle,
+    /// The media workers that hold this room's peers and tracks.
+    workers: RoomWorkers,
     members: Arc<AtomicUsize>,
     /// Each member's outbound message queue (owned by its WebSocket session).
     sessions: HashMap<ParticipantId, mpsc::Sender<ServerMessage>>,
@@ -173,8 +183,8 @@ impl RoomTask {
             } => {
                 self.sessions.insert(participant, session);
                 self.pending_joins.insert(participant, reply);
-                let registered = self
-                    .worker
+                let worker = self.workers.place(participant, &self.hub.worker_loads());
+                let registered = worker
                     .send(WorkerCommand::Register {
                         participant,
                         notices: self.notices.0.clone(),
@@ -182,6 +192,7 @@ impl RoomTask {
                     })
                     .await;
                 if registered.is_err() {
+                    self.workers.remove(participant);
                     self.sessions.remove(&participant);
                     if let Some(reply) = self.pending_joins.remove(&participant) {
                         let _ = reply.send(Err(JoinError::Refused(
@@ -279,7 +290,8 @@ impl RoomTask {
             ClientMessage::Candidate { peer, candidate } => {
                 // Candidates need no room decision: straight to the worker.
                 let result = self
-                    .worker
+                    .workers
+                    .of(participant)
                     .call(|reply| WorkerCommand::Candidate {
                         participant,
                         role: peer,
@@ -304,7 +316,8 @@ impl RoomTask {
                 // A subscriber's view of one video needs no room decision: the worker's
                 // allocator reads it.
                 let result = self
-                    .worker
+                    .workers
+                    .of(participant)
                     .call(|reply| WorkerCommand::TrackSettings {
                         participant,
                         track: track_id,
@@ -348,7 +361,6 @@ impl RoomTask {
     /// Performs effects, including those of fed-back results.
     async fn perform_effects(&mut self, effects: Vec<Effect>) {
         let mut queue: VecDeque<Effect> = effects.into();
-        let worker = self.worker.clone();
         while let Some(effect) = queue.pop_front() {
             let next = match effect {
                 Effect::Send(participant, message) => {
@@ -372,7 +384,7 @@ impl RoomTask {
                 }
                 Effect::Refused(participant, code, message) => {
                     self.sessions.remove(&participant);
-                    let _ = worker.send(WorkerCommand::Remove { participant }).await;
+                    self.remove_media(participant).await;
                     if let Some(reply) = self.pending_joins.remove(&participant) {
                         let _ = reply.send(Err(JoinError::Refused(code, message)));
                     }
@@ -383,7 +395,9 @@ impl RoomTask {
                     sdp,
                     tracks,
                 } => {
-                    let result = worker
+                    let result = self
+                        .workers
+                        .of(participant)
                         .call(|reply| WorkerCommand::Publish {
                             participant,
                             sdp,
@@ -400,7 +414,9 @@ impl RoomTask {
                     participant,
                     tracks,
                 } => {
-                    let result = worker
+                    let result = self
+                        .workers
+                        .of(participant)
                         .call(|reply| WorkerCommand::SyncSubscriptions {
                             participant,
                             tracks,
@@ -413,7 +429,9 @@ impl RoomTask {
                     })
                 }
                 Effect::ApplyAnswer { participant, sdp } => {
-                    let result = worker
+                    let result = self
+                        .workers
+                        .of(participant)
                         .call(|reply| WorkerCommand::SubscribeAnswer {
                             participant,
                             sdp,
@@ -428,13 +446,16 @@ impl RoomTask {
                 Effect::Remove(participant) => {
                     self.sessions.remove(&participant);
                     self.speakers.remove(participant);
-                    let _ = worker.send(WorkerCommand::Remove { participant }).await;
+                    self.remove_media(participant).await;
                     None
                 }
                 Effect::Silence { track, silenced } => {
-                    let _ = worker
-                        .send(WorkerCommand::Silence { track, silenced })
-                        .await;
+                    // the publisher's worker and the mirrors
+                    for worker in self.workers.used() {
+                        let _ = worker
+                            .send(WorkerCommand::Silence { track, silenced })
+                            .await;
+                    }
                     None
                 }
                 Effect::Event(event) => {
@@ -479,11 +500,13 @@ impl RoomTask {
         let Some(recorder) = self.recorder.take() else {
             return;
         };
+        let workers = self.workers.used();
         for track in self.recorded.drain() {
-            let _ = self
-                .worker
-                .send(WorkerCommand::Record { track, sink: None })
-                .await;
+            for worker in &workers {
+                let _ = worker
+                    .send(WorkerCommand::Record { track, sink: None })
+                    .await;
+            }
         }
         recorder.finish().await;
     }
@@ -509,7 +532,7 @@ impl RoomTask {
                         kind: track.kind,
                         source: track.source,
                     };
-                    added.push((track.id, recorder.add_track(track.id, meta)));
+                    added.push((participant.id, track.id, recorder.add_track(track.id, meta)));
                 }
             }
         }
@@ -523,10 +546,14 @@ impl RoomTask {
             recorder.remove_track(*track);
             self.recorded.remove(track);
         }
-        let worker = self.worker.clone();
-        for (track, sink) in added {
+        // The publisher's worker records; an end goes to every worker of the room, since
+        // the publisher may have left with its track.
+        let workers = self.workers.used();
+        for (publisher, track, sink) in added {
             self.recorded.insert(track);
-            let _ = worker
+            let _ = self
+                .workers
+                .of(publisher)
                 .send(WorkerCommand::Record {
                     track,
                     sink: Some(sink),
@@ -534,9 +561,11 @@ impl RoomTask {
                 .await;
         }
         for track in gone {
-            let _ = worker
-                .send(WorkerCommand::Record { track, sink: None })
-                .await;
+            for worker in &workers {
+                let _ = worker
+                    .send(WorkerCommand::Record { track, sink: None })
+                    .await;
+            }
         }
     }
 
@@ -554,14 +583,22 @@ impl RoomTask {
         }
         if first != self.told_speaker {
             let previous = std::mem::replace(&mut self.told_speaker, first);
-            let _ = self
-                .worker
-                .send(WorkerCommand::Speaker {
-                    previous,
-                    current: first,
-                })
-                .await;
+            for worker in self.workers.used() {
+                let _ = worker
+                    .send(WorkerCommand::Speaker {
+                        previous,
+                        current: first,
+                    })
+                    .await;
+            }
         }
+    }
+
+    /// Closes a participant's peers on its worker and forgets where it lived.
+    async fn remove_media(&mut self, participant: ParticipantId) {
+        let worker = self.workers.of(participant).clone();
+        let _ = worker.send(WorkerCommand::Remove { participant }).await;
+        self.workers.remove(participant);
     }
 
     /// Queues a message for a session. A session whose queue is full is not keeping up;

@@ -186,7 +186,7 @@ impl Hub {
         participant: ParticipantId,
         sdp: String,
     ) -> Result<(String, Vec<ViewerSlot>), MediaError> {
-        self.worker_of(room)?
+        self.worker_of(room, participant)?
             .call(|reply| WorkerCommand::ViewerOffer {
                 participant,
                 sdp,
@@ -202,7 +202,7 @@ impl Hub {
         participant: ParticipantId,
         slots: Vec<(String, Option<TrackId>)>,
     ) -> Result<Vec<String>, MediaError> {
-        self.worker_of(room)?
+        self.worker_of(room, participant)?
             .call(|reply| WorkerCommand::ViewerBind {
                 participant,
                 slots,

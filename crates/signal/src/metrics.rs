@@ -466,6 +466,25 @@ impl Collector for HubCollector {
             "Of handoff_datagrams, the ones dropped because the owner's inbox was full.",
             load(&w.handoff.dropped),
         )?;
+        counter(
+            out,
+            "relayed_packets",
+            "Packets (and keyframe requests) that one media worker handed to another's \
+             mirror of a track, for a room spread over workers (media.spread_room_after).",
+            load(&w.handoff.relayed),
+        )?;
+        counter(
+            out,
+            "relay_dropped_packets",
+            "Of relayed_packets, the ones dropped because the other worker's inbox was full.",
+            load(&w.handoff.relay_dropped),
+        )?;
+        gauge(
+            out,
+            "mirrors",
+            "Tracks published on one media worker that subscribers on another receive.",
+            load(&w.handoff.mirrors),
+        )?;
 
         let joins = self.hub.join_latency();
         out.encode_descriptor(

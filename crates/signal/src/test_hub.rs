@@ -38,6 +38,7 @@ pub(crate) fn hub(max_participants: usize) -> Hub {
             events: None,
             speakers: Default::default(),
             recording: Default::default(),
+            spread_room_after: 0,
         },
     )
 }

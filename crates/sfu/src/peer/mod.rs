@@ -139,6 +139,34 @@ impl MediaPacket {
         self.level
     }
 
+    /// A copy for another worker's mirror of the track: the payload is shared (a reference
+    /// count), and the header extensions are left behind, since forwarding writes its own;
+    /// so nothing is allocated for a packet without contributing sources.
+    pub fn relay_copy(&self) -> MediaPacket {
+        let h = &self.packet.header;
+        let header = rtc::rtp::header::Header {
+            version: h.version,
+            padding: h.padding,
+            extension: false,
+            marker: h.marker,
+            payload_type: h.payload_type,
+            sequence_number: h.sequence_number,
+            timestamp: h.timestamp,
+            ssrc: h.ssrc,
+            csrc: h.csrc.clone(),
+            extension_profile: 0,
+            extensions: Vec::new(),
+            extensions_padding: 0,
+        };
+        MediaPacket {
+            packet: rtc::rtp::packet::Packet {
+                header,
+                payload: self.packet.payload.clone(),
+            },
+            level: self.level,
+        }
+    }
+
     /// The publisher's RTP timestamp.
     pub fn timestamp(&self) -> u32 {
         self.packet.header.timestamp

@@ -158,6 +158,9 @@ impl Worker {
 
     /// Tells each simulcast publisher which of its layers some subscriber needs, when
     /// that changed; layers above it are not sent until someone needs them again.
+    ///
+    /// A mirror of another worker's track tells that worker instead (see `relay.rs`),
+    /// whose own pass counts it with its subscribers.
     fn dynacast(&mut self, now: Instant) {
         for (track, route) in &mut self.tracks {
             if route.layers.count() < 2 {
@@ -165,14 +168,15 @@ impl Worker {
             }
             // a recording needs its layer like a subscriber does
             let recorded = route.record.as_ref().and_then(|tap| tap.target());
-            let highest = highest_needed(
-                route
-                    .subscribers
-                    .iter()
-                    .filter_map(|s| s.switch.target())
-                    .chain(recorded)
-                    .map(Choice::Layer),
-            );
+            let local = route.subscribers.iter().filter_map(|s| s.switch.target());
+            if route.mirror {
+                let highest = highest_needed(local.map(Choice::Layer));
+                route.share.set_demand(self.index, highest);
+                route.layers.set_wanted(highest, now);
+                continue;
+            }
+            let mirrored = route.share.demands(route.layers.count());
+            let highest = highest_needed(local.chain(recorded).chain(mirrored).map(Choice::Layer));
             if route.announced == Some(highest) {
                 continue;
             }

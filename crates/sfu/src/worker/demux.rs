@@ -61,12 +61,26 @@ impl Worker {
             let now = Instant::now();
             let mut n = 0;
             while n < batch::BATCH {
-                let Some(Handed { from, datagram }) = self.handed_in.try_take() else {
+                let Some(handed) = self.handed_in.try_take() else {
                     break;
                 };
                 n += 1;
-                self.stats.handoff.received.fetch_add(1, Ordering::Relaxed);
-                self.handle_datagram(from, false, datagram, now, true);
+                match handed {
+                    Handed::Datagram { from, datagram } => {
+                        self.stats.handoff.received.fetch_add(1, Ordering::Relaxed);
+                        self.handle_datagram(from, false, datagram, now, true);
+                    }
+                    Handed::Media {
+                        track,
+                        layer,
+                        keyframe,
+                        size,
+                        packet,
+                    } => self.relayed(track, layer, (keyframe, size), packet, now),
+                    Handed::Keyframe { track, layer } => {
+                        self.request_keyframe(track, layer, now);
+                    }
+                }
             }
             if n == 0 {
                 return;
@@ -95,9 +109,11 @@ impl Worker {
         let key = match self.route(from, tcp, &datagram) {
             Some(Route::Local(participant, role)) => (participant, role),
             Some(Route::Foreign(owner)) if !handed => {
+                let stats = &self.stats.handoff;
+                let handed = Handed::Datagram { from, datagram };
                 if self
                     .outboxes
-                    .push(owner, Handed { from, datagram }, &self.stats.handoff)
+                    .push(owner, handed, &stats.sent, &stats.dropped)
                 {
                     self.to_wake[usize::from(owner)] = true;
                 }
@@ -118,7 +134,7 @@ impl Worker {
         self.drain_peer(key, now);
     }
 
-    /// Wakes the workers that this batch handed datagrams to.
+    /// Wakes the workers that this batch handed datagrams, media or requests to.
     pub(super) fn wake_handed(&mut self) {
         for (owner, wake) in self.to_wake.iter_mut().enumerate() {
             if std::mem::take(wake) {

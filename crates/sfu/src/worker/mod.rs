@@ -42,11 +42,14 @@ mod allocation;
 mod demux;
 mod levels;
 mod recording;
+mod relay;
 mod stats;
 mod viewer;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
+use relay::SharedTrack;
+pub use relay::TrackShares;
 pub use stats::WorkerStats;
 
 /// Commands from rooms to the worker. Bounded: a room awaits room for its command, which
@@ -289,6 +292,10 @@ struct TrackRoute {
     level: LevelMeter,
     /// Its recording, while the room records it.
     record: Option<recording::RecordTap>,
+    /// A mirror of a track that another worker publishes (see `relay.rs`).
+    mirror: bool,
+    /// What the workers share of it.
+    share: Arc<SharedTrack>,
 }
 
 struct ParticipantMedia {
@@ -324,6 +331,8 @@ pub struct Worker {
     by_addr: HashMap<(SocketAddr, bool), Route>,
     /// Which worker owns each ufrag: this one's peers are written here as they are made.
     directory: Arc<Directory>,
+    /// Every worker's published tracks, for mirrors (see `relay.rs`).
+    shares: Arc<TrackShares>,
     /// The other workers' inboxes, and this one's.
     outboxes: Outboxes,
     handed_in: Inbox,
@@ -388,6 +397,7 @@ pub fn spawn(
     next_track: &Arc<AtomicU64>,
 ) -> std::io::Result<Vec<WorkerHandle>> {
     let directory = Arc::new(Directory::default());
+    let shares = Arc::new(TrackShares::default());
     let (outboxes, inboxes) = Outboxes::new(sockets.len());
     let mut tcp_senders = Vec::with_capacity(sockets.len());
     let mut handles = Vec::with_capacity(sockets.len());
@@ -403,6 +413,7 @@ pub fn spawn(
         let shared = Shared {
             index,
             directory: directory.clone(),
+            shares: shares.clone(),
             outboxes: outboxes.clone(),
             inbox,
         };
@@ -442,6 +453,7 @@ pub fn spawn(
 struct Shared {
     index: WorkerIndex,
     directory: Arc<Directory>,
+    shares: Arc<TrackShares>,
     outboxes: Outboxes,
     inbox: Inbox,
 }
@@ -463,6 +475,7 @@ impl Worker {
             by_addr: HashMap::new(),
             to_wake: vec![false; shared.outboxes.len()],
             directory: shared.directory,
+            shares: shared.shares,
             outboxes: shared.outboxes,
             handed_in: shared.inbox,
             foreign: Vec::new(),
@@ -551,7 +564,6 @@ impl Worker {
                 self.handle_datagram(from, false, datagram, now, false);
             }
             self.inbox = inbox;
-            self.wake_handed();
             self.flush();
             match received {
                 Ok(n) if n == batch::BATCH => continue,
@@ -599,6 +611,7 @@ impl Worker {
             let tracks = &mut self.tracks;
             let stats = &self.stats;
             let touched = &mut self.touched;
+            let (outboxes, to_wake) = (&self.outboxes, &mut self.to_wake);
             peer.poll_media(
                 |track, layer, packet| {
                     let wire_len = packet.wire_len();
@@ -618,57 +631,29 @@ impl Worker {
                     }
                     let (keyframe, size) = route.keyframes.detect(packet.payload());
                     route.layers.on_packet(layer, wire_len, size, now);
-                    // Copies sent, counted once per packet rather than once per copy.
-                    let mut forwarded: u64 = 0;
-                    for subscription in &mut route.subscribers {
-                        let before = subscription.switch.clone();
-                        let forward = subscription.switch.on_packet(layer, keyframe);
-                        if forward == Forward::Drop {
-                            continue;
-                        }
-                        let subscriber = subscription.participant;
-                        let Some(sub) = participants
-                            .get_mut(&subscriber)
-                            .and_then(|m| m.subscriber.as_mut())
-                        else {
-                            continue;
-                        };
-                        let sent = if forward == Forward::SwitchAndSend {
-                            sub.forward_switch(track, &packet, now)
-                        } else {
-                            sub.forward(track, &packet, now)
-                        };
-                        if sent.is_err() {
-                            // The keyframe did not reach the subscriber: the switch waits
-                            // for the next one.
-                            subscription.switch = before;
-                        } else if forward == Forward::SwitchAndSend {
-                            stats.layer_switches.fetch_add(1, Ordering::Relaxed);
-                        }
-                        match sent {
-                            Ok(()) => {
-                                forwarded += 1;
-                                touched.push(subscriber);
-                            }
-                            Err(reason) => {
-                                if !matches!(
-                                    reason,
-                                    ForwardDrop::NotConnected | ForwardDrop::NotNegotiated
-                                ) {
-                                    tracing::trace!(?reason, %track, "forward drop");
-                                }
-                                stats.forward_drops.fetch_add(1, Ordering::Relaxed);
-                                stats.forward_drops_by_reason[reason.index()]
-                                    .fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                    if route.share.is_fed() {
+                        relay::hand_over(
+                            &route.share,
+                            outboxes,
+                            to_wake,
+                            &stats.handoff,
+                            track,
+                            layer,
+                            (keyframe, size),
+                            &packet,
+                        );
                     }
-                    if forwarded > 0 {
-                        stats.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
-                        stats
-                            .rtp_bytes_forwarded
-                            .fetch_add(forwarded * wire_len as u64, Ordering::Relaxed);
-                    }
+                    fan_out(
+                        &mut route.subscribers,
+                        participants,
+                        stats,
+                        touched,
+                        track,
+                        layer,
+                        keyframe,
+                        &packet,
+                        now,
+                    );
                     if let Some(tap) = route.record.as_mut() {
                         tap.on_packet(layer, keyframe, &packet, now);
                     }
@@ -795,6 +780,11 @@ impl Worker {
         if !state.keyframes.try_request(now) {
             return;
         }
+        if route.mirror {
+            let origin = route.share.origin;
+            self.request_relayed_keyframe(origin, track, layer);
+            return;
+        }
         let publisher = route.publisher;
         if let Some(peer) = self
             .participants
@@ -890,6 +880,7 @@ impl Worker {
     /// Their timers are re-read only once everything has been sent: asking webrtc-rs walks
     /// its whole stack, which no datagram should wait for.
     fn flush(&mut self) {
+        self.wake_handed();
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
@@ -1139,12 +1130,19 @@ impl Worker {
                             })
                         })
                         .collect();
-                    let importance = levels::importance_of(
-                        &self.speakers,
+                    let screen = declaration.map(|t| t.source) == Some(TrackSource::Screen);
+                    let importance =
+                        levels::importance_of(&self.speakers, participant, kind, screen);
+                    let share = Arc::new(SharedTrack::new(
+                        self.index,
+                        self.to_wake.len(),
                         participant,
                         kind,
-                        declaration.map(|t| t.source) == Some(TrackSource::Screen),
-                    );
+                        codec.clone(),
+                        costs.clone(),
+                        screen,
+                    ));
+                    self.shares.insert(track, share.clone());
                     let history = if kind == MediaKind::Video {
                         (0..count).map(|_| History::default()).collect()
                     } else {
@@ -1165,6 +1163,8 @@ impl Worker {
                             silenced: false,
                             level: LevelMeter::default(),
                             record: None,
+                            mirror: false,
+                            share,
                         },
                     );
                     self.stats.tracks.fetch_add(1, Ordering::Relaxed);
@@ -1180,7 +1180,10 @@ impl Worker {
         Ok(PublishOutcome { answer, tracks })
     }
 
+    /// Ends a track published here (its mirrors on other workers close as their
+    /// subscribers leave it).
     fn drop_track(&mut self, track: TrackId) {
+        self.shares.remove(&track);
         if let Some(route) = self.tracks.remove(&track) {
             self.stats.tracks.fetch_sub(1, Ordering::Relaxed);
             self.stats
@@ -1196,6 +1199,21 @@ impl Worker {
         now: Instant,
     ) -> Result<Option<SubscriberOffer>, MediaError> {
         self.ensure_peer(participant, PeerRole::Subscriber)?;
+        // tracks published on other workers are received through mirrors here
+        for track in wanted {
+            self.route_or_mirror(*track, now);
+        }
+        let result = self.apply_subscriptions(participant, wanted, now);
+        self.close_idle_mirrors();
+        result
+    }
+
+    fn apply_subscriptions(
+        &mut self,
+        participant: ParticipantId,
+        wanted: &[TrackId],
+        now: Instant,
+    ) -> Result<Option<SubscriberOffer>, MediaError> {
         let Some(peer) = self
             .participants
             .get_mut(&participant)
@@ -1279,6 +1297,7 @@ impl Worker {
         self.stats
             .subscriptions
             .fetch_sub(removed_subs, Ordering::Relaxed);
+        self.close_idle_mirrors();
         let directory = &self.directory;
         self.by_ufrag.retain(|ufrag, (p, _)| {
             let keep = *p != participant;
@@ -1315,6 +1334,73 @@ impl Outbox<'_> {
             &self.stats.send_drops
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends one packet of `track` to each of its subscribers here whose layer switch takes
+/// it, and counts the copies.
+#[allow(clippy::too_many_arguments)]
+fn fan_out(
+    subscribers: &mut [Subscription],
+    participants: &mut IdHashMap<ParticipantId, ParticipantMedia>,
+    stats: &WorkerStats,
+    touched: &mut Vec<ParticipantId>,
+    track: TrackId,
+    layer: u8,
+    keyframe: bool,
+    packet: &MediaPacket,
+    now: Instant,
+) {
+    let wire_len = packet.wire_len();
+    // Copies sent, counted once per packet rather than once per copy.
+    let mut forwarded: u64 = 0;
+    for subscription in subscribers.iter_mut() {
+        let before = subscription.switch.clone();
+        let forward = subscription.switch.on_packet(layer, keyframe);
+        if forward == Forward::Drop {
+            continue;
+        }
+        let subscriber = subscription.participant;
+        let Some(sub) = participants
+            .get_mut(&subscriber)
+            .and_then(|m| m.subscriber.as_mut())
+        else {
+            continue;
+        };
+        let sent = if forward == Forward::SwitchAndSend {
+            sub.forward_switch(track, packet, now)
+        } else {
+            sub.forward(track, packet, now)
+        };
+        if sent.is_err() {
+            // The keyframe did not reach the subscriber: the switch waits
+            // for the next one.
+            subscription.switch = before;
+        } else if forward == Forward::SwitchAndSend {
+            stats.layer_switches.fetch_add(1, Ordering::Relaxed);
+        }
+        match sent {
+            Ok(()) => {
+                forwarded += 1;
+                touched.push(subscriber);
+            }
+            Err(reason) => {
+                if !matches!(
+                    reason,
+                    ForwardDrop::NotConnected | ForwardDrop::NotNegotiated
+                ) {
+                    tracing::trace!(?reason, %track, "forward drop");
+                }
+                stats.forward_drops.fetch_add(1, Ordering::Relaxed);
+                stats.forward_drops_by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    if forwarded > 0 {
+        stats.rtp_forwarded.fetch_add(forwarded, Ordering::Relaxed);
+        stats
+            .rtp_bytes_forwarded
+            .fetch_add(forwarded * wire_len as u64, Ordering::Relaxed);
     }
 }
 

@@ -72,7 +72,8 @@ impl Worker {
     /// Starts (`Some`) or stops (`None`) recording a track. An unknown track is ignored:
     /// the room syncs its recorded tracks after every change.
     pub(super) fn set_recording(&mut self, track: TrackId, sink: Option<RecordSink>, now: Instant) {
-        let Some(route) = self.tracks.get_mut(&track) else {
+        // a mirror's packets are recorded where the track is published
+        let Some(route) = self.tracks.get_mut(&track).filter(|r| !r.mirror) else {
             return;
         };
         match sink {

@@ -70,7 +70,8 @@ pub struct WorkerStats {
     /// Audio packets whose audio-level element was not a level (not one byte); the packet
     /// is forwarded, the level is not counted.
     pub audio_levels_invalid: AtomicU64,
-    /// Datagrams passed between this worker and the others (see [`crate::handoff`]).
+    /// Datagrams and media passed between this worker and the others (see
+    /// [`crate::handoff`]).
     pub handoff: HandoffStats,
 }
 
@@ -158,6 +159,10 @@ impl WorkerStats {
             add(&total.handoff.sent, &handoff.sent);
             add(&total.handoff.dropped, &handoff.dropped);
             add(&total.handoff.received, &handoff.received);
+            add(&total.handoff.relayed, &handoff.relayed);
+            add(&total.handoff.relay_dropped, &handoff.relay_dropped);
+            add(&total.handoff.relayed_in, &handoff.relayed_in);
+            add(&total.handoff.mirrors, &handoff.mirrors);
         }
         total
     }

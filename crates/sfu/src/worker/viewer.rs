@@ -56,6 +56,21 @@ impl Worker {
         slots: Vec<(String, Option<TrackId>)>,
         now: Instant,
     ) -> Result<Vec<String>, MediaError> {
+        // tracks published on other workers are received through mirrors here
+        for track in slots.iter().filter_map(|(_, wanted)| *wanted) {
+            self.route_or_mirror(track, now);
+        }
+        let result = self.bind_slots(participant, slots, now);
+        self.close_idle_mirrors();
+        result
+    }
+
+    fn bind_slots(
+        &mut self,
+        participant: ParticipantId,
+        slots: Vec<(String, Option<TrackId>)>,
+        now: Instant,
+    ) -> Result<Vec<String>, MediaError> {
         let mut refused = Vec::new();
         for (mid, wanted) in slots {
             let media = self
