@@ -392,10 +392,11 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             // raised to the whole load.
             let everyone = roster.rooms * roster.per_room() + 10;
             let config = format!(
-                "[media]\nworkers = {}\n\
+                "[media]\nworkers = {}\nspread_room_after = {}\n\
                  [limits]\nmax_participants_per_room = {}\nmax_rooms = {}\n\
                  max_connections_per_ip = {everyone}\nmax_joins_per_ip_per_minute = {everyone}\n",
                 opts.workers,
+                opts.spread_room_after,
                 roster.per_room().max(2),
                 roster.rooms + 10
             );
@@ -674,6 +675,8 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             "keyframe_requests",
             "handoff_datagrams",
             "handoff_drops",
+            "relayed_packets",
+            "relay_drops",
         ] {
             report.forwarder_counters.insert(
                 key.to_owned(),

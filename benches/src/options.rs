@@ -85,6 +85,12 @@ pub struct Options {
     /// one CPU, which measures nothing useful: leave it out.
     #[arg(long, default_value_t = 1, conflicts_with = "url")]
     pub workers: usize,
+    /// The started server's `media.spread_room_after`: 0 by default (each room on one
+    /// worker); 1 spreads every room evenly over the workers from its second participant,
+    /// so that each packet crosses to the other workers once (what a room spread over
+    /// workers costs against one that is not).
+    #[arg(long, default_value_t = 0, conflicts_with = "url")]
+    pub spread_room_after: usize,
     /// Seconds to wait after sending stops, for packets still in flight.
     #[arg(long, default_value_t = 1.0)]
     pub drain: f64,
