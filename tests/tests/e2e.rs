@@ -1237,10 +1237,24 @@ fn latest_publish_layers(client: &Client, track: TrackId) -> Option<Vec<String>>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynacast_stops_the_top_layer_while_every_tile_is_small() -> Result<()> {
+    dynacast_scenario("", false).await
+}
+
+/// The same across media workers: ada and cy on one, bob on the other, where bob's tile
+/// decides. The mirror's need reaches ada's worker (`worker/relay.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynacast_counts_subscribers_on_other_workers() -> Result<()> {
+    dynacast_scenario("[media]\nworkers = 2\nspread_room_after = 1\n", true).await
+}
+
+/// Every subscriber shows ada small, then one (`cy`, or `bob` when `bob_large`) large, then
+/// hides it: the layers ada is asked for follow.
+async fn dynacast_scenario(config: &str, bob_large: bool) -> Result<()> {
     init_tracing();
-    let server = Server::start().await?;
+    let server = Server::start_with_config(config).await?;
     let (ada, bob, cy, tracks) = simulcast_trio(&server, "standup").await?;
     let (ada_id, video) = (ada.id()?, tracks.video);
+    let (large_one, small_one) = if bob_large { (&bob, &cy) } else { (&cy, &bob) };
 
     // Every subscriber shows ada small: the publisher hears that only q is needed.
     bob.track_settings(video, true, SMALL_TILE.0, SMALL_TILE.1)?;
@@ -1265,7 +1279,7 @@ async fn dynacast_stops_the_top_layer_while_every_tile_is_small() -> Result<()> 
     );
 
     // One large tile: f is asked for again, and it reaches that subscriber.
-    cy.track_settings(video, true, LARGE_TILE.0, LARGE_TILE.1)?;
+    large_one.track_settings(video, true, LARGE_TILE.0, LARGE_TILE.1)?;
     let large = Instant::now();
     wait::poll_until(T, "publishLayers with f", || {
         latest_publish_layers(&ada, video)?
@@ -1274,17 +1288,18 @@ async fn dynacast_stops_the_top_layer_while_every_tile_is_small() -> Result<()> 
             .then_some(())
     })
     .await?;
-    wait_stream_state(&cy, video, (Some(2), None), T).await?;
-    wait_layer_packets(&cy, ada_id, video, 2, large, 20).await?;
-    // bob stays small on q meanwhile.
+    wait_stream_state(large_one, video, (Some(2), None), T).await?;
+    wait_layer_packets(large_one, ada_id, video, 2, large, 20).await?;
+    // The other stays small on q meanwhile.
     ensure!(
-        latest_stream_state(&bob, video) == Some((Some(0), None)),
-        "bob's stream state {:?}",
-        latest_stream_state(&bob, video)
+        latest_stream_state(small_one, video) == Some((Some(0), None)),
+        "{}'s stream state {:?}",
+        small_one.name(),
+        latest_stream_state(small_one, video)
     );
 
     // The large tile goes away: f is dropped again.
-    cy.track_settings(video, false, 0, 0)?;
+    large_one.track_settings(video, false, 0, 0)?;
     wait::poll_until(T, "publishLayers [q] again", || {
         (latest_publish_layers(&ada, video)? == ["q"]).then_some(())
     })
