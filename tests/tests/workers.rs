@@ -60,6 +60,24 @@ fn media_intact(clients: &[Client]) -> Result<()> {
     assert_no_failures(&clients.iter().collect::<Vec<_>>())
 }
 
+/// Each of `clients` receives at least 100 packets in the next 2 s (two seconds of another
+/// participant's 50 audio and 30 video packets a second), after what `happened`.
+async fn still_receiving(clients: &[Client], happened: &str) -> Result<()> {
+    let counts = |c: &Client| c.received_all().values().map(Vec::len).sum::<usize>();
+    let marks: Vec<usize> = clients.iter().map(counts).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (client, mark) in clients.iter().zip(&marks) {
+        let now = counts(client);
+        ensure!(
+            now >= mark + 100,
+            "{} received {} packets in the 2 s after {happened}",
+            client.name(),
+            now - mark
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_spread_over_workers_and_handed_over_datagrams_arrive_intact() -> Result<()> {
     init_tracing();
@@ -115,19 +133,7 @@ async fn one_workers_room_ending_does_not_disturb_the_other() -> Result<()> {
         })
         .await?;
     let blue_ids: Vec<_> = blue.iter().map(Client::id).collect::<Result<_>>()?;
-    let counts = |c: &Client| c.received_all().values().map(Vec::len).sum::<usize>();
-    let marks: Vec<usize> = blue.iter().map(counts).collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (client, mark) in blue.iter().zip(&marks) {
-        let now = counts(client);
-        // Two seconds of another participant's 50 audio and 30 video packets a second.
-        ensure!(
-            now >= mark + 100,
-            "{} received {} packets in the 2 s after red ended",
-            client.name(),
-            now - mark
-        );
-    }
+    still_receiving(&blue, "red ended").await?;
     let after = stats(&server).await?;
     ensure!(
         per_worker(&after, "rooms")?.iter().sum::<u64>() == 1,
@@ -223,19 +229,7 @@ async fn one_workers_share_of_a_spread_room_leaving_does_not_disturb_the_other()
             s.peers == 4
         })
         .await?;
-    let counts = |c: &Client| c.received_all().values().map(Vec::len).sum::<usize>();
-    let marks: Vec<usize> = stayed.iter().map(counts).collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (client, mark) in stayed.iter().zip(&marks) {
-        let now = counts(client);
-        // Two seconds of the other one's 50 audio and 30 video packets a second.
-        ensure!(
-            now >= mark + 100,
-            "{} received {} packets in the 2 s after worker 0's participants left",
-            client.name(),
-            now - mark
-        );
-    }
+    still_receiving(&stayed, "worker 0's participants left").await?;
     let s = stats(&server).await?;
     ensure!(per_worker(&s, "peers")? == vec![0, 4], "{s}");
     // bob and dee live on one worker now: nothing crosses.

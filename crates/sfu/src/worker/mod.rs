@@ -48,8 +48,7 @@ mod viewer;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
-use relay::SharedTrack;
-pub use relay::TrackShares;
+use relay::{SharedTrack, TrackShares};
 pub use stats::WorkerStats;
 
 /// Commands from rooms to the worker. Bounded: a room awaits room for its command, which
