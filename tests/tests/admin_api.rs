@@ -388,3 +388,60 @@ async fn schemathesis_finds_no_server_error_and_no_response_outside_the_schema()
     ensure!(server.stats().await.is_ok(), "the server survived");
     Ok(())
 }
+
+/// A mute holds on every worker of a room spread over two: bob joins after ada's
+/// microphone was muted, lands on the other worker, whose mirror of the track opens
+/// silenced (`worker/relay.rs`), and receives her video but none of her audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mute_holds_for_a_subscriber_who_joins_later_on_another_worker() -> Result<()> {
+    init_tracing();
+    let server = Server::start_with_config(&format!(
+        "{}[media]\nworkers = 2\nspread_room_after = 1\n",
+        config()
+    ))
+    .await?;
+    let key = format!("Basic {}", BASE64.encode(format!("KEY:{SECRET}")));
+    let ada = member(&server, "standup", "ada", &[]).await?;
+    let tracks = ada.publish_and_stream(MediaRate::default()).await?;
+    let ada_id = ada.id()?;
+    let mute = format!(
+        "/api/v1/rooms/standup/participants/{}/tracks/{}/mute",
+        ada_id.0, tracks.audio.0
+    );
+    let (status, body) = call(
+        &server,
+        "POST",
+        &mute,
+        Some(&key),
+        Some(r#"{"muted":true}"#),
+    )
+    .await?;
+    ensure!(status == 204, "{status}: {body}");
+
+    let bob = member(&server, "standup", "bob", &[]).await?;
+    bob.wait_for_packets(ada_id, tracks.video, 30, T).await?;
+    let (_, stats) = call(&server, "GET", "/api/stats", None, None).await?;
+    let stats: serde_json::Value = serde_json::from_str(&stats)?;
+    ensure!(
+        stats["mirrors"].as_u64() == Some(2),
+        "bob's worker mirrors ada's two tracks: {stats}"
+    );
+    ensure!(
+        bob.received_count(ada_id, tracks.audio) == 0,
+        "{} of ada's muted audio packets reached bob",
+        bob.received_count(ada_id, tracks.audio)
+    );
+
+    // lifted, her audio reaches bob through the mirror
+    let (status, body) = call(
+        &server,
+        "POST",
+        &mute,
+        Some(&key),
+        Some(r#"{"muted":false}"#),
+    )
+    .await?;
+    ensure!(status == 204, "{status}: {body}");
+    bob.wait_for_packets(ada_id, tracks.audio, 50, T).await?;
+    Ok(())
+}

@@ -183,14 +183,27 @@ impl RoomTask {
             } => {
                 self.sessions.insert(participant, session);
                 self.pending_joins.insert(participant, reply);
+                let before = self.workers.used();
                 let worker = self.workers.place(participant, &self.hub.worker_loads());
-                let registered = worker
+                let mut registered = worker
                     .send(WorkerCommand::Register {
                         participant,
                         notices: self.notices.0.clone(),
                         ingest: admission.ingest,
                     })
                     .await;
+                // A worker new to the room learns who speaks, for the mirrors it opens.
+                if registered.is_ok()
+                    && self.told_speaker.is_some()
+                    && !before.iter().any(|w| w.index() == worker.index())
+                {
+                    registered = worker
+                        .send(WorkerCommand::Speaker {
+                            previous: None,
+                            current: self.told_speaker,
+                        })
+                        .await;
+                }
                 if registered.is_err() {
                     self.workers.remove(participant);
                     self.sessions.remove(&participant);

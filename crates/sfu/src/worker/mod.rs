@@ -1061,6 +1061,9 @@ impl Worker {
             WorkerCommand::Silence { track, silenced } => {
                 if let Some(route) = self.tracks.get_mut(&track) {
                     route.silenced = silenced;
+                    if !route.mirror {
+                        route.share.silenced.store(silenced, Ordering::Relaxed);
+                    }
                     if silenced {
                         // At once, not at the next allocation pass.
                         for sub in &mut route.subscribers {

@@ -50,6 +50,9 @@ pub struct SharedTrack {
     pub costs: Vec<Option<LayerCost>>,
     /// A screen share (ranked above cameras).
     pub screen: bool,
+    /// A room admin silenced it (set by its publisher's worker), so that a mirror opened
+    /// later starts silenced too.
+    pub silenced: AtomicBool,
     /// By worker: whether it mirrors the track and wants its packets.
     feeds: Box<[AtomicBool]>,
     /// How many of `feeds` are set: the per-packet test.
@@ -75,6 +78,7 @@ impl SharedTrack {
             codec,
             costs,
             screen,
+            silenced: AtomicBool::new(false),
             feeds: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             fed: AtomicUsize::new(0),
             demand: (0..workers).map(|_| AtomicU8::new(DEMAND_UNTOLD)).collect(),
@@ -196,7 +200,7 @@ impl Worker {
                 layers: SourceLayers::new(share.costs.len(), &share.costs, now),
                 history,
                 announced: None,
-                silenced: false,
+                silenced: share.silenced.load(Ordering::Relaxed),
                 level: LevelMeter::default(),
                 record: None,
                 mirror: true,
