@@ -71,6 +71,14 @@ fn refused(reply: &(u16, String), status: u16, code: ErrorCode) -> Result<()> {
     Ok(())
 }
 
+/// POSTs `muted` to a track's `mute` path; the answer must be 204.
+async fn set_mute(server: &Server, path: &str, auth: &str, muted: bool) -> Result<()> {
+    let body = format!(r#"{{"muted":{muted}}}"#);
+    let (status, reply) = call(server, "POST", path, Some(auth), Some(&body)).await?;
+    ensure!(status == 204, "{status}: {reply}");
+    Ok(())
+}
+
 async fn member(server: &Server, room: &str, name: &str, extra: &[&str]) -> Result<Client> {
     let mut args = vec!["--room", room, "--identity", name];
     args.extend_from_slice(extra);
@@ -215,15 +223,7 @@ async fn an_operator_lists_inspects_mutes_messages_removes_and_closes() -> Resul
         "/api/v1/rooms/standup/participants/{ada_id}/tracks/{}/mute",
         tracks.audio.0
     );
-    let (status, body) = call(
-        &server,
-        "POST",
-        &mute,
-        Some(&key),
-        Some(r#"{"muted":true}"#),
-    )
-    .await?;
-    ensure!(status == 204, "{status}: {body}");
+    set_mute(&server, &mute, &key, true).await?;
     bob.wait_for(T, "muteChanged", |m| {
         matches!(m, ServerMessage::MuteChanged { track_id, muted: true, .. } if *track_id == tracks.audio)
     })
@@ -408,15 +408,7 @@ async fn a_mute_holds_for_a_subscriber_who_joins_later_on_another_worker() -> Re
         "/api/v1/rooms/standup/participants/{}/tracks/{}/mute",
         ada_id.0, tracks.audio.0
     );
-    let (status, body) = call(
-        &server,
-        "POST",
-        &mute,
-        Some(&key),
-        Some(r#"{"muted":true}"#),
-    )
-    .await?;
-    ensure!(status == 204, "{status}: {body}");
+    set_mute(&server, &mute, &key, true).await?;
 
     let bob = member(&server, "standup", "bob", &[]).await?;
     bob.wait_for_packets(ada_id, tracks.video, 30, T).await?;
@@ -433,15 +425,7 @@ async fn a_mute_holds_for_a_subscriber_who_joins_later_on_another_worker() -> Re
     );
 
     // lifted, her audio reaches bob through the mirror
-    let (status, body) = call(
-        &server,
-        "POST",
-        &mute,
-        Some(&key),
-        Some(r#"{"muted":false}"#),
-    )
-    .await?;
-    ensure!(status == 204, "{status}: {body}");
+    set_mute(&server, &mute, &key, false).await?;
     bob.wait_for_packets(ada_id, tracks.audio, 50, T).await?;
     Ok(())
 }
