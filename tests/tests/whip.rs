@@ -574,8 +574,21 @@ fn colour_near(value: &serde_json::Value, want: [i64; 3]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aiortc_whep_viewer_decodes_its_pinned_participant_and_follows_when_it_leaves()
 -> Result<()> {
+    whep_viewer_follows("").await
+}
+
+/// The same in a room spread over two media workers: ada and blue live on one, red and
+/// the viewer on the other, so the viewer gets red from its own worker and then blue
+/// through a mirror (`worker/relay.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_viewer_follows_across_media_workers() -> Result<()> {
+    whep_viewer_follows("[media]\nworkers = 2\nspread_room_after = 1\n").await
+}
+
+/// A viewer pinned to red decodes red, and blue on the same stream once red leaves.
+async fn whep_viewer_follows(config: &str) -> Result<()> {
     init_tracing();
-    let server = Server::start().await?;
+    let server = Server::start_with_config(config).await?;
     let addr = server.http_addr();
     // A simulated browser in the room, receiving what the WHIP publishers send.
     let ada = Client::connect_and_join(addr, "show", "ada").await?;
