@@ -379,15 +379,13 @@ impl Hub {
     /// live on it (of whatever room).
     pub(crate) fn worker_loads(&self) -> Vec<WorkerLoad> {
         let mut loads = vec![WorkerLoad::default(); self.inner.workers.len()];
-        if loads.len() > 1 {
-            for entry in &self.inner.rooms {
-                if let Some(load) = loads.get_mut(usize::from(entry.worker)) {
-                    load.rooms += 1;
-                }
-                for placed in entry.placed.iter() {
-                    if let Some(load) = loads.get_mut(usize::from(*placed.value())) {
-                        load.participants += 1;
-                    }
+        for entry in &self.inner.rooms {
+            if let Some(load) = loads.get_mut(usize::from(entry.worker)) {
+                load.rooms += 1;
+            }
+            for placed in entry.placed.iter() {
+                if let Some(load) = loads.get_mut(usize::from(*placed.value())) {
+                    load.participants += 1;
                 }
             }
         }

@@ -169,7 +169,7 @@ impl Worker {
             // a recording needs its layer like a subscriber does
             let recorded = route.record.as_ref().and_then(|tap| tap.target());
             let local = route.subscribers.iter().filter_map(|s| s.switch.target());
-            if route.mirror {
+            if route.is_mirror(self.index) {
                 let highest = highest_needed(local.map(Choice::Layer));
                 route.share.set_demand(self.index, highest);
                 route.layers.set_wanted(highest, now);

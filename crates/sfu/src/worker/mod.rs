@@ -291,10 +291,16 @@ struct TrackRoute {
     level: LevelMeter,
     /// Its recording, while the room records it.
     record: Option<recording::RecordTap>,
-    /// A mirror of a track that another worker publishes (see `relay.rs`).
-    mirror: bool,
-    /// What the workers share of it.
+    /// What the workers share of it: its `origin` is the publisher's worker, so the route
+    /// is a mirror (see `relay.rs`) on every other worker.
     share: Arc<SharedTrack>,
+}
+
+impl TrackRoute {
+    /// Whether this is a mirror of a track that another worker than `here` publishes.
+    fn is_mirror(&self, here: WorkerIndex) -> bool {
+        self.share.origin != here
+    }
 }
 
 struct ParticipantMedia {
@@ -779,7 +785,7 @@ impl Worker {
         if !state.keyframes.try_request(now) {
             return;
         }
-        if route.mirror {
+        if route.is_mirror(self.index) {
             let origin = route.share.origin;
             self.request_relayed_keyframe(origin, track, layer);
             return;
@@ -1061,7 +1067,7 @@ impl Worker {
             WorkerCommand::Silence { track, silenced } => {
                 if let Some(route) = self.tracks.get_mut(&track) {
                     route.silenced = silenced;
-                    if !route.mirror {
+                    if !route.is_mirror(self.index) {
                         route.share.silenced.store(silenced, Ordering::Relaxed);
                     }
                     if silenced {
@@ -1165,7 +1171,6 @@ impl Worker {
                             silenced: false,
                             level: LevelMeter::default(),
                             record: None,
-                            mirror: false,
                             share,
                         },
                     );

@@ -73,7 +73,11 @@ impl Worker {
     /// the room syncs its recorded tracks after every change.
     pub(super) fn set_recording(&mut self, track: TrackId, sink: Option<RecordSink>, now: Instant) {
         // a mirror's packets are recorded where the track is published
-        let Some(route) = self.tracks.get_mut(&track).filter(|r| !r.mirror) else {
+        let Some(route) = self
+            .tracks
+            .get_mut(&track)
+            .filter(|r| !r.is_mirror(self.index))
+        else {
             return;
         };
         match sink {

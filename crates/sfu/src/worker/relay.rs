@@ -203,7 +203,6 @@ impl Worker {
                 silenced: share.silenced.load(Ordering::Relaxed),
                 level: LevelMeter::default(),
                 record: None,
-                mirror: true,
                 share: share.clone(),
             };
             self.tracks.insert(track, route);
@@ -218,7 +217,7 @@ impl Worker {
     pub(super) fn close_idle_mirrors(&mut self) {
         let (index, stats) = (self.index, &self.stats);
         self.tracks.retain(|_, route| {
-            let idle = route.mirror && route.subscribers.is_empty();
+            let idle = route.is_mirror(index) && route.subscribers.is_empty();
             if idle {
                 route.share.set_fed(index, false);
                 stats.handoff.mirrors.fetch_sub(1, Ordering::Relaxed);
@@ -241,7 +240,8 @@ impl Worker {
             .handoff
             .relayed_in
             .fetch_add(1, Ordering::Relaxed);
-        let Some(route) = self.tracks.get_mut(&track).filter(|r| r.mirror) else {
+        let here = self.index;
+        let Some(route) = self.tracks.get_mut(&track).filter(|r| r.is_mirror(here)) else {
             // the mirror closed while the packet was on its way
             return;
         };
