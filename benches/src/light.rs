@@ -257,6 +257,11 @@ impl AsyncUdpSocket for LightSocket {
             let polled = inner.poll_recv(cx, bufs, meta);
             if polled.is_pending() {
                 *lock(&self.shared.recv_waker) = Some(cx.waker().clone());
+                // A takeover between the check above and the store found no waker to
+                // wake: look again, or this task would sleep on a dropped socket.
+                if self.shared.light.load(Ordering::Acquire) {
+                    cx.waker().wake_by_ref();
+                }
             }
             return polled;
         }
@@ -425,7 +430,7 @@ impl LightReceiver {
     pub fn start(hub: &LightHub, every: u64) -> io::Result<Self> {
         let sockets = std::mem::take(&mut *lock(&hub.sockets));
         for shared in lock(&hub.shared).iter() {
-            shared.light.store(true, Ordering::Relaxed);
+            shared.light.store(true, Ordering::Release);
             shared.wake_receiver();
         }
         let stop = Arc::new(AtomicBool::new(false));
