@@ -60,6 +60,7 @@ fuzz_seeds() {
     config) echo "$root/config" ;;
     red) echo "$FUZZ_DIR/seeds/red" ;;
     subscriber_answer) echo "$FUZZ_DIR/seeds/subscriber_answer" ;;
+    whep_offer) echo "$FUZZ_DIR/seeds/whep" ;;
     *) echo "" ;;
   esac
 }
