@@ -31,9 +31,8 @@ const FREEZE_S_PER_MIN = 1;
 const MIN_FPS = 8;
 
 /**
- * The loss test's server runs without ICE-TCP unless CHORUS_ICE_TCP=1: a page whose Chromium
- * happens to nominate its ICE-TCP pair first is dropped 8 s after it moves to UDP (the
- * second test here), which would end this one for a reason that is not the loss.
+ * The loss test's server runs without ICE-TCP unless CHORUS_ICE_TCP=1: the loss is made on
+ * UDP only, and a page whose Chromium took its ICE-TCP pair would not see it.
  */
 const LOSS_SERVER_CONFIG = process.env.CHORUS_ICE_TCP === '1' ? '' : '[media]\nice_tcp = false\n';
 
@@ -212,20 +211,12 @@ function selectedProtocols(page) {
 // Loss of a different shape: every UDP packet from a page to the server is lost while it
 // connects, so its ICE-TCP pair is the first to work and Chromium (the controlling agent)
 // nominates it; then UDP comes back and Chromium moves to its better UDP pair, nominating
-// that one. The page must stay in the call. (Seen failing here: the server keeps the first
-// nominated pair, webrtc-rs's controlled agent ignores the later nomination, and counts
-// only STUN on that pair as consent, so it drops the page 8 s later with `bye mediaFailed`.
-// Under load the same happens without any loss when a TCP check wins the race, which is
-// why 15-call-quality runs its server without ICE-TCP.)
-// TODO, not yet a gate: webrtc-rs rtc-ice 0.21.1 keeps an ICE-lite agent's first
-// nomination (ControlledSelector::handle_binding_request selects only while nothing is
-// selected) and counts only STUN on the selected pair as consent, so a browser that moves
-// from its ICE-TCP pair to UDP is failed 8 s later. Needs an upstream fix (follow a later
-// nomination of a succeeded pair).
-test('a page whose UDP is lost while it connects (ICE-TCP first) stays in the call when its browser moves to UDP', {
-  timeout: 120000,
-  todo: 'webrtc-rs rtc-ice 0.21.1 ignores a later nomination by an ICE-lite peer\'s browser (upstream)',
-}, async (t) => {
+// that one. The page must stay in the call. webrtc-rs 0.21's ICE-lite agent keeps the
+// first pair it selected and takes consent only from STUN on it, so before the server
+// followed the later nomination itself (crates/sfu/src/peer/path.rs) it dropped the page
+// 8 s after the move with `bye mediaFailed`; under load that happened without any loss
+// whenever a TCP check won the race.
+test('a page whose UDP is lost while it connects (ICE-TCP first) stays in the call when its browser moves to UDP', { timeout: 120000 }, async (t) => {
   const lab = createLab();
   t.after(() => lab.destroy());
   const free = lab.addHost('free');

@@ -29,6 +29,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+    RTCIceProtocol,
 };
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
@@ -51,6 +52,7 @@ mod audio;
 mod early_checks;
 #[doc(hidden)]
 pub mod fuzzing;
+mod path;
 mod rid_keeper;
 mod tap;
 mod twcc;
@@ -503,6 +505,8 @@ pub struct Peer {
     local_tcp_tag: Option<SocketAddr>,
     connected: bool,
     failed: bool,
+    /// Where the selected pair's datagrams travel: the browser's latest nomination.
+    path: path::PathFollower,
     /// Cached `poll_timeout` (see [`Peer::next_timeout`]).
     next_timeout: Option<Instant>,
     /// What the peer connection was given since the last [`Peer::poll_transmit`].
@@ -746,6 +750,7 @@ impl Peer {
             local_tag,
             local_tcp_tag: settings.tcp_candidates.first().copied(),
             connected: false,
+            path: path::PathFollower::default(),
             failed: false,
             next_timeout: Some(now),
             queued: Queued::Anything,
@@ -1127,6 +1132,8 @@ impl Peer {
         let Some(datagram) = self.early_checks.hold(from, tcp, datagram) else {
             return;
         };
+        let nomination = crate::stun::nomination(&datagram);
+        let (from, tcp) = self.path.inbound((from, tcp), nomination);
         let (local_addr, transport_protocol) = match (tcp, self.local_tcp_tag) {
             (true, Some(tag)) => (tag, TransportProtocol::TCP),
             _ => (self.local_tag, TransportProtocol::UDP),
@@ -1144,6 +1151,41 @@ impl Peer {
         if let Err(err) = result {
             tracing::trace!(%err, "handle_read");
         }
+        if nomination.is_some()
+            && self.path.wants_selected()
+            && let Some(selected) = self.selected_pair()
+        {
+            self.path.set_selected(selected);
+        }
+    }
+
+    /// The remote side of the pair the ICE agent selected, if it selected one.
+    /// (webrtc-rs reaches the ICE transport only through a sender's or a receiver's.)
+    fn selected_pair(&mut self) -> Option<path::Wire> {
+        let transceiver = self.pc.get_transceivers().next()?;
+        let transceiver = self.pc.rtp_transceiver(transceiver)?;
+        let (sender, receiver) = (transceiver.sender(), transceiver.receiver());
+        let pair = match (receiver, sender) {
+            (Some(receiver), _) => self
+                .pc
+                .rtp_receiver(receiver)?
+                .transport()?
+                .ice_transport()
+                .get_selected_candidate_pair(),
+            (None, Some(sender)) => self
+                .pc
+                .rtp_sender(sender)?
+                .transport()?
+                .ice_transport()
+                .get_selected_candidate_pair(),
+            (None, None) => None,
+        }?;
+        let remote = pair.remote();
+        let ip = remote.address.parse().ok()?;
+        Some((
+            SocketAddr::new(ip, remote.port),
+            remote.protocol == RTCIceProtocol::Tcp,
+        ))
     }
 
     /// Drains media read from the peer: forwarded RTP goes to `on_rtp` with its track and
@@ -1379,7 +1421,9 @@ impl Peer {
                 break;
             };
             let tcp = msg.transport.transport_protocol == TransportProtocol::TCP;
-            send(msg.transport.peer_addr, tcp, msg.message);
+            let response = crate::stun::binding_response(&msg.message);
+            let (to, tcp) = self.path.outbound((msg.transport.peer_addr, tcp), response);
+            send(to, tcp, msg.message);
         }
     }
 
