@@ -20,22 +20,6 @@ pub const MAX_LAYER: u8 = (RIDS.len() - 1) as u8;
 /// full resolution, as `chorus.js` publishes them. Layer `i` is `RIDS[i]`.
 pub const RIDS: [&str; 3] = ["q", "h", "f"];
 
-/// The X bit of the first descriptor byte: an extension byte follows.
-const X_BIT: u8 = 0x80;
-/// The S bit of the first descriptor byte: this packet starts a VP8 partition.
-const S_BIT: u8 = 0x10;
-/// The PID field of the first descriptor byte: the partition index.
-const PID_MASK: u8 = 0x07;
-/// The I bit of the extension byte: a PictureID follows.
-const I_BIT: u8 = 0x80;
-/// The L bit of the extension byte: a TL0PICIDX byte follows.
-const L_BIT: u8 = 0x40;
-/// The T bit of the extension byte: a TID/Y/KEYIDX byte follows.
-const T_BIT: u8 = 0x20;
-/// The K bit of the extension byte: a TID/Y/KEYIDX byte follows.
-const K_BIT: u8 = 0x10;
-/// The M bit of the first PictureID byte: the PictureID is 15 bits, not 7.
-const M_BIT: u8 = 0x80;
 /// The P bit of the first VP8 payload header byte: 0 for a key frame, 1 for an interframe.
 const P_BIT: u8 = 0x01;
 /// The start code that follows the 3-byte frame tag of every VP8 key frame.
@@ -47,28 +31,10 @@ const START_CODE: [u8; 3] = [0x9d, 0x01, 0x2a];
 /// Only the first packet of partition 0 carries the payload header, so any other packet
 /// cannot tell us the frame type; `None` then, and on any truncated descriptor.
 fn partition_start(payload: &[u8]) -> Option<usize> {
-    let (&first, _) = payload.split_first()?;
-    if first & S_BIT == 0 || first & PID_MASK != 0 {
-        return None;
-    }
-    let mut offset = 1;
-    if first & X_BIT != 0 {
-        let ext = *payload.get(offset)?;
-        offset += 1;
-        if ext & I_BIT != 0 {
-            let picture_id = *payload.get(offset)?;
-            offset += if picture_id & M_BIT != 0 { 2 } else { 1 };
-        }
-        if ext & L_BIT != 0 {
-            offset += 1;
-        }
-        if ext & (T_BIT | K_BIT) != 0 {
-            offset += 1;
-        }
-    }
+    let d = crate::vp8::descriptor(payload).filter(|d| d.starts_frame)?;
     // The payload header's first byte must be present, or the packet is truncated.
-    payload.get(offset)?;
-    Some(offset)
+    payload.get(d.payload_offset)?;
+    Some(d.payload_offset)
 }
 
 /// Whether this VP8 RTP payload is the first packet of a key frame.

@@ -46,6 +46,7 @@ pub mod stun;
 pub mod tcp;
 pub mod token;
 pub mod viewer;
+pub mod vp8;
 pub mod worker;
 
 pub use hub::{Admission, Hub, HubConfig, HubStats, JoinError, Membership, RecordingSettings};

@@ -47,6 +47,7 @@ use crate::MediaError;
 use crate::idhash::IdHashMap;
 use crate::red;
 use crate::rewrite::{IdMap, SeqRewriter};
+use crate::vp8::Vp8Rewriter;
 
 mod audio;
 mod early_checks;
@@ -253,6 +254,8 @@ pub struct HeaderRewrite {
     /// the payload type its primary blocks must have. Such packets go out as their primary
     /// block (mapped through `pt` from the RED payload type).
     pub unwrap_red: Option<(u8, u8)>,
+    /// VP8: picture ids and TL0PICIDX continuous across layer switches and resumes.
+    pub vp8: Option<Vp8Rewriter>,
 }
 
 impl HeaderRewrite {
@@ -263,13 +266,15 @@ impl HeaderRewrite {
             seq: SeqRewriter::new((ssrc >> 16) as u16),
             pt: IdMap::default(),
             unwrap_red: None,
+            vp8: None,
         }
     }
 
     /// The packet as this subscription sends it; an error when its payload type is not
     /// negotiated with the subscriber, or it is RED to unwrap and malformed. The payload is
-    /// shared, not copied (an unwrapped RED payload is a slice of it), and nothing is
-    /// allocated.
+    /// shared, not copied (an unwrapped RED payload is a slice of it), except a VP8 payload
+    /// whose picture id was offset by a layer switch, which is written into the
+    /// subscription's reused buffer ([`Vp8Rewriter`]).
     pub fn apply(
         &mut self,
         src: &rtc::rtp::packet::Packet,
@@ -296,7 +301,10 @@ impl HeaderRewrite {
             .get(src.header.payload_type)
             .ok_or(ForwardDrop::PayloadType)?;
         // Checked before the numbers move: a dropped packet leaves no gap.
-        let payload = self.payload(src)?;
+        let mut payload = self.payload(src)?;
+        if let Some(vp8) = &mut self.vp8 {
+            payload = vp8.apply(src.header.ssrc, &payload, switching);
+        }
         let (ssrc, seq, ts) = (
             src.header.ssrc,
             src.header.sequence_number,
@@ -314,7 +322,7 @@ impl HeaderRewrite {
     /// NACK); an error when its payload type is not negotiated or its source is not the
     /// current one any more.
     pub fn resend(
-        &self,
+        &mut self,
         src: &rtc::rtp::packet::Packet,
     ) -> Result<rtc::rtp::packet::Packet, ForwardDrop> {
         let pt = self
@@ -329,7 +337,10 @@ impl HeaderRewrite {
                 src.header.timestamp,
             )
             .ok_or(ForwardDrop::PayloadType)?;
-        let payload = self.payload(src)?;
+        let mut payload = self.payload(src)?;
+        if let Some(vp8) = &mut self.vp8 {
+            payload = vp8.resend(&payload);
+        }
         Ok(self.copy(src, payload, pt, seq, ts))
     }
 
@@ -1098,6 +1109,14 @@ impl Peer {
         }
         out.ready = !pt.is_empty();
         out.rewrite.pt = pt;
+        let vp8 = out
+            .source
+            .codec
+            .mime_type
+            .eq_ignore_ascii_case(MIME_TYPE_VP8);
+        if vp8 != out.rewrite.vp8.is_some() {
+            out.rewrite.vp8 = vp8.then(Vp8Rewriter::default);
+        }
         out.twcc = params
             .rtp_parameters
             .header_extensions

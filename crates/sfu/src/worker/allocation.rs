@@ -141,6 +141,7 @@ impl Worker {
                             _ => None,
                         },
                     };
+                    tracing::debug!(%participant, %track, ?choice, "stream state");
                     // Remembered only once told, as for dynacast below.
                     if notify(&media.notices, *participant, message, &self.stats) {
                         downlink.reported.insert(track, choice);
@@ -188,6 +189,7 @@ impl Worker {
                     .collect(),
                 None => Vec::new(),
             };
+            tracing::debug!(%track, ?highest, "publish layers");
             if let Some(media) = self.participants.get(&route.publisher) {
                 let message = ServerMessage::PublishLayers {
                     track_id: *track,

@@ -718,6 +718,7 @@ impl Worker {
                             .find(|s| s.participant == participant)?;
                         sub.switch.current().or(sub.switch.target())
                     });
+                    tracing::debug!(%participant, %track, ?layer, "keyframe requested by a subscriber");
                     if let Some(layer) = layer {
                         self.request_keyframe(track, layer, now);
                     }
@@ -798,6 +799,7 @@ impl Worker {
         {
             match peer.request_keyframe(track, layer, now) {
                 Ok(true) => {
+                    tracing::debug!(%track, layer, "keyframe request sent");
                     self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
                     self.touched.push(publisher);
                 }
@@ -1385,6 +1387,7 @@ fn fan_out(
             subscription.switch = before;
         } else if forward == Forward::SwitchAndSend {
             stats.layer_switches.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%track, %subscriber, layer, "layer switch");
         }
         match sent {
             Ok(()) => {
