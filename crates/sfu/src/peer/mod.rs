@@ -1699,6 +1699,93 @@ mod tests {
         assert_eq!(report.rtp_time, 4_000 + 9_000);
     }
 
+    /// One-packet VP8 frames of three simulcast layers, each numbering its pictures from its
+    /// own start (as browsers do), through a layer switch and the rewrite as the worker
+    /// drives them: whatever layer goes out, the subscriber sees one stream whose sequence
+    /// numbers and picture ids each go up by one per frame, and whose TL0PICIDX never goes
+    /// back.
+    #[test]
+    fn a_subscription_keeps_vp8_picture_ids_continuous_across_layer_switches() {
+        use crate::layer::{Forward, LayerSwitch, vp8_is_keyframe};
+        use crate::vp8::descriptor;
+        // picture id and TL0PICIDX starts: layer 2 is behind layer 0, layer 1 ahead
+        const STARTS: [(u16, u8); 3] = [(20_000, 200), (31_000, 7), (300, 90)];
+        let frame = |layer: usize, n: u16, key: bool| {
+            let (pid, tl0) = STARTS[layer];
+            let [hi, lo] = (pid.wrapping_add(n) & 0x7fff).to_be_bytes();
+            // X, S; I and L; the picture id (M set) and TL0PICIDX; a VP8 frame tag
+            let tag = if key { 0x10 } else { 0x11 };
+            Packet {
+                header: Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: 1000 * layer as u16 + n,
+                    timestamp: 3000 * u32::from(n),
+                    ssrc: 0x100 + layer as u32,
+                    ..Default::default()
+                },
+                payload: Bytes::from(vec![
+                    0x90,
+                    0xC0,
+                    0x80 | hi,
+                    lo,
+                    tl0.wrapping_add(n as u8),
+                    tag,
+                    0,
+                    0,
+                ]),
+            }
+        };
+        let mut rewrite = HeaderRewrite::new(0x5555);
+        rewrite.pt.insert(96, 100);
+        rewrite.vp8 = Some(Vp8Rewriter::default());
+        let mut switch = LayerSwitch::new();
+        let mut sent = Vec::new();
+        // Targets over time: 0, up to 2, down to 1, up to 2 again; a keyframe every 5th
+        // frame on every layer.
+        for (n, target) in (0..60u16).map(|n| (n, [0, 2, 1, 2][usize::from(n / 15)])) {
+            switch.set_target(Some(target));
+            for layer in 0..3 {
+                let packet = frame(layer, n, n % 5 == 0);
+                let keyframe = vp8_is_keyframe(&packet.payload);
+                let copy = match switch.on_packet(layer as u8, keyframe) {
+                    Forward::Drop => continue,
+                    Forward::Send => rewrite.apply(&packet),
+                    Forward::SwitchAndSend => rewrite.apply_switching(&packet),
+                };
+                sent.push((layer, copy.expect("forwarded")));
+            }
+        }
+        let layers: Vec<usize> = sent.iter().map(|(l, _)| *l).collect();
+        assert!(layers.contains(&0) && layers.contains(&1) && layers.contains(&2));
+        for pair in sent.windows(2) {
+            let [(_, a), (_, b)] = pair else {
+                unreachable!()
+            };
+            let numbers = |p: &Packet| {
+                let d = descriptor(&p.payload).expect("a descriptor");
+                let (at, _) = d.picture_id.expect("a picture id");
+                let pid = u16::from_be_bytes([p.payload[at], p.payload[at + 1]]) & 0x7fff;
+                (
+                    p.header.sequence_number,
+                    pid,
+                    p.payload[d.tl0.expect("a TL0PICIDX")],
+                )
+            };
+            let ((seq_a, pid_a, tl0_a), (seq_b, pid_b, tl0_b)) = (numbers(a), numbers(b));
+            assert_eq!(seq_b, seq_a.wrapping_add(1));
+            assert_eq!(
+                pid_b,
+                pid_a.wrapping_add(1) & 0x7fff,
+                "picture ids {pid_a} then {pid_b}"
+            );
+            assert!(
+                tl0_b.wrapping_sub(tl0_a) < 0x80,
+                "TL0PICIDX {tl0_a} then {tl0_b}"
+            );
+        }
+    }
+
     #[test]
     fn rtp_timestamps_compare_across_the_wrap() {
         assert!(ts_newer(5, u32::MAX - 5));
