@@ -174,12 +174,22 @@ impl SourceLayers {
         self.layers.len()
     }
 
+    /// The measured rate of `layer` while it flows; `None` before a window has passed and
+    /// after [`LAYER_ABSENT_AFTER`] of silence.
+    pub fn flowing_rate(&mut self, layer: u8, now: Instant) -> Option<u32> {
+        let state = self.layers.get_mut(usize::from(layer))?;
+        state
+            .last_packet
+            .filter(|&t| now.saturating_duration_since(t) < LAYER_ABSENT_AFTER)?;
+        state.meter.rate(now).filter(|&r| r > 0)
+    }
+
     pub fn layer_mut(&mut self, layer: u8) -> Option<&mut LayerState> {
         self.layers.get_mut(usize::from(layer))
     }
 
-    /// One packet of `layer` arrived: `bytes` of payload, and the size of the keyframe it
-    /// starts, if it starts one.
+    /// One packet of `layer` arrived, weighing `bytes` on a subscriber's link, and the size
+    /// of the keyframe it starts, if it starts one.
     pub fn on_packet(
         &mut self,
         layer: u8,
@@ -332,6 +342,24 @@ mod tests {
         let costs = layers.costs(t0 + ms(600));
         assert_eq!((costs[1].width, costs[1].height), (336, 190));
         assert!((750_000..=850_000).contains(&costs[1].bitrate), "{costs:?}");
+    }
+
+    #[test]
+    fn a_flowing_rate_is_measured_and_forgotten_after_silence() {
+        let t0 = Instant::now();
+        let mut audio = SourceLayers::new(1, &[], t0);
+        assert_eq!(audio.flowing_rate(0, t0), None);
+        // 50 packets a second of 180 bytes on the link: 72 kbit/s
+        for i in 0..50 {
+            audio.on_packet(0, 180, None, t0 + ms(20 * i));
+        }
+        let rate = audio.flowing_rate(0, t0 + ms(1000)).expect("measured");
+        assert!((65_000..=80_000).contains(&rate), "{rate}");
+        assert_eq!(
+            audio.flowing_rate(0, t0 + ms(980) + LAYER_ABSENT_AFTER),
+            None
+        );
+        assert_eq!(audio.flowing_rate(3, t0), None);
     }
 
     #[test]

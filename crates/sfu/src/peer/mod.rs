@@ -118,9 +118,18 @@ pub struct MediaPacket {
 }
 
 impl MediaPacket {
-    /// The packet's size on the wire, less SRTP: what a layer's rate meter counts.
+    /// The packet's RTP size (header and payload, no extension, no SRTP): the forwarded
+    /// byte counters.
     pub fn wire_len(&self) -> usize {
         12 + 4 * self.packet.header.csrc.len() + self.packet.payload.len()
+    }
+
+    /// What one forwarded copy of it weighs on a subscriber's link: its RTP size, the
+    /// transport-cc extension, SRTP, UDP and IP. What a layer's rate meter counts, in the
+    /// units of the downlink estimate it is weighed against (small audio packets carry
+    /// about 40 % of overhead).
+    pub fn link_len(&self) -> usize {
+        self.wire_len() + twcc::COPY_OVERHEAD
     }
 
     pub fn payload(&self) -> &[u8] {

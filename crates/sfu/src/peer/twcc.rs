@@ -30,6 +30,13 @@ pub(super) const URI: &str = rtc::sdp::extmap::TRANSPORT_CC_URI;
 /// estimator weighs what the link carries, not what the codec made.
 const WIRE_OVERHEAD: usize = 16 + 8 + 20;
 
+/// The transport-cc extension block a copy carries (profile, length, one byte of id and
+/// length, two of number, one of padding).
+const EXTENSION_BLOCK: usize = 8;
+
+/// What a forwarded copy weighs beyond its RTP header and payload.
+pub(crate) const COPY_OVERHEAD: usize = EXTENSION_BLOCK + WIRE_OVERHEAD;
+
 /// Offers transport-cc on a subscriber leg: the header extension on audio and video (every
 /// packet on the link counts), and the `transport-cc` feedback on both kinds of codec.
 pub(super) fn negotiate(engine: &mut MediaEngine) -> Result<(), rtc::shared::error::Error> {
@@ -110,9 +117,7 @@ impl SendSide {
         header.extension = true;
         header.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
         header.extensions = vec![extension(id, seq)];
-        // 12 bytes of fixed header and 8 of the extension block (profile, length, one
-        // byte of id and length, two of number, one of padding).
-        let size = 12 + 4 * header.csrc.len() + 8 + packet.payload.len() + WIRE_OVERHEAD;
+        let size = 12 + 4 * header.csrc.len() + packet.payload.len() + COPY_OVERHEAD;
         self.estimator.on_sent(seq, size, now);
     }
 

@@ -23,9 +23,11 @@ use crate::layer::RIDS;
 /// relieved within the 2 s a user notices, slow enough to cost nothing next to forwarding.
 pub(super) const ALLOCATION_INTERVAL: Duration = Duration::from_millis(200);
 
-/// What an audio subscription is reserved: Opus at its usual voice rate plus packet
-/// overhead. Audio is always forwarded; this only keeps video from counting on it.
-const AUDIO_RESERVE: u32 = 40_000;
+/// What an audio subscription is reserved before its track's rate is measured: Opus at
+/// a voice rate (32 kbit/s) and the overhead of its 50 packets a second on the link (about
+/// 26 kbit/s). Once measured, the track's own rate counts instead: RED doubles the
+/// payload. Audio is always forwarded; the reserve only keeps video from counting on it.
+const AUDIO_RESERVE: u32 = 60_000;
 
 /// The allocation state of one subscriber.
 #[derive(Debug, Default)]
@@ -81,7 +83,7 @@ impl Worker {
                 };
                 let claim = match route.kind {
                     MediaKind::Audio => Claim::Audio {
-                        bitrate: AUDIO_RESERVE,
+                        bitrate: route.layers.flowing_rate(0, now).unwrap_or(AUDIO_RESERVE),
                     },
                     MediaKind::Video => Claim::Video {
                         importance: route.importance,

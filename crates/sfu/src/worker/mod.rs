@@ -635,7 +635,7 @@ impl Worker {
                         }
                     }
                     let (keyframe, size) = route.keyframes.detect(packet.payload());
-                    route.layers.on_packet(layer, wire_len, size, now);
+                    route.layers.on_packet(layer, packet.link_len(), size, now);
                     if route.share.is_fed() {
                         relay::hand_over(
                             &route.share,

@@ -245,7 +245,7 @@ impl Worker {
             // the mirror closed while the packet was on its way
             return;
         };
-        route.layers.on_packet(layer, packet.wire_len(), size, now);
+        route.layers.on_packet(layer, packet.link_len(), size, now);
         fan_out(
             &mut route.subscribers,
             &mut self.participants,
