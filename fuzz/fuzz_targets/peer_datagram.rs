@@ -26,12 +26,7 @@ struct Datagram {
 
 fn settings() -> &'static PeerSettings {
     static SETTINGS: OnceLock<PeerSettings> = OnceLock::new();
-    SETTINGS.get_or_init(|| PeerSettings {
-        candidates: vec![([192, 0, 2, 10], 3478).into()],
-        tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
-        srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
-        audio: Default::default(),
-    })
+    SETTINGS.get_or_init(chorus_fuzz::peer_settings)
 }
 
 fuzz_target!(|datagrams: Vec<Datagram>| {

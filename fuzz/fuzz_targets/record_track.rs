@@ -96,17 +96,23 @@ fuzz_target!(|input: Input| {
                     payload: Bytes::from(payload),
                     arrival: now,
                 };
-                recorder.push(packet, &mut open).expect("memory writes do not fail");
+                recorder
+                    .push(packet, &mut open)
+                    .expect("memory writes do not fail");
             }
             Op::Poll(ms) => {
                 now += Duration::from_millis(u64::from(ms));
-                recorder.poll(now, &mut open).expect("memory writes do not fail");
+                recorder
+                    .poll(now, &mut open)
+                    .expect("memory writes do not fail");
             }
             Op::Flush => recorder.flush().expect("memory flushes do not fail"),
         }
         let _ = recorder.take_keyframe_wanted();
     }
-    let file = recorder.finish(&mut open).expect("memory writes do not fail");
+    let file = recorder
+        .finish(&mut open)
+        .expect("memory writes do not fail");
     let report = recorder.report().clone();
     assert!(opened <= 1, "one file per track");
     match file {
@@ -123,7 +129,11 @@ fuzz_target!(|input: Input| {
                     || bytes.starts_with(signature),
                 "a {codec:?} file starts with its signature"
             );
-            assert!(report.bytes <= bytes.len() as u64, "{report:?} for {} bytes", bytes.len());
+            assert!(
+                report.bytes <= bytes.len() as u64,
+                "{report:?} for {} bytes",
+                bytes.len()
+            );
         }
         None => assert_eq!(opened, 0),
     }

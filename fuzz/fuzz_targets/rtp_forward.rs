@@ -123,7 +123,10 @@ impl Subscription {
                 _ => Vec::new(),
             };
             for (i, (a, b)) in copy.payload.iter().zip(packet.payload.iter()).enumerate() {
-                assert!(a == b || rewritten.contains(&i), "byte {i} of the payload changed");
+                assert!(
+                    a == b || rewritten.contains(&i),
+                    "byte {i} of the payload changed"
+                );
             }
             if let Some(source) = self.rewrite.seq.source_of(h.sequence_number) {
                 assert_eq!(source, (packet.header.ssrc, packet.header.sequence_number));

@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use chorus_protocol::{PeerRole, TrackId};
-use chorus_sfu::PeerSettings;
 use chorus_sfu::layer::offered_layers;
 use chorus_sfu::peer::Peer;
 use libfuzzer_sys::fuzz_target;
@@ -18,12 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(layers) = offered_layers(sdp) else {
         return;
     };
-    let settings = PeerSettings {
-        candidates: vec![([192, 0, 2, 10], 3478).into()],
-        tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
-        srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
-        audio: Default::default(),
-    };
+    let settings = chorus_fuzz::peer_settings();
     let now = Instant::now();
     let mut peer = Peer::new(
         &settings,

@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(negotiated.len(), 2);
     for (i, n) in negotiated.into_iter().enumerate() {
         let primary = if i == 0 { n.opus } else { n.vp8 };
-        assert_eq!(n.ready, primary.is_some(), "ready exactly when the codec maps");
+        assert_eq!(
+            n.ready,
+            primary.is_some(),
+            "ready exactly when the codec maps"
+        );
         if i == 1 {
             assert!(n.opus.is_none() && n.red.is_none() && n.unwrap_red.is_none());
             continue;

@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use chorus_sfu::PeerSettings;
 use chorus_sfu::peer::{MAX_VIEWER_SLOTS, Peer};
 use libfuzzer_sys::fuzz_target;
 
@@ -15,20 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(sdp) = std::str::from_utf8(data) else {
         return;
     };
-    let settings = PeerSettings {
-        candidates: vec![([192, 0, 2, 10], 3478).into()],
-        tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
-        srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
-        audio: Default::default(),
-    };
+    let settings = chorus_fuzz::peer_settings();
     let now = Instant::now();
-    let mut peer = Peer::new_viewer(
-        &settings,
-        "fuzzufrag",
-        "fuzzpasswordfuzzpassword",
-        now,
-    )
-    .expect("a viewer peer");
+    let mut peer = Peer::new_viewer(&settings, "fuzzufrag", "fuzzpasswordfuzzpassword", now)
+        .expect("a viewer peer");
     let mut next = 0x4000_0000u32;
     let Ok((answer, slots)) = peer.answer_viewer(
         sdp.to_owned(),

@@ -1,6 +1,6 @@
 //! Helpers shared by Chorus's fuzz targets: JSON built by `arbitrary` in the shape of the
-//! signaling messages and join-token claims, and the checks every parse of a client
-//! message must pass.
+//! signaling messages and join-token claims, the checks every parse of a client message
+//! must pass, and the settings of the sans-IO peers the SDP and datagram targets make.
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use chorus_protocol::{CLIENT_TYPES, ClientMessage};
@@ -157,5 +157,16 @@ pub fn check_client_message(text: &str) {
             let _ = err.code();
             let _ = err.to_string();
         }
+    }
+}
+
+/// The settings of the sans-IO peers the SDP and datagram targets make: one UDP and one
+/// ICE-TCP candidate on a documentation address, and AES-GCM.
+pub fn peer_settings() -> chorus_sfu::PeerSettings {
+    chorus_sfu::PeerSettings {
+        candidates: vec![([192, 0, 2, 10], 3478).into()],
+        tcp_candidates: vec![([192, 0, 2, 10], 3478).into()],
+        srtp_profiles: vec!["aead_aes_128_gcm".to_owned()],
+        audio: Default::default(),
     }
 }

@@ -121,6 +121,15 @@ fn tl0_newer(a: u8, b: u8) -> bool {
     d != 0 && d < 0x80
 }
 
+/// Where one packet's numbers are, and what they go out as.
+#[derive(Debug, Clone, Copy)]
+struct Mapped {
+    /// Offset, 15 bits or 7, and the output picture id.
+    picture: Option<(usize, bool, u16)>,
+    /// Offset and output TL0PICIDX.
+    tl0: Option<(usize, u8)>,
+}
+
 /// One subscription's picture id and TL0PICIDX continuity.
 #[derive(Debug, Default)]
 pub struct Vp8Rewriter {
@@ -172,26 +181,20 @@ impl Vp8Rewriter {
                 };
             }
         }
-        let picture = d.picture_id.map(|(at, long)| {
-            let id = read_picture_id(payload, at, long).wrapping_add(self.picture_offset);
-            (at, long, id & PICTURE_ID_MASK)
-        });
-        let tl0 = d
-            .tl0
-            .map(|at| (at, payload[at].wrapping_add(self.tl0_offset)));
-        if let Some((_, _, id)) = picture
+        let mapped = self.mapped(payload, &d);
+        if let Some((_, _, id)) = mapped.picture
             && self
                 .last_picture
                 .is_none_or(|last| picture_id_newer(id, last))
         {
             self.last_picture = Some(id);
         }
-        if let Some((_, index)) = tl0
+        if let Some((_, index)) = mapped.tl0
             && self.last_tl0.is_none_or(|last| tl0_newer(index, last))
         {
             self.last_tl0 = Some(index);
         }
-        self.write(payload, picture, tl0)
+        self.write(payload, mapped)
     }
 
     /// The payload of an earlier packet of the current source again (answering a NACK),
@@ -200,22 +203,24 @@ impl Vp8Rewriter {
         let Some(d) = descriptor(payload) else {
             return payload.clone();
         };
-        let picture = d.picture_id.map(|(at, long)| {
-            let id = read_picture_id(payload, at, long).wrapping_add(self.picture_offset);
-            (at, long, id & PICTURE_ID_MASK)
-        });
-        let tl0 = d
-            .tl0
-            .map(|at| (at, payload[at].wrapping_add(self.tl0_offset)));
-        self.write(payload, picture, tl0)
+        let mapped = self.mapped(payload, &d);
+        self.write(payload, mapped)
     }
 
-    fn write(
-        &mut self,
-        payload: &Bytes,
-        picture: Option<(usize, bool, u16)>,
-        tl0: Option<(usize, u8)>,
-    ) -> Bytes {
+    /// A packet's numbers under the current offsets.
+    fn mapped(&self, payload: &[u8], d: &Descriptor) -> Mapped {
+        Mapped {
+            picture: d.picture_id.map(|(at, long)| {
+                let id = read_picture_id(payload, at, long).wrapping_add(self.picture_offset);
+                (at, long, id & PICTURE_ID_MASK)
+            }),
+            tl0: d
+                .tl0
+                .map(|at| (at, payload[at].wrapping_add(self.tl0_offset))),
+        }
+    }
+
+    fn write(&mut self, payload: &Bytes, mapped: Mapped) -> Bytes {
         if self.picture_offset == 0 && self.tl0_offset == 0 {
             return payload.clone();
         }
@@ -224,10 +229,10 @@ impl Vp8Rewriter {
             self.scratch.reserve(payload.len().max(SCRATCH_BYTES));
         }
         self.scratch.extend_from_slice(payload);
-        if let Some((at, long, id)) = picture {
+        if let Some((at, long, id)) = mapped.picture {
             write_picture_id(&mut self.scratch, at, long, id);
         }
-        if let Some((at, index)) = tl0 {
+        if let Some((at, index)) = mapped.tl0 {
             self.scratch[at] = index;
         }
         self.scratch.split().freeze()
