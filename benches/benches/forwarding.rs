@@ -7,6 +7,9 @@
 //!   (the rewritten copy `Peer::forward` hands webrtc-rs) on a video packet without header
 //!   extensions, and on one with three, as a browser sends them (transport-cc, mid and the
 //!   like), none of which a subscription forwards.
+//! - `rewrite/vp8-switched`: the same on VP8 packets with picture ids, for a subscription
+//!   whose picture ids are offset after a layer switch (its payload copied into a reused
+//!   buffer).
 //! - `rewrite/red`, `rewrite/red-unwrap`: the same on an Opus RED packet, forwarded as it
 //!   came (a subscriber with RED) or cut to its primary block (one without).
 //! - `fanout/peer/N`: real `chorus_sfu::peer::Peer`s connected in memory (see
@@ -138,6 +141,40 @@ fn bench_rewrite_packet(name: &str, extensions: &[(u8, usize)]) -> Row {
         payload: Bytes::from(vec![0x10u8; 1100]),
     };
     measure(name, 1_000_000, |i| {
+        packet.header.sequence_number = i as u16;
+        packet.header.timestamp = (i / 10) as u32 * 3000;
+        let out = rewrite.apply(black_box(&packet));
+        usize::from(black_box(out).is_ok())
+    })
+}
+
+/// `HeaderRewrite::apply` on VP8 packets with a picture id and TL0PICIDX, as Chromium
+/// sends them, for a subscription that switched layers: its numbers are offset, so each
+/// copy's payload is written into the subscription's reused buffer (`vp8::Vp8Rewriter`)
+/// instead of shared. Its allocations per packet are the reuse's proof.
+fn bench_rewrite_vp8_switched() -> Row {
+    let mut rewrite = HeaderRewrite::new(0x5000_0001);
+    rewrite.pt.insert(96, 98);
+    rewrite.vp8 = Some(chorus_sfu::vp8::Vp8Rewriter::default());
+    let vp8 = |ssrc: u32, picture_id: u16| {
+        let [hi, lo] = (picture_id & 0x7fff).to_be_bytes();
+        let mut payload = vec![0x90, 0xE0, 0x80 | hi, lo, 7, 0x20];
+        payload.resize(1100, 0x11);
+        Packet {
+            header: Header {
+                version: 2,
+                payload_type: 96,
+                ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::from(payload),
+        }
+    };
+    // The first layer, then a switch to a layer whose numbers are elsewhere.
+    let _ = rewrite.apply(&vp8(0x1111, 100));
+    let mut packet = vp8(0x2222, 20_000);
+    let _ = rewrite.apply_switching(&packet);
+    measure("rewrite/vp8-switched", 1_000_000, |i| {
         packet.header.sequence_number = i as u16;
         packet.header.timestamp = (i / 10) as u32 * 3000;
         let out = rewrite.apply(black_box(&packet));
@@ -290,6 +327,9 @@ fn main() -> anyhow::Result<()> {
             "rewrite/packet+dropped-ext",
             &[(1, 2), (6, 1), (7, 3)],
         ));
+    }
+    if wanted("rewrite/vp8-switched") {
+        print(&bench_rewrite_vp8_switched());
     }
     if wanted("rewrite/red") {
         print(&bench_rewrite_red("rewrite/red", false));
