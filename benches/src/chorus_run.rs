@@ -636,7 +636,8 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     .into_report("chorus");
     apply_window(&mut report, &a, &b);
     if let Some(counts) = &light_counts {
-        crate::light::apply(&mut report, &light_participants, counts, &samples, &tallies);
+        let unaccounted =
+            crate::light::apply(&mut report, &light_participants, counts, &samples, &tallies);
         if let (
             Some((cpu_a, rtp_a, samples_a, bytes_a)),
             Some((cpu_b, rtp_b, samples_b, bytes_b)),
@@ -662,6 +663,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                     .flatten()
                     .map(|(_, t)| t.outside)
                     .sum(),
+                unaccounted,
             });
         }
     }

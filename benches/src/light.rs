@@ -12,11 +12,12 @@
 //!    [`BATCH`]), kernel timestamps and GRO included. The browser stack reads nothing from
 //!    the socket any more; it reads a channel instead ([`LightSocket::poll_recv`]).
 //! 3. Per RTP datagram the thread reads the clear SRTP header only: it counts the packet and
-//!    marks its extended sequence number in a bitmap per SSRC (loss and duplicates). One in
-//!    `--light-sample` RTP datagrams of each socket, and every STUN and DTLS datagram (consent
-//!    checks, DTLS alerts), goes on through the channel to the browser stack,
-//!    which decrypts it and hands it to the usual accounting: the samples give the latency
-//!    figures (end to end, and at the sockets with the kernel's arrival time).
+//!    marks its extended sequence number in a bitmap per SSRC (loss and duplicates). The
+//!    first and then one in `--light-sample` RTP datagrams of each SSRC, and every STUN and
+//!    DTLS datagram (consent checks, DTLS alerts), goes on through the channel to the
+//!    browser stack, which decrypts it and hands it to the usual accounting: the samples
+//!    give the latency figures (end to end, and at the sockets with the kernel's arrival
+//!    time), and tie each SSRC to its publisher.
 //! 4. After the takeover the stack sees only the samples, so its NACK generator, receiver
 //!    reports and transport-cc feedback would describe a loss that did not happen; light
 //!    sockets therefore drop every outgoing RTCP datagram, and the thread drops the server's
@@ -655,12 +656,15 @@ fn on_datagram(
     counts.rtp += 1;
     let bytes = payload_len(d) as u64 + crate::stats::RTP_HEADER_BYTES;
     counts.bytes += bytes;
-    counts.track(ssrc, seq).mark(seq);
+    let stream = counts.track(ssrc, seq);
+    stream.mark(seq);
+    // Sampled per stream, its first packet and one in `every` after it: a count per socket
+    // could fall in step with the socket's mix of audio and video packets and never pick
+    // one stream, whose packets then cannot be tied to a publisher.
+    let sampled = stream.packets == 1 || stream.packets.is_multiple_of(every);
     counters.rtp.fetch_add(1, Ordering::Relaxed);
     counters.bytes.fetch_add(bytes, Ordering::Relaxed);
-    if counts.rtp.is_multiple_of(every)
-        && let Some(from) = from
-    {
+    if sampled && let Some(from) = from {
         counters.samples.fetch_add(1, Ordering::Relaxed);
         r.log
             .record_receive(d, at.map(|t| u64::try_from(t.as_nanos()).unwrap_or(0)));
@@ -684,7 +688,7 @@ pub(crate) struct Sample {
 /// `--light`: the light thread's figures, beside the server's.
 #[derive(Debug, Clone, Serialize)]
 pub struct LightReport {
-    /// One in this many RTP packets of each light socket went on to the browser stack.
+    /// One in this many RTP packets of each stream went on to the browser stack.
     pub sample_every: u64,
     /// Light subscribers (publishers stay full simulated browsers).
     pub receivers: usize,
@@ -699,6 +703,29 @@ pub struct LightReport {
     pub us_per_packet: Option<f64>,
     /// RTP datagrams whose sequence number fell outside their bitmap (expected 0).
     pub outside: u64,
+    /// Light subscriptions counted wholly lost because their packets could not be tied to
+    /// what their publisher sent, by reason (expected all 0; see [`Unaccounted`]).
+    pub unaccounted: Unaccounted,
+}
+
+/// Why light subscriptions could not be accounted: each a count of subscriptions.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Unaccounted {
+    /// The browser stack surfaced no decrypted sample of the subscription, so its SSRC is
+    /// not known.
+    pub no_sample: u64,
+    /// The light thread saw no packet of the sample's SSRC.
+    pub no_stream: u64,
+    /// The publisher's send tally has no counter range.
+    pub no_tally: u64,
+    /// The sample sits before the light thread's first packet of the stream.
+    pub before_stream: u64,
+}
+
+impl Unaccounted {
+    pub fn total(&self) -> u64 {
+        self.no_sample + self.no_stream + self.no_tally + self.before_stream
+    }
 }
 
 /// Replaces the light receivers' per-subscription accounting (the samples the stack saw)
@@ -709,12 +736,22 @@ pub(crate) fn apply(
     counts: &LightCounts,
     samples: &HashMap<usize, HashMap<u32, Sample>>,
     tallies: &[[Arc<SendTally>; 2]],
-) {
+) -> Unaccounted {
+    let mut unaccounted = Unaccounted::default();
     for s in &mut report.subscriptions {
         if !light.contains(&s.receiver) {
             continue;
         }
-        s.received = light_received(s, counts, samples, tallies).min(s.sent);
+        let received = match light_received(s, counts, samples, tallies) {
+            Ok(n) => n,
+            Err(reason) => {
+                if s.sent > 0 {
+                    *reason(&mut unaccounted) += 1;
+                }
+                0
+            }
+        };
+        s.received = received.min(s.sent);
         s.lost = s.sent - s.received;
     }
     let window = report.window_s.max(1e-9);
@@ -732,7 +769,11 @@ pub(crate) fn apply(
         .flatten()
         .map(|(_, t)| t.duplicates)
         .sum();
+    unaccounted
 }
+
+/// Which count of [`Unaccounted`] a subscription goes to.
+type Reason = fn(&mut Unaccounted) -> &mut u64;
 
 /// Distinct measured packets one light subscription received.
 fn light_received(
@@ -740,13 +781,13 @@ fn light_received(
     counts: &LightCounts,
     samples: &HashMap<usize, HashMap<u32, Sample>>,
     tallies: &[[Arc<SendTally>; 2]],
-) -> u64 {
+) -> Result<u64, Reason> {
     let Some((ssrc, sample)) = samples.get(&s.receiver).and_then(|by_ssrc| {
         by_ssrc
             .iter()
             .find(|(_, x)| x.publisher == s.publisher && x.kind == s.kind)
     }) else {
-        return 0;
+        return Err(|u| &mut u.no_sample);
     };
     let Some(track) = counts
         .streams
@@ -754,7 +795,7 @@ fn light_received(
         .and_then(|t| t.iter().find(|(x, _)| x == ssrc))
         .map(|(_, t)| t)
     else {
-        return 0;
+        return Err(|u| &mut u.no_stream);
     };
     let slot = match s.kind {
         MediaKind::Audio => 0,
@@ -764,13 +805,13 @@ fn light_received(
         .get(s.publisher as usize)
         .and_then(|t| t[slot].counter_range())
     else {
-        return 0;
+        return Err(|u| &mut u.no_tally);
     };
     let sample_ext = track.locate(sample.seq);
     let Some(first) = (sample_ext + from).checked_sub(sample.counter) else {
-        return 0;
+        return Err(|u| &mut u.before_stream);
     };
-    track.received_from(first, to - from)
+    Ok(track.received_from(first, to - from))
 }
 
 #[cfg(test)]

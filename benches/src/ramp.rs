@@ -138,8 +138,15 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RampRepor
         };
         run.set_other_load(crate::procfs::cores());
         let step = step_of(step_opts.rooms, offered, &run, opts);
+        let unaccounted = run
+            .light
+            .as_ref()
+            .map(|l| l.unaccounted)
+            .filter(|u| u.total() > 0)
+            .map(|u| format!(" (light subscriptions unaccounted: {u:?})"))
+            .unwrap_or_default();
         progress.say(&format!(
-            "ramp step {k}: forwarded {:.0} pkt/s, loss {:.3} %, wire p99 {:.2} ms, server CPU {:.0} %{}",
+            "ramp step {k}: forwarded {:.0} pkt/s, loss {:.3} %, wire p99 {:.2} ms, server CPU {:.0} %{}{unaccounted}",
             step.forwarded_pps,
             step.loss_pct,
             step.wire_p99_ms,

@@ -793,6 +793,11 @@ impl Report {
                 |r| r.light.as_ref().map(|l| l.samples as f64),
                 0,
             ),
+            (
+                "light subscriptions unaccounted",
+                |r| r.light.as_ref().map(|l| l.unaccounted.total() as f64),
+                0,
+            ),
             ("machine busy %", |r| r.machine_busy_pct, 1),
             ("other load % of a core", |r| r.other_load_pct, 1),
         ];
@@ -829,6 +834,15 @@ impl Report {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
                 let _ = writeln!(out, "{} counters: {}", r.target, counters.join(" "));
+            }
+            if let Some(u) = r.light.as_ref().map(|l| l.unaccounted)
+                && u.total() > 0
+            {
+                let _ = writeln!(
+                    out,
+                    "{}: light subscriptions unaccounted: no sample {}, no stream {}, no tally {}, sample before the stream {}",
+                    r.target, u.no_sample, u.no_stream, u.no_tally, u.before_stream
+                );
             }
             let worst = r.subscriptions.iter().max_by_key(|s| s.lost);
             if let Some(w) = worst.filter(|w| w.lost > 0) {

@@ -108,6 +108,8 @@ async fn light_receivers_account_from_headers() {
         "{light:?}"
     );
     assert_eq!(light.outside, 0);
+    // Every subscription's packets were tied to its publisher by a sample of its own.
+    assert_eq!(light.unaccounted.total(), 0, "{:?}", light.unaccounted);
     assert!(light.us_per_packet.is_some_and(|us| us > 0.0));
     assert!(run.wire_latency_ms.samples > 0 && run.wire_latency_ms.p50 > 0.0);
     assert!(run.latency_ms.p50 >= run.wire_latency_ms.p50);
