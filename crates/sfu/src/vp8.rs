@@ -124,9 +124,10 @@ fn tl0_newer(a: u8, b: u8) -> bool {
 /// Where one packet's numbers are, and what they go out as.
 #[derive(Debug, Clone, Copy)]
 struct Mapped {
-    /// Offset, 15 bits or 7, and the output picture id.
+    /// The picture id's byte index in the payload, whether it is 15 bits (else 7), and the
+    /// id it goes out as.
     picture: Option<(usize, bool, u16)>,
-    /// Offset and output TL0PICIDX.
+    /// The TL0PICIDX's byte index, and the value it goes out as.
     tl0: Option<(usize, u8)>,
 }
 
