@@ -17,18 +17,25 @@
 //! The estimate forces downgrades only while congestion is recent ([`CONGESTION_MEMORY`]
 //! after the estimator last cut it): otherwise the server sends less than the link could
 //! carry, and a low estimate is no reason to take layers away. A move up a layer needs
-//! room in the estimate, whose app-limited ceiling leaves room to try the next layer
-//! (webrtc-rs has no probing, and Chorus sends no padding: the held, one-layer, one-
-//! subscription step up is the probe); a paused video's return to its lowest layer is
-//! tried without it. A step the link cannot carry shows as congestion within a feedback
-//! or two, is undone at once, and doubles the hold before the next try (up to
-//! [`MAX_UPGRADE_HOLD`]).
+//! room in the estimate, whose app-limited ceiling leaves room to try the next layer (the
+//! held, one-layer, one-subscription step up is the probe). A step the link cannot carry
+//! shows as congestion within a feedback or two, is undone at once, and doubles the hold
+//! before the next try (up to [`MAX_UPGRADE_HOLD`]).
+//!
+//! A paused video's return needs more than room in the estimate: the link must have been
+//! seen to deliver what flows plus the video's lowest layer ([`Estimate::proof`]). Until
+//! it has, the subscriber's peer probes for it with padding ([`crate::probe`]): a resume
+//! starts with a keyframe, the largest burst a video sends, so on a link that cannot take
+//! it the first thing lost would be the audio queued behind it. A subscriber without an
+//! estimate (no transport-cc) gets its video back without proof.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 pub use chorus_protocol::PauseReason;
 use chorus_protocol::TrackId;
+
+use crate::probe::{Probe, Prober, Proof};
 
 /// How long after a downgrade no subscription of the subscriber moves up again: long enough
 /// that a congested link's estimate has settled, short enough that a lifted cap is noticed
@@ -53,6 +60,13 @@ pub const CONGESTION_MEMORY: Duration = Duration::from_secs(3);
 /// layer fits: the gap between the two keeps a video from flapping on a link that carries
 /// about its rate.
 pub const LOWEST_LAYER_FIT: f64 = 0.6;
+
+/// How long congestion must have gone on (the estimator cutting again and again, each cut
+/// within [`CONGESTION_MEMORY`] of the one before) before a flowing video is kept only
+/// when all of its lowest layer fits: a shallow cut, or the first reaction to a drop, keeps
+/// it at [`LOWEST_LAYER_FIT`]; a link still congested a second later does not carry it,
+/// and keeping it holds the bottleneck's buffer full, the audio waiting behind it.
+pub const PERSISTENT_CONGESTION: Duration = Duration::from_secs(1);
 
 /// The least time between two upward steps of one subscriber's allocation. Each step adds
 /// at most one layer per subscription, so the estimate sees the new rate before the next.
@@ -139,14 +153,18 @@ impl Choice {
     }
 }
 
-/// What the allocator knows of one subscriber's downlink: the estimator's figure and when
-/// it last cut it.
+/// What the allocator knows of one subscriber's downlink: the estimator's figure, when it
+/// last cut it, and what the link was seen to deliver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Estimate {
     /// In bits per second.
     pub bps: u32,
     /// When the estimator last cut the estimate for congestion (overuse or loss).
     pub congested_at: Option<Instant>,
+    /// What arrives at the subscriber now (bits per second), once known.
+    pub acked_bps: Option<u32>,
+    /// The highest rate the link was seen to deliver lately (see [`crate::probe`]).
+    pub proof: Option<Proof>,
 }
 
 impl Estimate {
@@ -167,6 +185,10 @@ pub struct Allocator {
     /// Steps up in a row that were undone by congestion within [`UPGRADE_HOLD`]: each
     /// doubles the hold before the next.
     failed_steps: u32,
+    /// Probes for the return of paused videos.
+    prober: Prober,
+    /// The current congestion episode: its first cut and its latest.
+    episode: Option<(Instant, Instant)>,
 }
 
 /// The highest layer worth sending into `tile`: the lowest one that covers it, or the top
@@ -204,12 +226,19 @@ impl Allocator {
             Some(estimate) if estimate.binding(now) => estimate.bps,
             _ => u32::MAX,
         };
-        let ideal = ideal_fn(budget, claims, &self.previous);
+        let keep_fit = if self.persistent_congestion(estimate, now) {
+            1.0
+        } else {
+            LOWEST_LAYER_FIT
+        };
+        let ideal = ideal_fn(budget, claims, &self.previous, keep_fit);
         // How far the estimate itself would go: a move up a layer must fit in it (the
-        // estimator's app-limited ceiling leaves room to try the next layer); only a paused
-        // video's return to its lowest layer is tried without it, as a probe.
+        // estimator's app-limited ceiling leaves room to try the next layer). A paused
+        // video's return goes by proof instead (`proven_resumes`).
         let room: HashMap<TrackId, Choice> = match estimate {
-            Some(estimate) if budget == u32::MAX => ideal_fn(estimate.bps, claims, &self.previous),
+            Some(estimate) if budget == u32::MAX => {
+                ideal_fn(estimate.bps, claims, &self.previous, keep_fit)
+            }
             _ => ideal.clone(),
         }
         .into_iter()
@@ -243,7 +272,10 @@ impl Allocator {
         let probe = (budget == u32::MAX)
             .then(|| self.first_step(&ideal, &room, claims))
             .flatten();
+        // Paused videos come back only as far as the link was seen to carry them.
+        let proven = self.proven_resumes(estimate, &ideal, claims, may_step_up, now);
         let mut stepped = false;
+        let mut resumed = false;
         let out: Vec<(TrackId, Choice)> = ideal
             .into_iter()
             .map(|(track, choice)| {
@@ -262,14 +294,19 @@ impl Allocator {
                 };
                 let no_room =
                     now_on.is_some_and(|layer| rank(room.get(&track).copied()) <= i16::from(layer));
+                let waits = match (now_on, &proven) {
+                    (None, Some(proven)) => !proven.contains(&track),
+                    _ => probe.is_some_and(|first| first != track),
+                };
                 match now_on {
                     Some(layer) if want <= layer => (track, choice),
-                    _ if !may_step_up || no_room || probe.is_some_and(|first| first != track) => (
+                    _ if !may_step_up || no_room || waits => (
                         track,
                         before.unwrap_or(Choice::Paused(PauseReason::LowBandwidth)),
                     ),
                     next => {
                         stepped = true;
+                        resumed |= next.is_none();
                         (track, Choice::Layer(next.map_or(0, |l| l + 1)))
                     }
                 }
@@ -278,8 +315,97 @@ impl Allocator {
         if stepped {
             self.last_upgrade = Some(now);
         }
+        if resumed {
+            self.prober.succeeded();
+        } else if let Some(probe) = self.prober.current() {
+            let still_paused = out.iter().any(|(track, choice)| {
+                *track == probe.track && *choice == Choice::Paused(PauseReason::LowBandwidth)
+            });
+            if !still_paused {
+                self.prober.forget(probe.track);
+            }
+        }
         self.previous = out.iter().copied().collect();
         out
+    }
+
+    /// Follows the estimator's cuts into episodes; whether the one under way binds at
+    /// `now` and has lasted [`PERSISTENT_CONGESTION`].
+    fn persistent_congestion(&mut self, estimate: Option<Estimate>, now: Instant) -> bool {
+        let Some(estimate) = estimate else {
+            return false;
+        };
+        let Some(cut) = estimate.congested_at else {
+            return false;
+        };
+        let (first, last) = match self.episode {
+            Some((first, last)) if cut <= last => (first, last),
+            Some((first, last)) if cut.saturating_duration_since(last) < CONGESTION_MEMORY => {
+                (first, cut)
+            }
+            _ => (cut, cut),
+        };
+        self.episode = Some((first, last));
+        estimate.binding(now) && last.saturating_duration_since(first) >= PERSISTENT_CONGESTION
+    }
+
+    /// The probe the subscriber's peer should be sending padding for, if any.
+    pub fn probe(&self) -> Option<Probe> {
+        self.prober.current()
+    }
+
+    /// Of the videos paused for bandwidth that `ideal` brings back, the ones the link was
+    /// seen to carry ([`Estimate::proof`]) with what already flows, the most important
+    /// first; for the first that it was not, asks for a probe (when steps up are allowed).
+    /// `None` for a subscriber without an estimate: nothing to prove anything with, so
+    /// paused videos come back as the estimate-less allocation says.
+    fn proven_resumes(
+        &mut self,
+        estimate: Option<Estimate>,
+        ideal: &[(TrackId, Choice)],
+        claims: &[(TrackId, Claim)],
+        may_step_up: bool,
+        now: Instant,
+    ) -> Option<Vec<TrackId>> {
+        let estimate = estimate?;
+        self.prober.update(estimate.congested_at, now);
+        // Not while a probe is under way: its first feedback can show a rate the link
+        // carried only from a buffer that was empty (a token bucket's burst), before the
+        // queue its excess builds shows; a probe that lasts its time without a cut has
+        // shown the rate is sustained.
+        if self.prober.current().is_some() {
+            return Some(Vec::new());
+        }
+        let mut waiting: Vec<(Importance, TrackId, u32)> = ideal
+            .iter()
+            .zip(claims)
+            .filter(|((track, choice), _)| {
+                matches!(choice, Choice::Layer(_))
+                    && self.previous.get(track) == Some(&Choice::Paused(PauseReason::LowBandwidth))
+            })
+            .filter_map(|((track, _), (_, claim))| match claim {
+                Claim::Video {
+                    importance, layers, ..
+                } => Some((*importance, *track, layers.first()?.bitrate)),
+                Claim::Audio { .. } => None,
+            })
+            .collect();
+        waiting.sort_unstable();
+        let mut total = flowing_total(claims, &self.previous);
+        let mut proven = Vec::new();
+        for (_, track, cost) in waiting {
+            let needed = total.saturating_add(cost);
+            if Prober::proves(estimate.proof, needed, now) {
+                proven.push(track);
+                total = needed;
+                continue;
+            }
+            if may_step_up {
+                self.prober.want(track, needed, estimate.acked_bps, now);
+            }
+            break;
+        }
+        Some(proven)
     }
 
     /// Of the subscriptions `ideal` would move up from where they are, the one a probing
@@ -320,11 +446,13 @@ impl Allocator {
 }
 
 /// The best allocation for `estimate`, ignoring history: audio first, then every visible
-/// video at its lowest layer in order of importance, then upgrades in the same order.
+/// video at its lowest layer in order of importance, then upgrades in the same order. A
+/// video flowing in `previous` keeps its lowest layer when `keep_fit` of it fits.
 fn ideal_fn(
     estimate: u32,
     claims: &[(TrackId, Claim)],
     previous: &HashMap<TrackId, Choice>,
+    keep_fit: f64,
 ) -> Vec<(TrackId, Choice)> {
     let mut budget = i64::from(estimate);
     for (_, claim) in claims {
@@ -351,7 +479,7 @@ fn ideal_fn(
     for (i, _, layers, _) in &videos {
         let cost = i64::from(layers[0].bitrate);
         let flowing = matches!(previous.get(&claims[*i].0), Some(Choice::Layer(_)));
-        let fit = if flowing { LOWEST_LAYER_FIT } else { 1.0 };
+        let fit = if flowing { keep_fit } else { 1.0 };
         if (cost as f64 * fit) as i64 <= budget {
             budget -= cost;
             layer[*i] = Some(0);
@@ -387,6 +515,22 @@ fn ideal_fn(
             (*track, choice)
         })
         .collect()
+}
+
+/// What the subscriber's subscriptions send as `previous` left them, in bits per second:
+/// every audio track, and every video on its layer.
+fn flowing_total(claims: &[(TrackId, Claim)], previous: &HashMap<TrackId, Choice>) -> u32 {
+    claims
+        .iter()
+        .map(|(track, claim)| match (claim, previous.get(track)) {
+            (Claim::Audio { bitrate }, _) => *bitrate,
+            (Claim::Video { layers, .. }, Some(Choice::Layer(layer))) => layers
+                .get(usize::from(*layer))
+                .or(layers.last())
+                .map_or(0, |l| l.bitrate),
+            (Claim::Video { .. }, _) => 0,
+        })
+        .fold(0u32, u32::saturating_add)
 }
 
 /// Dynacast: the highest layer any subscriber gets of a track, given every subscriber's
@@ -431,11 +575,23 @@ mod tests {
 
     const AUDIO: Claim = Claim::Audio { bitrate: 40_000 };
 
+    /// A link seen to deliver `bps`, as of a time after any test's instants: a proof that
+    /// never expires, for the tests about what the estimate allows. The tests about proofs
+    /// give their own.
+    fn seen(bps: u32) -> Option<Proof> {
+        Some(Proof {
+            bps,
+            at: Instant::now() + Duration::from_secs(3600),
+        })
+    }
+
     /// An estimate the estimator cut at `at`: it binds.
     fn congested(bps: u32, at: Instant) -> Option<Estimate> {
         Some(Estimate {
             bps,
             congested_at: Some(at),
+            acked_bps: None,
+            proof: seen(bps),
         })
     }
 
@@ -444,6 +600,8 @@ mod tests {
         Some(Estimate {
             bps,
             congested_at: None,
+            acked_bps: None,
+            proof: seen(bps),
         })
     }
 
@@ -499,13 +657,13 @@ mod tests {
         ];
         // Room for three low layers and one step up (150 * 3 + 350 = 800 k): the screen
         // takes the step.
-        let out = ideal_fn(800_000, &claims, &HashMap::new());
+        let out = ideal_fn(800_000, &claims, &HashMap::new(), LOWEST_LAYER_FIT);
         assert_eq!(
             choices(&out),
             [Choice::Layer(0), Choice::Layer(0), Choice::Layer(1)]
         );
         // Room for two low layers only: the least important video is the one paused.
-        let out = ideal_fn(300_000, &claims, &HashMap::new());
+        let out = ideal_fn(300_000, &claims, &HashMap::new(), LOWEST_LAYER_FIT);
         assert_eq!(
             choices(&out),
             [
@@ -551,7 +709,7 @@ mod tests {
                 ),
             ),
         ];
-        let out = ideal_fn(10_000_000, &claims, &HashMap::new());
+        let out = ideal_fn(10_000_000, &claims, &HashMap::new(), LOWEST_LAYER_FIT);
         assert_eq!(
             choices(&out),
             [
@@ -650,7 +808,12 @@ mod tests {
             },
         )];
         assert_eq!(
-            choices(&ideal_fn(2_000_000, &claims, &HashMap::new())),
+            choices(&ideal_fn(
+                2_000_000,
+                &claims,
+                &HashMap::new(),
+                LOWEST_LAYER_FIT
+            )),
             [Choice::Layer(0)]
         );
         // Flowing, it is kept a little under its rate (see LOWEST_LAYER_FIT) and paused well
@@ -659,15 +822,15 @@ mod tests {
         let paused: HashMap<TrackId, Choice> =
             [(TrackId(1), Choice::Paused(PauseReason::LowBandwidth))].into();
         assert_eq!(
-            choices(&ideal_fn(900_000, &claims, &flowing)),
+            choices(&ideal_fn(900_000, &claims, &flowing, LOWEST_LAYER_FIT)),
             [Choice::Layer(0)]
         );
         assert_eq!(
-            choices(&ideal_fn(900_000, &claims, &paused)),
+            choices(&ideal_fn(900_000, &claims, &paused, LOWEST_LAYER_FIT)),
             [Choice::Paused(PauseReason::LowBandwidth)]
         );
         assert_eq!(
-            choices(&ideal_fn(500_000, &claims, &flowing)),
+            choices(&ideal_fn(500_000, &claims, &flowing, LOWEST_LAYER_FIT)),
             [Choice::Paused(PauseReason::LowBandwidth)]
         );
     }
@@ -722,9 +885,12 @@ mod tests {
         while t < t0 + Duration::from_secs(40) {
             let cut = congested_at.filter(|c| t >= *c);
             let binding = cut.is_some_and(|c| t - c < CONGESTION_MEMORY);
+            let bps = if binding { 200_000 } else { 1_000_000 };
             let estimate = Some(Estimate {
-                bps: if binding { 200_000 } else { 1_000_000 },
+                bps,
                 congested_at: cut,
+                acked_bps: None,
+                proof: seen(bps),
             });
             let choice = alloc.allocate(estimate, &claims, t)[0].1;
             if choice == Choice::Layer(1) && on != Some(Choice::Layer(1)) {
@@ -747,8 +913,16 @@ mod tests {
         );
     }
 
+    /// `estimate` with the link seen to deliver `proof` at `at`.
+    fn proven(estimate: Option<Estimate>, proof: u32, at: Instant) -> Option<Estimate> {
+        estimate.map(|e| Estimate {
+            proof: Some(Proof { bps: proof, at }),
+            ..e
+        })
+    }
+
     #[test]
-    fn a_probe_steps_one_subscription_at_a_time_the_most_important_first() {
+    fn paused_videos_return_as_far_as_the_link_was_seen_to_carry_them_most_important_first() {
         let t0 = Instant::now();
         let claims = [
             (TrackId(1), video(Importance::Other, Tile::Unknown)),
@@ -765,41 +939,153 @@ mod tests {
                 Choice::Paused(PauseReason::LowBandwidth)
             ]
         );
-        // Once neither the congestion nor the hold binds, one video comes back per step:
-        // the screen share first.
+        // Once neither the congestion nor the hold binds, nothing comes back on the
+        // estimate's word alone: the link was seen to carry 50 k, and the screen share
+        // (first) needs 150 k. A probe for it starts.
         let mut t = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
-        let first = choices(&alloc.allocate(congested(50_000, cut), &claims, t));
+        let out = alloc.allocate(proven(calm(5_000_000), 50_000, t), &claims, t);
         assert_eq!(
-            first,
+            choices(&out),
+            [
+                Choice::Paused(PauseReason::LowBandwidth),
+                Choice::Paused(PauseReason::LowBandwidth)
+            ]
+        );
+        let probe = alloc.probe().expect("a probe");
+        assert_eq!((probe.track, probe.needed_bps), (TrackId(2), 150_000));
+        // The probe's first feedback shows 200 k: nothing comes back while it runs (the
+        // rate may be a buffer's burst, not what the link sustains).
+        let early = t + Duration::from_millis(200);
+        let out = alloc.allocate(proven(calm(5_000_000), 200_000, early), &claims, early);
+        assert_eq!(
+            choices(&out),
+            [
+                Choice::Paused(PauseReason::LowBandwidth),
+                Choice::Paused(PauseReason::LowBandwidth)
+            ]
+        );
+        // It lasted its time without a cut: the screen share comes back, the other waits.
+        t += crate::probe::PROBE_DURATION;
+        let out = alloc.allocate(proven(calm(5_000_000), 200_000, t), &claims, t);
+        assert_eq!(
+            choices(&out),
             [Choice::Paused(PauseReason::LowBandwidth), Choice::Layer(0)]
         );
+        // Shown 300 k (both at 150 k): the other comes back too, and no probe is wanted.
         t += UPGRADE_STEP;
-        let second = choices(&alloc.allocate(congested(50_000, cut), &claims, t));
-        assert_eq!(second, [Choice::Layer(0), Choice::Layer(0)]);
+        let out = alloc.allocate(proven(calm(5_000_000), 300_000, t), &claims, t);
+        assert_eq!(choices(&out), [Choice::Layer(0), Choice::Layer(0)]);
+        assert_eq!(alloc.probe(), None);
     }
 
     #[test]
-    fn a_layer_up_needs_room_in_the_estimate_and_a_paused_video_returns_without_it() {
+    fn a_probe_the_link_cannot_carry_brings_nothing_back_and_waits_longer_each_time() {
+        let t0 = Instant::now();
+        let claims = [(TrackId(1), AUDIO), (TrackId(2), one_layer(150_000))];
+        let mut alloc = Allocator::default();
+        alloc.allocate(calm(1_000_000), &claims, t0);
+        let cut = t0 + Duration::from_millis(200);
+        alloc.allocate(congested(100_000, cut), &claims, cut);
+        let mut t = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
+        let mut starts = Vec::new();
+        let mut last_cut = cut;
+        while t < cut + Duration::from_secs(30) {
+            // The link delivers 120 k: every probe ends in a cut 200 ms in, and the estimate
+            // binds for CONGESTION_MEMORY after it.
+            if let Some(probe) = alloc.probe()
+                && t >= probe.since + Duration::from_millis(200)
+            {
+                last_cut = probe.since + Duration::from_millis(200);
+            }
+            let estimate = if t - last_cut < CONGESTION_MEMORY {
+                congested(100_000, last_cut)
+            } else {
+                calm(1_000_000).map(|e| Estimate {
+                    congested_at: Some(last_cut),
+                    ..e
+                })
+            };
+            let out = alloc.allocate(proven(estimate, 120_000, t), &claims, t);
+            assert_eq!(
+                out[1].1,
+                Choice::Paused(PauseReason::LowBandwidth),
+                "at {:?}",
+                t - t0
+            );
+            if let Some(probe) = alloc.probe()
+                && probe.since == t
+            {
+                assert_eq!(probe.needed_bps, 190_000);
+                starts.push(t - t0);
+            }
+            t += Duration::from_millis(200);
+        }
+        let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 4, "probes at {starts:?}");
+        assert!(
+            gaps.iter().all(|g| *g >= CONGESTION_MEMORY),
+            "not while the cut binds: {gaps:?}"
+        );
+        assert!(
+            gaps.iter()
+                .all(|g| *g <= crate::probe::MAX_PROBE_GAP + CONGESTION_MEMORY),
+            "{gaps:?}"
+        );
+    }
+
+    #[test]
+    fn a_subscriber_without_an_estimate_gets_its_paused_video_back_unproven() {
         let t0 = Instant::now();
         let claims = [(TrackId(1), video(Importance::Other, Tile::Unknown))];
         let mut alloc = Allocator::default();
-        let mut t = t0;
-        // Calm at 400 kbit/s: layer 0 (150 k) and no room for layer 1 (500 k).
-        for _ in 0..10 {
+        alloc.allocate(calm(400_000), &claims, t0);
+        let cut = t0 + Duration::from_millis(200);
+        alloc.allocate(congested(50_000, cut), &claims, cut);
+        // The estimate is gone (no feedback): nothing can be proven, nothing is probed.
+        let later = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
+        assert_eq!(alloc.allocate(None, &claims, later)[0].1, Choice::Layer(0));
+        assert_eq!(alloc.probe(), None);
+    }
+
+    #[test]
+    fn a_flowing_video_kept_through_a_shallow_cut_is_paused_when_congestion_goes_on() {
+        let t0 = Instant::now();
+        let claims = [(TrackId(1), AUDIO), (TrackId(2), one_layer(200_000))];
+        let mut alloc = Allocator::default();
+        alloc.allocate(calm(1_000_000), &claims, t0);
+        // Cut to 200 k: 160 k left after audio, under the video's 200 k but over 0.6 of it.
+        let mut t = t0 + Duration::from_millis(200);
+        let first_cut = t;
+        let mut kept = Duration::ZERO;
+        let mut last = Choice::Layer(0);
+        // The link stays full: the estimator cuts every 400 ms.
+        while t < first_cut + Duration::from_secs(3) {
+            let cuts_so_far = u32::try_from((t - first_cut).as_millis() / 400).unwrap_or(0);
+            let cut = first_cut + Duration::from_millis(400) * cuts_so_far;
+            last = alloc.allocate(congested(200_000, cut), &claims, t)[1].1;
+            if last == Choice::Layer(0) {
+                kept = t - first_cut;
+            }
+            t += Duration::from_millis(200);
+        }
+        assert_eq!(last, Choice::Paused(PauseReason::LowBandwidth));
+        assert!(kept >= Duration::from_millis(800), "kept for {kept:?}");
+        assert!(
+            kept < PERSISTENT_CONGESTION + Duration::from_millis(400),
+            "kept for {kept:?}"
+        );
+        // One cut and no more (a burst of jitter): kept.
+        let mut alloc = Allocator::default();
+        alloc.allocate(calm(1_000_000), &claims, t0);
+        let cut = t0 + Duration::from_millis(200);
+        let mut t = cut;
+        while t < cut + CONGESTION_MEMORY {
             assert_eq!(
-                alloc.allocate(calm(400_000), &claims, t)[0].1,
+                alloc.allocate(congested(200_000, cut), &claims, t)[1].1,
                 Choice::Layer(0)
             );
-            t += UPGRADE_STEP;
+            t += Duration::from_millis(200);
         }
-        // Paused by a deep cut, it comes back once the cut is old, on no estimate's word.
-        let cut = t;
-        alloc.allocate(congested(50_000, cut), &claims, cut);
-        let later = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
-        assert_eq!(
-            alloc.allocate(congested(50_000, cut), &claims, later)[0].1,
-            Choice::Layer(0)
-        );
     }
 
     #[test]

@@ -24,18 +24,29 @@
 //!   (the queue is draining; the rate that drains it says nothing about capacity). Normal
 //!   increases: multiplicatively ([`INCREASE_PER_SECOND`]) far from the last congestion
 //!   point, additively (about one packet per response time) near it.
+//! - **Standing queue.** A trendline sees a queue that grows, not one that stays full:
+//!   a sender that keeps more than the link carries (the allocator keeps a flowing video
+//!   through a shallow cut) fills the bottleneck's buffer and then holds it full, losing a
+//!   little and delaying everything by the buffer's length. So each group's one-way delay
+//!   is also compared with the path's least (over the last 5–10 s): a queue standing
+//!   [`STANDING_QUEUE_US`] above it for [`STANDING_TIME_US`] is cut for like overuse,
+//!   again every [`STANDING_CUT_INTERVAL_US`] while it stands.
 //! - **Loss-based.** Over windows of at least [`LOSS_WINDOW_PACKETS`] packets and
 //!   [`LOSS_WINDOW_US`] of feedback: above
 //!   [`LOSS_HIGH`] loss the loss-based limit is cut to × (1 − loss / 2); below [`LOSS_LOW`] it
 //!   is lifted (and dropped once it no longer binds); in between it holds. With no loss
 //!   episode there is no loss-based limit at all, so steady random loss below
 //!   [`LOSS_HIGH`] never holds a clean estimate down.
-//! - **App-limited.** The SFU usually sends far less than the link carries, and there is no
-//!   probing (webrtc-rs has no padding generator): the allocator's one-layer step-up is the
-//!   probe. So the estimate may grow above what is delivered, but only up to
+//! - **App-limited.** The SFU usually sends far less than the link carries, and only a
+//!   paused video's return is probed with padding ([`crate::probe`]): the allocator's
+//!   one-layer step-up is the probe of the rest. So the estimate may grow above what is
+//!   delivered, but only up to
 //!   max([`APP_LIMITED_RATIO`] × acknowledged, acknowledged + [`APP_LIMITED_HEADROOM_BPS`]):
 //!   enough for one simulcast layer step of any subscription, never to infinity. The cap
 //!   only stops growth; it never lowers an estimate.
+//! - **Proof.** The highest acknowledged rate since the last cut, within
+//!   [`PROOF_SPAN`]: what the link was seen to carry ([`Estimator::proof`]), which a paused
+//!   video's return is weighed against.
 //!
 //! The result is min(delay-based, loss-based), within [`MIN_BPS`]..=[`MAX_BPS`].
 //!
@@ -45,6 +56,8 @@
 //! feedback changes nothing. All arithmetic on input saturates or wraps: no input panics.
 
 use std::time::{Duration, Instant};
+
+use crate::probe::{PROOF_SPAN, Proof};
 
 /// The lowest estimate: below this not even the lowest simulcast layer plus audio fits, so a
 /// lower figure would only pause more video without telling the allocator anything new, and
@@ -170,6 +183,25 @@ pub const APP_LIMITED_HEADROOM_BPS: f64 = 500_000.0;
 
 /// The acknowledged rate is counted in bins of this much arrival time (µs): fine enough to
 /// follow a cut within a feedback interval, coarse enough to be a fixed array.
+/// A queue standing this much above the path's least delay (µs) is a link carrying more
+/// than it can: a trendline sees a queue grow, not one that stays full (a sender that
+/// keeps a video the estimate has no room for, a buffer that never drains). Above
+/// Chromium's feedback jitter on a loaded machine (tens of ms in bursts, not standing),
+/// well under what a call notices (a 300 ms tbf queue, a bloated home router's seconds).
+const STANDING_QUEUE_US: i64 = 60_000;
+
+/// How long every delay sample must stay [`STANDING_QUEUE_US`] above the least before the
+/// queue counts as standing: longer than any burst of jitter or a keyframe's queue.
+const STANDING_TIME_US: i64 = 500_000;
+
+/// The least time between two cuts for a standing queue: the cut must have had time to
+/// reach the sender's allocation and the queue time to drain before it is cut again.
+const STANDING_CUT_INTERVAL_US: i64 = 500_000;
+
+/// The path's least delay is the minimum over the current and the previous bucket of this
+/// many µs of the receiver's clock: a route that changes is followed within two buckets.
+const BASE_BUCKET_US: i64 = 5_000_000;
+
 const ACK_BIN_US: i64 = 50_000;
 
 /// Bins kept (a ring): the window plus room for feedback that arrives out of order.
@@ -503,6 +535,21 @@ pub struct Estimator {
     ack_first_bin: Option<i64>,
     ack_latest_bin: Option<i64>,
     acked_bps: Option<f64>,
+    /// The highest acknowledged rate since a cut, within [`PROOF_SPAN`], and when (µs):
+    /// what the link was seen to carry (see [`Estimator::proof`]).
+    peak: Option<(f64, i64)>,
+
+    // Standing queue.
+    /// The least one-way delay (receiver's arrival − sender's send, µs, any offset) of the
+    /// current and the previous base bucket.
+    base_delay: [Option<i64>; 2],
+    base_bucket_start: Option<i64>,
+    /// Since when (receiver's clock, µs) every group arrived [`STANDING_QUEUE_US`] above
+    /// the least delay.
+    standing_since: Option<i64>,
+    /// Whether that has lasted [`STANDING_TIME_US`].
+    standing: bool,
+    last_standing_cut_us: Option<i64>,
 
     // Loss-based.
     window_received: u32,
@@ -544,6 +591,12 @@ impl Estimator {
             ack_first_bin: None,
             ack_latest_bin: None,
             acked_bps: None,
+            peak: None,
+            base_delay: [None; 2],
+            base_bucket_start: None,
+            standing_since: None,
+            standing: false,
+            last_standing_cut_us: None,
             window_received: 0,
             window_lost: 0,
             window_start_us: None,
@@ -633,7 +686,17 @@ impl Estimator {
             self.packet_bytes = 0.9 * self.packet_bytes + 0.1 * mean;
         }
         self.acked_bps = self.compute_acked();
+        if let Some(acked) = self.acked_bps {
+            let span = i64::try_from(PROOF_SPAN.as_micros()).unwrap_or(i64::MAX);
+            let stands = self
+                .peak
+                .is_some_and(|(bps, at)| bps > acked && now_us.saturating_sub(at) <= span);
+            if !stands {
+                self.peak = Some((acked, now_us));
+            }
+        }
         self.update_delay_based(now_us);
+        self.cut_standing_queue(now_us);
         self.update_loss_based(now_us);
     }
 
@@ -656,6 +719,18 @@ impl Estimator {
     pub fn acked_bps(&self) -> Option<u32> {
         self.acked_bps
             .map(|bps| bps.clamp(0.0, f64::from(u32::MAX)) as u32)
+    }
+
+    /// The highest rate the link was seen to deliver (acknowledged) within the last
+    /// [`PROOF_SPAN`] and since the last cut, and when: what arrived at the subscriber by its
+    /// own clock cannot exceed what the link carries, so this is evidence, not a guess. A
+    /// cut forgets it: the rate came with a growing queue or with loss.
+    pub fn proof(&self) -> Option<Proof> {
+        let (bps, at) = self.peak?;
+        Some(Proof {
+            bps: to_bps(bps),
+            at: self.epoch + Duration::from_micros(u64::try_from(at).unwrap_or(0)),
+        })
     }
 
     /// When the estimate was last cut, by overuse or by loss; None before any cut. The
@@ -720,6 +795,7 @@ impl Estimator {
             last_arrival_us: arrival_us,
         });
         let Some(prev) = self.prev_group.replace(group) else {
+            self.on_delay(group);
             return;
         };
         let send_delta = group.last_send_us.saturating_sub(prev.last_send_us);
@@ -727,8 +803,13 @@ impl Estimator {
         if send_delta > GAP_RESET_US || !(-GAP_RESET_US..=GAP_RESET_US).contains(&arrival_delta) {
             // A long silence or a clock jump: the delay history says nothing any more.
             self.trend = Trendline::new();
+            self.base_delay = [None; 2];
+            self.standing_since = None;
+            self.standing = false;
+            self.on_delay(group);
             return;
         }
+        self.on_delay(group);
         if arrival_delta < 0 {
             // The network reordered whole groups: no delay sample.
             return;
@@ -738,6 +819,51 @@ impl Estimator {
         let trend = self.trend.update(delay_delta_ms, arrival_ms);
         self.detector
             .detect(trend, send_delta as f64 / 1000.0, arrival_ms);
+    }
+
+    /// A complete group's one-way delay, against the path's least: is a queue standing?
+    fn on_delay(&mut self, group: Group) {
+        let at = group.last_arrival_us;
+        let delay = at.saturating_sub(group.last_send_us);
+        if self
+            .base_bucket_start
+            .is_none_or(|start| at.saturating_sub(start) >= BASE_BUCKET_US || at < start)
+        {
+            self.base_delay = [None, self.base_delay[0]];
+            self.base_bucket_start = Some(at);
+        }
+        self.base_delay[0] = Some(self.base_delay[0].map_or(delay, |d| d.min(delay)));
+        let base = self
+            .base_delay
+            .iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or(delay);
+        if delay.saturating_sub(base) > STANDING_QUEUE_US {
+            let since = *self.standing_since.get_or_insert(at);
+            self.standing = at.saturating_sub(since) >= STANDING_TIME_US;
+        } else {
+            self.standing_since = None;
+            self.standing = false;
+        }
+    }
+
+    /// A standing queue is cut for like overuse (at most every
+    /// [`STANDING_CUT_INTERVAL_US`]): the trendline, which sees only a queue that grows, is
+    /// silent about one that stays full.
+    fn cut_standing_queue(&mut self, now_us: i64) {
+        if !self.standing || self.detector.signal == Signal::Overuse {
+            return;
+        }
+        if self
+            .last_standing_cut_us
+            .is_some_and(|t| now_us.saturating_sub(t) < STANDING_CUT_INTERVAL_US)
+        {
+            return;
+        }
+        self.last_standing_cut_us = Some(now_us);
+        self.decrease(now_us);
     }
 
     /// Counts `bytes` that arrived at `arrival_us` (receiver clock) into the acked bins.
@@ -837,6 +963,7 @@ impl Estimator {
             return;
         }
         self.last_decrease_us = Some(now_us);
+        self.peak = None;
         self.rate_state = RateState::Hold;
         let current = self.delay_bps;
         let Some(acked) = self.acked_bps else {
@@ -880,6 +1007,7 @@ impl Estimator {
             });
             if due {
                 self.last_loss_decrease_us = Some(now_us);
+                self.peak = None;
                 // From what got through, when that is lower: an SFU often sends far less
                 // than its estimate (app-limited), and a cut of an estimate several times
                 // the link would take several rounds to reach it.
@@ -1287,6 +1415,61 @@ mod tests {
             estimate <= ceiling * 1.05,
             "estimate {estimate} > {ceiling}"
         );
+    }
+
+    /// The proof is what arrived: sending 150 kbit/s shows 150 kbit/s whatever the link;
+    /// sending 400 kbit/s shows it on a fast link, and never on a 300 kbit/s one (what gets
+    /// through is at most the cap, and the queue it builds is cut for, which forgets it).
+    #[test]
+    fn the_proof_is_the_delivered_rate_and_never_beyond_the_link() {
+        for (capacity, shows_400k) in [(20e6, true), (300e3, false)] {
+            let mut sim = Sim::new(300_000, Link::new(capacity), Sender::Fixed(150e3));
+            sim.run_for(5.0);
+            let t = sim.at(sim.now_us);
+            let proof = sim.est.proof().expect("a proof after 5 s");
+            assert!(
+                (130_000..=200_000).contains(&proof.bps),
+                "{capacity}: {proof:?}"
+            );
+            assert!(t.saturating_duration_since(proof.at) <= PROOF_SPAN);
+            sim.sender = Sender::Fixed(400e3);
+            let mut best = 0;
+            for _ in 0..20 {
+                sim.run_for(0.05);
+                best = best.max(sim.est.proof().map_or(0, |p| p.bps));
+            }
+            eprintln!("proof at {capacity}: best {best} while sending 400k");
+            assert_eq!(best >= 380_000, shows_400k, "{capacity}: best {best}");
+            assert!(f64::from(best) <= capacity * 1.1, "{capacity}: best {best}");
+        }
+    }
+
+    /// A sender that keeps 10 % more than a 300 kbit/s link carries (as the allocator
+    /// keeping a video through a shallow cut does) fills its 300 ms buffer and holds it
+    /// full: the trendline goes quiet once the queue stops growing, the standing queue does
+    /// not, and the estimate keeps being cut. 10 % less, and nothing is cut.
+    #[test]
+    fn a_standing_queue_is_cut_for_as_long_as_it_stands() {
+        for (rate, cut) in [(330e3, true), (270e3, false)] {
+            let mut sim = Sim::new(300_000, Link::new(300e3), Sender::Fixed(rate));
+            sim.run_for(5.0);
+            let mut cuts = Vec::new();
+            for _ in 0..100 {
+                sim.run_for(0.1);
+                if let Some(at) = sim.est.last_decrease()
+                    && cuts.last() != Some(&at)
+                {
+                    cuts.push(at);
+                }
+            }
+            eprintln!("{rate} on a 300k link: {} cuts in 10 s", cuts.len());
+            if cut {
+                assert!(cuts.len() >= 10, "{} cuts", cuts.len());
+                assert!(sim.est.estimate() < 300_000, "{}", sim.est.estimate());
+            } else {
+                assert!(cuts.is_empty(), "{} cuts", cuts.len());
+            }
+        }
     }
 
     /// 5 % random loss on a fast link: loss-based holds at most; the estimate still grows.

@@ -12,6 +12,7 @@
 //! - [`allocate`]: which layer each of a subscriber's subscriptions gets (sans-IO).
 //! - [`source`]: a published track's layers: rates, sizes, keyframe requests (sans-IO).
 //! - [`estimate`]: a subscriber's downlink estimate from its TWCC feedback (sans-IO).
+//! - [`probe`]: padding probes that show a paused video fits before it comes back (sans-IO).
 //! - [`events`]: what happens in rooms, for the webhooks.
 //! - [`red`]: RFC 2198 redundant audio: the primary block and the others (sans-IO).
 //! - [`audio_level`], [`speaker`]: audio levels per track, and the room's speaker
@@ -34,6 +35,7 @@ pub mod net;
 pub mod opus;
 pub mod peer;
 pub mod placement;
+pub mod probe;
 pub mod record;
 pub mod red;
 pub mod rewrite;

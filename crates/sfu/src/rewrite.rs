@@ -25,6 +25,9 @@ pub struct SeqRewriter {
     /// offsets: numbers before the first packet name the source's own earlier packets,
     /// which a NACK may still fetch from the history.
     epoch_start: Option<u16>,
+    /// Padding went out since the last packet of the source: the next one goes on from it
+    /// whatever its number ([`pad`](Self::pad)).
+    padded: bool,
 }
 
 /// Timestamp step inserted between the last packet of an old source and the first of a
@@ -41,11 +44,18 @@ impl SeqRewriter {
             last_seq: first_seq.wrapping_sub(1),
             last_ts: 0,
             epoch_start: None,
+            padded: false,
         }
     }
 
     /// Maps one incoming packet's numbers to outgoing ones.
     pub fn rewrite(&mut self, source_ssrc: u32, seq: u16, ts: u32) -> (u16, u32) {
+        if self.padded {
+            self.padded = false;
+            if self.source_ssrc == Some(source_ssrc) {
+                self.seq_offset = self.last_seq.wrapping_add(1).wrapping_sub(seq);
+            }
+        }
         if self.source_ssrc != Some(source_ssrc) {
             let first = self.source_ssrc.is_none();
             self.source_ssrc = Some(source_ssrc);
@@ -80,6 +90,19 @@ impl SeqRewriter {
             self.epoch_start = Some(self.last_seq.wrapping_add(1));
         }
         self.rewrite(source_ssrc, seq, ts)
+    }
+
+    /// The numbers of a padding-only packet (a probe, see [`crate::probe`]): the next
+    /// output sequence number, at the last timestamp. The next packet of the source goes on
+    /// after it, as after a resume. A NACK for the padding, or for anything sent before it,
+    /// finds nothing to resend: under the current offsets those numbers name source packets
+    /// that this subscription never got.
+    pub fn pad(&mut self) -> (u16, u32) {
+        let seq = self.last_seq.wrapping_add(1);
+        self.last_seq = seq;
+        self.epoch_start = Some(seq.wrapping_add(1));
+        self.padded = true;
+        (seq, self.last_ts)
     }
 
     /// The numbers an earlier packet of the current source was sent with, for sending it
@@ -164,11 +187,49 @@ impl IdMap {
     pub fn is_empty(&self) -> bool {
         self.table.iter().all(|v| *v == UNMAPPED)
     }
+
+    /// A destination id that some source id maps to (the one of the lowest source id).
+    pub fn any(&self) -> Option<u8> {
+        self.table.iter().copied().find(|v| *v != UNMAPPED)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_takes_the_next_numbers_and_the_source_goes_on_after_it() {
+        let mut r = SeqRewriter::new(1000);
+        assert_eq!(r.rewrite(7, 50, 90_000), (1000, 90_000));
+        assert_eq!(r.rewrite(7, 51, 93_000), (1001, 93_000));
+        // Paused while the source sent 52..=99; padding, then the source again.
+        assert_eq!(r.pad(), (1002, 93_000));
+        assert_eq!(r.pad(), (1003, 93_000));
+        assert_eq!(r.rewrite(7, 100, 96_000), (1004, 96_000));
+        assert_eq!(r.rewrite(7, 101, 99_000), (1005, 99_000));
+        // NACKs: not for the padding nor anything before it; for what came after, yes.
+        assert_eq!(r.source_of(1003), None);
+        assert_eq!(r.source_of(1001), None);
+        assert_eq!(r.source_of(1005), Some((7, 101)));
+        assert_eq!(r.resend(7, 51, 93_000), None);
+    }
+
+    #[test]
+    fn padding_before_the_first_packet_leaves_no_gap() {
+        let mut r = SeqRewriter::new(500);
+        assert_eq!(r.pad().0, 500);
+        assert_eq!(r.rewrite(9, 7000, 1234).0, 501);
+    }
+
+    #[test]
+    fn any_gives_a_mapped_id() {
+        let mut map = IdMap::default();
+        assert_eq!(map.any(), None);
+        map.insert(100, 96);
+        map.insert(111, 97);
+        assert_eq!(map.any(), Some(96));
+    }
 
     #[test]
     fn continuous_from_the_first_packet() {

@@ -326,6 +326,19 @@ impl Collector for HubCollector {
         )?;
         counter(
             out,
+            "probes",
+            "Probes of subscribers' downlinks: padding sent to learn whether a paused video \
+             fits before it comes back.",
+            load(&w.probes),
+        )?;
+        counter(
+            out,
+            "padding_packets",
+            "Padding-only packets the probes sent.",
+            load(&w.padding_packets),
+        )?;
+        counter(
+            out,
             "nacks_received",
             "NACKs from subscribers naming packets the server sent them.",
             load(&w.nacks_received),

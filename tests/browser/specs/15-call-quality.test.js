@@ -157,6 +157,16 @@ function outbound(page) {
  * requests and responses both ways, and how long ago it last received a packet. For the
  * report: the server removes a participant whose peer sends it no STUN for 8 s.
  */
+/**
+ * The server's probe counters (/metrics, fetched by a page of the call): probes of
+ * subscribers' downlinks started, and the padding-only packets they sent.
+ */
+async function probeCounters(page) {
+  const text = await page.evaluate(async () => (await fetch('/metrics')).text());
+  const read = (name) => Number(new RegExp(`^chorus_${name}_total (\\d+)`, 'm').exec(text)?.[1] ?? NaN);
+  return { probes: read('probes'), padding: read('padding_packets') };
+}
+
 function icePairs(page) {
   return page.evaluate(async () => {
     const c = window.chorus?.client;
@@ -299,6 +309,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     // Ada and Bob keep the high layer of everyone.
     const w0 = await Promise.all(pages.map(sample));
     const q0 = lab.qdiscStats(c);
+    const p0 = await probeCounters(a);
     const flaps = [];
     const othersLow = [];
     const cydCameraLow = [];
@@ -332,6 +343,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     }
     const w1 = last;
     const q1 = lab.qdiscStats(c);
+    const p1 = await probeCounters(a);
     const audio = {};
     for (const id of [idA, idB]) {
       const x = w0[2].audio[id];
@@ -352,6 +364,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     }
     const secs = (w1[2].t - w0[2].t) / 1000;
     figures.capped = {
+      probes: { started: p1.probes - p0.probes, paddingPackets: p1.padding - p0.padding },
       seconds: Number(secs.toFixed(1)),
       cyd: describeOne(w0[2], w1[2], [idA, idB], names, ids),
       cydTotalBps: [idA, idB].reduce((n, id) => n + rate(w0[2], w1[2], 'video', id) + rate(w0[2], w1[2], 'audio', id), 0),
@@ -366,7 +379,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
       trace: windowTrace,
     };
     note(`capped ${figures.capped.seconds} s: Cyd gets ${figures.capped.cyd} (total ${kbit(figures.capped.cydTotalBps)}bps), audio ${JSON.stringify(audio)}; from the cap on: ${JSON.stringify(whole)}`);
-    note(`capped: Ada gets ${figures.capped.ada}; Bob gets ${figures.capped.bob}; qdisc ${JSON.stringify(figures.capped.qdisc)}`);
+    note(`capped: Ada gets ${figures.capped.ada}; Bob gets ${figures.capped.bob}; qdisc ${JSON.stringify(figures.capped.qdisc)}; probes ${JSON.stringify(figures.capped.probes)}`);
     if (flaps.length) note(`capped: Cyd's videos neither low nor paused (${flaps.length}): ${flaps.join(' | ')}`);
     if (cydCameraLow.length) note(`capped (reported only): Cyd's own camera below ${HIGH_MIN_WIDTH} px at Ada/Bob: ${cydCameraLow.join(' | ')}`);
     note(`Ada sends while Cyd is capped: ${describeOut(...(await outboundPair(a)))}`);
@@ -405,7 +418,8 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
     await sleep(1000);
     const after1 = await sample(c);
     figures.after = describeOne(after0, after1, [idA, idB], names, ids);
-    note(`uncapped: Cyd back on high for Ada after ${figures.upMs.Ada} ms, Bob after ${figures.upMs.Bob} ms; then ${figures.after}`);
+    figures.probesAtEnd = await probeCounters(a);
+    note(`uncapped: Cyd back on high for Ada after ${figures.upMs.Ada} ms, Bob after ${figures.upMs.Bob} ms; then ${figures.after}; probes in all ${JSON.stringify(figures.probesAtEnd)}`);
     saveFigures('capped', figures);
 
     // The assertions of issue 12 (the figures above are printed either way).

@@ -76,6 +76,10 @@ pub const SRTP_PROFILE_NAMES: &[&str] = &[
 /// choice and Chromium lists AES-CM first.
 pub const INGEST_SRTP_PROFILE: &str = "aes128_cm_hmac_sha1_80";
 
+/// What one padding-only packet of a probe ([`Peer::send_padding`]) weighs on the
+/// subscriber's link: the RTP header, four bytes of padding, and what every copy adds.
+pub const PADDING_LINK_BYTES: usize = 12 + twcc::PADDING_BYTES + twcc::COPY_OVERHEAD;
+
 /// The settings of a broadcast ingest publisher's peer: [`INGEST_SRTP_PROFILE`] appended.
 pub fn ingest_settings(settings: &PeerSettings) -> PeerSettings {
     let mut settings = settings.clone();
@@ -1389,6 +1393,56 @@ impl Peer {
             *n += 1;
         }
         out.sent.record(timestamp, octets, now, resent);
+        Ok(())
+    }
+
+    /// Subscriber: sends `count` padding-only packets on `track`'s subscription, each with
+    /// the next sequence number and transport-wide number: a probe of the subscriber's
+    /// downlink (see [`crate::probe`]). Only for a subscription that forwards nothing now
+    /// (a paused video): its next packet goes on after the padding. Without transport-cc
+    /// there is no feedback to learn from, and nothing is sent.
+    pub fn send_padding(
+        &mut self,
+        track: TrackId,
+        count: u32,
+        now: Instant,
+    ) -> Result<(), ForwardDrop> {
+        if !self.connected {
+            return Err(ForwardDrop::NotConnected);
+        }
+        let out = self
+            .outbound
+            .get_mut(&track)
+            .ok_or(ForwardDrop::NotSubscribed)?;
+        let (true, Some(id), Some(side)) = (out.ready, out.twcc, self.send_side.as_mut()) else {
+            return Err(ForwardDrop::NotNegotiated);
+        };
+        let payload_type = out.rewrite.pt.any().ok_or(ForwardDrop::PayloadType)?;
+        for _ in 0..count {
+            let (sequence_number, timestamp) = out.rewrite.seq.pad();
+            let mut pkt = rtc::rtp::packet::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    padding: true,
+                    payload_type,
+                    sequence_number,
+                    timestamp,
+                    ssrc: out.rewrite.ssrc,
+                    ..Default::default()
+                },
+                payload: Bytes::new(),
+            };
+            side.stamp(&mut pkt, id, now);
+            self.pc
+                .handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtpPacket(String::new(), pkt),
+                })
+                .map_err(|_| ForwardDrop::Rejected)?;
+            if let Queued::Copies(n) = &mut self.queued {
+                *n += 1;
+            }
+        }
         Ok(())
     }
 

@@ -34,6 +34,10 @@ const WIRE_OVERHEAD: usize = 16 + 8 + 20;
 /// length, two of number, one of padding).
 const EXTENSION_BLOCK: usize = 8;
 
+/// The padding webrtc-rs's RTP writer appends to a packet whose padding bit is set and
+/// whose payload is empty (a probe's padding-only packet, see `Peer::send_padding`).
+pub(super) const PADDING_BYTES: usize = 4;
+
 /// What a forwarded copy weighs beyond its RTP header and payload.
 pub(crate) const COPY_OVERHEAD: usize = EXTENSION_BLOCK + WIRE_OVERHEAD;
 
@@ -117,7 +121,11 @@ impl SendSide {
         header.extension = true;
         header.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
         header.extensions = vec![extension(id, seq)];
-        let size = 12 + 4 * header.csrc.len() + packet.payload.len() + COPY_OVERHEAD;
+        let size = 12
+            + 4 * header.csrc.len()
+            + packet.payload.len()
+            + usize::from(header.padding) * PADDING_BYTES
+            + COPY_OVERHEAD;
         self.estimator.on_sent(seq, size, now);
     }
 
@@ -128,12 +136,14 @@ impl SendSide {
         self.fed = true;
     }
 
-    /// The downlink estimate in bits per second, once feedback has come, and when it was
-    /// last cut for congestion.
+    /// The downlink estimate in bits per second, once feedback has come, when it was last
+    /// cut for congestion, and what the link delivers and was seen to deliver.
     pub(super) fn estimate(&self) -> Option<crate::allocate::Estimate> {
         self.fed.then(|| crate::allocate::Estimate {
             bps: self.estimator.estimate(),
             congested_at: self.estimator.last_decrease(),
+            acked_bps: self.estimator.acked_bps(),
+            proof: self.estimator.proof(),
         })
     }
 }

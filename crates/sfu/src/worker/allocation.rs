@@ -17,6 +17,7 @@ use super::{MediaNotice, Worker};
 use crate::MediaError;
 use crate::allocate::{Allocator, Choice, Claim, Tile, highest_needed};
 use crate::layer::RIDS;
+use crate::probe::Pacer;
 
 /// How often every subscriber's allocation runs, besides right after anything it depends
 /// on changed (a subscription, a tile, a connection). Fast enough that a congested link is
@@ -37,6 +38,8 @@ pub(super) struct Downlink {
     tiles: HashMap<TrackId, Tile>,
     /// What the subscriber was last told of each video (`streamState`).
     reported: HashMap<TrackId, Choice>,
+    /// The padding of the probe under way, if any (see `probing.rs`).
+    pub(super) pacer: Option<Pacer>,
 }
 
 impl Worker {
@@ -149,6 +152,12 @@ impl Worker {
                         downlink.reported.insert(track, choice);
                     }
                 }
+            }
+            let probe = downlink.allocator.probe();
+            if downlink.follow_probe(probe) {
+                tracing::debug!(%participant, ?probe, "probe");
+                self.stats.probes.fetch_add(1, Ordering::Relaxed);
+                self.next_pacing = Some(now);
             }
         }
         tally.publish(&self.stats);

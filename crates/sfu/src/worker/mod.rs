@@ -41,6 +41,7 @@ use crate::token::{random_token, random_u64};
 mod allocation;
 mod demux;
 mod levels;
+mod probing;
 mod recording;
 mod relay;
 mod stats;
@@ -364,6 +365,8 @@ pub struct Worker {
     next_reports: Instant,
     /// When the subscribers' allocations next run.
     next_allocation: Instant,
+    /// When the padding of the probes under way is next paced; `None` while none is.
+    next_pacing: Option<Instant>,
     /// When the audio levels next go to the rooms.
     next_levels: Instant,
     /// Each room's first speaker, as the rooms said (`WorkerCommand::Speaker`).
@@ -497,6 +500,7 @@ impl Worker {
             due: Vec::new(),
             next_reports: Instant::now() + SENDER_REPORT_INTERVAL,
             next_allocation: Instant::now(),
+            next_pacing: None,
             next_levels: Instant::now() + LEVEL_REPORT_INTERVAL,
             speakers: Vec::new(),
             timers_from: Instant::now(),
@@ -814,7 +818,8 @@ impl Worker {
             .next_reports
             .min(self.timers_from)
             .min(self.next_allocation)
-            .min(self.next_levels);
+            .min(self.next_levels)
+            .min(self.next_pacing.unwrap_or(self.next_levels));
         for route in self.tracks.values() {
             if let Some(due) = route.layers.keyframe_due() {
                 earliest = earliest.min(due);
@@ -833,6 +838,9 @@ impl Worker {
         if now >= self.next_allocation {
             self.allocate(now);
             self.next_allocation = now + ALLOCATION_INTERVAL;
+        }
+        if self.next_pacing.is_some_and(|t| now >= t) {
+            self.pace_probes(now);
         }
         if now >= self.next_levels {
             self.report_levels();

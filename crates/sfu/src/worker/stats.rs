@@ -70,6 +70,11 @@ pub struct WorkerStats {
     /// Audio packets whose audio-level element was not a level (not one byte); the packet
     /// is forwarded, the level is not counted.
     pub audio_levels_invalid: AtomicU64,
+    /// Probes started: padding sent to learn whether a subscriber's link carries a paused
+    /// video (see [`crate::probe`]).
+    pub probes: AtomicU64,
+    /// The padding-only packets those probes sent.
+    pub padding_packets: AtomicU64,
     /// Datagrams and media passed between this worker and the others (see
     /// [`crate::handoff`]).
     pub handoff: HandoffStats,
@@ -115,6 +120,8 @@ impl WorkerStats {
                 subscribers_congested,
                 downlink_estimate_bps,
                 audio_levels_invalid,
+                probes,
+                padding_packets,
                 handoff,
             } = w;
             add(&total.peers, peers);
@@ -156,6 +163,8 @@ impl WorkerStats {
             add(&total.subscribers_congested, subscribers_congested);
             add(&total.downlink_estimate_bps, downlink_estimate_bps);
             add(&total.audio_levels_invalid, audio_levels_invalid);
+            add(&total.probes, probes);
+            add(&total.padding_packets, padding_packets);
             add(&total.handoff.sent, &handoff.sent);
             add(&total.handoff.dropped, &handoff.dropped);
             add(&total.handoff.received, &handoff.received);
