@@ -23,8 +23,8 @@
 //! before the next try (up to [`MAX_UPGRADE_HOLD`]).
 //!
 //! A paused video's return needs more than room in the estimate: the link must have been
-//! seen to deliver what flows plus the video's lowest layer ([`Estimate::proof`]). Until
-//! it has, the subscriber's peer probes for it with padding ([`crate::probe`]): a resume
+//! seen to deliver what flows plus the video's lowest layer, with room to spare. The
+//! subscriber's peer probes for it with padding first ([`crate::probe`]): a resume
 //! starts with a keyframe, the largest burst a video sends, so on a link that cannot take
 //! it the first thing lost would be the audio queued behind it. A subscriber without an
 //! estimate (no transport-cc) gets its video back without proof.
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 pub use chorus_protocol::PauseReason;
 use chorus_protocol::TrackId;
 
-use crate::probe::{Probe, Prober, Proof};
+use crate::probe::{Probe, Prober};
 
 /// How long after a downgrade no subscription of the subscriber moves up again: long enough
 /// that a congested link's estimate has settled, short enough that a lifted cap is noticed
@@ -154,7 +154,7 @@ impl Choice {
 }
 
 /// What the allocator knows of one subscriber's downlink: the estimator's figure, when it
-/// last cut it, and what the link was seen to deliver.
+/// last cut it, and what arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Estimate {
     /// In bits per second.
@@ -163,8 +163,6 @@ pub struct Estimate {
     pub congested_at: Option<Instant>,
     /// What arrives at the subscriber now (bits per second), once known.
     pub acked_bps: Option<u32>,
-    /// The highest rate the link was seen to deliver lately (see [`crate::probe`]).
-    pub proof: Option<Proof>,
 }
 
 impl Estimate {
@@ -354,9 +352,9 @@ impl Allocator {
         self.prober.current()
     }
 
-    /// Of the videos paused for bandwidth that `ideal` brings back, the ones the link was
-    /// seen to carry ([`Estimate::proof`]) with what already flows, the most important
-    /// first; for the first that it was not, asks for a probe (when steps up are allowed).
+    /// Of the videos paused for bandwidth that `ideal` brings back, the ones a probe showed
+    /// the link carrying with what already flows, the most important first; for the first
+    /// that it did not, asks for a probe (when steps up are allowed).
     /// `None` for a subscriber without an estimate: nothing to prove anything with, so
     /// paused videos come back as the estimate-less allocation says.
     fn proven_resumes(
@@ -368,7 +366,8 @@ impl Allocator {
         now: Instant,
     ) -> Option<Vec<TrackId>> {
         let estimate = estimate?;
-        self.prober.update(estimate.congested_at, now);
+        self.prober
+            .update(estimate.congested_at, estimate.acked_bps, now);
         // Not while a probe is under way: its first feedback can show a rate the link
         // carried only from a buffer that was empty (a token bucket's burst), before the
         // queue its excess builds shows; a probe that lasts its time without a cut has
@@ -395,7 +394,7 @@ impl Allocator {
         let mut proven = Vec::new();
         for (_, track, cost) in waiting {
             let needed = total.saturating_add(cost);
-            if Prober::proves(estimate.proof, needed, now) {
+            if self.prober.shows(needed, now) {
                 proven.push(track);
                 total = needed;
                 continue;
@@ -575,23 +574,12 @@ mod tests {
 
     const AUDIO: Claim = Claim::Audio { bitrate: 40_000 };
 
-    /// A link seen to deliver `bps`, as of a time after any test's instants: a proof that
-    /// never expires, for the tests about what the estimate allows. The tests about proofs
-    /// give their own.
-    fn seen(bps: u32) -> Option<Proof> {
-        Some(Proof {
-            bps,
-            at: Instant::now() + Duration::from_secs(3600),
-        })
-    }
-
     /// An estimate the estimator cut at `at`: it binds.
     fn congested(bps: u32, at: Instant) -> Option<Estimate> {
         Some(Estimate {
             bps,
             congested_at: Some(at),
             acked_bps: None,
-            proof: seen(bps),
         })
     }
 
@@ -601,7 +589,6 @@ mod tests {
             bps,
             congested_at: None,
             acked_bps: None,
-            proof: seen(bps),
         })
     }
 
@@ -752,11 +739,13 @@ mod tests {
         let claims = [(TrackId(2), video(Importance::Other, Tile::Unknown))];
         let (mut alloc, t) = settled(5_000_000, &claims, t0);
         alloc.allocate(congested(50_000, t), &claims, t);
-        // The cap is lifted 100 ms later: nothing moves until the hold has passed.
+        // The cap is lifted 100 ms later: nothing moves until the hold has passed. Then a
+        // probe (the link delivers what it pads) brings the video back, and it climbs.
         let mut at = t + Duration::from_millis(100);
         let mut seen = Vec::new();
         while at < t + Duration::from_secs(10) {
-            let choice = alloc.allocate(congested(5_000_000, t), &claims, at)[0].1;
+            let estimate = arriving(congested(5_000_000, t), 190_000);
+            let choice = alloc.allocate(estimate, &claims, at)[0].1;
             if seen.last() != Some(&(choice)) {
                 seen.push(choice);
                 if choice == Choice::Layer(0) {
@@ -890,7 +879,6 @@ mod tests {
                 bps,
                 congested_at: cut,
                 acked_bps: None,
-                proof: seen(bps),
             });
             let choice = alloc.allocate(estimate, &claims, t)[0].1;
             if choice == Choice::Layer(1) && on != Some(Choice::Layer(1)) {
@@ -913,16 +901,16 @@ mod tests {
         );
     }
 
-    /// `estimate` with the link seen to deliver `proof` at `at`.
-    fn proven(estimate: Option<Estimate>, proof: u32, at: Instant) -> Option<Estimate> {
+    /// `estimate` with `acked` arriving at the subscriber.
+    fn arriving(estimate: Option<Estimate>, acked: u32) -> Option<Estimate> {
         estimate.map(|e| Estimate {
-            proof: Some(Proof { bps: proof, at }),
+            acked_bps: Some(acked),
             ..e
         })
     }
 
     #[test]
-    fn paused_videos_return_as_far_as_the_link_was_seen_to_carry_them_most_important_first() {
+    fn paused_videos_return_as_far_as_a_probe_showed_room_for_them_most_important_first() {
         let t0 = Instant::now();
         let claims = [
             (TrackId(1), video(Importance::Other, Tile::Unknown)),
@@ -940,42 +928,58 @@ mod tests {
             ]
         );
         // Once neither the congestion nor the hold binds, nothing comes back on the
-        // estimate's word alone: the link was seen to carry 50 k, and the screen share
-        // (first) needs 150 k. A probe for it starts.
+        // estimate's word alone: a probe starts for the screen share (first), which needs
+        // 150 k, padding from the 50 k that arrive up to 1.25 × that.
         let mut t = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
-        let out = alloc.allocate(proven(calm(5_000_000), 50_000, t), &claims, t);
-        assert_eq!(
-            choices(&out),
-            [
-                Choice::Paused(PauseReason::LowBandwidth),
-                Choice::Paused(PauseReason::LowBandwidth)
-            ]
-        );
+        let paused = [
+            Choice::Paused(PauseReason::LowBandwidth),
+            Choice::Paused(PauseReason::LowBandwidth),
+        ];
+        let out = alloc.allocate(arriving(calm(5_000_000), 50_000), &claims, t);
+        assert_eq!(choices(&out), paused);
         let probe = alloc.probe().expect("a probe");
         assert_eq!((probe.track, probe.needed_bps), (TrackId(2), 150_000));
-        // The probe's first feedback shows 200 k: nothing comes back while it runs (the
-        // rate may be a buffer's burst, not what the link sustains).
+        assert_eq!(probe.pad_bps, 187_500 - 50_000);
+        // Nothing comes back while it runs, whatever arrives (the start of a probe may be
+        // a buffer's burst, not what the link sustains).
         let early = t + Duration::from_millis(200);
-        let out = alloc.allocate(proven(calm(5_000_000), 200_000, early), &claims, early);
-        assert_eq!(
-            choices(&out),
-            [
-                Choice::Paused(PauseReason::LowBandwidth),
-                Choice::Paused(PauseReason::LowBandwidth)
-            ]
-        );
-        // It lasted its time without a cut: the screen share comes back, the other waits.
+        let out = alloc.allocate(arriving(calm(5_000_000), 400_000), &claims, early);
+        assert_eq!(choices(&out), paused);
+        // It lasted its time without a cut and 180 k arrive as it ends (1.2 × 150 k): the
+        // screen share comes back; the other (300 k in all) waits for a probe of its own.
         t += crate::probe::PROBE_DURATION;
-        let out = alloc.allocate(proven(calm(5_000_000), 200_000, t), &claims, t);
+        let out = alloc.allocate(arriving(calm(5_000_000), 180_000), &claims, t);
         assert_eq!(
             choices(&out),
             [Choice::Paused(PauseReason::LowBandwidth), Choice::Layer(0)]
         );
-        // Shown 300 k (both at 150 k): the other comes back too, and no probe is wanted.
+        assert_eq!(alloc.probe(), None, "not within PROBE_GAP of the last");
         t += UPGRADE_STEP;
-        let out = alloc.allocate(proven(calm(5_000_000), 300_000, t), &claims, t);
+        let out = alloc.allocate(arriving(calm(5_000_000), 180_000), &claims, t);
+        assert_eq!(out[0].1, Choice::Paused(PauseReason::LowBandwidth));
+        let probe = alloc.probe().expect("a second probe");
+        assert_eq!((probe.track, probe.needed_bps), (TrackId(1), 300_000));
+        t += crate::probe::PROBE_DURATION;
+        let out = alloc.allocate(arriving(calm(5_000_000), 360_000), &claims, t);
         assert_eq!(choices(&out), [Choice::Layer(0), Choice::Layer(0)]);
         assert_eq!(alloc.probe(), None);
+    }
+
+    #[test]
+    fn a_probe_that_shows_too_little_brings_nothing_back() {
+        let t0 = Instant::now();
+        let claims = [(TrackId(1), AUDIO), (TrackId(2), one_layer(150_000))];
+        let mut alloc = Allocator::default();
+        alloc.allocate(calm(1_000_000), &claims, t0);
+        let cut = t0 + Duration::from_millis(200);
+        alloc.allocate(congested(100_000, cut), &claims, cut);
+        let t = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
+        alloc.allocate(arriving(calm(1_000_000), 40_000), &claims, t);
+        assert!(alloc.probe().is_some());
+        // 200 k arrive as it ends: more than the 190 k needed, less than 1.15 × that.
+        let end = t + crate::probe::PROBE_DURATION;
+        let out = alloc.allocate(arriving(calm(1_000_000), 200_000), &claims, end);
+        assert_eq!(out[1].1, Choice::Paused(PauseReason::LowBandwidth));
     }
 
     #[test]
@@ -1005,7 +1009,7 @@ mod tests {
                     ..e
                 })
             };
-            let out = alloc.allocate(proven(estimate, 120_000, t), &claims, t);
+            let out = alloc.allocate(arriving(estimate, 120_000), &claims, t);
             assert_eq!(
                 out[1].1,
                 Choice::Paused(PauseReason::LowBandwidth),

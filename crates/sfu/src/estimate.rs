@@ -44,9 +44,6 @@
 //!   max([`APP_LIMITED_RATIO`] × acknowledged, acknowledged + [`APP_LIMITED_HEADROOM_BPS`]):
 //!   enough for one simulcast layer step of any subscription, never to infinity. The cap
 //!   only stops growth; it never lowers an estimate.
-//! - **Proof.** The highest acknowledged rate since the last cut, within
-//!   [`PROOF_SPAN`]: what the link was seen to carry ([`Estimator::proof`]), which a paused
-//!   video's return is weighed against.
 //!
 //! The result is min(delay-based, loss-based), within [`MIN_BPS`]..=[`MAX_BPS`].
 //!
@@ -56,8 +53,6 @@
 //! feedback changes nothing. All arithmetic on input saturates or wraps: no input panics.
 
 use std::time::{Duration, Instant};
-
-use crate::probe::{PROOF_SPAN, Proof};
 
 /// The lowest estimate: below this not even the lowest simulcast layer plus audio fits, so a
 /// lower figure would only pause more video without telling the allocator anything new, and
@@ -535,9 +530,6 @@ pub struct Estimator {
     ack_first_bin: Option<i64>,
     ack_latest_bin: Option<i64>,
     acked_bps: Option<f64>,
-    /// The highest acknowledged rate since a cut, within [`PROOF_SPAN`], and when (µs):
-    /// what the link was seen to carry (see [`Estimator::proof`]).
-    peak: Option<(f64, i64)>,
 
     // Standing queue.
     /// The least one-way delay (receiver's arrival − sender's send, µs, any offset) of the
@@ -591,7 +583,6 @@ impl Estimator {
             ack_first_bin: None,
             ack_latest_bin: None,
             acked_bps: None,
-            peak: None,
             base_delay: [None; 2],
             base_bucket_start: None,
             standing_since: None,
@@ -686,15 +677,6 @@ impl Estimator {
             self.packet_bytes = 0.9 * self.packet_bytes + 0.1 * mean;
         }
         self.acked_bps = self.compute_acked();
-        if let Some(acked) = self.acked_bps {
-            let span = i64::try_from(PROOF_SPAN.as_micros()).unwrap_or(i64::MAX);
-            let stands = self
-                .peak
-                .is_some_and(|(bps, at)| bps > acked && now_us.saturating_sub(at) <= span);
-            if !stands {
-                self.peak = Some((acked, now_us));
-            }
-        }
         self.update_delay_based(now_us);
         self.cut_standing_queue(now_us);
         self.update_loss_based(now_us);
@@ -719,18 +701,6 @@ impl Estimator {
     pub fn acked_bps(&self) -> Option<u32> {
         self.acked_bps
             .map(|bps| bps.clamp(0.0, f64::from(u32::MAX)) as u32)
-    }
-
-    /// The highest rate the link was seen to deliver (acknowledged) within the last
-    /// [`PROOF_SPAN`] and since the last cut, and when: what arrived at the subscriber by its
-    /// own clock cannot exceed what the link carries, so this is evidence, not a guess. A
-    /// cut forgets it: the rate came with a growing queue or with loss.
-    pub fn proof(&self) -> Option<Proof> {
-        let (bps, at) = self.peak?;
-        Some(Proof {
-            bps: to_bps(bps),
-            at: self.epoch + Duration::from_micros(u64::try_from(at).unwrap_or(0)),
-        })
     }
 
     /// When the estimate was last cut, by overuse or by loss; None before any cut. The
@@ -963,7 +933,6 @@ impl Estimator {
             return;
         }
         self.last_decrease_us = Some(now_us);
-        self.peak = None;
         self.rate_state = RateState::Hold;
         let current = self.delay_bps;
         let Some(acked) = self.acked_bps else {
@@ -1007,7 +976,6 @@ impl Estimator {
             });
             if due {
                 self.last_loss_decrease_us = Some(now_us);
-                self.peak = None;
                 // From what got through, when that is lower: an SFU often sends far less
                 // than its estimate (app-limited), and a cut of an estimate several times
                 // the link would take several rounds to reach it.
@@ -1415,33 +1383,6 @@ mod tests {
             estimate <= ceiling * 1.05,
             "estimate {estimate} > {ceiling}"
         );
-    }
-
-    /// The proof is what arrived: sending 150 kbit/s shows 150 kbit/s whatever the link;
-    /// sending 400 kbit/s shows it on a fast link, and never on a 300 kbit/s one (what gets
-    /// through is at most the cap, and the queue it builds is cut for, which forgets it).
-    #[test]
-    fn the_proof_is_the_delivered_rate_and_never_beyond_the_link() {
-        for (capacity, shows_400k) in [(20e6, true), (300e3, false)] {
-            let mut sim = Sim::new(300_000, Link::new(capacity), Sender::Fixed(150e3));
-            sim.run_for(5.0);
-            let t = sim.at(sim.now_us);
-            let proof = sim.est.proof().expect("a proof after 5 s");
-            assert!(
-                (130_000..=200_000).contains(&proof.bps),
-                "{capacity}: {proof:?}"
-            );
-            assert!(t.saturating_duration_since(proof.at) <= PROOF_SPAN);
-            sim.sender = Sender::Fixed(400e3);
-            let mut best = 0;
-            for _ in 0..20 {
-                sim.run_for(0.05);
-                best = best.max(sim.est.proof().map_or(0, |p| p.bps));
-            }
-            eprintln!("proof at {capacity}: best {best} while sending 400k");
-            assert_eq!(best >= 380_000, shows_400k, "{capacity}: best {best}");
-            assert!(f64::from(best) <= capacity * 1.1, "{capacity}: best {best}");
-        }
     }
 
     /// A sender that keeps 10 % more than a 300 kbit/s link carries (as the allocator

@@ -7,16 +7,20 @@
 //! ceiling). Resuming a paused video on that guess costs a keyframe burst plus the layer's
 //! rate at once; on a link that cannot carry it, the queue overflows and the subscriber
 //! loses audio, before the estimator has seen a thing. So a paused video comes back only
-//! when the link has been *seen* to carry the total it would make: the acknowledged rate
-//! (what arrived at the subscriber, by its own clock) is a lower bound of the capacity.
-//! When it has not been seen, the allocator asks for a probe: for [`PROBE_DURATION`], the
-//! subscriber's peer sends padding-only RTP packets, evenly paced, on the paused video's
-//! own SSRC, at the rate that brings the delivered total to [`PROBE_MARGIN`] × the total
-//! needed. Every padding packet carries a transport-wide number, so the feedback on it
-//! moves the estimator like media does: a link that carries it shows the higher
-//! acknowledged rate ([`Proof`]); one that does not shows a growing queue, which the
-//! delay-based detector cuts the estimate for, and the probe ends at once. A probe grows
-//! the queue gently, where a resumed video's keyframe arrives all at once.
+//! when the link has been *seen* to carry the total it would make, with room to spare
+//! ([`PROOF_MARGIN`]): the acknowledged rate (what arrived at the subscriber, by its own
+//! clock) is a lower bound of the capacity. To see it, the allocator asks for a probe: for
+//! [`PROBE_DURATION`], the subscriber's peer sends padding-only RTP packets, evenly paced,
+//! on the paused video's own SSRC, at the rate that brings the delivered total to
+//! [`PROBE_MARGIN`] × the total needed. Every padding packet carries a transport-wide
+//! number, so the feedback on it moves the estimator like media does. A link that cannot
+//! carry it shows a growing queue, which the delay-based detector cuts the estimate for,
+//! and the probe ends at once. One that lasts its time without a cut leaves its
+//! [`Proof`]: the acknowledged rate as it ends, which spans the probe's second half. Not
+//! the first half, nor the highest rate seen: a bottleneck whose buffer was empty lets the
+//! start of a probe through faster than it carries (a token bucket's burst), and a small
+//! excess drains such a bucket only over a second or more. A probe grows the queue
+//! gently, where a resumed video's keyframe arrives all at once.
 //!
 //! Probes that prove nothing space out: [`PROBE_GAP`], doubled after each (up to
 //! [`MAX_PROBE_GAP`]), as the allocator's hold doubles after steps the link could not
@@ -33,10 +37,15 @@ use chorus_protocol::TrackId;
 /// delay detector's cut ends it.
 pub const PROBE_DURATION: Duration = Duration::from_millis(600);
 
-/// What a probe aims for beyond the total it must show: rates fluctuate (keyframes, the
-/// layer meters' averaging), and a proof exactly at the total would fail on the first
-/// frame bigger than average.
-pub const PROBE_MARGIN: f64 = 1.1;
+/// What a probe aims for, × the total needed: above [`PROOF_MARGIN`], so that a link with
+/// that much room shows it, and enough over a link without it that the excess builds a
+/// queue the delay detector sees within the probe.
+pub const PROBE_MARGIN: f64 = 1.25;
+
+/// What a proof must show, × the total needed: a video whose lowest layer just fits would
+/// overflow the link with its next keyframe, and rates fluctuate (the layer meters average
+/// over a second).
+pub const PROOF_MARGIN: f64 = 1.15;
 
 /// The least time between the starts of two probes that proved nothing: short enough that
 /// a lifted cap is found within a few seconds, long enough that a capped link is not kept
@@ -47,8 +56,9 @@ pub const PROBE_GAP: Duration = Duration::from_secs(1);
 /// still found, and the video back on the high layer, within the 10 s a user forgives.
 pub const MAX_PROBE_GAP: Duration = Duration::from_secs(4);
 
-/// How long a proof counts: the allocator runs every 200 ms, so a proof is used within a
-/// pass or two of the probe; a rate seen seconds ago says little about the link now.
+/// How long a proof counts: the allocator runs every 200 ms, so a proof is used at the pass
+/// that ends its probe or the next ones; a rate seen seconds ago says little about the
+/// link now.
 pub const PROOF_SPAN: Duration = Duration::from_millis(1500);
 
 /// The least padding rate of a probe: below it the probe would hardly show above the
@@ -59,7 +69,7 @@ const MIN_PAD_BPS: u32 = 30_000;
 /// machine) does not catch up with a burst, which would be what a probe must not be.
 pub const MAX_PADDING_BURST: u32 = 8;
 
-/// The highest rate the subscriber's link was seen to deliver lately, and when.
+/// What the subscriber's link delivered as a probe ended without a cut, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Proof {
     pub bps: u32,
@@ -87,6 +97,8 @@ pub struct Prober {
     last_start: Option<Instant>,
     /// Probes in a row that ended without their proof.
     failures: u32,
+    /// What the last probe that lasted its time showed.
+    shown: Option<Proof>,
 }
 
 impl Prober {
@@ -95,20 +107,27 @@ impl Prober {
         self.probe
     }
 
-    /// Whether `proof` shows the link carrying `needed` bits per second at `now`.
-    pub fn proves(proof: Option<Proof>, needed: u32, now: Instant) -> bool {
-        proof.is_some_and(|p| p.bps >= needed && now.saturating_duration_since(p.at) <= PROOF_SPAN)
+    /// Whether a recent probe showed the link carrying [`PROOF_MARGIN`] × `needed` bits per
+    /// second at `now`.
+    pub fn shows(&self, needed: u32, now: Instant) -> bool {
+        self.shown.is_some_and(|p| {
+            f64::from(p.bps) >= f64::from(needed) * PROOF_MARGIN
+                && now.saturating_duration_since(p.at) <= PROOF_SPAN
+        })
     }
 
-    /// Ends the probe under way once its time is up, or once the estimator cut the
-    /// estimate after it began (the link did not carry it): a probe that ends without the
-    /// step it was for counts as a failure.
-    pub fn update(&mut self, congested_at: Option<Instant>, now: Instant) {
+    /// Ends the probe under way once the estimator cut the estimate after it began (the
+    /// link did not carry it), or once its time is up: then what arrives now (`acked`) is
+    /// its proof. A probe that ends without the step it was for counts as a failure.
+    pub fn update(&mut self, congested_at: Option<Instant>, acked: Option<u32>, now: Instant) {
         let Some(probe) = self.probe else { return };
         let cut = congested_at.is_some_and(|t| t >= probe.since);
         if cut || now >= probe.until {
             self.probe = None;
             self.failures = self.failures.saturating_add(1);
+            if !cut {
+                self.shown = acked.map(|bps| Proof { bps, at: now });
+            }
         }
     }
 
@@ -226,7 +245,7 @@ mod tests {
         assert!(prober.want(TrackId(7), 300_000, Some(150_000), now));
         let probe = prober.current().expect("under way");
         assert_eq!(probe.track, TrackId(7));
-        assert_eq!(probe.pad_bps, 330_000 - 150_000);
+        assert_eq!(probe.pad_bps, 375_000 - 150_000);
         assert_eq!(probe.until, now + PROBE_DURATION);
         // Asked again while under way: the same probe.
         assert!(prober.want(TrackId(7), 400_000, Some(150_000), now + PACING_STEP));
@@ -242,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_after_the_start_ends_the_probe_and_the_gap_doubles() {
+    fn a_cut_after_the_start_ends_the_probe_shows_nothing_and_the_gap_doubles() {
         let t0 = Instant::now();
         let mut prober = Prober::default();
         let mut starts = Vec::new();
@@ -257,7 +276,8 @@ mod tests {
             let cut = prober
                 .current()
                 .map(|p| p.since + Duration::from_millis(200));
-            prober.update(cut.filter(|c| *c <= t), t);
+            prober.update(cut.filter(|c| *c <= t), Some(400_000), t);
+            assert!(!prober.shows(1, t), "a probe cut for shows nothing");
             t += Duration::from_millis(100);
         }
         let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
@@ -272,17 +292,27 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_from_before_the_probe_does_not_end_it() {
+    fn a_probe_that_lasts_its_time_shows_what_arrives_as_it_ends_for_a_while() {
         let t0 = Instant::now();
         let mut prober = Prober::default();
-        prober.want(TrackId(1), 300_000, None, t0);
-        prober.update(
-            Some(t0 - Duration::from_secs(1)),
-            t0 + Duration::from_millis(100),
-        );
+        assert!(!prober.shows(1, t0));
+        prober.want(TrackId(1), 300_000, Some(100_000), t0);
+        // A cut from before the probe does not end it, and nothing shows before it ends.
+        let early = t0 + Duration::from_millis(100);
+        prober.update(Some(t0 - Duration::from_secs(1)), Some(500_000), early);
         assert!(prober.current().is_some());
-        prober.update(None, t0 + PROBE_DURATION);
+        assert!(!prober.shows(100_000, early));
+        let end = t0 + PROBE_DURATION;
+        prober.update(None, Some(345_000), end);
         assert!(prober.current().is_none(), "its time is up");
+        // 345 k arrive as it ends: 1.15 × 300 k.
+        assert!(prober.shows(300_000, end));
+        assert!(prober.shows(300_000, end + PROOF_SPAN));
+        assert!(!prober.shows(300_001, end), "not with the margin");
+        assert!(
+            !prober.shows(100_000, end + PROOF_SPAN + Duration::from_millis(1)),
+            "too old"
+        );
     }
 
     #[test]
@@ -290,7 +320,7 @@ mod tests {
         let t0 = Instant::now();
         let mut prober = Prober::default();
         prober.want(TrackId(1), 300_000, None, t0);
-        prober.update(None, t0 + PROBE_DURATION);
+        prober.update(None, None, t0 + PROBE_DURATION);
         let t1 = t0 + PROBE_GAP * 2;
         assert!(prober.want(TrackId(1), 300_000, None, t1));
         prober.succeeded();
@@ -303,23 +333,6 @@ mod tests {
             t1 + PROBE_GAP - Duration::from_millis(1)
         ));
         assert!(prober.want(TrackId(1), 300_000, None, t1 + PROBE_GAP));
-    }
-
-    #[test]
-    fn a_proof_counts_when_high_enough_and_recent() {
-        let t0 = Instant::now();
-        let proof = Some(Proof {
-            bps: 400_000,
-            at: t0,
-        });
-        assert!(Prober::proves(proof, 400_000, t0 + PROOF_SPAN));
-        assert!(!Prober::proves(proof, 400_001, t0));
-        assert!(!Prober::proves(
-            proof,
-            100_000,
-            t0 + PROOF_SPAN + Duration::from_millis(1)
-        ));
-        assert!(!Prober::proves(None, 1, t0));
     }
 
     #[test]

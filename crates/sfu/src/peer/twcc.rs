@@ -137,13 +137,12 @@ impl SendSide {
     }
 
     /// The downlink estimate in bits per second, once feedback has come, when it was last
-    /// cut for congestion, and what the link delivers and was seen to deliver.
+    /// cut for congestion, and what arrives.
     pub(super) fn estimate(&self) -> Option<crate::allocate::Estimate> {
         self.fed.then(|| crate::allocate::Estimate {
             bps: self.estimator.estimate(),
             congested_at: self.estimator.last_decrease(),
             acked_bps: self.estimator.acked_bps(),
-            proof: self.estimator.proof(),
         })
     }
 }
