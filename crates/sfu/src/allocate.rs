@@ -61,6 +61,13 @@ pub const CONGESTION_MEMORY: Duration = Duration::from_secs(3);
 /// about its rate.
 pub const LOWEST_LAYER_FIT: f64 = 0.6;
 
+/// A binding estimate under this share of what flows is a deep cut, not a shallow one:
+/// the link fell far below the allocation (a cap, a handover to a slower network), not
+/// just under it (one overuse cut is 0.85 × what arrives). Then a flowing video is kept
+/// only when all of its lowest layer fits: keeping it costs its keyframe on a link whose
+/// buffer is already full, and the audio queued behind both.
+pub const DEEP_CUT: f64 = 0.7;
+
 /// How long congestion must have gone on (the estimator cutting again and again, each cut
 /// within [`CONGESTION_MEMORY`] of the one before) before a flowing video is kept only
 /// when all of its lowest layer fits: a shallow cut, or the first reaction to a drop, keeps
@@ -187,7 +194,17 @@ pub struct Allocator {
     prober: Prober,
     /// The current congestion episode: its first cut and its latest.
     episode: Option<(Instant, Instant)>,
+    /// The last probe's span: from its start until the feedback on its padding has come
+    /// ([`PROBE_ECHO`] after its last pass). A cut within it is the probe's.
+    probe_span: Option<(Instant, Instant)>,
+    /// The estimator's last cut that was not a probe's.
+    real_cut: Option<Instant>,
 }
+
+/// How long after a probe's padding stops a cut is still the probe's: the feedback on the
+/// last padding takes a round trip and a feedback interval to come (about 100 ms on a LAN,
+/// a few hundred on a long path).
+pub const PROBE_ECHO: Duration = Duration::from_millis(400);
 
 /// The highest layer worth sending into `tile`: the lowest one that covers it, or the top
 /// layer when none does.
@@ -220,11 +237,15 @@ impl Allocator {
         claims: &[(TrackId, Claim)],
         now: Instant,
     ) -> Vec<(TrackId, Choice)> {
+        let estimate = estimate.map(|e| self.without_probe_cuts(e, now));
         let budget = match estimate {
             Some(estimate) if estimate.binding(now) => estimate.bps,
             _ => u32::MAX,
         };
-        let keep_fit = if self.persistent_congestion(estimate, now) {
+        // A shallow cut keeps a flowing video a little under its lowest layer; a deep one
+        // (the link fell far below what flows), or congestion that goes on, does not.
+        let deep = f64::from(budget) < DEEP_CUT * f64::from(flowing_total(claims, &self.previous));
+        let keep_fit = if deep || self.persistent_congestion(estimate, now) {
             1.0
         } else {
             LOWEST_LAYER_FIT
@@ -258,9 +279,10 @@ impl Allocator {
         let hold = UPGRADE_HOLD
             .saturating_mul(1 << self.failed_steps.min(4))
             .min(MAX_UPGRADE_HOLD);
-        let may_step_up = self
+        let held = self
             .last_downgrade
-            .is_none_or(|t| now.saturating_duration_since(t) >= hold)
+            .is_none_or(|t| now.saturating_duration_since(t) >= hold);
+        let may_step_up = held
             && self
                 .last_upgrade
                 .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP);
@@ -271,7 +293,9 @@ impl Allocator {
             .then(|| self.first_step(&ideal, &room, claims))
             .flatten();
         // Paused videos come back only as far as the link was seen to carry them.
-        let proven = self.proven_resumes(estimate, &ideal, claims, may_step_up, now);
+        // A probe may run while the step before it settles: it only pads, and the step it
+        // is for still waits for `may_step_up`.
+        let proven = self.proven_resumes(estimate, &ideal, claims, held, now);
         let mut stepped = false;
         let mut resumed = false;
         let out: Vec<(TrackId, Choice)> = ideal
@@ -327,6 +351,31 @@ impl Allocator {
         out
     }
 
+    /// Ends the probe under way when its time is up or the estimator cut for it, and
+    /// returns the estimate as the rest of the allocation sees it: a cut that a probe
+    /// caused (its padding overran the link) says the probe failed, not that what flows
+    /// does not fit, so it neither binds nor joins a congestion episode; the last cut
+    /// before it stands instead.
+    fn without_probe_cuts(&mut self, mut estimate: Estimate, now: Instant) -> Estimate {
+        if let Some(probe) = self.prober.current() {
+            self.probe_span = Some((probe.since, now + PROBE_ECHO));
+        }
+        self.prober
+            .update(estimate.congested_at, estimate.acked_bps, now);
+        match estimate.congested_at {
+            Some(cut)
+                if self
+                    .probe_span
+                    .is_some_and(|(from, to)| cut >= from && cut <= to) =>
+            {
+                estimate.congested_at = self.real_cut;
+            }
+            Some(cut) => self.real_cut = Some(cut),
+            None => {}
+        }
+        estimate
+    }
+
     /// Follows the estimator's cuts into episodes; whether the one under way binds at
     /// `now` and has lasted [`PERSISTENT_CONGESTION`].
     fn persistent_congestion(&mut self, estimate: Option<Estimate>, now: Instant) -> bool {
@@ -354,7 +403,8 @@ impl Allocator {
 
     /// Of the videos paused for bandwidth that `ideal` brings back, the ones a probe showed
     /// the link carrying with what already flows, the most important first; for the first
-    /// that it did not, asks for a probe (when steps up are allowed).
+    /// that it did not, asks for a probe (when `may_probe`: the hold after a downgrade is
+    /// over).
     /// `None` for a subscriber without an estimate: nothing to prove anything with, so
     /// paused videos come back as the estimate-less allocation says.
     fn proven_resumes(
@@ -362,12 +412,10 @@ impl Allocator {
         estimate: Option<Estimate>,
         ideal: &[(TrackId, Choice)],
         claims: &[(TrackId, Claim)],
-        may_step_up: bool,
+        may_probe: bool,
         now: Instant,
     ) -> Option<Vec<TrackId>> {
         let estimate = estimate?;
-        self.prober
-            .update(estimate.congested_at, estimate.acked_bps, now);
         // Not while a probe is under way: its first feedback can show a rate the link
         // carried only from a buffer that was empty (a token bucket's burst), before the
         // queue its excess builds shows; a probe that lasts its time without a cut has
@@ -399,7 +447,7 @@ impl Allocator {
                 total = needed;
                 continue;
             }
-            if may_step_up {
+            if may_probe {
                 self.prober.want(track, needed, estimate.acked_bps, now);
             }
             break;
@@ -1025,15 +1073,15 @@ mod tests {
             t += Duration::from_millis(200);
         }
         let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(gaps.len() >= 4, "probes at {starts:?}");
+        assert!(gaps.len() >= 6, "probes at {starts:?}");
         assert!(
-            gaps.iter().all(|g| *g >= CONGESTION_MEMORY),
-            "not while the cut binds: {gaps:?}"
+            gaps.windows(2).all(|w| w[1] >= w[0]),
+            "the gaps grow: {gaps:?}"
         );
         assert!(
             gaps.iter()
-                .all(|g| *g <= crate::probe::MAX_PROBE_GAP + CONGESTION_MEMORY),
-            "{gaps:?}"
+                .all(|g| *g <= crate::probe::MAX_PROBE_GAP + Duration::from_millis(200)),
+            "the probe's own cut does not bind, so only the gap spaces probes: {gaps:?}"
         );
     }
 
@@ -1090,6 +1138,21 @@ mod tests {
             );
             t += Duration::from_millis(200);
         }
+    }
+
+    #[test]
+    fn a_deep_cut_pauses_a_video_whose_lowest_layer_does_not_fit_whole() {
+        let t0 = Instant::now();
+        let claims = [(TrackId(1), AUDIO), (TrackId(2), one_layer(200_000))];
+        let (mut alloc, t) = settled(1_000_000, &claims, t0);
+        // 240 k flow; cut to 165 k (0.69 of it): 125 k left, 0.6 of the 200 k layer fits,
+        // but the cut is deep.
+        let out = alloc.allocate(congested(165_000, t), &claims, t);
+        assert_eq!(out[1].1, Choice::Paused(PauseReason::LowBandwidth));
+        // Cut to 190 k (0.79): shallow, the video is kept.
+        let (mut alloc, t) = settled(1_000_000, &claims, t0);
+        let out = alloc.allocate(congested(190_000, t), &claims, t);
+        assert_eq!(out[1].1, Choice::Layer(0));
     }
 
     #[test]

@@ -53,8 +53,9 @@ pub const PROOF_MARGIN: f64 = 1.15;
 pub const PROBE_GAP: Duration = Duration::from_secs(1);
 
 /// The longest gap between probes after probes in a row proved nothing: a lifted cap is
-/// still found, and the video back on the high layer, within the 10 s a user forgives.
-pub const MAX_PROBE_GAP: Duration = Duration::from_secs(4);
+/// found within it, and the video is back on the high layer within the 10 s a user
+/// forgives; a capped link takes one short probe (cut within a few hundred ms) this often.
+pub const MAX_PROBE_GAP: Duration = Duration::from_secs(3);
 
 /// How long a proof counts: the allocator runs every 200 ms, so a proof is used at the pass
 /// that ends its probe or the next ones; a rate seen seconds ago says little about the

@@ -31,6 +31,14 @@ const UP_WITHIN_MS = 10000;
 /** How long the capped steady state is watched (audio loss, no upward flapping). */
 const CAPPED_WINDOW_MS = 8000;
 /**
+ * How long after Cyd sees her videos low or paused the steady state begins: the link's
+ * 300 ms queue, filled at the cap by what flowed before, drains only once the server has
+ * cut what it sends, and a page is told `streamState` before that queue has drained. What
+ * is lost meanwhile is the reaction's (no sender can take back what it queued before the
+ * cap): reported as the loss "from the cap on", not asserted.
+ */
+const SETTLE_MS = 1000;
+/**
  * The capped test's server keeps ICE-TCP on, as the default config does, unless
  * CHORUS_ICE_TCP=0. (It ran without it while a subscriber whose Chromium nominated its TCP
  * pair first and then moved to UDP was dropped 8 s later, 3 runs in 5 here; the server
@@ -206,19 +214,14 @@ function saveFigures(name, figures) {
   writeFileSync(path.join(ARTIFACTS, `call-quality-${name}.json`), `${JSON.stringify(figures, null, 2)}\n`);
 }
 
-// TODO, not yet a gate (measured here on 2 cores, eight runs): the capped page is on the low
-// layer or paused 0.6-1.6 s after the cap, and back on the high layer 2.6-6.7 s after the
-// cap goes; while capped it loses 0-1.42 % of an audio track's packets, of which RED
-// repairs nearly all (0-0.6 % of the audio concealed). Seven runs pass; one lost 1.42 %
-// (6 of 423 packets, none concealed), probably to the allocator's probes: a paused video that
-// resumes on its lowest layer for a moment overflows the capped queue. Until the allocator
-// weighed each copy as the link carries it (headers, SRTP, UDP and IP, and each audio
-// track at its measured rate, RED included), it counted 40 kbit/s for an audio track that
-// the link carried at about 75, kept a video that did not fit, and lost 1.4-5.7 % of the
-// audio in 3 runs of 8. The test runs every time and prints its figures.
+// A gate since the server probes before a paused video comes back (crates/sfu/src/probe.rs):
+// it had been a `todo` that passed 7 runs in 8, losing up to 1.4-5.7 % of an audio track
+// while capped, to a paused video resumed on the estimate's word (its keyframe overflowed
+// the capped queue) and to a lowest layer kept through a shallow cut on a link it did not
+// fit. The figures of each run are printed (audio loss in the steady state and from the cap
+// on, tbf drops, probes and their padding, times to go down and back up).
 test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pauses; the others keep the high layer; it recovers when the cap goes', {
   timeout: 240000,
-  todo: 'passes 7 runs in 8; one lost 1.42 % of an audio track while capped (0 % concealed after RED): probes into the cap',
 }, async (t) => {
   const lab = createLab();
   t.after(() => lab.destroy());
@@ -307,6 +310,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
 
     // The capped steady state: Cyd's audio keeps flowing; its videos stay low or paused;
     // Ada and Bob keep the high layer of everyone.
+    await sleep(SETTLE_MS);
     const w0 = await Promise.all(pages.map(sample));
     const q0 = lab.qdiscStats(c);
     const p0 = await probeCounters(a);
@@ -326,6 +330,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
         row[names[ids.indexOf(id)]] = `${how} ${cur[2].video[id]?.w ?? 0}w ${kbit(rate(last[2], cur[2], 'video', id))}bps told=${JSON.stringify(cur[2].told[id] ?? null)} ${repair(last[2], cur[2], id)}`;
         if (how !== 'low' && how !== 'paused') flaps.push(`${names[ids.indexOf(id)]} ${row[names[ids.indexOf(id)]]} at +${row.ms} ms`);
       }
+      row.qdiscDropped = lab.qdiscStats(c).dropped;
       windowTrace.push(row);
       for (const i of [0, 1]) {
         for (const id of ids) {

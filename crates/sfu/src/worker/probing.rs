@@ -56,6 +56,7 @@ impl Worker {
             };
             let congested_at = peer.downlink_estimate().and_then(|e| e.congested_at);
             if !pacer.live(congested_at, now) {
+                tracing::debug!(%participant, %track, ?congested_at, "probe padding over");
                 media.downlink.pacer = None;
                 continue;
             }
