@@ -181,6 +181,9 @@ impl Prober {
 pub struct Pacer {
     probe: Probe,
     sent_bits: u64,
+    /// Stopped before the allocator ended the probe (a cut, its time, a subscription that
+    /// is not paused any more): it stays, so that the same probe is not paced again.
+    stopped: bool,
 }
 
 impl Pacer {
@@ -188,7 +191,17 @@ impl Pacer {
         Self {
             probe,
             sent_bits: 0,
+            stopped: false,
         }
+    }
+
+    /// Sends no more padding for this probe.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 
     /// Whether this pacer is the one for `probe`.
@@ -211,7 +224,7 @@ impl Pacer {
     /// How many packets of `packet_bits` are due at `now` (at most [`MAX_PADDING_BURST`]);
     /// counts them as sent.
     pub fn due(&mut self, packet_bits: u32, now: Instant) -> u32 {
-        if packet_bits == 0 {
+        if packet_bits == 0 || self.stopped {
             return 0;
         }
         let elapsed = now.saturating_duration_since(self.probe.since).as_micros();
@@ -364,5 +377,8 @@ mod tests {
         );
         assert_eq!(pacer.due(bits, t0 + Duration::from_millis(201)), 1);
         assert_eq!(pacer.due(0, t0 + Duration::from_millis(300)), 0);
+        pacer.stop();
+        assert!(pacer.is_stopped() && pacer.paces(&probe));
+        assert_eq!(pacer.due(bits, t0 + Duration::from_millis(400)), 0);
     }
 }

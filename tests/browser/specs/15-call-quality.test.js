@@ -214,12 +214,12 @@ function saveFigures(name, figures) {
   writeFileSync(path.join(ARTIFACTS, `call-quality-${name}.json`), `${JSON.stringify(figures, null, 2)}\n`);
 }
 
-// A gate since the server probes before a paused video comes back (crates/sfu/src/probe.rs):
-// it had been a `todo` that passed 7 runs in 8, losing up to 1.4-5.7 % of an audio track
-// while capped, to a paused video resumed on the estimate's word (its keyframe overflowed
-// the capped queue) and to a lowest layer kept through a shallow cut on a link it did not
-// fit. The figures of each run are printed (audio loss in the steady state and from the cap
-// on, tbf drops, probes and their padding, times to go down and back up).
+// A gate since the server probes before a paused video comes back (crates/sfu/src/probe.rs).
+// Before, it was a `todo` that failed one run in eight or more, losing 1.4-5.7 % of an audio
+// track while capped: a paused video resumed on the estimate's word (its keyframe overflowed
+// the capped queue), or a lowest layer kept through a shallow cut on a link it did not fit.
+// Each run prints its figures: audio loss in the steady state and from the cap on, tbf drops,
+// probes and their padding, and the times to go down and back up.
 test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pauses; the others keep the high layer; it recovers when the cap goes', {
   timeout: 240000,
 }, async (t) => {

@@ -15,7 +15,8 @@ use crate::probe::{PACING_STEP, Pacer, Probe};
 const PADDING_LINK_BITS: u32 = PADDING_LINK_BYTES as u32 * 8;
 
 impl Downlink {
-    /// Follows the allocator's probe: a new one gets a pacer, none stops the padding.
+    /// Follows the allocator's probe: a new one gets a pacer, none stops the padding (a
+    /// pacer stopped early stays until then, so that its probe is not paced twice).
     /// Returns whether a probe started.
     pub(super) fn follow_probe(&mut self, probe: Option<Probe>) -> bool {
         match probe {
@@ -38,7 +39,7 @@ impl Worker {
     pub(super) fn pace_probes(&mut self, now: Instant) {
         let mut pacing = false;
         for (participant, media) in &mut self.participants {
-            let Some(pacer) = media.downlink.pacer.as_mut() else {
+            let Some(pacer) = media.downlink.pacer.as_mut().filter(|p| !p.is_stopped()) else {
                 continue;
             };
             let track = pacer.track();
@@ -51,20 +52,20 @@ impl Worker {
                     .any(|s| s.participant == *participant && s.switch.current().is_none())
             });
             let Some(peer) = media.subscriber.as_mut().filter(|_| paused) else {
-                media.downlink.pacer = None;
+                pacer.stop();
                 continue;
             };
             let congested_at = peer.downlink_estimate().and_then(|e| e.congested_at);
             if !pacer.live(congested_at, now) {
                 tracing::debug!(%participant, %track, ?congested_at, "probe padding over");
-                media.downlink.pacer = None;
+                pacer.stop();
                 continue;
             }
             let due = pacer.due(PADDING_LINK_BITS, now);
             if due > 0 {
                 if let Err(reason) = peer.send_padding(track, due, now) {
                     tracing::debug!(%participant, %track, ?reason, "probe padding not sent");
-                    media.downlink.pacer = None;
+                    pacer.stop();
                     continue;
                 }
                 self.stats
