@@ -936,17 +936,18 @@ mod tests {
             on = Some(choice);
             t += Duration::from_millis(200);
         }
+        assert_backs_off(&tries, 4, MAX_UPGRADE_HOLD + Duration::from_secs(1));
+    }
+
+    /// At least `count` gaps between the `tries`, growing, none longer than `longest`.
+    fn assert_backs_off(tries: &[Duration], count: usize, longest: Duration) {
         let gaps: Vec<Duration> = tries.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(gaps.len() >= 4, "tries at {tries:?}");
+        assert!(gaps.len() >= count, "tries at {tries:?}");
         assert!(
             gaps.windows(2).all(|w| w[1] >= w[0]),
             "the gaps grow: {gaps:?}"
         );
-        assert!(
-            gaps.iter()
-                .all(|g| *g <= MAX_UPGRADE_HOLD + Duration::from_secs(1)),
-            "never longer than the maximum hold: {gaps:?}"
-        );
+        assert!(gaps.iter().all(|g| *g <= longest), "{gaps:?}");
     }
 
     /// `estimate` with `acked` arriving at the subscriber.
@@ -1072,16 +1073,11 @@ mod tests {
             }
             t += Duration::from_millis(200);
         }
-        let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(gaps.len() >= 6, "probes at {starts:?}");
-        assert!(
-            gaps.windows(2).all(|w| w[1] >= w[0]),
-            "the gaps grow: {gaps:?}"
-        );
-        assert!(
-            gaps.iter()
-                .all(|g| *g <= crate::probe::MAX_PROBE_GAP + Duration::from_millis(200)),
-            "the probe's own cut does not bind, so only the gap spaces probes: {gaps:?}"
+        // The probe's own cut does not bind, so only the probe gap spaces probes.
+        assert_backs_off(
+            &starts,
+            6,
+            crate::probe::MAX_PROBE_GAP + Duration::from_millis(200),
         );
     }
 

@@ -573,6 +573,29 @@ enum Queued {
     Anything,
 }
 
+/// Writes one subscriber copy (forwarded, resent, or a probe's padding) and counts it as
+/// queued. Straight into the peer connection, not through `RTCRtpSender::write_rtp`: that
+/// call re-checks, per packet, what the rewrite already guarantees (the SSRC is the
+/// sender's, the payload type the subscriber's negotiated one, and the only extension is
+/// the negotiated transport-cc) and allocates the track id as a `String` for a message
+/// field the write path ignores. An empty `String` does not allocate.
+fn write_copy(
+    pc: &mut RTCPeerConnection,
+    queued: &mut Queued,
+    pkt: rtc::rtp::packet::Packet,
+    now: Instant,
+) -> Result<(), ForwardDrop> {
+    pc.handle_write(TaggedRTCMessage {
+        now,
+        message: RTCMessage::RtpPacket(String::new(), pkt),
+    })
+    .map_err(|_| ForwardDrop::Rejected)?;
+    if let Queued::Copies(n) = queued {
+        *n += 1;
+    }
+    Ok(())
+}
+
 fn sdp_error(err: impl std::fmt::Display) -> MediaError {
     MediaError::InvalidSdp(err.to_string())
 }
@@ -1378,20 +1401,7 @@ impl Peer {
         if let (Some(id), Some(side)) = (out.twcc, self.send_side.as_mut()) {
             side.stamp(&mut pkt, id, now);
         }
-        // Straight into the peer connection, not through `RTCRtpSender::write_rtp`: that call
-        // re-checks, per packet, what the rewrite already guarantees (the SSRC is the
-        // sender's, the payload type the subscriber's negotiated one, and the only extension
-        // is the negotiated transport-cc) and allocates the track id as a `String` for a message field the write
-        // path ignores. An empty `String` does not allocate.
-        self.pc
-            .handle_write(TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtpPacket(String::new(), pkt),
-            })
-            .map_err(|_| ForwardDrop::Rejected)?;
-        if let Queued::Copies(n) = &mut self.queued {
-            *n += 1;
-        }
+        write_copy(&mut self.pc, &mut self.queued, pkt, now)?;
         out.sent.record(timestamp, octets, now, resent);
         Ok(())
     }
@@ -1433,15 +1443,7 @@ impl Peer {
                 payload: Bytes::new(),
             };
             side.stamp(&mut pkt, id, now);
-            self.pc
-                .handle_write(TaggedRTCMessage {
-                    now,
-                    message: RTCMessage::RtpPacket(String::new(), pkt),
-                })
-                .map_err(|_| ForwardDrop::Rejected)?;
-            if let Queued::Copies(n) = &mut self.queued {
-                *n += 1;
-            }
+            write_copy(&mut self.pc, &mut self.queued, pkt, now)?;
         }
         Ok(())
     }
