@@ -21,6 +21,9 @@ const T: Duration = Duration::from_secs(15);
 /// The cluster secret of the test nodes.
 const SECRET: &str = "a-cluster-test-secret-of-at-least-32-bytes";
 
+/// How many more spare ports a node is started on when the one picked was taken.
+const START_TRIES: u32 = 3;
+
 /// A port nobody listens on right now.
 fn spare_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -112,18 +115,32 @@ struct Node {
 }
 
 impl Node {
+    /// A node must know its URL before it starts, so its HTTP port is picked first and
+    /// may be taken meanwhile (by another test's outgoing connection): then it is started
+    /// again on another spare port.
     async fn start(redis: &Redis, id: &str, extra: &str) -> Result<Self> {
-        let http: SocketAddr = format!("127.0.0.1:{}", spare_port()?).parse()?;
-        let config = format!(
-            "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nadvertise_url = \"http://{http}\"\n\
-             secret = \"{SECRET}\"\n{extra}",
-            redis.url()
-        );
-        let server = Server::start_at(http, &config).await?;
-        Ok(Self {
-            id: id.to_owned(),
-            server,
-        })
+        let mut tries = 0;
+        loop {
+            let http: SocketAddr = format!("127.0.0.1:{}", spare_port()?).parse()?;
+            let config = format!(
+                "[cluster]\nredis = \"{}\"\nnode_id = \"{id}\"\nadvertise_url = \"http://{http}\"\n\
+                 secret = \"{SECRET}\"\n{extra}",
+                redis.url()
+            );
+            match Server::start_at(http, &config).await {
+                Ok(server) => {
+                    return Ok(Self {
+                        id: id.to_owned(),
+                        server,
+                    });
+                }
+                Err(err) if tries < START_TRIES => {
+                    eprintln!("node {id} did not start on {http} ({err:#}); another port");
+                    tries += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     fn addr(&self) -> SocketAddr {
