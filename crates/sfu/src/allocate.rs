@@ -950,6 +950,21 @@ mod tests {
         assert!(gaps.iter().all(|g| *g <= longest), "{gaps:?}");
     }
 
+    /// A subscriber calm at `calm_bps` from `t0`, then cut to `cut_bps` 200 ms later, and
+    /// the instant of the cut.
+    fn cut_after_calm(
+        claims: &[(TrackId, Claim)],
+        calm_bps: u32,
+        cut_bps: u32,
+        t0: Instant,
+    ) -> (Allocator, Instant) {
+        let mut alloc = Allocator::default();
+        alloc.allocate(calm(calm_bps), claims, t0);
+        let cut = t0 + Duration::from_millis(200);
+        alloc.allocate(congested(cut_bps, cut), claims, cut);
+        (alloc, cut)
+    }
+
     /// `estimate` with `acked` arriving at the subscriber.
     fn arriving(estimate: Option<Estimate>, acked: u32) -> Option<Estimate> {
         estimate.map(|e| Estimate {
@@ -1018,10 +1033,7 @@ mod tests {
     fn a_probe_that_shows_too_little_brings_nothing_back() {
         let t0 = Instant::now();
         let claims = [(TrackId(1), AUDIO), (TrackId(2), one_layer(150_000))];
-        let mut alloc = Allocator::default();
-        alloc.allocate(calm(1_000_000), &claims, t0);
-        let cut = t0 + Duration::from_millis(200);
-        alloc.allocate(congested(100_000, cut), &claims, cut);
+        let (mut alloc, cut) = cut_after_calm(&claims, 1_000_000, 100_000, t0);
         let t = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
         alloc.allocate(arriving(calm(1_000_000), 40_000), &claims, t);
         assert!(alloc.probe().is_some());
@@ -1035,10 +1047,7 @@ mod tests {
     fn a_probe_the_link_cannot_carry_brings_nothing_back_and_waits_longer_each_time() {
         let t0 = Instant::now();
         let claims = [(TrackId(1), AUDIO), (TrackId(2), one_layer(150_000))];
-        let mut alloc = Allocator::default();
-        alloc.allocate(calm(1_000_000), &claims, t0);
-        let cut = t0 + Duration::from_millis(200);
-        alloc.allocate(congested(100_000, cut), &claims, cut);
+        let (mut alloc, cut) = cut_after_calm(&claims, 1_000_000, 100_000, t0);
         let mut t = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
         let mut starts = Vec::new();
         let mut last_cut = cut;
@@ -1085,10 +1094,7 @@ mod tests {
     fn a_subscriber_without_an_estimate_gets_its_paused_video_back_unproven() {
         let t0 = Instant::now();
         let claims = [(TrackId(1), video(Importance::Other, Tile::Unknown))];
-        let mut alloc = Allocator::default();
-        alloc.allocate(calm(400_000), &claims, t0);
-        let cut = t0 + Duration::from_millis(200);
-        alloc.allocate(congested(50_000, cut), &claims, cut);
+        let (mut alloc, cut) = cut_after_calm(&claims, 400_000, 50_000, t0);
         // The estimate is gone (no feedback): nothing can be proven, nothing is probed.
         let later = cut + CONGESTION_MEMORY.max(UPGRADE_HOLD);
         assert_eq!(alloc.allocate(None, &claims, later)[0].1, Choice::Layer(0));

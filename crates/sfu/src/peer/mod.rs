@@ -573,6 +573,22 @@ enum Queued {
     Anything,
 }
 
+/// `track`'s subscription, once the peer is connected and the subscriber answered for it.
+fn ready_subscription(
+    outbound: &mut IdHashMap<TrackId, Outbound>,
+    connected: bool,
+    track: TrackId,
+) -> Result<&mut Outbound, ForwardDrop> {
+    if !connected {
+        return Err(ForwardDrop::NotConnected);
+    }
+    let out = outbound.get_mut(&track).ok_or(ForwardDrop::NotSubscribed)?;
+    if !out.ready {
+        return Err(ForwardDrop::NotNegotiated);
+    }
+    Ok(out)
+}
+
 /// Writes one subscriber copy (forwarded, resent, or a probe's padding) and counts it as
 /// queued. Straight into the peer connection, not through `RTCRtpSender::write_rtp`: that
 /// call re-checks, per packet, what the rewrite already guarantees (the SSRC is the
@@ -1382,16 +1398,7 @@ impl Peer {
         kind: CopyKind,
     ) -> Result<(), ForwardDrop> {
         let resent = kind == CopyKind::Resend;
-        if !self.connected {
-            return Err(ForwardDrop::NotConnected);
-        }
-        let out = self
-            .outbound
-            .get_mut(&track)
-            .ok_or(ForwardDrop::NotSubscribed)?;
-        if !out.ready {
-            return Err(ForwardDrop::NotNegotiated);
-        }
+        let out = ready_subscription(&mut self.outbound, self.connected, track)?;
         let mut pkt = match kind {
             CopyKind::Resend => out.rewrite.resend(&packet.packet),
             CopyKind::Switch => out.rewrite.apply_switching(&packet.packet),
@@ -1417,14 +1424,8 @@ impl Peer {
         count: u32,
         now: Instant,
     ) -> Result<(), ForwardDrop> {
-        if !self.connected {
-            return Err(ForwardDrop::NotConnected);
-        }
-        let out = self
-            .outbound
-            .get_mut(&track)
-            .ok_or(ForwardDrop::NotSubscribed)?;
-        let (true, Some(id), Some(side)) = (out.ready, out.twcc, self.send_side.as_mut()) else {
+        let out = ready_subscription(&mut self.outbound, self.connected, track)?;
+        let (Some(id), Some(side)) = (out.twcc, self.send_side.as_mut()) else {
             return Err(ForwardDrop::NotNegotiated);
         };
         let payload_type = out.rewrite.pt.any().ok_or(ForwardDrop::PayloadType)?;
