@@ -286,10 +286,10 @@ impl Allocator {
             && self
                 .last_upgrade
                 .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_STEP);
-        // While the estimate does not bind, a step up is the probe: one subscription steps
+        // While the estimate does not bind, a step up is its own try: one subscription steps
         // per pass, the most important first, so that a link that cannot carry it loses
         // one step's worth, not every subscription's.
-        let probe = (budget == u32::MAX)
+        let stepping = (budget == u32::MAX)
             .then(|| self.first_step(&ideal, &room, claims))
             .flatten();
         // Paused videos come back only as far as the link was seen to carry them.
@@ -318,7 +318,7 @@ impl Allocator {
                     now_on.is_some_and(|layer| rank(room.get(&track).copied()) <= i16::from(layer));
                 let waits = match (now_on, &proven) {
                     (None, Some(proven)) => !proven.contains(&track),
-                    _ => probe.is_some_and(|first| first != track),
+                    _ => stepping.is_some_and(|first| first != track),
                 };
                 match now_on {
                     Some(layer) if want <= layer => (track, choice),
@@ -455,7 +455,7 @@ impl Allocator {
         Some(proven)
     }
 
-    /// Of the subscriptions `ideal` would move up from where they are, the one a probing
+    /// Of the subscriptions `ideal` would move up from where they are, the one a calm
     /// pass steps: a paused one before one on a layer, then the most important, then the
     /// lowest track id.
     fn first_step(
