@@ -344,7 +344,7 @@ impl Allocator {
                 *track == probe.track && *choice == Choice::Paused(PauseReason::LowBandwidth)
             });
             if !still_paused {
-                self.prober.forget(probe.track);
+                self.prober.forget();
             }
         }
         self.previous = out.iter().copied().collect();

@@ -176,8 +176,6 @@ pub const APP_LIMITED_RATIO: f64 = 4.0;
 /// first video layers (~150–500 kbit/s).
 pub const APP_LIMITED_HEADROOM_BPS: f64 = 500_000.0;
 
-/// The acknowledged rate is counted in bins of this much arrival time (µs): fine enough to
-/// follow a cut within a feedback interval, coarse enough to be a fixed array.
 /// A queue standing this much above the path's least delay (µs) is a link carrying more
 /// than it can: a trendline sees a queue grow, not one that stays full (a sender that
 /// keeps a video the estimate has no room for, a buffer that never drains). Above
@@ -197,6 +195,8 @@ const STANDING_CUT_INTERVAL_US: i64 = 500_000;
 /// many µs of the receiver's clock: a route that changes is followed within two buckets.
 const BASE_BUCKET_US: i64 = 5_000_000;
 
+/// The acknowledged rate is counted in bins of this much arrival time (µs): fine enough to
+/// follow a cut within a feedback interval, coarse enough to be a fixed array.
 const ACK_BIN_US: i64 = 50_000;
 
 /// Bins kept (a ring): the window plus room for feedback that arrives out of order.
@@ -770,16 +770,19 @@ impl Estimator {
         };
         let send_delta = group.last_send_us.saturating_sub(prev.last_send_us);
         let arrival_delta = group.last_arrival_us.saturating_sub(prev.last_arrival_us);
-        if send_delta > GAP_RESET_US || !(-GAP_RESET_US..=GAP_RESET_US).contains(&arrival_delta) {
+        let jumped =
+            send_delta > GAP_RESET_US || !(-GAP_RESET_US..=GAP_RESET_US).contains(&arrival_delta);
+        if jumped {
             // A long silence or a clock jump: the delay history says nothing any more.
             self.trend = Trendline::new();
             self.base_delay = [None; 2];
             self.standing_since = None;
             self.standing = false;
-            self.on_delay(group);
-            return;
         }
         self.on_delay(group);
+        if jumped {
+            return;
+        }
         if arrival_delta < 0 {
             // The network reordered whole groups: no delay sample.
             return;

@@ -167,11 +167,10 @@ impl Prober {
         true
     }
 
-    /// Forgets a probe for a track that is gone.
-    pub fn forget(&mut self, track: TrackId) {
-        if self.probe.is_some_and(|p| p.track == track) {
-            self.probe = None;
-        }
+    /// Drops the probe under way without counting it (its video is not paused for
+    /// bandwidth any more: gone, hidden, or back some other way).
+    pub fn forget(&mut self) {
+        self.probe = None;
     }
 }
 

@@ -3,9 +3,9 @@
 //
 // 1. Three pages in one room, each publishing Chromium's fake camera at 1280x720. The third
 //    page's link from the server is capped at 300 kbit/s (tc tbf, lib/netlab.js). Within 2 s
-//    it gets the low layer (frameWidth <= 320) or its tile says "paused: low bandwidth"; its
-//    audio keeps flowing with under 1 % loss; the other two pages keep the high layer
-//    (frameWidth >= 640). Cap lifted: back to >= 640 within 10 s.
+//    it gets the low layer (frameWidth <= 320) or its tile says "paused: low bandwidth"; from
+//    1 s later (SETTLE_MS) its audio keeps flowing with under 1 % loss; the other two pages
+//    keep the high layer (frameWidth >= 640). Cap lifted: back to >= 640 within 10 s.
 // 2. Dynacast: while every subscriber shows a publisher's camera in a tile at most 320 px
 //    wide, that publisher's encoder stops sending rid f.
 //
@@ -166,11 +166,7 @@ function outbound(page) {
     return out;
   });
 }
-/**
- * Each peer connection's selected ICE pair as Chromium sees it: protocol, addresses, STUN
- * requests and responses both ways, and how long ago it last received a packet. For the
- * report: the server removes a participant whose peer sends it no STUN for 8 s.
- */
+
 /**
  * The server's probe counters (/metrics, fetched by a page of the call): probes of
  * subscribers' downlinks started, and the padding-only packets they sent.
@@ -181,6 +177,11 @@ async function probeCounters(page) {
   return { probes: read('probes'), padding: read('padding_packets') };
 }
 
+/**
+ * Each peer connection's selected ICE pair as Chromium sees it: protocol, addresses, STUN
+ * requests and responses both ways, and how long ago it last received a packet. For the
+ * report: the server removes a participant whose peer sends it no STUN for 8 s.
+ */
 function icePairs(page) {
   return page.evaluate(async () => {
     const c = window.chorus?.client;
@@ -336,7 +337,7 @@ test('a page whose downlink is capped at 300 kbit/s drops to the low layer or pa
         row[names[ids.indexOf(id)]] = `${how} ${cur[2].video[id]?.w ?? 0}w ${kbit(rate(last[2], cur[2], 'video', id))}bps told=${JSON.stringify(cur[2].told[id] ?? null)} ${repair(last[2], cur[2], id)}`;
         if (how !== 'low' && how !== 'paused') flaps.push(`${names[ids.indexOf(id)]} ${row[names[ids.indexOf(id)]]} at +${row.ms} ms`);
       }
-      row.qdiscDropped = lab.qdiscStats(c).dropped;
+      row.qdiscDropped = lab.qdiscStats(c).dropped - q0.dropped;
       windowTrace.push(row);
       for (const i of [0, 1]) {
         for (const id of ids) {
