@@ -697,3 +697,72 @@ async fn whip_and_whep_posts_are_redirected_to_the_rooms_node() -> Result<()> {
     }
     Ok(())
 }
+
+/// Node links: a node takes a link only from a live node of the cluster that proves it
+/// holds the secret; anything else is refused with its reason and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_link_is_taken_only_from_a_live_node_with_the_secret() -> Result<()> {
+    use chorus_cluster::link::LinkRefusal;
+    use chorus_cluster::links::{self, DialError};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "").await?;
+    let (owner, satellite) = (&nodes[0], &nodes[1]);
+    let url = format!("http://{}", owner.addr());
+    let secret: std::sync::Arc<[u8]> = SECRET.as_bytes().into();
+    let wrong: std::sync::Arc<[u8]> = b"not the cluster secret, but as long as one"
+        .as_slice()
+        .into();
+
+    // A node id that has no record in Redis, with the right secret.
+    let refused = links::dial(&url, "ghost", &owner.id, secret.clone()).await;
+    ensure!(
+        refused.as_ref().err() == Some(&DialError::Refused(LinkRefusal::UnknownNode)),
+        "{refused:?}"
+    );
+    // A live node's id, with the wrong secret.
+    let refused = links::dial(&url, &satellite.id, &owner.id, wrong).await;
+    ensure!(
+        refused.as_ref().err() == Some(&DialError::Refused(LinkRefusal::BadProof)),
+        "{refused:?}"
+    );
+    // Dialling one node and reaching another: the satellite refuses the owner.
+    let refused = links::dial(&url, &satellite.id, &nodes[2].id, secret.clone()).await;
+    ensure!(
+        refused.as_ref().err() == Some(&DialError::Refused(LinkRefusal::WrongNode)),
+        "{refused:?}"
+    );
+    // Not a handshake at all.
+    let (mut socket, _) = tokio_tungstenite::connect_async(links::link_url(&url)).await?;
+    let challenge = socket.next().await.context("a challenge")??;
+    ensure!(
+        challenge.to_text()?.contains("\"challenge\""),
+        "{challenge:?}"
+    );
+    socket.send(Message::text("{\"type\":\"welcome\"}")).await?;
+    let refusal = socket.next().await.context("a refusal")??;
+    ensure!(refusal.to_text()?.contains("\"malformed\""), "{refusal:?}");
+
+    // The live node with the secret: the link is up, and listed until it closes.
+    let link = links::dial(&url, &satellite.id, &owner.id, secret).await?;
+    ensure!(link.ids.owner == owner.id && link.ids.satellite == satellite.id);
+    let status = cluster_status(owner).await?;
+    ensure!(
+        status["links"] == serde_json::json!([{ "node": satellite.id, "accepted": true }]),
+        "{status}"
+    );
+    ensure!(status["linksAccepted"] == 1, "{status}");
+    for reason in ["unknownNode", "badProof", "wrongNode", "malformed"] {
+        ensure!(status["linksRefused"][reason] == 1, "{reason}: {status}");
+    }
+    drop(link);
+    wait::poll_until_async(T, "the closed link to leave the list", || async {
+        let status = cluster_status(owner).await.ok()?;
+        (status["links"].as_array()?.is_empty()).then_some(())
+    })
+    .await?;
+    Ok(())
+}

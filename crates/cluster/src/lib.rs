@@ -11,6 +11,8 @@
 //! Not built yet: one room spanning several nodes (media relayed between nodes). The room
 //! key names one owner node, which would stay the room's control authority then.
 
+pub mod link;
+pub mod links;
 pub mod placement;
 pub mod record;
 pub mod store;
@@ -26,6 +28,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::link::LinkRefusal;
+use crate::links::LinkConn;
 use crate::placement::{Owner, Recent, Route};
 use crate::record::NodeRecord;
 
@@ -97,6 +101,23 @@ pub struct ClusterStatus {
     pub redirects: u64,
     /// Rooms hosted here that Redis names another owner for (after Redis lost its data).
     pub conflicts: u64,
+    /// The node links open now, by the other node's id.
+    pub links: Vec<LinkStatus>,
+    /// Links from other nodes whose handshake succeeded.
+    pub links_accepted: u64,
+    /// Links refused (either end), by reason: `malformed`, `unknownNode`, `badProof`,
+    /// `unavailable`, `wrongNode`.
+    pub links_refused: BTreeMap<&'static str, u64>,
+}
+
+/// One open node link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatus {
+    /// The node at the other end.
+    pub node: String,
+    /// Whether this node is the link's owner end (the other node dialled it).
+    pub accepted: bool,
 }
 
 struct Inner {
@@ -124,6 +145,13 @@ struct Inner {
     placements: AtomicU64,
     redirects: AtomicU64,
     conflicts: AtomicU64,
+    /// The open links, each with the number of its connection (a node that links again
+    /// replaces its entry; the older connection's end must not remove the newer one).
+    links: Mutex<BTreeMap<String, (u64, LinkStatus)>>,
+    link_serial: AtomicU64,
+    links_accepted: AtomicU64,
+    /// By [`LinkRefusal::ALL`]'s order.
+    links_refused: [AtomicU64; LinkRefusal::ALL.len()],
 }
 
 /// This node's membership of the cluster. Cheap to clone.
@@ -189,6 +217,10 @@ impl Cluster {
                 placements: AtomicU64::new(0),
                 redirects: AtomicU64::new(0),
                 conflicts: AtomicU64::new(0),
+                links: Mutex::new(BTreeMap::new()),
+                link_serial: AtomicU64::new(0),
+                links_accepted: AtomicU64::new(0),
+                links_refused: Default::default(),
             }),
         };
         cluster.publish_room_list();
@@ -478,6 +510,63 @@ impl Cluster {
             placements: inner.placements.load(Ordering::Relaxed),
             redirects: inner.redirects.load(Ordering::Relaxed),
             conflicts: inner.conflicts.load(Ordering::Relaxed),
+            links: lock(&inner.links)
+                .values()
+                .map(|(_, l)| l.clone())
+                .collect(),
+            links_accepted: inner.links_accepted.load(Ordering::Relaxed),
+            links_refused: LinkRefusal::ALL
+                .iter()
+                .zip(&inner.links_refused)
+                .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+
+    /// Takes a node link whose WebSocket reached [`link::LINK_PATH`] here: runs the
+    /// owner's side of the handshake, checking the caller against Redis, and keeps the
+    /// link until the other node closes it.
+    pub async fn accept_link(&self, conn: LinkConn) {
+        let inner = &self.inner;
+        let live = async |node: String| {
+            let mut redis = inner.redis.clone();
+            let value = self
+                .redis_result(store::node(&mut redis, &node).await)
+                .map_err(drop)?;
+            Ok(value.and_then(|v| self.verify(&node, &v)).is_some())
+        };
+        let me = inner.settings.node_id.as_str();
+        let link = match links::accept(conn, me, &inner.settings.secret, live).await {
+            Ok(Some(link)) => link,
+            Ok(None) => return,
+            Err(refusal) => {
+                self.count_refusal(refusal);
+                return;
+            }
+        };
+        inner.links_accepted.fetch_add(1, Ordering::Relaxed);
+        let node = link.ids.satellite.clone();
+        tracing::info!(%node, "node link accepted");
+        let serial = inner.link_serial.fetch_add(1, Ordering::Relaxed);
+        let status = LinkStatus {
+            node: node.clone(),
+            accepted: true,
+        };
+        lock(&inner.links).insert(node.clone(), (serial, status));
+        let mut conn = link.conn;
+        // Nothing is spoken on a link yet beyond its handshake: hold it until it closes.
+        while conn.incoming.recv().await.is_some() {}
+        let mut links = lock(&inner.links);
+        if links.get(&node).is_some_and(|(s, _)| *s == serial) {
+            links.remove(&node);
+        }
+        tracing::info!(%node, "node link closed");
+    }
+
+    fn count_refusal(&self, refusal: LinkRefusal) {
+        tracing::warn!(%refusal, "node link refused");
+        if let Some(i) = LinkRefusal::ALL.iter().position(|r| *r == refusal) {
+            self.inner.links_refused[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 

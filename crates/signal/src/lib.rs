@@ -6,6 +6,7 @@ pub mod auth;
 pub mod broadcast;
 pub mod limits;
 pub mod metrics;
+mod node_link;
 pub mod origin;
 pub mod session;
 #[cfg(test)]
@@ -86,6 +87,7 @@ pub fn router(hub: Hub, config: SignalConfig) -> Router {
         .route("/api/rooms", get(rooms))
         .route("/api/stats", get(stats))
         .route("/api/cluster", get(cluster_status))
+        .route(chorus_cluster::link::LINK_PATH, get(node_link::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(index))
         .route("/connectivity", get(connectivity))
