@@ -712,13 +712,11 @@ async fn a_node_link_is_taken_only_from_a_live_node_with_the_secret() -> Result<
     let nodes = start_nodes(&redis, "").await?;
     let (owner, satellite) = (&nodes[0], &nodes[1]);
     let url = format!("http://{}", owner.addr());
-    let secret: std::sync::Arc<[u8]> = SECRET.as_bytes().into();
-    let wrong: std::sync::Arc<[u8]> = b"not the cluster secret, but as long as one"
-        .as_slice()
-        .into();
+    let secret = SECRET.as_bytes();
+    let wrong = b"not the cluster secret, but as long as one".as_slice();
 
     // A node id that has no record in Redis, with the right secret.
-    let refused = links::dial(&url, "ghost", &owner.id, secret.clone()).await;
+    let refused = links::dial(&url, "ghost", &owner.id, secret).await;
     ensure!(
         refused.as_ref().err() == Some(&DialError::Refused(LinkRefusal::UnknownNode)),
         "{refused:?}"
@@ -730,7 +728,7 @@ async fn a_node_link_is_taken_only_from_a_live_node_with_the_secret() -> Result<
         "{refused:?}"
     );
     // Dialling one node and reaching another: the satellite refuses the owner.
-    let refused = links::dial(&url, &satellite.id, &nodes[2].id, secret.clone()).await;
+    let refused = links::dial(&url, &satellite.id, &nodes[2].id, secret).await;
     ensure!(
         refused.as_ref().err() == Some(&DialError::Refused(LinkRefusal::WrongNode)),
         "{refused:?}"
@@ -750,8 +748,11 @@ async fn a_node_link_is_taken_only_from_a_live_node_with_the_secret() -> Result<
     let link = links::dial(&url, &satellite.id, &owner.id, secret).await?;
     ensure!(link.ids.owner == owner.id && link.ids.satellite == satellite.id);
     let status = cluster_status(owner).await?;
+    let listed = status["links"].as_array().context("links")?;
     ensure!(
-        status["links"] == serde_json::json!([{ "node": satellite.id, "accepted": true }]),
+        listed.len() == 1
+            && listed[0]["node"] == satellite.id.as_str()
+            && listed[0]["accepted"] == true,
         "{status}"
     );
     ensure!(status["linksAccepted"] == 1, "{status}");
@@ -762,6 +763,129 @@ async fn a_node_link_is_taken_only_from_a_live_node_with_the_secret() -> Result<
     wait::poll_until_async(T, "the closed link to leave the list", || async {
         let status = cluster_status(owner).await.ok()?;
         (status["links"].as_array()?.is_empty()).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// A room over its node's cap (`max_participants_per_node = 4`) spreads over the three
+/// nodes; everyone receives everyone byte for byte, and each track crosses each node link
+/// once, whatever the number of its subscribers on the far node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_over_its_node_cap_spans_nodes_and_everyone_gets_everyone() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "max_participants_per_node = 4\n").await?;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let (client, node) = join_via(nodes[i % 3].addr(), "big", &format!("p{i}")).await?;
+        clients.push((client, node));
+    }
+    let owner_id = redis.get("chorus:room:big")?.context("the room's owner")?;
+    let owner = nodes.iter().find(|n| n.id == owner_id).context("owner")?;
+    let mut per_node: Vec<usize> = nodes
+        .iter()
+        .map(|n| clients.iter().filter(|(_, a)| *a == n.addr()).count())
+        .collect();
+    per_node.sort_unstable();
+    ensure!(per_node == [2, 4, 4], "participants per node: {per_node:?}");
+    ensure!(
+        clients.iter().filter(|(_, a)| *a == owner.addr()).count() == 4,
+        "the owner holds its cap"
+    );
+    // Light media: 20 audio and 10 video packets a second each.
+    let rate = MediaRate {
+        audio_interval: Duration::from_millis(50),
+        video_interval: Duration::from_millis(100),
+        keyframe_every: 10,
+        keyframe_on_request: true,
+    };
+    let mut tracks = Vec::new();
+    for (client, _) in &clients {
+        tracks.push(client.publish_and_stream(rate).await?);
+    }
+    for (i, (receiver, _)) in clients.iter().enumerate() {
+        for (j, (sender, _)) in clients.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            receiver
+                .wait_for_packets(sender.id()?, tracks[j].audio, 20, T)
+                .await
+                .with_context(|| format!("p{i} hears p{j}"))?;
+            receiver
+                .wait_for_packets(sender.id()?, tracks[j].video, 10, T)
+                .await
+                .with_context(|| format!("p{i} sees p{j}"))?;
+        }
+    }
+    for (i, (receiver, _)) in clients.iter().enumerate() {
+        for (j, (sender, _)) in clients.iter().enumerate() {
+            if i != j {
+                for kind in [MediaKind::Audio, MediaKind::Video] {
+                    assert_bytes_match(receiver, sender, kind)
+                        .with_context(|| format!("p{i} from p{j}"))?;
+                }
+            }
+        }
+    }
+    // Each link carries each track once: over a few seconds, what the owner sent on the
+    // link to a satellite matches what the publishers elsewhere sent, not that times the
+    // satellite's subscribers.
+    let satellites: Vec<&Node> = nodes.iter().filter(|n| n.id != owner.id).collect();
+    let sent_by = |node: &Node| -> usize {
+        clients
+            .iter()
+            .filter(|(_, a)| *a != node.addr())
+            .map(|(c, _)| c.sent().len())
+            .sum()
+    };
+    let link_out = |status: &serde_json::Value, node: &str| -> Option<u64> {
+        status["links"]
+            .as_array()?
+            .iter()
+            .find(|l| l["node"] == node && l["accepted"] == true)?["packetsOut"]
+            .as_u64()
+    };
+    let before_status = cluster_status(owner).await?;
+    let before_sent: Vec<usize> = satellites.iter().map(|s| sent_by(s)).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after_status = cluster_status(owner).await?;
+    let after_sent: Vec<usize> = satellites.iter().map(|s| sent_by(s)).collect();
+    for (k, satellite) in satellites.iter().enumerate() {
+        let expected = (after_sent[k] - before_sent[k]) as f64;
+        let crossed = (link_out(&after_status, &satellite.id).context("a link")?
+            - link_out(&before_status, &satellite.id).context("a link")?)
+            as f64;
+        tracing::info!(satellite = %satellite.id, expected, crossed, "packets over the link");
+        ensure!(
+            (crossed - expected).abs() <= expected * 0.15 + 30.0,
+            "owner → {}: {crossed} packets crossed for {expected} sent by the publishers \
+             elsewhere: {after_status}",
+            satellite.id
+        );
+        let link = after_status["links"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["node"] == satellite.id.as_str()))
+            .context("the link")?;
+        let here = clients
+            .iter()
+            .filter(|(_, a)| *a == satellite.addr())
+            .count() as u64;
+        ensure!(
+            link["tracksOut"] == 2 * (10 - here) && link["tracksIn"] == 2 * here,
+            "{}: {link}",
+            satellite.id
+        );
+    }
+    // The owner named both satellites in Redis; when everyone leaves, nothing is left.
+    for (client, _) in clients {
+        client.leave().await?;
+    }
+    wait::poll_until(T, "the room and its satellites to go from Redis", || {
+        (redis.get("chorus:room:big").ok()?.is_none()
+            && redis.keys("chorus:satellites:*").ok()?.is_empty())
+        .then_some(())
     })
     .await?;
     Ok(())

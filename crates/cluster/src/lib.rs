@@ -60,6 +60,10 @@ pub struct ClusterSettings {
     /// How long a join that needs Redis waits for it before it is refused with
     /// `clusterUnavailable`.
     pub placement_wait: Duration,
+    /// How many of a room's participants its owner holds before it places the next ones
+    /// on other nodes (satellites, see [`chorus_sfu::span`]); 0: never, a room lives on
+    /// one node.
+    pub max_participants_per_node: usize,
 }
 
 /// Why the cluster could not answer.
@@ -101,23 +105,13 @@ pub struct ClusterStatus {
     pub redirects: u64,
     /// Rooms hosted here that Redis names another owner for (after Redis lost its data).
     pub conflicts: u64,
-    /// The node links open now, by the other node's id.
-    pub links: Vec<LinkStatus>,
+    /// The node links open now.
+    pub links: Vec<chorus_sfu::span::LinkSummary>,
     /// Links from other nodes whose handshake succeeded.
     pub links_accepted: u64,
     /// Links refused (either end), by reason: `malformed`, `unknownNode`, `badProof`,
     /// `unavailable`, `wrongNode`.
     pub links_refused: BTreeMap<&'static str, u64>,
-}
-
-/// One open node link.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LinkStatus {
-    /// The node at the other end.
-    pub node: String,
-    /// Whether this node is the link's owner end (the other node dialled it).
-    pub accepted: bool,
 }
 
 struct Inner {
@@ -145,10 +139,11 @@ struct Inner {
     placements: AtomicU64,
     redirects: AtomicU64,
     conflicts: AtomicU64,
-    /// The open links, each with the number of its connection (a node that links again
-    /// replaces its entry; the older connection's end must not remove the newer one).
-    links: Mutex<BTreeMap<String, (u64, LinkStatus)>>,
-    link_serial: AtomicU64,
+    /// Held while this node dials a link, so that concurrent joins open one.
+    dialing: tokio::sync::Mutex<()>,
+    /// Satellites chosen for full rooms lately, by `room\nnode` (counted until the
+    /// participants sent there have joined).
+    sent_to_satellites: Mutex<Recent>,
     links_accepted: AtomicU64,
     /// By [`LinkRefusal::ALL`]'s order.
     links_refused: [AtomicU64; LinkRefusal::ALL.len()],
@@ -217,8 +212,8 @@ impl Cluster {
                 placements: AtomicU64::new(0),
                 redirects: AtomicU64::new(0),
                 conflicts: AtomicU64::new(0),
-                links: Mutex::new(BTreeMap::new()),
-                link_serial: AtomicU64::new(0),
+                dialing: tokio::sync::Mutex::new(()),
+                sent_to_satellites: Mutex::new(Recent::default()),
                 links_accepted: AtomicU64::new(0),
                 links_refused: Default::default(),
             }),
@@ -245,9 +240,18 @@ impl Cluster {
         let inner = &self.inner;
         let deadline = tokio::time::Instant::now() + inner.settings.placement_wait;
         loop {
-            // A room held here never needs Redis.
+            // A room held here needs Redis only when it is full (to name a satellite).
             if inner.hub.hosts(room) {
-                return Ok(JoinRoute::Local);
+                if !inner.hub.is_satellite(room) {
+                    if let Some(route) = self.overflow(room).await {
+                        return Ok(route);
+                    }
+                    return Ok(JoinRoute::Local);
+                }
+                // a full satellite sends the join to the owner, which picks another
+                if !self.full_here(room) {
+                    return Ok(JoinRoute::Local);
+                }
             }
             let last_error = match self.try_route(room.as_str()).await {
                 Ok(Some(route)) => {
@@ -286,6 +290,20 @@ impl Cluster {
             let value = self.redis_result(store::node(&mut redis, id).await)?;
             key_exists = value.is_some();
             owner_record = value.and_then(|v| self.verify(id, &v));
+        }
+        // The owner of a full room sent this join here: join as its satellite.
+        let room_id = RoomId::new(room).map_err(|e| ClusterError::Settings(e.to_string()))?;
+        if let Some(record) = &owner_record
+            && inner.settings.max_participants_per_node > 0
+            && !draining
+            && !self.full_here(&room_id)
+            && self.redis_result(store::is_satellite(&mut redis, room, me).await)?
+        {
+            self.ensure_link(record).await?;
+            if inner.hub.open_satellite(&room_id, &record.id) {
+                return Ok(Some(JoinRoute::Local));
+            }
+            return Ok(None);
         }
         let owner = match owner_id.as_deref() {
             None => Owner::None,
@@ -510,10 +528,7 @@ impl Cluster {
             placements: inner.placements.load(Ordering::Relaxed),
             redirects: inner.redirects.load(Ordering::Relaxed),
             conflicts: inner.conflicts.load(Ordering::Relaxed),
-            links: lock(&inner.links)
-                .values()
-                .map(|(_, l)| l.clone())
-                .collect(),
+            links: inner.hub.links(),
             links_accepted: inner.links_accepted.load(Ordering::Relaxed),
             links_refused: LinkRefusal::ALL
                 .iter()
@@ -546,21 +561,109 @@ impl Cluster {
         };
         inner.links_accepted.fetch_add(1, Ordering::Relaxed);
         let node = link.ids.satellite.clone();
-        tracing::info!(%node, "node link accepted");
-        let serial = inner.link_serial.fetch_add(1, Ordering::Relaxed);
-        let status = LinkStatus {
-            node: node.clone(),
-            accepted: true,
-        };
-        lock(&inner.links).insert(node.clone(), (serial, status));
-        let mut conn = link.conn;
-        // Nothing is spoken on a link yet beyond its handshake: hold it until it closes.
-        while conn.incoming.recv().await.is_some() {}
-        let mut links = lock(&inner.links);
-        if links.get(&node).is_some_and(|(s, _)| *s == serial) {
-            links.remove(&node);
+        chorus_sfu::span::serve_link(inner.hub.clone(), node, true, link.conn).await;
+    }
+
+    /// Opens this node's link to `owner` (as a satellite of its rooms) unless one is open.
+    async fn ensure_link(&self, owner: &NodeRecord) -> Result<(), ClusterError> {
+        let inner = &self.inner;
+        let _one_at_a_time = inner.dialing.lock().await;
+        if inner.hub.has_link_to(&owner.id) {
+            return Ok(());
         }
-        tracing::info!(%node, "node link closed");
+        let me = inner.settings.node_id.as_str();
+        let link = links::dial(&owner.url, me, &owner.id, &inner.settings.secret)
+            .await
+            .map_err(|err| {
+                if let links::DialError::Refused(refusal) = &err {
+                    self.count_refusal(*refusal);
+                }
+                ClusterError::Unavailable(format!("node link to {}: {err}", owner.id))
+            })?;
+        tokio::spawn(chorus_sfu::span::serve_link(
+            inner.hub.clone(),
+            owner.id.clone(),
+            false,
+            link.conn,
+        ));
+        // The link registers itself as it starts.
+        for _ in 0..100 {
+            if inner.hub.has_link_to(&owner.id) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(ClusterError::Unavailable(format!(
+            "node link to {} did not start",
+            owner.id
+        )))
+    }
+
+    /// Whether this node holds `max_participants_per_node` of the room's participants.
+    fn full_here(&self, room: &RoomId) -> bool {
+        let cap = self.inner.settings.max_participants_per_node;
+        cap > 0 && self.inner.hub.local_participants(room) >= cap
+    }
+
+    /// For a full room this node owns: the satellite its next participant goes to, or
+    /// None (join here: the room is not full, no other node can take it, or Redis failed).
+    async fn overflow(&self, room: &RoomId) -> Option<JoinRoute> {
+        let inner = &self.inner;
+        if !self.full_here(room) {
+            return None;
+        }
+        let cap = inner.settings.max_participants_per_node;
+        let now = Instant::now();
+        let window = inner.settings.heartbeat * 2;
+        let joined: BTreeMap<String, usize> = inner.hub.satellites(room).into_iter().collect();
+        let key = |node: &str| format!("{room}\n{node}");
+        let candidates: Vec<NodeRecord> = lock(&inner.others)
+            .iter()
+            .filter(|n| !n.draining)
+            .cloned()
+            .collect();
+        let chosen = {
+            let mut sent = lock(&inner.sent_to_satellites);
+            sent.expire(now, window);
+            // there, or on their way there
+            let count = |node: &str| {
+                let recent = usize::try_from(sent.count(&key(node), now, window)).unwrap_or(0);
+                joined.get(node).copied().unwrap_or(0).max(recent)
+            };
+            let known = |node: &str| joined.contains_key(node) || count(node) > 0;
+            // fill the room's satellites first, then open one on the least loaded node
+            let chosen = candidates
+                .iter()
+                .filter(|n| known(&n.id) && count(&n.id) < cap)
+                .min_by(|a, b| a.id.cmp(&b.id))
+                .or_else(|| {
+                    let fresh: Vec<NodeRecord> = candidates
+                        .iter()
+                        .filter(|n| !known(&n.id))
+                        .cloned()
+                        .collect();
+                    placement::choose(room.as_str(), &fresh, |_| 0)
+                        .and_then(|c| candidates.iter().find(|n| n.id == c.id))
+                })
+                .cloned();
+            if let Some(node) = &chosen {
+                sent.placed(&key(&node.id), now);
+            }
+            chosen
+        }?;
+        let mut redis = inner.redis.clone();
+        let named =
+            store::add_satellite(&mut redis, room.as_str(), &chosen.id, inner.settings.ttl).await;
+        if let Err(err) = self.redis_result(named) {
+            tracing::warn!(%room, %err, "room full, but no satellite could be named; joining here");
+            return None;
+        }
+        inner.redirects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%room, node = %chosen.id, "room full here; next participant to a satellite");
+        Some(JoinRoute::Redirect {
+            url: chosen.ws_url(),
+            node: chosen.id,
+        })
     }
 
     fn count_refusal(&self, refusal: LinkRefusal) {
@@ -601,6 +704,17 @@ impl Cluster {
                  their calls go on here, new joins go to the owner"
             );
         }
+        let satellites: Vec<(String, Vec<(String, usize)>)> = hosted
+            .iter()
+            .filter_map(|room| {
+                let id = RoomId::new(room.as_str()).ok()?;
+                let list = inner.hub.satellites(&id);
+                (!list.is_empty()).then(|| (room.clone(), list))
+            })
+            .collect();
+        self.redis_result(
+            store::renew_satellites(&mut redis, &satellites, inner.settings.ttl).await,
+        )?;
         *lock(&inner.hosted) = now_hosted;
         let mut others = self.read_nodes(&mut redis).await?;
         others.retain(|n| n.id != me);

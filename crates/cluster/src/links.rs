@@ -3,7 +3,6 @@
 //! [`LinkConn`]. The signaling crate pumps its axum socket at
 //! [`LINK_PATH`](crate::link::LINK_PATH); [`dial`] pumps a tokio-tungstenite client.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,20 +20,7 @@ pub const LINK_FRAME_QUEUE: usize = 256;
 /// How long each handshake step may take before the link is given up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One frame of a node link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    Text(String),
-    Binary(Vec<u8>),
-}
-
-/// The speaking end of a link's WebSocket: frames in, frames out. The socket closes when
-/// `outgoing` is dropped; `incoming` ends when the socket does.
-#[derive(Debug)]
-pub struct LinkConn {
-    pub incoming: mpsc::Receiver<Frame>,
-    pub outgoing: mpsc::Sender<Frame>,
-}
+pub use chorus_sfu::span::{Frame, LinkConn};
 
 /// A link whose handshake succeeded: who is at both ends, and the connection.
 #[derive(Debug)]
@@ -160,7 +146,7 @@ pub async fn dial(
     advertise_url: &str,
     me: &str,
     owner: &str,
-    secret: Arc<[u8]>,
+    secret: &[u8],
 ) -> Result<Link, DialError> {
     let url = link_url(advertise_url);
     let connect = tokio_tungstenite::connect_async(url.as_str());
@@ -202,7 +188,7 @@ pub async fn dial(
             }
         }
     });
-    handshake(LinkConn { incoming, outgoing }, me, owner, &secret).await
+    handshake(LinkConn { incoming, outgoing }, me, owner, secret).await
 }
 
 #[cfg(test)]

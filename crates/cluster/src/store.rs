@@ -6,6 +6,7 @@
 //! | `chorus:node:{id}` | the node's signed record (`record.rs`) | `ttl`, set at every heartbeat | that node |
 //! | `chorus:nodes` | set of node ids, to find the node keys without a scan | none; ids whose key is gone are removed by every node's heartbeat | every node |
 //! | `chorus:room:{room}` | the owner's node id | `ttl`, refreshed at every heartbeat by the owner only | the placing node (claim), the owner (refresh, release) |
+//! | `chorus:satellites:{room}` | hash: node id → the room's participants there, for the nodes the owner placed some of a full room's participants on | `ttl`, renewed by the owner's heartbeat | the owner only |
 
 use std::time::Duration;
 
@@ -18,6 +19,11 @@ pub const NODES_KEY: &str = "chorus:nodes";
 /// The key of a node's record.
 pub fn node_key(id: &str) -> String {
     format!("chorus:node:{id}")
+}
+
+/// The key listing a room's satellites.
+pub fn satellites_key(room: &str) -> String {
+    format!("chorus:satellites:{room}")
 }
 
 /// The key naming a room's owner.
@@ -69,12 +75,13 @@ end
 return 0
 ";
 
-/// Compare and delete: removes each room key (KEYS) only while it names ARGV[1].
+/// Compare and delete: removes each room key (KEYS[2i - 1]), and its satellites
+/// (KEYS[2i]), only while the room key names ARGV[1].
 const RELEASE: &str = r"
 local n = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('DEL', key)
+for i = 1, #KEYS, 2 do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('DEL', KEYS[i], KEYS[i + 1])
     n = n + 1
   end
 end
@@ -203,9 +210,58 @@ pub async fn release(
     let script = Script::new(RELEASE);
     let mut script = script.prepare_invoke();
     for room in rooms {
-        script.key(room_key(room));
+        script.key(room_key(room)).key(satellites_key(room));
     }
     script.arg(me).invoke_async::<i64>(redis).await.map(drop)
+}
+
+/// Names `node` a satellite of `room` (the owner's decision), renewing the list's TTL.
+pub async fn add_satellite(
+    redis: &mut ConnectionManager,
+    room: &str,
+    node: &str,
+    ttl: Duration,
+) -> redis::RedisResult<()> {
+    let key = satellites_key(room);
+    redis::pipe()
+        .atomic()
+        .hset(&key, node, 0)
+        .ignore()
+        .pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
+        .ignore()
+        .query_async::<()>(redis)
+        .await
+}
+
+/// The owner's heartbeat for its rooms' satellites: each one's participant count, and
+/// the lists' TTL renewed.
+pub async fn renew_satellites(
+    redis: &mut ConnectionManager,
+    rooms: &[(String, Vec<(String, usize)>)],
+    ttl: Duration,
+) -> redis::RedisResult<()> {
+    if rooms.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (room, satellites) in rooms {
+        let key = satellites_key(room);
+        for (node, count) in satellites {
+            pipe.hset(&key, node, *count).ignore();
+        }
+        pipe.pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
+            .ignore();
+    }
+    pipe.query_async::<()>(redis).await
+}
+
+/// Whether the owner of `room` named `node` one of its satellites.
+pub async fn is_satellite(
+    redis: &mut ConnectionManager,
+    room: &str,
+    node: &str,
+) -> redis::RedisResult<bool> {
+    redis.hexists(satellites_key(room), node).await
 }
 
 /// Removes this node from Redis: its record and its entry in the node set.

@@ -96,6 +96,10 @@ pub struct ClusterConfig {
     /// How long a join that needs Redis waits for it before `clusterUnavailable`, in ms.
     #[serde(default = "ClusterConfig::default_placement_wait_ms")]
     pub placement_wait_ms: u64,
+    /// How many of a room's participants its node holds before the next ones go to other
+    /// nodes, which relay the room's media (0: never; a room stays on one node).
+    #[serde(default)]
+    pub max_participants_per_node: usize,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -108,6 +112,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("ttl_ms", &self.ttl_ms)
             .field("placement_wait_ms", &self.placement_wait_ms)
+            .field("max_participants_per_node", &self.max_participants_per_node)
             .finish()
     }
 }
@@ -170,6 +175,7 @@ impl ClusterConfig {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             ttl: Duration::from_millis(self.ttl_ms),
             placement_wait: Duration::from_millis(self.placement_wait_ms),
+            max_participants_per_node: self.max_participants_per_node,
         }
     }
 }

@@ -180,6 +180,13 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     };
     tracing::info!(?candidates, ?tcp_candidates, "announcing host candidates");
     tracing::info!(workers, %udp_addr, "media workers");
+    // In a cluster, ids start at a random point so that a room spanning nodes never sees
+    // one id twice (see `cluster_id_base`).
+    let first_id = if config.cluster.is_some() {
+        chorus_sfu::hub::cluster_id_base()
+    } else {
+        1
+    };
     let workers = chorus_sfu::worker::spawn(
         sockets,
         tcp,
@@ -189,7 +196,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             srtp_profiles: config.media.srtp_profiles.clone(),
             audio: config.audio.options(),
         },
-        &Arc::new(AtomicU64::new(1)),
+        &Arc::new(AtomicU64::new(first_id)),
     )
     .context("starting the media workers")?;
     let ttl = Duration::from_secs(config.ice.credential_ttl_secs);
@@ -242,6 +249,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             speakers: config.audio.speakers(),
             recording: config.recording.settings(),
             spread_room_after: config.media.spread_room_after,
+            first_id,
         },
     );
     // Set by the admin API's `POST /api/v1/drain`; SIGTERM does the same.

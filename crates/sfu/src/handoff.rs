@@ -123,6 +123,12 @@ impl Inbox {
         self.wake.notify_one();
     }
 
+    /// What [`Inbox::ready`] waits on, to wait without borrowing the inbox (a task that
+    /// must be `Send` cannot hold one across an await).
+    pub fn notify(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
     /// The next handed-over item, if one waits.
     pub fn try_take(&self) -> Option<Handed> {
         self.rx.try_recv().ok()

@@ -55,6 +55,18 @@ pub struct HubConfig {
     /// `media.spread_room_after`: how many of a room's participants live on its worker
     /// before the next goes to another (0: never; see [`crate::placement`]).
     pub spread_room_after: usize,
+    /// The first participant id this server hands out (1 for a server alone). Nodes of a
+    /// cluster start at [`cluster_id_base`], so that the participants and tracks of a room
+    /// that spans nodes never share an id.
+    pub first_id: u64,
+}
+
+/// A random start for a cluster node's participant and track ids: in [2^51, 2^52), so
+/// that ids stay exact as JavaScript numbers (below 2^53) after any number of joins a
+/// node sees in its life, and two nodes' ranges meet only if their starts fall within
+/// as many ids of each other (about one chance in 2^31 for a million ids each).
+pub fn cluster_id_base() -> u64 {
+    (1 << 51) | (crate::token::random_u64() & ((1 << 51) - 1))
 }
 
 /// Where recordings go, and which rooms are recorded from their first join.
@@ -87,6 +99,9 @@ pub(crate) enum RoomCommand {
         admission: Admission,
         session: mpsc::Sender<ServerMessage>,
         reply: oneshot::Sender<Result<(), JoinError>>,
+        /// For a participant of another node (a room spanning nodes): the remote worker
+        /// that holds its media there. None: its media lives on this node.
+        via: Option<WorkerHandle>,
     },
     /// A message from a joined participant.
     Client {
@@ -146,6 +161,9 @@ pub(crate) struct RoomEntry {
     pub(crate) worker: WorkerIndex,
     /// Where its participants live.
     pub(crate) placed: crate::room_workers::Placed,
+    /// A satellite room: its task is the node link to the room's owner, and the room is
+    /// listed and claimed by the owner, not here (see [`crate::span`]).
+    pub(crate) satellite: bool,
 }
 
 pub(crate) struct HubInner {
@@ -163,6 +181,10 @@ pub(crate) struct HubInner {
     join_latency: LatencyHistogram,
     /// The counters of every recording.
     pub(crate) recording: Arc<RecordingStats>,
+    /// What the workers and the node links share.
+    pub(crate) fabric: Arc<crate::span::Fabric>,
+    /// The open node links.
+    pub(crate) links: crate::span::Links,
 }
 
 /// The registry of rooms. Cheap to clone.
@@ -271,18 +293,22 @@ impl Hub {
     pub fn new(workers: Vec<WorkerHandle>, config: HubConfig) -> Self {
         assert!(!workers.is_empty(), "a hub needs a media worker");
         let (room_list, _) = watch::channel(Vec::new());
+        let first_id = config.first_id.max(1);
+        let fabric = workers[0].fabric().clone();
         Self {
             inner: Arc::new(HubInner {
                 rooms: DashMap::new(),
                 workers,
                 config,
-                next_participant: AtomicU64::new(1),
+                next_participant: AtomicU64::new(first_id),
                 next_generation: AtomicU64::new(1),
                 room_list,
                 shutting_down: AtomicBool::new(false),
                 event_drops: AtomicU64::new(0),
                 join_latency: LatencyHistogram::new(JOIN_LATENCY_BUCKETS),
                 recording: Arc::new(RecordingStats::default()),
+                fabric,
+                links: crate::span::Links::default(),
             }),
         }
     }
@@ -316,34 +342,76 @@ impl Hub {
         }
         let participant =
             ParticipantId(self.inner.next_participant.fetch_add(1, Ordering::Relaxed));
+        let tx = self
+            .enter(&room, participant, &name, &admission, &session, None)
+            .await?;
+        Ok(Membership {
+            participant,
+            room,
+            tx,
+        })
+    }
+
+    /// A participant of a satellite node (`via`: its remote worker there) joins a room
+    /// this node owns, under the id the satellite gave it (see [`crate::span`]).
+    pub(crate) async fn join_remote(
+        &self,
+        room: RoomId,
+        participant: ParticipantId,
+        name: String,
+        admission: Admission,
+        session: mpsc::Sender<ServerMessage>,
+        via: WorkerHandle,
+    ) -> Result<(), JoinError> {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(JoinError::Refused(
+                ErrorCode::ServerDraining,
+                "the room's node is draining; try again shortly".into(),
+            ));
+        }
+        self.enter(&room, participant, &name, &admission, &session, Some(via))
+            .await
+            .map(drop)
+    }
+
+    /// Queues the join in the room's task (opening the room if needed) and awaits it;
+    /// tries again when the room closed under it.
+    async fn enter(
+        &self,
+        room: &RoomId,
+        participant: ParticipantId,
+        name: &str,
+        admission: &Admission,
+        session: &mpsc::Sender<ServerMessage>,
+        via: Option<WorkerHandle>,
+    ) -> Result<mpsc::Sender<RoomCommand>, JoinError> {
         for _ in 0..JOIN_ATTEMPTS {
-            let tx = self.room_sender(&room)?;
+            let tx = self.room_sender(room)?;
             let (reply, rx) = oneshot::channel();
             let sent = tx
                 .send(RoomCommand::Join {
                     participant,
-                    name: name.clone(),
+                    name: name.to_owned(),
                     admission: admission.clone(),
                     session: session.clone(),
                     reply,
+                    via: via.clone(),
                 })
                 .await;
             if sent.is_err() {
                 continue;
             }
             match rx.await {
-                Ok(Ok(())) => {
-                    return Ok(Membership {
-                        participant,
-                        room,
-                        tx,
-                    });
-                }
+                Ok(Ok(())) => return Ok(tx),
                 Ok(Err(JoinError::RoomClosed)) | Err(_) => continue,
                 Ok(Err(err)) => return Err(err),
             }
         }
         Err(JoinError::RoomClosed)
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.inner.next_generation.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The live room's command sender, creating the room if there is none.
@@ -362,14 +430,14 @@ impl Hub {
         }
         let worker = self.place_room();
         let entry = self.inner.rooms.entry(room.clone()).or_insert_with(|| {
-            let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+            let generation = self.next_generation();
             room_task::spawn(self.clone(), room.clone(), generation, worker)
         });
         Ok(entry.tx.clone())
     }
 
     /// The worker for a new room: the least loaded (see [`crate::placement`]).
-    fn place_room(&self) -> WorkerHandle {
+    pub(crate) fn place_room(&self) -> WorkerHandle {
         let workers = &self.inner.workers;
         let index = usize::from(place_room(&self.worker_loads()));
         workers.get(index).unwrap_or(&workers[0]).clone()
@@ -434,6 +502,7 @@ impl Hub {
             .inner
             .rooms
             .iter()
+            .filter(|entry| !entry.satellite)
             .filter_map(|entry| {
                 let participants = entry.members.load(Ordering::Relaxed);
                 (participants > 0).then(|| RoomSummary {

@@ -43,6 +43,7 @@ pub mod room;
 mod room_task;
 mod room_workers;
 pub mod source;
+pub mod span;
 pub mod speaker;
 pub mod stun;
 pub mod tcp;
@@ -84,6 +85,10 @@ pub enum MediaError {
     /// webrtc-rs failed in a way the client cannot fix.
     #[error("media error: {0}")]
     Internal(String),
+    /// A media error on another node of the cluster (a room spanning nodes), as that node
+    /// reported it.
+    #[error("{1}")]
+    Remote(ErrorCode, String),
 }
 
 impl MediaError {
@@ -98,6 +103,7 @@ impl MediaError {
             MediaError::UnknownParticipant | MediaError::WorkerGone | MediaError::Internal(_) => {
                 ErrorCode::Internal
             }
+            MediaError::Remote(code, _) => *code,
         }
     }
 }

@@ -64,6 +64,7 @@ pub(crate) fn spawn(hub: Hub, id: RoomId, generation: u64, worker: WorkerHandle)
         generation,
         worker: index,
         placed,
+        satellite: false,
     }
 }
 
@@ -180,11 +181,15 @@ impl RoomTask {
                 admission,
                 session,
                 reply,
+                via,
             } => {
                 self.sessions.insert(participant, session);
                 self.pending_joins.insert(participant, reply);
                 let before = self.workers.used();
-                let worker = self.workers.place(participant, &self.hub.worker_loads());
+                let worker = match via {
+                    Some(remote) => self.workers.place_remote(participant, remote),
+                    None => self.workers.place(participant, &self.hub.worker_loads()),
+                };
                 let mut registered = worker
                     .send(WorkerCommand::Register {
                         participant,

@@ -3,6 +3,7 @@
 //! sends each participant's commands to its worker, and commands about tracks (silence,
 //! recording, the speaker) to every worker the room uses.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chorus_protocol::ParticipantId;
@@ -24,6 +25,9 @@ pub(crate) struct RoomWorkers {
     placed: Placed,
     /// `media.spread_room_after`.
     spread_after: usize,
+    /// Participants whose media lives on another node: their remote workers there (see
+    /// [`crate::span`]).
+    remote: HashMap<ParticipantId, WorkerHandle>,
 }
 
 impl RoomWorkers {
@@ -38,6 +42,7 @@ impl RoomWorkers {
             all,
             placed,
             spread_after,
+            remote: HashMap::new(),
         }
     }
 
@@ -55,16 +60,30 @@ impl RoomWorkers {
         worker
     }
 
+    /// Places a participant whose media lives on another node, on its remote worker.
+    pub(crate) fn place_remote(
+        &mut self,
+        participant: ParticipantId,
+        remote: WorkerHandle,
+    ) -> WorkerHandle {
+        self.remote.insert(participant, remote.clone());
+        remote
+    }
+
     /// The worker of `participant` (the home for one not placed).
     pub(crate) fn of(&self, participant: ParticipantId) -> &WorkerHandle {
+        if let Some(remote) = self.remote.get(&participant) {
+            return remote;
+        }
         match self.placed.get(&participant) {
             Some(index) => self.handle(*index),
             None => &self.home,
         }
     }
 
-    pub(crate) fn remove(&self, participant: ParticipantId) {
+    pub(crate) fn remove(&mut self, participant: ParticipantId) {
         self.placed.remove(&participant);
+        self.remote.remove(&participant);
     }
 
     /// Every worker that holds some of the room: the home and the participants'.
@@ -78,12 +97,19 @@ impl RoomWorkers {
                 *u = true;
             }
         }
-        self.all
+        let mut workers: Vec<WorkerHandle> = self
+            .all
             .iter()
             .zip(used)
             .filter(|(_, used)| *used)
             .map(|(w, _)| w.clone())
-            .collect()
+            .collect();
+        for remote in self.remote.values() {
+            if !workers.iter().any(|w| w.index() == remote.index()) {
+                workers.push(remote.clone());
+            }
+        }
+        workers
     }
 
     fn handle(&self, index: WorkerIndex) -> &WorkerHandle {

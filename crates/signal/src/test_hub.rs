@@ -39,6 +39,7 @@ pub(crate) fn hub(max_participants: usize) -> Hub {
             speakers: Default::default(),
             recording: Default::default(),
             spread_room_after: 0,
+            first_id: 1,
         },
     )
 }

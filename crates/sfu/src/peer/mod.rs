@@ -58,6 +58,7 @@ mod rid_keeper;
 mod tap;
 mod twcc;
 mod viewer;
+pub mod wire;
 
 pub use audio::{AudioOptions, LevelRead};
 pub use viewer::{MAX_VIEWER_SLOTS, ViewerSlot};

@@ -35,6 +35,7 @@ use crate::peer::{
     ntp_time,
 };
 use crate::source::SourceLayers;
+use crate::span::Fabric;
 use crate::tcp::{self, TcpEvent};
 use crate::token::{random_token, random_u64};
 
@@ -44,12 +45,13 @@ mod levels;
 mod probing;
 mod recording;
 mod relay;
+pub(crate) use relay::{SharedTrack, TrackShares};
 mod stats;
 mod viewer;
 
 pub use crate::source::KEYFRAME_THROTTLE;
 use allocation::{ALLOCATION_INTERVAL, Downlink};
-use relay::{SharedTrack, TrackShares};
+
 pub use stats::WorkerStats;
 
 /// Commands from rooms to the worker. Bounded: a room awaits room for its command, which
@@ -192,6 +194,9 @@ pub struct WorkerHandle {
     tx: mpsc::Sender<WorkerCommand>,
     stats: Arc<WorkerStats>,
     index: WorkerIndex,
+    /// What the workers share with each other and the node links; None for a remote
+    /// worker.
+    fabric: Option<Arc<Fabric>>,
 }
 
 impl WorkerHandle {
@@ -218,6 +223,24 @@ impl WorkerHandle {
 
     pub fn index(&self) -> WorkerIndex {
         self.index
+    }
+
+    /// A worker on another node, reached through a node link's slot `index` (see
+    /// [`crate::span`]); its commands go to `tx`.
+    pub(crate) fn remote(tx: mpsc::Sender<WorkerCommand>, index: WorkerIndex) -> Self {
+        Self {
+            tx,
+            stats: Arc::default(),
+            index,
+            fabric: None,
+        }
+    }
+
+    /// What the local workers share (every handle [`spawn`] returned has it).
+    pub(crate) fn fabric(&self) -> &Arc<Fabric> {
+        self.fabric
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("only local workers' handles make a hub"))
     }
 }
 
@@ -406,7 +429,15 @@ pub fn spawn(
 ) -> std::io::Result<Vec<WorkerHandle>> {
     let directory = Arc::new(Directory::default());
     let shares = Arc::new(TrackShares::default());
-    let (outboxes, inboxes) = Outboxes::new(sockets.len());
+    // One inbox per worker, then one per node link slot (see `crate::span`).
+    let (outboxes, mut inboxes) = Outboxes::new(sockets.len() + crate::span::MAX_LINKS);
+    let link_inboxes = inboxes.split_off(sockets.len());
+    let fabric = Arc::new(Fabric::new(
+        shares.clone(),
+        outboxes.clone(),
+        sockets.len(),
+        link_inboxes,
+    ));
     let mut tcp_senders = Vec::with_capacity(sockets.len());
     let mut handles = Vec::with_capacity(sockets.len());
     for (i, (socket, inbox)) in sockets.into_iter().zip(inboxes).enumerate() {
@@ -446,7 +477,12 @@ pub fn spawn(
                         .await;
                 });
             })?;
-        handles.push(WorkerHandle { tx, stats, index });
+        handles.push(WorkerHandle {
+            tx,
+            stats,
+            index,
+            fabric: Some(fabric.clone()),
+        });
     }
     if let Some(listener) = tcp_listener {
         tokio::spawn(tcp::accept_loop(

@@ -30,7 +30,7 @@ use crate::peer::{MediaPacket, SourceCodec};
 use crate::source::SourceLayers;
 
 /// Every published track's [`SharedTrack`], by id.
-pub(super) type TrackShares = DashMap<TrackId, Arc<SharedTrack>>;
+pub(crate) type TrackShares = DashMap<TrackId, Arc<SharedTrack>>;
 
 /// `SharedTrack::demand` of a worker that wants no layer.
 const DEMAND_NONE: u8 = 0;
