@@ -888,5 +888,115 @@ async fn a_room_over_its_node_cap_spans_nodes_and_everyone_gets_everyone() -> Re
         .then_some(())
     })
     .await?;
+    // and every node, satellites included, has closed its copy of the room
+    for node in &nodes {
+        wait::poll_until_async(T, "no room left on the node", || async {
+            (rooms_on(node).await.ok()? == 0).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Rejoins `room` as `name` as chorus.js does after a failure: backs off 0.5, 1, 2, 4 s
+/// through `entry`, following redirects, until `deadline` (from `since`).
+async fn rejoin(
+    entry: SocketAddr,
+    room: &str,
+    name: &str,
+    since: Instant,
+) -> Result<(Client, SocketAddr)> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(delay).await;
+        match join_via(entry, room, name).await {
+            Ok(joined) => return Ok(joined),
+            Err(err) => {
+                tracing::info!("{name} rejoin failed: {err:#}");
+                ensure!(since.elapsed() < T, "{name} could not rejoin: {err:#}");
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A spanning room survives its nodes' deaths as a room on one node does: when a
+/// satellite dies, only its participants drop (the others see them leave and their call
+/// goes on) and they are back within 10 s on a live node; when the owner dies, the
+/// satellites' participants drop with it, and everyone is back within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spanning_room_outlives_a_satellite_and_then_its_owner() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "max_participants_per_node = 2\n").await?;
+    let entry = nodes[0].addr();
+    let (ada, owner) = join_via(entry, "span", "ada").await?;
+    let (bob, _) = join_via(entry, "span", "bob").await?;
+    let (cyd, satellite) = join_via(entry, "span", "cyd").await?;
+    let (dan, dan_node) = join_via(entry, "span", "dan").await?;
+    ensure!(
+        satellite != owner && dan_node == satellite,
+        "cyd and dan share a satellite"
+    );
+    let rate = MediaRate {
+        audio_interval: Duration::from_millis(50),
+        ..MediaRate::default()
+    };
+    let ada_tracks = ada.publish_and_stream(rate).await?;
+    let cyd_tracks = cyd.publish_and_stream(rate).await?;
+    bob.wait_for_packets(cyd.id()?, cyd_tracks.audio, 20, T)
+        .await?;
+    dan.wait_for_packets(ada.id()?, ada_tracks.audio, 20, T)
+        .await?;
+
+    // The satellite dies.
+    let node_of = |addr: SocketAddr| nodes.iter().position(|n| n.addr() == addr);
+    let sat = node_of(satellite).context("the satellite is ours")?;
+    let killed_at = Instant::now();
+    nodes[sat].server.signal("KILL")?;
+    cyd.wait_closed(T).await?;
+    dan.wait_closed(T).await?;
+    bob.wait_for_left(cyd.id()?).await?;
+    bob.wait_for_left(dan.id()?).await?;
+    let before = bob.received_count(ada.id()?, ada_tracks.audio);
+    bob.wait_for_packets(ada.id()?, ada_tracks.audio, before + 20, T)
+        .await
+        .context("the owner's call goes on")?;
+    let (cyd2, cyd_node) = rejoin(entry, "span", "cyd", killed_at).await?;
+    let (dan2, _) = rejoin(entry, "span", "dan", killed_at).await?;
+    ensure!(
+        cyd_node != satellite && cyd_node != owner,
+        "cyd back on {cyd_node}"
+    );
+    let cyd2_tracks = cyd2.publish_and_stream(rate).await?;
+    bob.wait_for_packets(cyd2.id()?, cyd2_tracks.audio, 10, T)
+        .await?;
+    dan2.wait_for_packets(ada.id()?, ada_tracks.audio, 10, T)
+        .await?;
+    let back = killed_at.elapsed();
+    tracing::info!(?back, "a satellite's participants are back");
+    ensure!(back < Duration::from_secs(10), "{back:?} to come back");
+    assert_bytes_match(&bob, &cyd2, MediaKind::Audio)?;
+
+    // The owner dies: its participants and the satellite's all drop, and all come back.
+    let entry = nodes[node_of(cyd_node).context("ours")?].addr();
+    let killed_at = Instant::now();
+    nodes[node_of(owner).context("the owner is ours")?]
+        .server
+        .signal("KILL")?;
+    for client in [&ada, &bob, &cyd2, &dan2] {
+        client.wait_closed(T).await?;
+    }
+    let (ada3, bob3) = tokio::try_join!(
+        rejoin(entry, "span", "ada", killed_at),
+        rejoin(entry, "span", "bob", killed_at)
+    )?;
+    let (ada3, bob3) = (ada3.0, bob3.0);
+    let tracks = ada3.publish_and_stream(rate).await?;
+    bob3.wait_for_packets(ada3.id()?, tracks.audio, 10, T)
+        .await?;
+    let back = killed_at.elapsed();
+    tracing::info!(?back, "the owner's room is back");
+    ensure!(back < Duration::from_secs(10), "{back:?} to come back");
     Ok(())
 }

@@ -1,6 +1,8 @@
-// A cluster of two Chorus nodes sharing a real redis-server: two pages that open
-// different nodes' URLs for one room end up on the room's node (one of them follows a
-// `redirect`) and see and hear each other. Needs redis-server (Debian's package).
+// A cluster of Chorus nodes sharing a real redis-server: two pages that open different
+// nodes' URLs for one room end up on the room's node (one of them follows a `redirect`)
+// and see and hear each other; they rejoin when that node dies; and a room over its
+// node's cap spans two nodes, the pages seeing and hearing each other through the node
+// link. Needs redis-server (Debian's package).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -44,10 +46,11 @@ function redisCli(redis, ...args) {
   return r.stdout.trim();
 }
 
-async function startNode(redis, id) {
+async function startNode(redis, id, clusterKeys = '') {
   const port = await sparePort();
   const config = `[cluster]\nredis = "redis://127.0.0.1:${redis.port}"\nnode_id = "${id}"\n`
-    + `advertise_url = "http://127.0.0.1:${port}"\nsecret = "${SECRET}"\n[shutdown]\ngrace_secs = 1\n`;
+    + `advertise_url = "http://127.0.0.1:${port}"\nsecret = "${SECRET}"\n${clusterKeys}`
+    + '[shutdown]\ngrace_secs = 1\n';
   return startServer({ config, name: id, port });
 }
 
@@ -142,6 +145,47 @@ test('when the node hosting a call is killed, both pages rejoin on another node 
     const urls = await Promise.all([a, b].map((p) => p.evaluate(() => window.chorus.client.url)));
     assert.equal(urls[0], urls[1], `both pages on one node (${urls})`);
     assert.notEqual(urls[0], dead);
+  } catch (err) {
+    const combined = { stderr: () => nodes.map((n) => `=== ${n.name}\n${n.stderr().slice(-20000)}`).join('\n') };
+    await reportFailure(t, err, { server: combined, pages: browser?.pages ?? [] });
+    throw err;
+  } finally {
+    await browser?.close();
+    for (const node of nodes) await node.stop();
+    redis.stop();
+  }
+});
+
+test('a room over its node cap spans two nodes, and pages on both see and hear each other', { timeout: 120000 }, async (t) => {
+  const redis = await startRedis();
+  const nodes = [];
+  let browser;
+  try {
+    for (const id of ['node-a', 'node-b']) nodes.push(await startNode(redis, id, 'max_participants_per_node = 1\n'));
+    for (const node of nodes) {
+      await poll(async () => {
+        const r = await fetch(`${node.url}/api/cluster`);
+        return r.ok && (await r.json()).nodes.length === 2;
+      }, { message: `${node.name} to see both nodes` });
+    }
+    browser = await launchBrowser();
+    const a = await openPage(browser, callUrl(nodes[0], 'spanning', 'Ada'), { color: COLORS.red, label: 'Ada' });
+    const idA = await waitJoined(a);
+    const b = await openPage(browser, callUrl(nodes[0], 'spanning', 'Bob'), { color: COLORS.blue, label: 'Bob' });
+    const idB = await waitJoined(b);
+    // Ada's node holds its cap of one: Bob was sent to the other node.
+    const urls = await Promise.all([a, b].map((p) => p.evaluate(() => window.chorus.client.url)));
+    assert.notEqual(urls[0], urls[1], `the pages on two nodes (${urls})`);
+    await waitMedia(a, { video: [idB], audio: [idB] });
+    await waitMedia(b, { video: [idA], audio: [idA] });
+    // One link, from Bob's node to Ada's, carrying each page's audio and video once.
+    const owner = nodes.find((n) => urls[0] === `ws://${n.http}/ws`);
+    const status = await (await fetch(`${owner.url}/api/cluster`)).json();
+    assert.equal(status.links.length, 1, JSON.stringify(status.links));
+    const [link] = status.links;
+    assert.ok(link.accepted && link.tracksOut === 2 && link.tracksIn === 2, JSON.stringify(link));
+    assert.ok(link.packetsOut > 0 && link.packetsIn > 0, JSON.stringify(link));
+    console.log(`node link: ${JSON.stringify(link)}`);
   } catch (err) {
     const combined = { stderr: () => nodes.map((n) => `=== ${n.name}\n${n.stderr().slice(-20000)}`).join('\n') };
     await reportFailure(t, err, { server: combined, pages: browser?.pages ?? [] });

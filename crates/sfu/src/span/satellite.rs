@@ -217,6 +217,11 @@ impl SatelliteSide {
             }
             SpanMessage::Command { id, room, command } => {
                 let wants_reply = command.wants_reply();
+                // The room let the participant go (it left, was removed, or failed).
+                let removed = match &command {
+                    CommandWire::Remove { participant } => Some(*participant),
+                    _ => None,
+                };
                 match self.rooms.get(&room) {
                     Some(r) => {
                         let _ = r.exec.send((id, command)).await;
@@ -231,6 +236,9 @@ impl SatelliteSide {
                             .await;
                     }
                     None => {}
+                }
+                if let Some(participant) = removed {
+                    self.left(participant);
                 }
             }
             other => {
