@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use chorus_protocol::{MediaKind, ServerMessage, TrackId};
 use chorus_tests::{Client, ClientOptions, PublishOptions, Server};
 use futures_util::StreamExt;
@@ -25,6 +25,14 @@ use crate::procfs;
 use crate::report::{Collected, Memory, RunReport};
 use crate::stats::{Arrival, LAYERS, Percentiles, ReceiverStats, SendTally};
 use crate::wire::{WireLinks, WireLog, wire_runtime};
+
+/// The servers a run started, held until it ends (dropping them stops them).
+#[allow(dead_code)]
+enum Servers {
+    None,
+    One(Server),
+    Cluster(crate::cluster::Cluster),
+}
 
 /// How long joining and negotiating everyone may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,6 +81,39 @@ async fn server_stats(http: SocketAddr) -> Result<serde_json::Value> {
     serde_json::from_str(&body).context("parsing /api/stats")
 }
 
+/// `/api/stats` of every server, its counters summed (the first server's other fields).
+async fn servers_stats(https: &[SocketAddr]) -> Result<serde_json::Value> {
+    let mut total = serde_json::Value::Null;
+    for http in https {
+        let stats = server_stats(*http).await?;
+        match (&mut total, stats) {
+            (serde_json::Value::Object(sum), serde_json::Value::Object(more)) => {
+                for (key, value) in more {
+                    if let (Some(a), Some(b)) =
+                        (sum.get(&key).and_then(|v| v.as_u64()), value.as_u64())
+                    {
+                        sum.insert(key, (a + b).into());
+                    }
+                }
+            }
+            (total, stats) => *total = stats,
+        }
+    }
+    Ok(total)
+}
+
+/// The CPU time of every server process, summed; None if one cannot be read.
+fn servers_cpu(pids: &[u32]) -> Option<Duration> {
+    pids.iter()
+        .map(|p| procfs::process_cpu(*p).ok())
+        .sum::<Option<Duration>>()
+}
+
+/// The resident memory of every server process, summed.
+fn servers_rss(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|p| procfs::rss_kib(*p).ok()).sum()
+}
+
 fn counter(stats: &serde_json::Value, key: &str) -> u64 {
     stats
         .get(key)
@@ -98,7 +139,7 @@ fn name_of(roster: &Roster, participant: usize) -> String {
 }
 
 async fn join_one(
-    http: SocketAddr,
+    entry: SocketAddr,
     roster: Roster,
     room_prefix: &str,
     participant: usize,
@@ -122,11 +163,27 @@ async fn join_one(
             audio_level: red && i < roster.publishers,
         },
     };
-    let client = Client::connect_with(http, &name, options).await?;
-    client
-        .join(&format!("{room_prefix}-{room}"))
-        .await
-        .with_context(|| format!("{name} joining"))?;
+    // Follows redirects as chorus.js does (a cluster's node may send the join on).
+    let mut addr = entry;
+    let mut redirects = 0;
+    let client = loop {
+        let client = Client::connect_with(addr, &name, options.clone()).await?;
+        match client.join(&format!("{room_prefix}-{room}")).await {
+            Ok(_) => break client,
+            Err(err) => match chorus_tests::redirect_url(&err) {
+                Some(url) if redirects < 3 => {
+                    client.close().await;
+                    redirects += 1;
+                    addr = url
+                        .strip_prefix("ws://")
+                        .and_then(|rest| rest.strip_suffix("/ws"))
+                        .and_then(|a| a.parse().ok())
+                        .ok_or_else(|| anyhow!("{name}: a redirect to {url}"))?;
+                }
+                _ => return Err(err).with_context(|| format!("{name} joining")),
+            },
+        }
+    };
     if i < roster.publishers {
         let options = if simulcast {
             PublishOptions::simulcast()
@@ -370,8 +427,9 @@ fn stream_states(roster: &Roster, joined: &[Joined]) -> BTreeMap<String, u64> {
 pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport> {
     let roster = opts.roster();
     let shape = opts.shape();
-    // The server when started here (killed when dropped).
-    let (server, http, pid): (Option<Server>, SocketAddr, Option<u32>) = match &opts.url {
+    // The servers when started here (killed when dropped): every participant enters
+    // through the first; CPU and memory are summed over all of them.
+    let (servers, https, pids): (Servers, Vec<SocketAddr>, Vec<u32>) = match &opts.url {
         Some(url) => {
             let http = parse_url(url)?;
             let pid = match opts.server_pid {
@@ -380,7 +438,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                     .map_err(|e| tracing::warn!("server CPU and memory unknown: {e:#}"))
                     .ok(),
             };
-            (None, http, pid)
+            (Servers::None, vec![http], pid.into_iter().collect())
         }
         None => {
             let bin = match &opts.server {
@@ -400,19 +458,32 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                 roster.per_room().max(2),
                 roster.rooms + 10
             );
-            let server = Server::start_bin(&bin, &config).await?;
-            let http = server.http_addr();
-            let pid = server.pid();
-            (Some(server), http, pid)
+            if opts.cluster > 0 {
+                progress.say(&format!("starting a cluster of {} nodes", opts.cluster));
+                let cluster =
+                    crate::cluster::Cluster::start(&bin, &config, opts.cluster, opts.max_per_node)
+                        .await?;
+                let https = cluster.nodes.iter().map(Server::http_addr).collect();
+                let pids = cluster.nodes.iter().filter_map(Server::pid).collect();
+                (Servers::Cluster(cluster), https, pids)
+            } else {
+                let server = Server::start_bin(&bin, &config).await?;
+                let http = server.http_addr();
+                let pids = server.pid().into_iter().collect();
+                (Servers::One(server), vec![http], pids)
+            }
         }
     };
+    let http = https[0];
     if let Some(cpu) = opts.pin_forwarder {
-        let pid = pid.ok_or_else(|| anyhow!("--pin-forwarder needs the server's pid"))?;
-        procfs::set_process_affinity(pid, &[cpu])?;
+        ensure!(!pids.is_empty(), "--pin-forwarder needs the server's pid");
+        for pid in &pids {
+            procfs::set_process_affinity(*pid, &[cpu])?;
+        }
     }
     let room_prefix = format!("load{}", std::process::id());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let empty_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
+    let empty_rss = servers_rss(&pids);
 
     let light_hub = opts.light.then(LightHub::new);
     // Publishers first (so that subscribers find tracks), then subscribers.
@@ -473,7 +544,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         show_tiles(&roster, &joined)?;
     }
     tokio::time::sleep(SETTLE).await;
-    let idle_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
+    let idle_rss = servers_rss(&pids);
 
     // --light: the light thread takes the subscribers' sockets over.
     let light_participants: Vec<usize> = (0..roster.participants())
@@ -561,7 +632,10 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                     })
             }
         },
-        move || pid.and_then(|p| procfs::process_cpu(p).ok()),
+        {
+            let pids = pids.clone();
+            move || servers_cpu(&pids)
+        },
     );
 
     tokio::time::sleep(opts.warmup()).await;
@@ -577,13 +651,14 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
             l.counters.bytes.load(Ordering::Relaxed),
         )
     });
-    let stats_a = server_stats(http).await.ok();
+    let stats_a = servers_stats(&https).await.ok();
+    let links_a = crate::cluster::link_packets(&https).await;
     let a = Snapshot::take(
-        pid.and_then(|p| procfs::process_cpu(p).ok()),
+        servers_cpu(&pids),
         stats_a.as_ref().map(|s| counter(s, "rtp_forwarded")),
     );
     tokio::time::sleep(opts.duration()).await;
-    let b = Snapshot::take(pid.and_then(|p| procfs::process_cpu(p).ok()), None);
+    let b = Snapshot::take(servers_cpu(&pids), None);
     let light_b = light.as_ref().map(|l| {
         (
             l.cpu(),
@@ -593,12 +668,13 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         )
     });
     switch.store(STOP, Ordering::Relaxed);
-    let stats_b = server_stats(http).await.ok();
+    let stats_b = servers_stats(&https).await.ok();
+    let links_b = crate::cluster::link_packets(&https).await;
     let b = Snapshot {
         forwarded: stats_b.as_ref().map(|s| counter(s, "rtp_forwarded")),
         ..b
     };
-    let loaded_rss = pid.and_then(|p| procfs::rss_kib(p).ok());
+    let loaded_rss = servers_rss(&pids);
     if let Some(task) = progress_task {
         let _ = task.await;
     }
@@ -687,6 +763,12 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
         }
     }
 
+    if opts.cluster > 0 {
+        report
+            .forwarder_counters
+            .insert("node_link_packets".to_owned(), (links_b - links_a).into());
+    }
+
     // Each worker's busy share of its core over the window, where there are several.
     if let (Some(sa), Some(sb)) = (&stats_a, &stats_b)
         && let (Some(wa), Some(wb)) = (sa["workers"].as_array(), sb["workers"].as_array())
@@ -722,6 +804,6 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
     )
     .await;
     drop(joined);
-    drop(server);
+    drop(servers);
     Ok(report)
 }

@@ -5,6 +5,7 @@
 pub mod alloc;
 mod baseline;
 mod chorus_run;
+mod cluster;
 mod direct;
 pub mod inmem;
 pub mod janus;

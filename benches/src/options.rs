@@ -91,6 +91,15 @@ pub struct Options {
     /// workers costs against one that is not).
     #[arg(long, default_value_t = 0, conflicts_with = "url")]
     pub spread_room_after: usize,
+    /// Start a cluster of this many Chorus nodes (and a `redis-server` for them) instead of
+    /// one server; every participant enters through the first node and follows its
+    /// redirects. CPU, memory and counters are the sums over the nodes. 0: one server.
+    #[arg(long, default_value_t = 0, conflicts_with = "url")]
+    pub cluster: usize,
+    /// --cluster: the nodes' `cluster.max_participants_per_node`: a room past it spans
+    /// nodes (0: every room on one node).
+    #[arg(long, default_value_t = 0, requires = "cluster")]
+    pub max_per_node: usize,
     /// Seconds to wait after sending stops, for packets still in flight.
     #[arg(long, default_value_t = 1.0)]
     pub drain: f64,

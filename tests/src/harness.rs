@@ -87,7 +87,8 @@ impl Server {
         Self::start_bin_at(&chorus_bin()?, config, http).await
     }
 
-    async fn start_bin_at(bin: &Path, config: &str, http: SocketAddr) -> Result<Self> {
+    /// [`start_bin`](Self::start_bin) with HTTP on `http`.
+    pub async fn start_bin_at(bin: &Path, config: &str, http: SocketAddr) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         if !bin.exists() {
             bail!(

@@ -149,7 +149,8 @@ pub async fn dial(
     secret: &[u8],
 ) -> Result<Link, DialError> {
     let url = link_url(advertise_url);
-    let connect = tokio_tungstenite::connect_async(url.as_str());
+    // No Nagle delay: a link's media frames are small and must not wait for ACKs.
+    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true);
     let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok((socket, _))) => socket,
         Ok(Err(err)) => {
@@ -164,12 +165,21 @@ pub async fn dial(
     let (in_tx, incoming) = mpsc::channel(LINK_FRAME_QUEUE);
     let (outgoing, mut out_rx) = mpsc::channel::<Frame>(LINK_FRAME_QUEUE);
     tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            let message = match frame {
-                Frame::Text(text) => Message::text(text),
-                Frame::Binary(bytes) => Message::binary(bytes),
-            };
-            if sink.send(message).await.is_err() {
+        let message = |frame| match frame {
+            Frame::Text(text) => Message::text(text),
+            Frame::Binary(bytes) => Message::binary(bytes),
+        };
+        // Frames queued together go out in one write.
+        'link: while let Some(frame) = out_rx.recv().await {
+            if sink.feed(message(frame)).await.is_err() {
+                break;
+            }
+            while let Ok(frame) = out_rx.try_recv() {
+                if sink.feed(message(frame)).await.is_err() {
+                    break 'link;
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }

@@ -55,12 +55,21 @@ async fn serve(cluster: Cluster, socket: WebSocket) {
     let (in_tx, incoming) = mpsc::channel(LINK_FRAME_QUEUE);
     let (outgoing, mut out_rx) = mpsc::channel::<Frame>(LINK_FRAME_QUEUE);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = out_rx.recv().await {
-            let message = match frame {
-                Frame::Text(text) => Message::Text(text.into()),
-                Frame::Binary(bytes) => Message::Binary(bytes.into()),
-            };
-            if sink.send(message).await.is_err() {
+        let message = |frame| match frame {
+            Frame::Text(text) => Message::Text(text.into()),
+            Frame::Binary(bytes) => Message::Binary(bytes.into()),
+        };
+        // Frames queued together go out in one write.
+        'link: while let Some(frame) = out_rx.recv().await {
+            if sink.feed(message(frame)).await.is_err() {
+                return;
+            }
+            while let Ok(frame) = out_rx.try_recv() {
+                if sink.feed(message(frame)).await.is_err() {
+                    break 'link;
+                }
+            }
+            if sink.flush().await.is_err() {
                 return;
             }
         }

@@ -151,7 +151,7 @@ impl Core {
 
     /// A packet from the far node: handed to every local worker (and other link) that
     /// mirrors its track.
-    fn on_media(&self, bytes: Vec<u8>) {
+    fn on_media(&self, bytes: Vec<u8>, to_wake: &mut Vec<WorkerIndex>) {
         let Some(frame) = read_media(Bytes::from(bytes)) else {
             self.stats.packets_dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -176,8 +176,10 @@ impl Core {
                 size: frame.size,
                 packet: frame.packet.relay_copy(),
             };
-            if outboxes.push(to, handed, &self.handed, &self.stats.packets_dropped) {
-                outboxes.wake(to);
+            if outboxes.push(to, handed, &self.handed, &self.stats.packets_dropped)
+                && !to_wake.contains(&to)
+            {
+                to_wake.push(to);
             }
         }
     }
@@ -267,6 +269,25 @@ impl Core {
     }
 }
 
+/// The most frames a link handles before it wakes the workers it handed packets to.
+const LINK_BATCH: usize = 64;
+
+async fn on_text(core: &Core, side: &mut Side, text: &str) {
+    match serde_json::from_str::<SpanMessage>(text) {
+        Ok(message) => {
+            if let Some(message) = core.on_track_message(message) {
+                match side {
+                    Side::Owner(o) => o.on_message(message).await,
+                    Side::Satellite(s) => s.on_message(message).await,
+                }
+            }
+        }
+        Err(err) => {
+            tracing::warn!(peer = %core.peer, %err, "node link: a message that does not parse");
+        }
+    }
+}
+
 enum Side {
     Owner(OwnerSide),
     Satellite(SatelliteSide),
@@ -325,23 +346,25 @@ pub async fn serve_link(hub: Hub, peer: String, accepted: bool, conn: LinkConn) 
             }
         };
         tokio::select! {
-            frame = incoming.recv() => match frame {
-                None => break,
-                Some(Frame::Binary(bytes)) => core.on_media(bytes),
-                Some(Frame::Text(text)) => match serde_json::from_str::<SpanMessage>(&text) {
-                    Ok(message) => {
-                        if let Some(message) = core.on_track_message(message) {
-                            match &mut side {
-                                Side::Owner(o) => o.on_message(message).await,
-                                Side::Satellite(s) => s.on_message(message).await,
-                            }
-                        }
+            frame = incoming.recv() => {
+                let Some(mut frame) = frame else { break };
+                // What arrived meanwhile goes in the same pass, and each worker that got
+                // packets is woken once for all of them.
+                let mut to_wake = Vec::new();
+                for _ in 0..LINK_BATCH {
+                    match frame {
+                        Frame::Binary(bytes) => core.on_media(bytes, &mut to_wake),
+                        Frame::Text(text) => on_text(&core, &mut side, &text).await,
                     }
-                    Err(err) => {
-                        tracing::warn!(%peer, %err, "node link: a message that does not parse");
+                    match incoming.try_recv() {
+                        Ok(next) => frame = next,
+                        Err(_) => break,
                     }
-                },
-            },
+                }
+                for worker in to_wake {
+                    core.fabric().outboxes.wake(worker);
+                }
+            }
             () = handed_in.notified() => {
                 let handed: Vec<Handed> = std::iter::from_fn(|| inbox.try_take()).collect();
                 core.send_handed(handed).await;
