@@ -30,7 +30,7 @@ use crate::wire::{WireLinks, WireLog, wire_runtime};
 #[allow(dead_code)]
 enum Servers {
     None,
-    One(Server),
+    One(Box<Server>),
     Cluster(crate::cluster::Cluster),
 }
 
@@ -470,7 +470,7 @@ pub(crate) async fn run(opts: &Options, progress: &Progress) -> Result<RunReport
                 let server = Server::start_bin(&bin, &config).await?;
                 let http = server.http_addr();
                 let pids = server.pid().into_iter().collect();
-                (Servers::One(server), vec![http], pids)
+                (Servers::One(Box::new(server)), vec![http], pids)
             }
         }
     };
