@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use chorus_cluster::record::NodeRecord;
 use chorus_protocol::{ErrorCode, MediaKind};
-use chorus_tests::media::{expected_payload, parse_tag};
+use chorus_tests::media::{expected_payload, is_vp8_keyframe, parse_tag};
 use chorus_tests::{Client, MediaRate, Server, init_tracing, redirect_url, refusal_code, wait};
 use tokio::process::{Child, Command};
 
@@ -774,7 +774,7 @@ async fn a_node_link_is_taken_only_from_a_live_node_with_the_secret() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_over_its_node_cap_spans_nodes_and_everyone_gets_everyone() -> Result<()> {
     init_tracing();
-    let redis = Redis::start().await?;
+    let mut redis = Redis::start().await?;
     let nodes = start_nodes(&redis, "max_participants_per_node = 4\n").await?;
     let mut clients = Vec::new();
     for i in 0..10 {
@@ -878,7 +878,30 @@ async fn a_room_over_its_node_cap_spans_nodes_and_everyone_gets_everyone() -> Re
             satellite.id
         );
     }
-    // The owner named both satellites in Redis; when everyone leaves, nothing is left.
+    // A Redis restart mid-call: media goes on across the links (they never touch Redis),
+    // and the owner's heartbeat names its satellites again.
+    ensure!(redis.keys("chorus:satellites:big")?.len() == 1);
+    redis.kill().await?;
+    redis.restart().await?;
+    let far = clients
+        .iter()
+        .position(|(_, a)| *a != owner.addr())
+        .context("a participant on a satellite")?;
+    let near = clients
+        .iter()
+        .position(|(_, a)| *a == owner.addr())
+        .context("a participant on the owner")?;
+    let (listener, speaker) = (&clients[near].0, &clients[far].0);
+    let heard = listener.received_count(speaker.id()?, tracks[far].audio);
+    listener
+        .wait_for_packets(speaker.id()?, tracks[far].audio, heard + 20, T)
+        .await
+        .context("media across a link after the Redis restart")?;
+    wait::poll_until(T, "the satellites named again", || {
+        (redis.keys("chorus:satellites:big").ok()?.len() == 1).then_some(())
+    })
+    .await?;
+    // When everyone leaves, nothing is left.
     for (client, _) in clients {
         client.leave().await?;
     }
@@ -998,5 +1021,73 @@ async fn a_spanning_room_outlives_a_satellite_and_then_its_owner() -> Result<()>
     let back = killed_at.elapsed();
     tracing::info!(?back, "the owner's room is back");
     ensure!(back < Duration::from_secs(10), "{back:?} to come back");
+    Ok(())
+}
+
+/// Across a node link, a keyframe request from a satellite's subscriber reaches the
+/// publisher on the owner (and its keyframe comes back), and a NACK is answered on the
+/// subscriber's node from its mirror's history, not by the publisher's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_requests_cross_a_node_link_and_nacks_are_answered_on_the_subscribers_node()
+-> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "max_participants_per_node = 1\n").await?;
+    let (ada, owner) = join_via(nodes[0].addr(), "pli", "ada").await?;
+    let (bob, satellite) = join_via(nodes[0].addr(), "pli", "bob").await?;
+    ensure!(owner != satellite, "bob is on a satellite");
+    let tracks = ada.publish_and_stream(MediaRate::default()).await?;
+    bob.wait_for_packets(ada.id()?, tracks.video, 30, T).await?;
+    let (_, video_ssrc) = ada.published_ssrcs().context("ssrcs")?;
+    wait::poll_until(T, "keyframe requests to go quiet", || {
+        let last = ada.keyframe_requests().last().map(|r| r.at);
+        last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+            .then_some(())
+    })
+    .await?;
+    let before = ada.keyframe_requests().len();
+    let asked = Instant::now();
+    bob.send_pli(ada.id()?, tracks.video).await?;
+    wait::poll_until(T, "bob's PLI at ada, across the link", || {
+        (ada.keyframe_requests().len() > before).then_some(())
+    })
+    .await?;
+    ensure!(ada.keyframe_requests()[before].media_ssrc == video_ssrc);
+    wait::poll_until(T, "ada's keyframe at bob", || {
+        bob.received(ada.id().ok()?, tracks.video)
+            .iter()
+            .any(|p| p.at > asked && is_vp8_keyframe(&p.payload))
+            .then_some(())
+    })
+    .await?;
+
+    // NACK three packets bob has: his node resends them from its mirror (his SRTP drops
+    // the second copies, as a browser's would); the owner resends nothing.
+    let retransmitted = async |addr: SocketAddr| -> Result<u64> {
+        let (_, body) = chorus_tests::harness::http_get(addr, "/api/stats").await?;
+        let stats: serde_json::Value = serde_json::from_str(&body)?;
+        stats["retransmitted"].as_u64().context("retransmitted")
+    };
+    let owner_before = retransmitted(owner).await?;
+    let satellite_before = retransmitted(satellite).await?;
+    let got = bob.received(ada.id()?, tracks.video);
+    let seqs: Vec<u16> = got
+        .iter()
+        .rev()
+        .take(3)
+        .map(|p| p.sequence_number)
+        .collect();
+    bob.send_nack(ada.id()?, tracks.video, &seqs).await?;
+    wait::poll_until_async(T, "the satellite to resend the NACKed packets", || async {
+        let now = retransmitted(satellite).await.ok()?;
+        (now >= satellite_before + 3).then_some(())
+    })
+    .await?;
+    let owner_after = retransmitted(owner).await?;
+    ensure!(
+        owner_after == owner_before,
+        "the owner resent {} packets",
+        owner_after - owner_before
+    );
     Ok(())
 }
