@@ -445,6 +445,11 @@ impl SubscriberState {
     }
 
     fn record(&self, mid: Option<&str>, packet: rtc::rtp::Packet) {
+        // Padding only (the server's bandwidth probes on a paused video): no media, and a
+        // browser's jitter buffer drops it too.
+        if packet.payload.is_empty() {
+            return;
+        }
         let at = Instant::now();
         let received = ReceivedPacket {
             mid: mid.unwrap_or_default().to_owned(),

@@ -213,7 +213,8 @@ fn assert_bytes_match(receiver: &Client, sender: &Client, kind: MediaKind) -> Re
         receiver.name()
     );
     for packet in &got {
-        let tag = parse_tag(&packet.payload).context("untagged payload")?;
+        let tag = parse_tag(&packet.payload)
+            .with_context(|| format!("untagged payload of {} bytes", packet.payload.len()))?;
         ensure!(
             tag.sender == sender.name() && tag.kind == kind,
             "foreign packet"
@@ -911,7 +912,17 @@ async fn a_room_over_its_node_cap_spans_nodes_and_everyone_gets_everyone() -> Re
         .then_some(())
     })
     .await?;
-    // and every node, satellites included, has closed its copy of the room
+    // and every node, satellites included, has closed its copy of the room; the owner's
+    // links count nobody in it (the participants left with `leave`, not by closing)
+    wait::poll_until_async(T, "the owner's links to count nobody", || async {
+        let status = cluster_status(owner).await.ok()?;
+        status["links"]
+            .as_array()?
+            .iter()
+            .all(|l| l["rooms"].as_object().is_some_and(|r| r.is_empty()))
+            .then_some(())
+    })
+    .await?;
     for node in &nodes {
         wait::poll_until_async(T, "no room left on the node", || async {
             (rooms_on(node).await.ok()? == 0).then_some(())

@@ -43,8 +43,34 @@ struct RemoteRoom {
 pub(super) struct OwnerSide {
     core: Arc<Core>,
     rooms: HashMap<RoomId, RemoteRoom>,
-    /// The satellite's participants that joined, and their rooms.
-    participants: Arc<std::sync::Mutex<HashMap<ParticipantId, RoomId>>>,
+    /// The satellite's participants in rooms here, and their rooms: written as they join
+    /// (the join task), and as they go (their session closed, or their room removed
+    /// their media).
+    participants: Arc<Participants>,
+}
+
+#[derive(Default)]
+struct Participants(std::sync::Mutex<HashMap<ParticipantId, RoomId>>);
+
+impl Participants {
+    fn joined(&self, core: &Core, participant: ParticipantId, room: RoomId) {
+        lock(&self.0).insert(participant, room.clone());
+        *lock(&core.rooms).entry(room).or_default() += 1;
+    }
+
+    /// Forgets a participant that left its room.
+    fn left(&self, core: &Core, participant: ParticipantId) {
+        let Some(room) = lock(&self.0).remove(&participant) else {
+            return;
+        };
+        let mut rooms = lock(&core.rooms);
+        if let Some(n) = rooms.get_mut(&room) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                rooms.remove(&room);
+            }
+        }
+    }
 }
 
 impl OwnerSide {
@@ -56,17 +82,22 @@ impl OwnerSide {
         }
     }
 
-    /// The remote worker of `room` on this link, started on first use.
+    /// The remote worker of `room` on this link, started on first use. Those of rooms
+    /// with none of the satellite's participants left are let go (their tasks end).
     fn remote(&mut self, room: &RoomId) -> &RemoteRoom {
-        let core = &self.core;
+        let (core, participants) = (&self.core, &self.participants);
+        {
+            let used = lock(&core.rooms);
+            self.rooms.retain(|r, _| r == room || used.contains_key(r));
+        }
         self.rooms
             .entry(room.clone())
             .and_modify(|r| {
                 if r.to_worker.is_closed() {
-                    *r = start_remote(core, room);
+                    *r = start_remote(core, participants, room);
                 }
             })
-            .or_insert_with(|| start_remote(core, room))
+            .or_insert_with(|| start_remote(core, participants, room))
     }
 
     pub(super) async fn on_message(&mut self, message: SpanMessage) {
@@ -105,8 +136,7 @@ impl OwnerSide {
                         .join_remote(room.clone(), participant, name, admission, session, worker)
                         .await;
                     if result.is_ok() {
-                        lock(&participants).insert(participant, room.clone());
-                        *lock(&core.rooms).entry(room).or_default() += 1;
+                        participants.joined(&core, participant, room);
                     }
                     core.send(&SpanMessage::Joined {
                         participant,
@@ -156,22 +186,14 @@ impl OwnerSide {
     }
 
     async fn gone(&self, room: &RoomId, participant: ParticipantId) {
-        if lock(&self.participants).remove(&participant).is_some() {
-            let mut rooms = lock(&self.core.rooms);
-            if let Some(n) = rooms.get_mut(room) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    rooms.remove(room);
-                }
-            }
-        }
+        self.participants.left(&self.core, participant);
         self.to_room(room, RoomCommand::Gone { participant }).await;
     }
 
     /// The link closed: the satellite's participants leave their rooms, as after a lost
     /// connection.
     pub(super) async fn close(self) {
-        let participants: Vec<_> = lock(&self.participants).drain().collect();
+        let participants: Vec<_> = lock(&self.participants.0).drain().collect();
         for (participant, room) in participants {
             self.to_room(&room, RoomCommand::Gone { participant }).await;
         }
@@ -179,11 +201,12 @@ impl OwnerSide {
     }
 }
 
-fn start_remote(core: &Arc<Core>, room: &RoomId) -> RemoteRoom {
+fn start_remote(core: &Arc<Core>, participants: &Arc<Participants>, room: &RoomId) -> RemoteRoom {
     let (tx, commands) = mpsc::channel(REMOTE_COMMAND_QUEUE);
     let (to_worker, from_link) = mpsc::channel(FROM_LINK_QUEUE);
     tokio::spawn(remote_worker(
         core.clone(),
+        participants.clone(),
         room.clone(),
         commands,
         from_link,
@@ -205,6 +228,7 @@ enum Pending {
 /// and the satellite's replies and notices back.
 async fn remote_worker(
     core: Arc<Core>,
+    participants: Arc<Participants>,
     room: RoomId,
     mut commands: mpsc::Receiver<WorkerCommand>,
     mut from_link: mpsc::Receiver<FromLink>,
@@ -245,6 +269,8 @@ async fn remote_worker(
                         Some(Pending::Done(reply)),
                     ),
                     WorkerCommand::Remove { participant } => {
+                        // the room let the participant go, whatever the reason
+                        participants.left(&core, participant);
                         (CommandWire::Remove { participant }, None)
                     }
                     WorkerCommand::Silence { track, silenced } => {
