@@ -196,6 +196,28 @@ async fn join_via(entry: SocketAddr, room: &str, name: &str) -> Result<(Client, 
     bail!("{name}: more than 3 redirects for {room}")
 }
 
+/// Rejoins `room` as `name` as chorus.js does after a failure: backs off 0.5, 1, 2, 4 s
+/// through `entry`, following redirects, until `deadline` (from `since`).
+async fn rejoin(
+    entry: SocketAddr,
+    room: &str,
+    name: &str,
+    since: Instant,
+) -> Result<(Client, SocketAddr)> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(delay).await;
+        match join_via(entry, room, name).await {
+            Ok(joined) => return Ok(joined),
+            Err(err) => {
+                tracing::info!("{name} rejoin failed: {err:#}");
+                ensure!(since.elapsed() < T, "{name} could not rejoin: {err:#}");
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Checks that every packet `receiver` got from `sender`'s `kind` track is byte-identical
 /// to the one sent with the same counter; returns how many there were.
 fn assert_bytes_match(receiver: &Client, sender: &Client, kind: MediaKind) -> Result<usize> {
@@ -359,23 +381,12 @@ async fn a_killed_nodes_participants_are_back_in_a_call_within_10_s_and_redis_fo
     nodes[dead].server.signal("KILL")?;
     ada.wait_closed(T).await?;
     bob.wait_closed(T).await?;
-    // Rejoin as chorus.js does: back off 0.5, 1, 2, 4 s through the entry, following
-    // redirects (a redirect to the dead node fails to connect until its key expires).
-    let rejoin = |name: &'static str| async move {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            tokio::time::sleep(delay).await;
-            match join_via(entry, "standup", name).await {
-                Ok(joined) => return Ok::<_, anyhow::Error>(joined),
-                Err(err) => {
-                    tracing::info!("{name} rejoin failed: {err:#}");
-                    ensure!(killed_at.elapsed() < T, "{name} could not rejoin: {err:#}");
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    };
-    let ((ada2, ada_node), (bob2, bob_node)) = tokio::try_join!(rejoin("ada"), rejoin("bob"))?;
+    // Rejoin as chorus.js does (a redirect to the dead node fails to connect until its
+    // key expires).
+    let ((ada2, ada_node), (bob2, bob_node)) = tokio::try_join!(
+        rejoin(entry, "standup", "ada", killed_at),
+        rejoin(entry, "standup", "bob", killed_at)
+    )?;
     ensure!(
         ada_node == bob_node && ada_node != host,
         "rejoined on {ada_node}/{bob_node}"
@@ -930,28 +941,6 @@ async fn a_room_over_its_node_cap_spans_nodes_and_everyone_gets_everyone() -> Re
         .await?;
     }
     Ok(())
-}
-
-/// Rejoins `room` as `name` as chorus.js does after a failure: backs off 0.5, 1, 2, 4 s
-/// through `entry`, following redirects, until `deadline` (from `since`).
-async fn rejoin(
-    entry: SocketAddr,
-    room: &str,
-    name: &str,
-    since: Instant,
-) -> Result<(Client, SocketAddr)> {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        tokio::time::sleep(delay).await;
-        match join_via(entry, room, name).await {
-            Ok(joined) => return Ok(joined),
-            Err(err) => {
-                tracing::info!("{name} rejoin failed: {err:#}");
-                ensure!(since.elapsed() < T, "{name} could not rejoin: {err:#}");
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
 }
 
 /// A spanning room survives its nodes' deaths as a room on one node does: when a

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::link::{self, Accept, Dial, LinkIds, LinkMessage, LinkRefusal};
@@ -135,6 +136,65 @@ pub async fn handshake(
     }
 }
 
+/// What a WebSocket message is to a link.
+pub enum Incoming {
+    Frame(Frame),
+    /// Not for the link (a ping or pong, answered by the WebSocket layer).
+    Skip,
+    /// The other end closes.
+    Close,
+}
+
+/// Pumps a WebSocket's halves through a [`LinkConn`]: the writer sends the frames queued
+/// together in one write (`to_message` makes each the socket's message), the reader turns
+/// messages into frames (`from_message`) until the socket closes. Returns the connection
+/// and the reader's and writer's tasks.
+pub fn pump<M, S, T, E>(
+    mut sink: S,
+    mut stream: T,
+    to_message: fn(Frame) -> M,
+    from_message: fn(M) -> Incoming,
+) -> (LinkConn, JoinHandle<()>, JoinHandle<()>)
+where
+    M: Send + 'static,
+    S: Sink<M> + Unpin + Send + 'static,
+    T: Stream<Item = Result<M, E>> + Unpin + Send + 'static,
+    E: Send + 'static,
+{
+    let (in_tx, incoming) = mpsc::channel(LINK_FRAME_QUEUE);
+    let (outgoing, mut out_rx) = mpsc::channel::<Frame>(LINK_FRAME_QUEUE);
+    let writer = tokio::spawn(async move {
+        'link: while let Some(frame) = out_rx.recv().await {
+            if sink.feed(to_message(frame)).await.is_err() {
+                return;
+            }
+            while let Ok(frame) = out_rx.try_recv() {
+                if sink.feed(to_message(frame)).await.is_err() {
+                    break 'link;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            match from_message(message) {
+                Incoming::Frame(frame) => {
+                    if in_tx.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                Incoming::Skip => {}
+                Incoming::Close => break,
+            }
+        }
+    });
+    (LinkConn { incoming, outgoing }, reader, writer)
+}
+
 /// The URL of a node's link endpoint, from its advertised `http(s)://` URL.
 pub fn link_url(advertise_url: &str) -> String {
     let ws = crate::record::ws_url(advertise_url);
@@ -161,44 +221,22 @@ pub async fn dial(
         }
         Err(_) => return Err(DialError::NoAnswer),
     };
-    let (mut sink, mut stream) = socket.split();
-    let (in_tx, incoming) = mpsc::channel(LINK_FRAME_QUEUE);
-    let (outgoing, mut out_rx) = mpsc::channel::<Frame>(LINK_FRAME_QUEUE);
-    tokio::spawn(async move {
-        let message = |frame| match frame {
+    let (sink, stream) = socket.split();
+    let (conn, _, _) = pump(
+        sink,
+        stream,
+        |frame| match frame {
             Frame::Text(text) => Message::text(text),
             Frame::Binary(bytes) => Message::binary(bytes),
-        };
-        // Frames queued together go out in one write.
-        'link: while let Some(frame) = out_rx.recv().await {
-            if sink.feed(message(frame)).await.is_err() {
-                break;
-            }
-            while let Ok(frame) = out_rx.try_recv() {
-                if sink.feed(message(frame)).await.is_err() {
-                    break 'link;
-                }
-            }
-            if sink.flush().await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = stream.next().await {
-            let frame = match message {
-                Message::Text(text) => Frame::Text(text.as_str().to_owned()),
-                Message::Binary(bytes) => Frame::Binary(bytes.to_vec()),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            if in_tx.send(frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    handshake(LinkConn { incoming, outgoing }, me, owner, secret).await
+        },
+        |message| match message {
+            Message::Text(text) => Incoming::Frame(Frame::Text(text.as_str().to_owned())),
+            Message::Binary(bytes) => Incoming::Frame(Frame::Binary(bytes.to_vec())),
+            Message::Close(_) => Incoming::Close,
+            _ => Incoming::Skip,
+        },
+    );
+    handshake(conn, me, owner, secret).await
 }
 
 #[cfg(test)]

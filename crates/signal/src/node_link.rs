@@ -9,10 +9,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chorus_cluster::Cluster;
-use chorus_cluster::links::{Frame, LINK_FRAME_QUEUE, LinkConn};
+use chorus_cluster::links::{self, Frame, Incoming};
 use chorus_protocol::ErrorCode;
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::StreamExt;
 
 use crate::{AppState, api_error};
 
@@ -51,44 +50,22 @@ pub(crate) async fn upgrade(
 }
 
 async fn serve(cluster: Cluster, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
-    let (in_tx, incoming) = mpsc::channel(LINK_FRAME_QUEUE);
-    let (outgoing, mut out_rx) = mpsc::channel::<Frame>(LINK_FRAME_QUEUE);
-    let writer = tokio::spawn(async move {
-        let message = |frame| match frame {
+    let (sink, stream) = socket.split();
+    let (conn, reader, writer) = links::pump(
+        sink,
+        stream,
+        |frame| match frame {
             Frame::Text(text) => Message::Text(text.into()),
             Frame::Binary(bytes) => Message::Binary(bytes.into()),
-        };
-        // Frames queued together go out in one write.
-        'link: while let Some(frame) = out_rx.recv().await {
-            if sink.feed(message(frame)).await.is_err() {
-                return;
-            }
-            while let Ok(frame) = out_rx.try_recv() {
-                if sink.feed(message(frame)).await.is_err() {
-                    break 'link;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(message)) = stream.next().await {
-            let frame = match message {
-                Message::Text(text) => Frame::Text(text.as_str().to_owned()),
-                Message::Binary(bytes) => Frame::Binary(bytes.to_vec()),
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => continue,
-            };
-            if in_tx.send(frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    cluster.accept_link(LinkConn { incoming, outgoing }).await;
+        },
+        |message| match message {
+            Message::Text(text) => Incoming::Frame(Frame::Text(text.as_str().to_owned())),
+            Message::Binary(bytes) => Incoming::Frame(Frame::Binary(bytes.to_vec())),
+            Message::Close(_) => Incoming::Close,
+            Message::Ping(_) | Message::Pong(_) => Incoming::Skip,
+        },
+    );
+    cluster.accept_link(conn).await;
     reader.abort();
     let _ = writer.await;
 }
