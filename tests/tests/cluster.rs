@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use chorus_cluster::record::NodeRecord;
-use chorus_protocol::{ErrorCode, MediaKind};
+use chorus_protocol::{ErrorCode, MediaKind, ServerMessage, TrackId};
 use chorus_tests::media::{expected_payload, is_vp8_keyframe, parse_tag};
-use chorus_tests::{Client, MediaRate, Server, init_tracing, redirect_url, refusal_code, wait};
+use chorus_tests::{
+    Client, MediaRate, PublishOptions, Server, init_tracing, redirect_url, refusal_code, wait,
+};
 use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(15);
@@ -179,9 +181,20 @@ fn addr_of(url: &str) -> Result<SocketAddr> {
 /// Joins `room` as `name` through `entry`, following redirects as chorus.js does. Returns
 /// the client and the node it joined on.
 async fn join_via(entry: SocketAddr, room: &str, name: &str) -> Result<(Client, SocketAddr)> {
+    join_via_with(entry, room, name, |_| {}).await
+}
+
+/// [`join_via`], with `setup` applied to each client before it joins.
+async fn join_via_with(
+    entry: SocketAddr,
+    room: &str,
+    name: &str,
+    setup: fn(&Client),
+) -> Result<(Client, SocketAddr)> {
     let mut addr = entry;
     for _ in 0..3 {
         let client = Client::connect(addr, name).await?;
+        setup(&client);
         match client.join(room).await {
             Ok(_) => return Ok((client, addr)),
             Err(err) => match redirect_url(&err) {
@@ -1089,5 +1102,51 @@ async fn keyframe_requests_cross_a_node_link_and_nacks_are_answered_on_the_subsc
         "the owner resent {} packets",
         owner_after - owner_before
     );
+    Ok(())
+}
+
+/// The layers a satellite's subscriber needs reach the publisher on the owner (dynacast
+/// across a node link): a small tile there stops the top layers, a large one brings them
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_satellite_subscribers_tile_decides_the_owners_publisher_layers() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "max_participants_per_node = 1\n").await?;
+    let (ada, owner) = join_via(nodes[0].addr(), "tiles", "ada").await?;
+    let tracks = ada.publish_with(PublishOptions::simulcast()).await?;
+    ada.start_media(MediaRate::default())?;
+    let (bob, satellite) = join_via_with(
+        nodes[0].addr(),
+        "tiles",
+        "bob",
+        Client::without_downlink_estimate,
+    )
+    .await?;
+    ensure!(owner != satellite, "bob is on a satellite");
+    let video = tracks.video;
+    bob.wait_for_packets(ada.id()?, video, 20, T).await?;
+    let layers = |client: &Client, track: TrackId| {
+        client
+            .messages()
+            .into_iter()
+            .rev()
+            .find_map(|l| match l.message {
+                ServerMessage::PublishLayers { track_id, rids } if track_id == track => Some(rids),
+                _ => None,
+            })
+    };
+    bob.track_settings(video, true, 160, 90)?;
+    wait::poll_until(T, "publishLayers [q] at ada", || {
+        (layers(&ada, video)? == ["q"]).then_some(())
+    })
+    .await
+    .with_context(|| format!("ada's layers: {:?}", layers(&ada, video)))?;
+    bob.track_settings(video, true, 1280, 720)?;
+    wait::poll_until(T, "publishLayers with f at ada", || {
+        layers(&ada, video)?.iter().any(|r| r == "f").then_some(())
+    })
+    .await
+    .with_context(|| format!("ada's layers: {:?}", layers(&ada, video)))?;
     Ok(())
 }
