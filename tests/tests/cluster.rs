@@ -1150,3 +1150,38 @@ async fn a_satellite_subscribers_tile_decides_the_owners_publisher_layers() -> R
     .with_context(|| format!("ada's layers: {:?}", layers(&ada, video)))?;
     Ok(())
 }
+
+/// A node link that goes silent (here the owner hangs: SIGSTOP, its sockets open) is
+/// closed by the satellite within seconds: the satellite's participants' sessions close,
+/// so that their clients rejoin through placement, as after a node's death.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_satellite_closes_a_silent_link_and_its_sessions() -> Result<()> {
+    init_tracing();
+    let redis = Redis::start().await?;
+    let nodes = start_nodes(&redis, "max_participants_per_node = 1\n").await?;
+    let (_ada, owner) = join_via(nodes[0].addr(), "hang", "ada").await?;
+    let (bob, satellite) = join_via(nodes[0].addr(), "hang", "bob").await?;
+    ensure!(owner != satellite, "bob is on a satellite");
+    let hung = nodes
+        .iter()
+        .find(|n| n.addr() == owner)
+        .context("the owner is ours")?;
+    let sat = nodes
+        .iter()
+        .find(|n| n.addr() == satellite)
+        .context("the satellite is ours")?;
+    hung.server.signal("STOP")?;
+    let stopped = Instant::now();
+    let closed = bob.wait_closed(T).await;
+    let after = stopped.elapsed();
+    hung.server.signal("CONT")?;
+    closed?;
+    tracing::info!(?after, "bob's session closed");
+    ensure!(after < Duration::from_secs(10), "{after:?} to close");
+    let status = cluster_status(sat).await?;
+    ensure!(
+        status["links"].as_array().is_some_and(Vec::is_empty),
+        "the satellite dropped its link: {status}"
+    );
+    Ok(())
+}

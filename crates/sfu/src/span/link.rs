@@ -29,6 +29,16 @@ use crate::worker::SharedTrack;
 /// last said, and looks for tracks it described that ended.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How often each end of a link says it is alive (when a link is idle, this is all it
+/// sends).
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// How long a link may hear nothing from the far node before it is closed: the far node
+/// hangs, or the network between the two dropped without a TCP reset. Then the owner's
+/// rooms let the satellite's participants go, and the satellite closes their sessions so
+/// that their clients rejoin, as after a node's death.
+const LINK_SILENCE: Duration = Duration::from_secs(5);
+
 /// Requests from a satellite's rooms to its link task. Each carries one session's
 /// command; the sessions await space, which slows only their own reading.
 pub(super) const TO_LINK_QUEUE: usize = 256;
@@ -144,6 +154,7 @@ impl Core {
                 shares.remove_if(&track, |_, s| s.origin == self.slot);
                 lock(&self.tracks).imported.remove(&track);
             }
+            SpanMessage::Alive => {}
             other => return Some(other),
         }
         None
@@ -337,6 +348,8 @@ pub async fn serve_link(hub: Hub, peer: String, accepted: bool, conn: LinkConn) 
     );
     tracing::info!(%peer, accepted, slot, "node link up");
     let mut poll = tokio::time::interval(POLL);
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    let mut heard = tokio::time::Instant::now();
     let handed_in = inbox.notify();
     loop {
         let request = async {
@@ -348,6 +361,7 @@ pub async fn serve_link(hub: Hub, peer: String, accepted: bool, conn: LinkConn) 
         tokio::select! {
             frame = incoming.recv() => {
                 let Some(mut frame) = frame else { break };
+                heard = tokio::time::Instant::now();
                 // What arrived meanwhile goes in the same pass, and each worker that got
                 // packets is woken once for all of them.
                 let mut to_wake = Vec::new();
@@ -370,6 +384,13 @@ pub async fn serve_link(hub: Hub, peer: String, accepted: bool, conn: LinkConn) 
                 core.send_handed(handed).await;
             }
             _ = poll.tick() => core.poll().await,
+            _ = keepalive.tick() => {
+                if heard.elapsed() > LINK_SILENCE {
+                    tracing::warn!(%peer, "node link silent for {:?}; closing it", heard.elapsed());
+                    break;
+                }
+                core.send(&SpanMessage::Alive).await;
+            }
             Some(request) = request => {
                 if let Side::Satellite(s) = &mut side {
                     s.on_request(request).await;

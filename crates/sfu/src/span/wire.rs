@@ -80,6 +80,9 @@ pub enum SpanMessage {
     Keyframe { track: TrackId, layer: u8 },
     /// A track the sender described ended.
     TrackEnded { track: TrackId },
+    /// The sender is alive (sent every second; a link that hears nothing for a while is
+    /// closed).
+    Alive,
 }
 
 /// A [`crate::worker::WorkerCommand`] for a satellite's participant.
