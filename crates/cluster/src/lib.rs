@@ -15,6 +15,7 @@ pub mod link;
 pub mod links;
 pub mod placement;
 pub mod record;
+pub mod seal;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -28,7 +29,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::link::LinkRefusal;
+use crate::link::{LinkRefusal, Role};
 use crate::links::LinkConn;
 use crate::placement::{Owner, Recent, Route};
 use crate::record::NodeRecord;
@@ -561,7 +562,11 @@ impl Cluster {
         };
         inner.links_accepted.fetch_add(1, Ordering::Relaxed);
         let node = link.ids.satellite.clone();
-        chorus_sfu::span::serve_link(inner.hub.clone(), node, true, link.conn).await;
+        let cluster = self.clone();
+        let conn = links::sealed(link, &inner.settings.secret, Role::Owner, move |refusal| {
+            cluster.count_refusal(refusal);
+        });
+        chorus_sfu::span::serve_link(inner.hub.clone(), node, true, conn).await;
     }
 
     /// Opens this node's link to `owner` (as a satellite of its rooms) unless one is open.
@@ -580,11 +585,20 @@ impl Cluster {
                 }
                 ClusterError::Unavailable(format!("node link to {}: {err}", owner.id))
             })?;
+        let cluster = self.clone();
+        let conn = links::sealed(
+            link,
+            &inner.settings.secret,
+            Role::Satellite,
+            move |refusal| {
+                cluster.count_refusal(refusal);
+            },
+        );
         tokio::spawn(chorus_sfu::span::serve_link(
             inner.hub.clone(),
             owner.id.clone(),
             false,
-            link.conn,
+            conn,
         ));
         // The link registers itself as it starts.
         for _ in 0..100 {

@@ -73,16 +73,21 @@ pub enum LinkRefusal {
     /// another answered), or a node dialled itself.
     #[error("the other end is not the node that was meant")]
     WrongNode,
+    /// After the handshake: a frame that does not open under the link's keys (forged,
+    /// altered, replayed, reordered or dropped on the way). The link is closed.
+    #[error("a frame that does not open under the link's keys")]
+    BadFrame,
 }
 
 impl LinkRefusal {
     /// Every reason, for counters that list all of them.
-    pub const ALL: [LinkRefusal; 5] = [
+    pub const ALL: [LinkRefusal; 6] = [
         LinkRefusal::Malformed,
         LinkRefusal::UnknownNode,
         LinkRefusal::BadProof,
         LinkRefusal::Unavailable,
         LinkRefusal::WrongNode,
+        LinkRefusal::BadFrame,
     ];
 
     /// The reason's name on the wire and in counters.
@@ -93,6 +98,7 @@ impl LinkRefusal {
             LinkRefusal::BadProof => "badProof",
             LinkRefusal::Unavailable => "unavailable",
             LinkRefusal::WrongNode => "wrongNode",
+            LinkRefusal::BadFrame => "badFrame",
         }
     }
 
@@ -105,9 +111,9 @@ impl LinkRefusal {
     }
 }
 
-/// Which end of a link a proof is from.
-#[derive(Debug, Clone, Copy)]
-enum Role {
+/// Which end of a link a proof (or a frame, once sealed) is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
     Owner,
     Satellite,
 }
@@ -122,17 +128,13 @@ pub struct LinkIds {
 }
 
 impl LinkIds {
-    fn mac(&self, secret: &[u8], role: Role) -> Hmac<Sha256> {
+    fn mac(&self, secret: &[u8], label: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret)
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key"));
-        let role = match role {
-            Role::Owner => "owner",
-            Role::Satellite => "satellite",
-        };
         // Each field is length-prefixed, so that no two different field lists hash alike.
         for field in [
             "chorus node link v1",
-            role,
+            label,
             &self.owner,
             &self.satellite,
             &self.owner_nonce,
@@ -145,15 +147,34 @@ impl LinkIds {
     }
 
     fn proof(&self, secret: &[u8], role: Role) -> String {
-        crate::record::hex(&self.mac(secret, role).finalize().into_bytes())
+        let label = match role {
+            Role::Owner => "owner",
+            Role::Satellite => "satellite",
+        };
+        crate::record::hex(&self.mac(secret, label).finalize().into_bytes())
     }
 
     fn check(&self, secret: &[u8], role: Role, proof: &str) -> Result<(), LinkRefusal> {
         let proof = crate::record::unhex(proof).ok_or(LinkRefusal::BadProof)?;
+        let label = match role {
+            Role::Owner => "owner",
+            Role::Satellite => "satellite",
+        };
         // constant time
-        self.mac(secret, role)
+        self.mac(secret, label)
             .verify_slice(&proof)
             .map_err(|_| LinkRefusal::BadProof)
+    }
+
+    /// The key that seals the frames `from` one end sends after the handshake: HMAC under
+    /// the secret, as the proofs, with a label of its own (so it is nothing a proof shows),
+    /// over both ids and both nonces (so each link has its own keys).
+    pub fn key(&self, secret: &[u8], from: Role) -> [u8; 32] {
+        let label = match from {
+            Role::Owner => "frames from the owner",
+            Role::Satellite => "frames from the satellite",
+        };
+        self.mac(secret, label).finalize().into_bytes().into()
     }
 }
 

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::link::{self, Accept, Dial, LinkIds, LinkMessage, LinkRefusal};
+use crate::link::{self, Accept, Dial, LinkIds, LinkMessage, LinkRefusal, Role};
+use crate::seal::{Opener, Sealer};
 
 /// Frames each way between a link's WebSocket and the task that speaks on it. Handshake
 /// messages are a few per link, and the room traffic that follows is paced by the
@@ -136,6 +137,71 @@ pub async fn handshake(
     }
 }
 
+/// Seals a link whose handshake succeeded, as its end `me`: returns the connection the
+/// link's task speaks on, whose frames cross the socket sealed ([`crate::seal`]). A frame
+/// from the far end that does not open (or comes in the clear) ends the link, and its
+/// reason goes to `on_bad`.
+pub fn sealed(
+    link: Link,
+    secret: &[u8],
+    me: Role,
+    on_bad: impl Fn(LinkRefusal) + Send + 'static,
+) -> LinkConn {
+    let other = match me {
+        Role::Owner => Role::Satellite,
+        Role::Satellite => Role::Owner,
+    };
+    let mut sealer = Sealer::new(&link.ids.key(secret, me));
+    let mut opener = Opener::new(&link.ids.key(secret, other));
+    let LinkConn {
+        incoming: mut raw_in,
+        outgoing: raw_out,
+    } = link.conn;
+    let (plain_in_tx, plain_in) = mpsc::channel(LINK_FRAME_QUEUE);
+    let (plain_out, mut plain_out_rx) = mpsc::channel::<Frame>(LINK_FRAME_QUEUE);
+    tokio::spawn(async move {
+        while let Some(frame) = plain_out_rx.recv().await {
+            let sealed = match frame {
+                Frame::Text(text) => sealer.seal(true, text.as_bytes()),
+                Frame::Binary(bytes) => sealer.seal(false, &bytes),
+            };
+            if raw_out.send(Frame::Binary(sealed)).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(frame) = raw_in.recv().await {
+            // nothing travels in the clear after the handshake
+            let opened = match frame {
+                Frame::Binary(bytes) => opener.open(bytes),
+                Frame::Text(_) => Err(LinkRefusal::BadFrame),
+            };
+            let frame = match opened {
+                Ok((false, bytes)) => Frame::Binary(bytes),
+                Ok((true, bytes)) => match String::from_utf8(bytes) {
+                    Ok(text) => Frame::Text(text),
+                    Err(_) => {
+                        on_bad(LinkRefusal::BadFrame);
+                        break;
+                    }
+                },
+                Err(refusal) => {
+                    on_bad(refusal);
+                    break;
+                }
+            };
+            if plain_in_tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    LinkConn {
+        incoming: plain_in,
+        outgoing: plain_out,
+    }
+}
+
 /// What a WebSocket message is to a link.
 pub enum Incoming {
     Frame(Frame),
@@ -241,6 +307,8 @@ pub async fn dial(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     const SECRET: &[u8] = b"a cluster secret of at least thirty-two bytes";
@@ -322,6 +390,45 @@ mod tests {
             LinkRefusal::WrongNode,
             "told, not left waiting"
         );
+    }
+
+    #[tokio::test]
+    async fn a_sealed_link_carries_frames_and_ends_on_one_that_does_not_open() {
+        let (owner, satellite) = pair();
+        let (accepted, dialled) = tokio::join!(
+            accept(owner, "node1", SECRET, async |_| Ok(true)),
+            handshake(satellite, "node2", "node1", SECRET),
+        );
+        let (accepted, dialled) = (accepted.unwrap().unwrap(), dialled.unwrap());
+        let raw = dialled.conn.outgoing.clone();
+        let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bad.clone();
+        let mut owner = sealed(accepted, SECRET, Role::Owner, move |r| {
+            seen.lock().unwrap().push(r);
+        });
+        let mut satellite = sealed(dialled, SECRET, Role::Satellite, |_| {});
+        satellite
+            .outgoing
+            .send(Frame::Text("{\"type\":\"alive\"}".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            owner.incoming.recv().await,
+            Some(Frame::Text("{\"type\":\"alive\"}".into()))
+        );
+        owner
+            .outgoing
+            .send(Frame::Binary(vec![1, 2]))
+            .await
+            .unwrap();
+        assert_eq!(
+            satellite.incoming.recv().await,
+            Some(Frame::Binary(vec![1, 2]))
+        );
+        // a frame that was not sealed under the link's key ends the owner's end
+        raw.send(Frame::Binary(vec![0; 40])).await.unwrap();
+        assert_eq!(owner.incoming.recv().await, None);
+        assert_eq!(*bad.lock().unwrap(), vec![LinkRefusal::BadFrame]);
     }
 
     #[test]
