@@ -61,6 +61,7 @@ fuzz_seeds() {
     red) echo "$FUZZ_DIR/seeds/red" ;;
     subscriber_answer) echo "$FUZZ_DIR/seeds/subscriber_answer" ;;
     whep_offer) echo "$FUZZ_DIR/seeds/whep" ;;
+    node_link) echo "$FUZZ_DIR/seeds/node_link" ;;
     *) echo "" ;;
   esac
 }
