@@ -128,15 +128,19 @@ impl OwnerSide {
                         .await;
                     }
                 });
+                // Counted from now, so that the room's remote worker is kept while the
+                // join is under way; forgotten again if it is refused.
+                self.participants
+                    .joined(&self.core, participant, room.clone());
                 let (core, participants) = (self.core.clone(), self.participants.clone());
                 // The join waits for the room; the link goes on meanwhile.
                 tokio::spawn(async move {
                     let result = core
                         .hub
-                        .join_remote(room.clone(), participant, name, admission, session, worker)
+                        .join_remote(room, participant, name, admission, session, worker)
                         .await;
-                    if result.is_ok() {
-                        participants.joined(&core, participant, room);
+                    if result.is_err() {
+                        participants.left(&core, participant);
                     }
                     core.send(&SpanMessage::Joined {
                         participant,
