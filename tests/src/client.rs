@@ -1460,6 +1460,17 @@ impl Client {
         lock(&self.inner.log).clone()
     }
 
+    /// The rids of the latest `publishLayers` this client got for `track`.
+    pub fn latest_publish_layers(&self, track: TrackId) -> Option<Vec<String>> {
+        self.messages()
+            .into_iter()
+            .rev()
+            .find_map(|l| match l.message {
+                ServerMessage::PublishLayers { track_id, rids } if track_id == track => Some(rids),
+                _ => None,
+            })
+    }
+
     /// The log position now: pass it to [`wait_for_after`](Client::wait_for_after) to wait only
     /// for messages that arrive later.
     pub fn mark(&self) -> usize {

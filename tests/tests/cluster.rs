@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use chorus_cluster::record::NodeRecord;
-use chorus_protocol::{ErrorCode, MediaKind, ServerMessage, TrackId};
+use chorus_protocol::{ErrorCode, MediaKind};
 use chorus_tests::media::{expected_payload, is_vp8_keyframe, parse_tag};
 use chorus_tests::{
     Client, MediaRate, PublishOptions, Server, init_tracing, redirect_url, refusal_code, wait,
@@ -1126,28 +1126,21 @@ async fn a_satellite_subscribers_tile_decides_the_owners_publisher_layers() -> R
     ensure!(owner != satellite, "bob is on a satellite");
     let video = tracks.video;
     bob.wait_for_packets(ada.id()?, video, 20, T).await?;
-    let layers = |client: &Client, track: TrackId| {
-        client
-            .messages()
-            .into_iter()
-            .rev()
-            .find_map(|l| match l.message {
-                ServerMessage::PublishLayers { track_id, rids } if track_id == track => Some(rids),
-                _ => None,
-            })
-    };
     bob.track_settings(video, true, 160, 90)?;
     wait::poll_until(T, "publishLayers [q] at ada", || {
-        (layers(&ada, video)? == ["q"]).then_some(())
+        (ada.latest_publish_layers(video)? == ["q"]).then_some(())
     })
     .await
-    .with_context(|| format!("ada's layers: {:?}", layers(&ada, video)))?;
+    .with_context(|| format!("ada's layers: {:?}", ada.latest_publish_layers(video)))?;
     bob.track_settings(video, true, 1280, 720)?;
     wait::poll_until(T, "publishLayers with f at ada", || {
-        layers(&ada, video)?.iter().any(|r| r == "f").then_some(())
+        ada.latest_publish_layers(video)?
+            .iter()
+            .any(|r| r == "f")
+            .then_some(())
     })
     .await
-    .with_context(|| format!("ada's layers: {:?}", layers(&ada, video)))?;
+    .with_context(|| format!("ada's layers: {:?}", ada.latest_publish_layers(video)))?;
     Ok(())
 }
 

@@ -1223,18 +1223,6 @@ async fn a_subscriber_moves_between_simulcast_layers_only_on_keyframes() -> Resu
     assert_no_failures(&[&ada, &bob])
 }
 
-/// The rids of the latest `publishLayers` `client` got for `track`.
-fn latest_publish_layers(client: &Client, track: TrackId) -> Option<Vec<String>> {
-    client
-        .messages()
-        .into_iter()
-        .rev()
-        .find_map(|l| match l.message {
-            ServerMessage::PublishLayers { track_id, rids } if track_id == track => Some(rids),
-            _ => None,
-        })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynacast_stops_the_top_layer_while_every_tile_is_small() -> Result<()> {
     dynacast_scenario("", false).await
@@ -1261,13 +1249,13 @@ async fn dynacast_scenario(config: &str, bob_large: bool) -> Result<()> {
     cy.track_settings(video, true, SMALL_TILE.0, SMALL_TILE.1)?;
     let small = Instant::now();
     wait::poll_until(T, "publishLayers [q]", || {
-        (latest_publish_layers(&ada, video)? == ["q"]).then_some(())
+        (ada.latest_publish_layers(video)? == ["q"]).then_some(())
     })
     .await
     .with_context(|| {
         format!(
             "publishLayers so far: {:?}",
-            latest_publish_layers(&ada, video)
+            ada.latest_publish_layers(video)
         )
     })?;
     wait_layer_packets(&bob, ada_id, video, 0, small, 20).await?;
@@ -1282,7 +1270,7 @@ async fn dynacast_scenario(config: &str, bob_large: bool) -> Result<()> {
     large_one.track_settings(video, true, LARGE_TILE.0, LARGE_TILE.1)?;
     let large = Instant::now();
     wait::poll_until(T, "publishLayers with f", || {
-        latest_publish_layers(&ada, video)?
+        ada.latest_publish_layers(video)?
             .iter()
             .any(|r| r == "f")
             .then_some(())
@@ -1301,7 +1289,7 @@ async fn dynacast_scenario(config: &str, bob_large: bool) -> Result<()> {
     // The large tile goes away: f is dropped again.
     large_one.track_settings(video, false, 0, 0)?;
     wait::poll_until(T, "publishLayers [q] again", || {
-        (latest_publish_layers(&ada, video)? == ["q"]).then_some(())
+        (ada.latest_publish_layers(video)? == ["q"]).then_some(())
     })
     .await?;
 

@@ -111,7 +111,8 @@ pub struct ClusterStatus {
     /// Links from other nodes whose handshake succeeded.
     pub links_accepted: u64,
     /// Links refused (either end), by reason: `malformed`, `unknownNode`, `badProof`,
-    /// `unavailable`, `wrongNode`.
+    /// `unavailable`, `wrongNode`, and `badFrame` for a link ended by a frame that did not
+    /// open.
     pub links_refused: BTreeMap<&'static str, u64>,
 }
 
